@@ -1,0 +1,66 @@
+/**
+ * The compute engine seen by the model code: a handful of kernels over flat fp32 buffers.
+ *
+ * Dimension letters used throughout the engine and model code:
+ *   M  rows (tokens packed from all sequences of a batch)    K  input features
+ *   N  output features                                      D  d_model
+ *   H  query heads   G  key/value heads   E  head dim       T  query tokens   S  key tokens
+ *
+ * All matrices are row-major. Weights are stored as [N, K] (out x in), the Hugging Face layout and
+ * the memory layout of a GGUF tensor with ne = [K, N].
+ *
+ * The model's forward pass calls only these kernels, so a GPU backend is another object that
+ * implements this interface; the hooks and every method above the model see host Float32Arrays.
+ */
+export interface Backend {
+  /** Human-readable name and build, e.g. "native (OpenBLAS 0.3.21, 2 threads)". */
+  readonly name: string;
+
+  /** out[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N]). `out` must not alias `x`. */
+  matmul(
+    out: Float32Array,
+    x: Float32Array,
+    w: Float32Array,
+    M: number,
+    K: number,
+    N: number,
+    bias?: Float32Array,
+  ): void;
+
+  /** out[M,D] = x / sqrt(mean(x²) + eps) * weight, row by row. `out` may alias `x`. */
+  rmsnorm(out: Float32Array, x: Float32Array, weight: Float32Array, M: number, D: number, eps: number): void;
+
+  /**
+   * Rotary embedding in place, "rotate half" (NeoX / Hugging Face) convention, on x[M, heads, E]:
+   * for each row m, each head, each i < rotDim/2, the pair (i, i + rotDim/2) is rotated by
+   * angle pos[m] * theta^(-2i/rotDim).
+   */
+  rope(x: Float32Array, M: number, heads: number, E: number, rotDim: number, pos: Int32Array, theta: number): void;
+
+  /**
+   * Causal grouped-query attention for one sequence.
+   * q[T, H*E]; k, v [S, G*E] hold every key/value of the sequence so far, the last T of which
+   * belong to the queries (query t sits at absolute position S - T + t).
+   * Query position p sees keys j with j <= p and, when window > 0, j > p - window.
+   * out[T, H*E] = softmax(q·kᵀ * scale) · v, head h reading kv head floor(h / (H/G)).
+   */
+  attention(
+    out: Float32Array,
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    T: number,
+    S: number,
+    H: number,
+    G: number,
+    E: number,
+    scale: number,
+    window: number,
+  ): void;
+
+  /** out[n] = act(gate[n]) * up[n], act = SiLU ("silu") or tanh-approximated GELU ("gelu_tanh"). */
+  gatedAct(out: Float32Array, gate: Float32Array, up: Float32Array, n: number, act: 'silu' | 'gelu_tanh'): void;
+
+  /** Number of threads the kernels use. */
+  readonly threads: number;
+}
