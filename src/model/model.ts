@@ -1,0 +1,313 @@
+/**
+ * `Model`: a loaded checkpoint you can run, read and steer.
+ *
+ *   const model = await Model.load('path/to/model.gguf');
+ *   const { cache } = model.run([{ messages: [{ role: 'user', content: 'Hi' }] }],
+ *     { cache: { names: ['blocks.10.hook_resid_post'], positions: 'last' } });
+ *   const [out] = await model.generate(['Once upon a time'], { maxNewTokens: 32,
+ *     hooks: [addVector('blocks.10.hook_resid_post', v, { scale: 4 })] });
+ *
+ * Hooks passed to a call apply to that call only. `addHook` attaches one to the model until its
+ * handle's `remove()`; such hooks run before the per-call ones.
+ */
+import type { Backend } from '../engine/backend.js';
+import { loadNativeBackend } from '../engine/native.js';
+import { OptionError } from '../formats/errors.js';
+import type { ChatMessage } from '../formats/tokenizer.js';
+import { type Hook, type HookName, type Positions, allHookNames, rowSelected } from '../hooks/hooks.js';
+import type { ModelConfig } from './config.js';
+import { type LoadOptions, type LoadedModel, type ModelIdentity, loadModelFiles } from './load.js';
+import { type SamplingOptions, checkSampling, sampleToken, seededRandom } from './sampling.js';
+import { KvCache, type SequenceStep, forward } from './transformer.js';
+import type { ModelWeights } from './weights.js';
+
+/**
+ * A prompt: raw text (tokenized with the model's BOS handling), a chat (rendered with the model's
+ * own chat template, generation prompt appended) or token ids used as they are.
+ */
+export type Prompt = string | { readonly messages: readonly ChatMessage[] } | { readonly tokens: readonly number[] };
+
+/** Which activations `run` keeps. */
+export interface CacheRequest {
+  /** Hook names, or a predicate over names. */
+  readonly names: readonly HookName[] | ((name: HookName) => boolean);
+  /** Rows to keep per prompt (default 'last': the last prompt token). */
+  readonly positions?: Positions;
+}
+
+export interface RunOptions {
+  readonly hooks?: readonly Hook[];
+  readonly cache?: CacheRequest;
+  /** Logits to return per prompt: the last token's [V] (default), all tokens' [T, V], or none. */
+  readonly logits?: 'last' | 'all' | 'none';
+  /** Upper bound on tokens packed into one forward call (default 1024). */
+  readonly maxBatchTokens?: number;
+}
+
+export interface RunResult {
+  /** Token ids of each prompt. */
+  readonly tokens: number[][];
+  /** Per prompt: [V] or [T, V] logits, as requested. */
+  readonly logits: Float32Array[];
+  /** Per hook name, per prompt: [P, W] activations at the kept positions. */
+  readonly cache: Map<HookName, Float32Array[]>;
+  /** Per prompt: the positions kept in `cache` (same order as its rows). */
+  readonly cachedPositions: Int32Array[];
+}
+
+export interface GenerateOptions extends SamplingOptions {
+  /** Default 128. */
+  readonly maxNewTokens?: number;
+  /** Stop when the text contains one of these (the stop string is cut off). */
+  readonly stop?: readonly string[];
+  /** Stop at these token ids (default: the tokenizer's end-of-sequence and end-of-turn tokens). */
+  readonly stopTokens?: readonly number[];
+  readonly hooks?: readonly Hook[];
+  /** Called with each piece of text as it is decoded, per prompt index. */
+  readonly onText?: (index: number, text: string) => void;
+  readonly signal?: AbortSignal;
+}
+
+export interface Generation {
+  readonly promptTokens: number[];
+  /** Generated ids, the stop token excluded. */
+  readonly tokens: number[];
+  readonly text: string;
+  readonly finishReason: 'stop' | 'length' | 'aborted';
+}
+
+/** Handle returned by `addHook`. */
+export interface HookHandle {
+  remove(): void;
+}
+
+export class Model {
+  private readonly permanentHooks: Hook[] = [];
+
+  constructor(
+    private readonly loaded: LoadedModel,
+    readonly backend: Backend,
+  ) {}
+
+  /** Loads a checkpoint: a .gguf file, a Hugging Face directory, or a repo id in the local hub cache. */
+  static async load(nameOrPath: string, opts: LoadOptions & { threads?: number; backend?: Backend } = {}): Promise<Model> {
+    const backend = opts.backend ?? loadNativeBackend({ threads: opts.threads });
+    return new Model(loadModelFiles(nameOrPath, opts), backend);
+  }
+
+  get config(): ModelConfig {
+    return this.loaded.config;
+  }
+  get identity(): ModelIdentity {
+    return this.loaded.identity;
+  }
+  get weights(): ModelWeights {
+    return this.loaded.weights;
+  }
+  /** The tokenizer; throws if the checkpoint has none (token-id prompts still work). */
+  get tokenizer() {
+    const t = this.loaded.tokenizer;
+    if (!t) throw new OptionError(`${this.identity.path}: no tokenizer found with this model; pass token ids`);
+    return t;
+  }
+
+  /** Every hook point of this model, in firing order. */
+  hookNames(): HookName[] {
+    return allHookNames(this.config.nLayers);
+  }
+
+  /** Attaches a hook to every later call until the handle's remove(). */
+  addHook(hook: Hook): HookHandle {
+    this.permanentHooks.push(hook);
+    return {
+      remove: () => {
+        const i = this.permanentHooks.indexOf(hook);
+        if (i >= 0) this.permanentHooks.splice(i, 1);
+      },
+    };
+  }
+
+  /** Token ids of a prompt. */
+  tokenize(prompt: Prompt): number[] {
+    if (typeof prompt === 'string') return this.tokenizer.encode(prompt, { addSpecialTokens: true });
+    if ('tokens' in prompt) return [...prompt.tokens];
+    const text = this.tokenizer.applyChatTemplate(prompt.messages, { addGenerationPrompt: true });
+    return this.tokenizer.encode(text, { addSpecialTokens: false });
+  }
+
+  private hooksFor(extra: readonly Hook[] | undefined): Hook[] {
+    return extra ? [...this.permanentHooks, ...extra] : [...this.permanentHooks];
+  }
+
+  /** One forward pass over each prompt, keeping the requested activations and logits. */
+  run(prompts: readonly Prompt[], opts: RunOptions = {}): RunResult {
+    const tokens = prompts.map((p) => this.tokenize(p));
+    const V = this.config.vocabSize;
+    const logitsMode = opts.logits ?? 'last';
+    const maxBatch = opts.maxBatchTokens ?? 1024;
+    if (!(maxBatch >= 1)) throw new OptionError(`maxBatchTokens must be >= 1, got ${maxBatch}`);
+    tokens.forEach((t, i) => {
+      if (t.length === 0) throw new OptionError(`prompt ${i} has no tokens`);
+      if (t.length > this.config.maxContext)
+        throw new OptionError(`prompt ${i} has ${t.length} tokens; the model's context is ${this.config.maxContext}`);
+    });
+
+    const cache = new Map<HookName, Float32Array[]>();
+    const cachedPositions: Int32Array[] = [];
+    const positions = opts.cache?.positions ?? 'last';
+    const wanted = opts.cache
+      ? this.hookNames().filter((n) => {
+          const names = opts.cache!.names;
+          return typeof names === 'function' ? names(n) : names.includes(n);
+        })
+      : [];
+    if (opts.cache && typeof opts.cache.names !== 'function')
+      for (const n of opts.cache.names)
+        if (!wanted.includes(n)) throw new OptionError(`unknown hook ${JSON.stringify(n)} for this model`);
+    for (const n of wanted) cache.set(n, new Array<Float32Array>(tokens.length));
+    const logits = new Array<Float32Array>(tokens.length);
+
+    for (let start = 0; start < tokens.length; ) {
+      // Pack prompts into one call up to maxBatch tokens (always at least one prompt).
+      let end = start + 1;
+      let count = tokens[start].length;
+      while (end < tokens.length && count + tokens[end].length <= maxBatch) count += tokens[end++].length;
+      const batch = tokens.slice(start, end);
+      const offset = start;
+      const readers: Hook[] = wanted.map((name) => ({
+        name,
+        fn: (act, ctx) => {
+          const perSeq = new Map<number, number[]>();
+          for (let r = 0; r < ctx.rows; r++) {
+            if (!rowSelected(positions, ctx, r)) continue;
+            const list = perSeq.get(ctx.seq[r]) ?? [];
+            list.push(r);
+            perSeq.set(ctx.seq[r], list);
+          }
+          for (let b = 0; b < batch.length; b++) {
+            const rows = perSeq.get(b) ?? [];
+            const out = new Float32Array(rows.length * ctx.width);
+            rows.forEach((r, i) => out.set(act.subarray(r * ctx.width, (r + 1) * ctx.width), i * ctx.width));
+            cache.get(name)![offset + b] = out;
+            if (cachedPositions[offset + b] === undefined) cachedPositions[offset + b] = Int32Array.from(rows, (r) => ctx.pos[r]);
+          }
+        },
+      }));
+      const steps: SequenceStep[] = batch.map((t) => ({
+        tokens: t,
+        cache: new KvCache(this.config.nLayers, this.config.nKvHeads * this.config.headDim),
+        promptLength: t.length,
+      }));
+      // Readers go last so they see the activation after every intervention.
+      const res = forward(this.config, this.weights, this.backend, steps, {
+        hooks: [...this.hooksFor(opts.hooks), ...readers],
+        logits: logitsMode,
+        step: 0,
+      });
+      if (logitsMode === 'last') batch.forEach((_, b) => (logits[offset + b] = res.logits.slice(b * V, (b + 1) * V)));
+      else if (logitsMode === 'all')
+        batch.forEach((t, b) => {
+          const r0 = res.rowStart[b];
+          logits[offset + b] = res.logits.slice(r0 * V, (r0 + t.length) * V);
+        });
+      else batch.forEach((_, b) => (logits[offset + b] = new Float32Array(0)));
+      start = end;
+    }
+    return { tokens, logits, cache, cachedPositions };
+  }
+
+  /**
+   * Generates a continuation for each prompt, all in one batch (one token per sequence per step,
+   * with a KV cache). Greedy unless `temperature` > 0.
+   */
+  async generate(prompts: readonly Prompt[], opts: GenerateOptions = {}): Promise<Generation[]> {
+    checkSampling(opts);
+    const maxNew = opts.maxNewTokens ?? 128;
+    if (!(Number.isInteger(maxNew) && maxNew >= 0)) throw new OptionError(`maxNewTokens must be an integer >= 0, got ${maxNew}`);
+    const promptTokens = prompts.map((p) => this.tokenize(p));
+    const stopTokens = new Set(opts.stopTokens ?? this.loaded.tokenizer?.eosTokenIds ?? []);
+    const stops = opts.stop ?? [];
+    const hooks = this.hooksFor(opts.hooks);
+    const V = this.config.vocabSize;
+    const n = prompts.length;
+    const seqs = promptTokens.map((t, i) => {
+      if (t.length === 0) throw new OptionError(`prompt ${i} has no tokens`);
+      return {
+        index: i,
+        history: [...t],
+        generated: [] as number[],
+        text: '',
+        emitted: 0,
+        done: undefined as Generation['finishReason'] | undefined,
+        random: seededRandom((opts.seed ?? 0) + i * 7919),
+        cache: new KvCache(this.config.nLayers, this.config.nKvHeads * this.config.headDim),
+      };
+    });
+    let active = seqs.filter(() => maxNew > 0);
+    if (maxNew === 0) seqs.forEach((s) => (s.done = 'length'));
+    let pending: number[][] = promptTokens;
+    for (let step = 0; active.length > 0; step++) {
+      if (opts.signal?.aborted) {
+        active.forEach((s) => (s.done = 'aborted'));
+        break;
+      }
+      const res = forward(
+        this.config,
+        this.weights,
+        this.backend,
+        active.map((s, j) => ({ tokens: pending[j], cache: s.cache, promptLength: promptTokens[s.index].length })),
+        { hooks, logits: 'last', step },
+      );
+      const next: number[][] = [];
+      const still: typeof active = [];
+      active.forEach((s, j) => {
+        const tok = sampleToken(res.logits.subarray(j * V, (j + 1) * V), s.history, opts, s.random);
+        if (stopTokens.has(tok)) {
+          s.done = 'stop';
+          return;
+        }
+        s.generated.push(tok);
+        s.history.push(tok);
+        if (this.loaded.tokenizer) {
+          s.text = this.loaded.tokenizer.decode(s.generated, { skipSpecialTokens: false });
+          const hit = stops.map((st) => s.text.indexOf(st)).filter((i) => i >= 0);
+          if (hit.length > 0) {
+            s.text = s.text.slice(0, Math.min(...hit));
+            s.done = 'stop';
+          }
+          // Hold back text that may still be the start of a stop string or an incomplete character.
+          let safe = s.text.length;
+          if (!s.done) {
+            if (s.text.endsWith('\uFFFD')) safe = s.text.length - 1;
+            for (const st of stops)
+              for (let k = Math.min(st.length - 1, s.text.length); k > 0; k--)
+                if (s.text.endsWith(st.slice(0, k))) safe = Math.min(safe, s.text.length - k);
+          }
+          if (safe > s.emitted) {
+            opts.onText?.(s.index, s.text.slice(s.emitted, safe));
+            s.emitted = safe;
+          }
+        }
+        if (s.done) return;
+        if (s.generated.length >= maxNew) {
+          s.done = 'length';
+          return;
+        }
+        still.push(s);
+        next.push([tok]);
+      });
+      active = still;
+      pending = next;
+      // Let I/O (streams, servers, Ctrl-C) through between steps.
+      await new Promise((r) => setImmediate(r));
+    }
+    for (const s of seqs)
+      if (s.emitted < s.text.length && s.done !== 'aborted') opts.onText?.(s.index, s.text.slice(s.emitted));
+    return seqs.slice(0, n).map((s) => ({
+      promptTokens: promptTokens[s.index],
+      tokens: s.generated,
+      text: this.loaded.tokenizer ? s.text : '',
+      finishReason: s.done ?? 'length',
+    }));
+  }
+}

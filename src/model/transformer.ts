@@ -1,0 +1,221 @@
+/**
+ * The forward pass: one function, read top to bottom. Works for every supported architecture;
+ * the differences are flags in ModelConfig (qk norms, sandwich norms, biases, embedding scale,
+ * per-layer window and rotary base).
+ *
+ * Letters: B sequences in the batch, M rows = tokens of all sequences packed one after another
+ * (no padding, so a sequence's result cannot depend on its neighbours), D d_model, H query heads,
+ * G kv heads, E head dim, F MLP width, V vocab, S keys of one sequence so far.
+ */
+import type { Backend } from '../engine/backend.js';
+import { type Hook, type HookContext, type HookFn, type HookName, blockHook } from '../hooks/hooks.js';
+import type { ModelConfig } from './config.js';
+import type { ModelWeights } from './weights.js';
+
+/** Keys and values of one sequence for every layer, grown as tokens arrive. */
+export class KvCache {
+  /** S: tokens stored. */
+  length = 0;
+  private capacity = 0;
+  /** Per layer [capacity, G*E]. */
+  readonly k: Float32Array[] = [];
+  readonly v: Float32Array[] = [];
+
+  constructor(
+    private readonly nLayers: number,
+    private readonly rowWidth: number,
+  ) {}
+
+  /** Makes room for `extra` more tokens. */
+  reserve(extra: number): void {
+    const need = this.length + extra;
+    if (need <= this.capacity) return;
+    const cap = Math.max(need, this.capacity * 2, 64);
+    for (let l = 0; l < this.nLayers; l++) {
+      const k = new Float32Array(cap * this.rowWidth);
+      const v = new Float32Array(cap * this.rowWidth);
+      if (this.capacity > 0) {
+        k.set(this.k[l].subarray(0, this.length * this.rowWidth));
+        v.set(this.v[l].subarray(0, this.length * this.rowWidth));
+      }
+      this.k[l] = k;
+      this.v[l] = v;
+    }
+    this.capacity = cap;
+  }
+}
+
+/** One sequence's part of a forward call. */
+export interface SequenceStep {
+  /** New tokens to process (the whole prompt at first, then one token per generation step). */
+  readonly tokens: readonly number[];
+  readonly cache: KvCache;
+  /** Number of prompt tokens of the sequence (positions at or beyond it are generated). */
+  readonly promptLength: number;
+}
+
+export interface ForwardOptions {
+  readonly hooks: readonly Hook[];
+  /** Which rows get logits: the last new token of each sequence, every row, or none. */
+  readonly logits: 'last' | 'all' | 'none';
+  /** 0 for the prompt pass, n for the n-th generation step (passed to hooks). */
+  readonly step: number;
+}
+
+export interface ForwardResult {
+  /** [R, V] logits of the selected rows, in row order. */
+  readonly logits: Float32Array;
+  /** [R] index into the packed rows of each logits row. */
+  readonly logitRows: Int32Array;
+  /** [B] index of the first packed row of each sequence. */
+  readonly rowStart: Int32Array;
+}
+
+/** Runs the model over the new tokens of each sequence, extending their KV caches. */
+export function forward(
+  cfg: ModelConfig,
+  w: ModelWeights,
+  be: Backend,
+  seqs: readonly SequenceStep[],
+  opts: ForwardOptions,
+): ForwardResult {
+  const { dModel: D, nHeads: H, nKvHeads: G, headDim: E, ffnDim: F, vocabSize: V, rmsEps: eps } = cfg;
+  const HE = H * E;
+  const GE = G * E;
+
+  // Row bookkeeping shared with hooks.
+  const B = seqs.length;
+  const rowStart = new Int32Array(B);
+  let M = 0;
+  for (let b = 0; b < B; b++) {
+    rowStart[b] = M;
+    M += seqs[b].tokens.length;
+  }
+  const seqOfRow = new Int32Array(M);
+  const pos = new Int32Array(M);
+  const promptLength = new Int32Array(B);
+  for (let b = 0; b < B; b++) {
+    const s = seqs[b];
+    promptLength[b] = s.promptLength;
+    s.cache.reserve(s.tokens.length);
+    for (let t = 0; t < s.tokens.length; t++) {
+      seqOfRow[rowStart[b] + t] = b;
+      pos[rowStart[b] + t] = s.cache.length + t;
+    }
+  }
+
+  const byName = new Map<HookName, HookFn[]>();
+  for (const h of opts.hooks) {
+    const list = byName.get(h.name);
+    if (list) list.push(h.fn);
+    else byName.set(h.name, [h.fn]);
+  }
+  const fire = (name: HookName, act: Float32Array, rows = M, width = D, rowSeq = seqOfRow, rowPos = pos) => {
+    const fns = byName.get(name);
+    if (!fns) return;
+    const layer = name.startsWith('blocks.') ? Number(name.split('.')[1]) : undefined;
+    const ctx: HookContext = { name, layer, rows, width, seq: rowSeq, pos: rowPos, promptLength, step: opts.step };
+    for (const fn of fns) fn(act, ctx);
+  };
+
+  // x [M, D]: the residual stream.
+  const x = new Float32Array(M * D);
+  for (let b = 0; b < B; b++) {
+    const toks = seqs[b].tokens;
+    for (let t = 0; t < toks.length; t++) {
+      const id = toks[t];
+      if (!(id >= 0 && id < V)) throw new Error(`token id ${id} is outside the vocabulary (0..${V - 1})`);
+      const row = (rowStart[b] + t) * D;
+      const e = w.embed.subarray(id * D, (id + 1) * D);
+      for (let i = 0; i < D; i++) x[row + i] = e[i] * cfg.embedScale;
+    }
+  }
+  fire('hook_embed', x);
+
+  const h = new Float32Array(M * D); // normed input of a sub-block
+  const q = new Float32Array(M * HE);
+  const k = new Float32Array(M * GE);
+  const v = new Float32Array(M * GE);
+  const att = new Float32Array(M * HE);
+  const out = new Float32Array(M * D); // a sub-block's contribution to the stream
+  const gate = new Float32Array(M * F);
+  const up = new Float32Array(M * F);
+
+  for (let l = 0; l < cfg.nLayers; l++) {
+    const lw = w.layers[l];
+    fire(blockHook(l, 'hook_resid_pre'), x);
+
+    // Attention.
+    be.rmsnorm(h, x, lw.attnNorm, M, D, eps);
+    be.matmul(q, h, lw.wq, M, D, HE, lw.bq);
+    be.matmul(k, h, lw.wk, M, D, GE, lw.bk);
+    be.matmul(v, h, lw.wv, M, D, GE, lw.bv);
+    if (lw.qNorm && lw.kNorm) {
+      be.rmsnorm(q, q, lw.qNorm, M * H, E, eps);
+      be.rmsnorm(k, k, lw.kNorm, M * G, E, eps);
+    }
+    be.rope(q, M, H, E, cfg.ropeDim, pos, cfg.ropeTheta[l]);
+    be.rope(k, M, G, E, cfg.ropeDim, pos, cfg.ropeTheta[l]);
+    for (let b = 0; b < B; b++) {
+      const s = seqs[b];
+      const T = s.tokens.length;
+      const r0 = rowStart[b];
+      const S = s.cache.length + T;
+      s.cache.k[l].set(k.subarray(r0 * GE, (r0 + T) * GE), s.cache.length * GE);
+      s.cache.v[l].set(v.subarray(r0 * GE, (r0 + T) * GE), s.cache.length * GE);
+      be.attention(
+        att.subarray(r0 * HE, (r0 + T) * HE),
+        q.subarray(r0 * HE, (r0 + T) * HE),
+        s.cache.k[l].subarray(0, S * GE),
+        s.cache.v[l].subarray(0, S * GE),
+        T,
+        S,
+        H,
+        G,
+        E,
+        cfg.attnScale,
+        cfg.window[l],
+      );
+    }
+    be.matmul(out, att, lw.wo, M, HE, D);
+    if (lw.postAttnNorm) be.rmsnorm(out, out, lw.postAttnNorm, M, D, eps);
+    fire(blockHook(l, 'hook_attn_out'), out);
+    for (let i = 0; i < x.length; i++) x[i] += out[i];
+    fire(blockHook(l, 'hook_resid_mid'), x);
+
+    // MLP.
+    be.rmsnorm(h, x, lw.mlpNorm, M, D, eps);
+    be.matmul(gate, h, lw.wGate, M, D, F);
+    be.matmul(up, h, lw.wUp, M, D, F);
+    be.gatedAct(gate, gate, up, M * F, cfg.act);
+    be.matmul(out, gate, lw.wDown, M, F, D);
+    if (lw.postMlpNorm) be.rmsnorm(out, out, lw.postMlpNorm, M, D, eps);
+    fire(blockHook(l, 'hook_mlp_out'), out);
+    for (let i = 0; i < x.length; i++) x[i] += out[i];
+    fire(blockHook(l, 'hook_resid_post'), x);
+  }
+  for (const s of seqs) s.cache.length += s.tokens.length;
+
+  be.rmsnorm(h, x, w.finalNorm, M, D, eps);
+  fire('hook_final_norm', h);
+
+  if (opts.logits === 'none') return { logits: new Float32Array(0), logitRows: new Int32Array(0), rowStart };
+  const logitRows =
+    opts.logits === 'all'
+      ? Int32Array.from({ length: M }, (_, r) => r)
+      : Int32Array.from({ length: B }, (_, b) => rowStart[b] + seqs[b].tokens.length - 1);
+  const R = logitRows.length;
+  const hr = new Float32Array(R * D);
+  for (let i = 0; i < R; i++) hr.set(h.subarray(logitRows[i] * D, (logitRows[i] + 1) * D), i * D);
+  const logits = new Float32Array(R * V);
+  be.matmul(logits, hr, w.lmHead, R, D, V);
+  fire(
+    'logits',
+    logits,
+    R,
+    V,
+    Int32Array.from(logitRows, (r) => seqOfRow[r]),
+    Int32Array.from(logitRows, (r) => pos[r]),
+  );
+  return { logits, logitRows, rowStart };
+}
