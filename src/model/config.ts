@@ -76,12 +76,35 @@ function checkShape(c: ModelConfig, file: string): ModelConfig {
   return c;
 }
 
-function rejectRopeScaling(cfg: Json, file: string): void {
-  const scaling = (cfg.rope_scaling ?? null) as Json | null;
-  if (scaling === null) return;
+function rejectRopeScaling(scaling: Json | null | undefined, file: string, key: string): void {
+  if (scaling === null || scaling === undefined) return;
   const type = scaling.rope_type ?? scaling.type;
   if (type === 'default' || type === undefined) return;
-  throw new FormatError(file, 'rope_scaling', `rope scaling type ${JSON.stringify(type)} is not supported yet`);
+  throw new FormatError(file, key, `rope scaling type ${JSON.stringify(type)} is not supported yet`);
+}
+
+/**
+ * Rotary bases: transformers 5 writes `rope_parameters` ({rope_theta, rope_type}, or one such
+ * record per layer type); older configs use `rope_theta` / `rope_local_base_freq` / `rope_scaling`.
+ */
+function ropeBases(cfg: Json, file: string): { global: number; local: number } {
+  rejectRopeScaling(cfg.rope_scaling as Json | null | undefined, file, 'rope_scaling');
+  const params = cfg.rope_parameters as Record<string, Json> | undefined;
+  let global = num(cfg, 'rope_theta', file, 10000);
+  let local = num(cfg, 'rope_local_base_freq', file, 10000);
+  if (params && typeof params === 'object') {
+    if ('full_attention' in params || 'sliding_attention' in params) {
+      for (const [kind, p] of Object.entries(params)) {
+        rejectRopeScaling(p, file, `rope_parameters.${kind}`);
+        if (kind === 'full_attention') global = num(p, 'rope_theta', file, global);
+        if (kind === 'sliding_attention') local = num(p, 'rope_theta', file, local);
+      }
+    } else {
+      rejectRopeScaling(params as Json, file, 'rope_parameters');
+      global = num(params as Json, 'rope_theta', file, global);
+    }
+  }
+  return { global, local };
 }
 
 const HF_ARCHS: Record<string, Architecture> = {
@@ -104,13 +127,13 @@ export function configFromHf(raw: Json, file: string): ModelConfig {
     );
   // Multimodal gemma3 checkpoints keep the language model's settings under text_config.
   const cfg = (arch === 'gemma3' && typeof raw.text_config === 'object' ? raw.text_config : raw) as Json;
-  rejectRopeScaling(cfg, file);
+  const rope = ropeBases(cfg, file);
   const nLayers = positiveInt(cfg, 'num_hidden_layers', file);
   const dModel = positiveInt(cfg, 'hidden_size', file);
   const nHeads = positiveInt(cfg, 'num_attention_heads', file);
   const nKvHeads = positiveInt(cfg, 'num_key_value_heads', file, nHeads);
   const headDim = positiveInt(cfg, 'head_dim', file, dModel / nHeads);
-  const theta = num(cfg, 'rope_theta', file, 10000);
+  const theta = rope.global;
   const tied = Boolean(cfg.tie_word_embeddings ?? raw.tie_word_embeddings ?? arch === 'gemma3');
   const common = {
     nLayers,
@@ -132,7 +155,7 @@ export function configFromHf(raw: Json, file: string): ModelConfig {
       : gemma3LayerTypes(nLayers, positiveInt(cfg, 'sliding_window_pattern', file, 6));
     if (layerTypes.length !== nLayers)
       throw new FormatError(file, 'layer_types', `has ${layerTypes.length} entries for ${nLayers} layers`);
-    const localTheta = num(cfg, 'rope_local_base_freq', file, 10000);
+    const localTheta = rope.local;
     const act = String(cfg.hidden_activation ?? cfg.hidden_act ?? 'gelu_pytorch_tanh');
     if (act !== 'gelu_pytorch_tanh' && act !== 'gelu')
       throw new FormatError(file, 'hidden_activation', `unsupported activation ${JSON.stringify(act)}`);
