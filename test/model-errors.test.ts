@@ -1,0 +1,83 @@
+/**
+ * Bad model inputs fail with errors that name the file and the field: unsupported architectures
+ * (both formats), missing or misshapen tensors, truncated weights.
+ */
+import assert from 'node:assert/strict';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { after, test } from 'node:test';
+import { FormatError } from '../src/formats/errors.js';
+import { GgmlType, writeGguf } from '../src/formats/gguf.js';
+import { readSafetensorsHeader, readSafetensorsTensorF32, writeSafetensors } from '../src/formats/safetensors.js';
+import { Model } from '../src/model/model.js';
+import { FIXTURES } from './util/fixtures.js';
+
+const tiny = path.join(FIXTURES, 'tiny', 'llama');
+const tmp = mkdtempSync(path.join(tmpdir(), 'sg-err-'));
+after(() => rmSync(tmp, { recursive: true, force: true }));
+
+function tinyCopy(name: string, edit: (config: Record<string, unknown>) => void = () => {}): string {
+  const dir = path.join(tmp, name);
+  mkdirSync(dir);
+  const config = JSON.parse(readFileSync(path.join(tiny, 'config.json'), 'utf8')) as Record<string, unknown>;
+  edit(config);
+  writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
+  copyFileSync(path.join(tiny, 'model.safetensors'), path.join(dir, 'model.safetensors'));
+  return dir;
+}
+
+async function rejects(source: string, file: RegExp, field: RegExp): Promise<FormatError> {
+  const err = await Model.load(source).then(
+    () => assert.fail('expected an error'),
+    (e: unknown) => e,
+  );
+  assert.ok(err instanceof FormatError, `expected FormatError, got ${String(err)}`);
+  assert.match(err.file, file);
+  assert.match(err.field, field);
+  return err;
+}
+
+test('unsupported architecture in config.json names it', async () => {
+  const dir = tinyCopy('gpt2', (c) => (c.architectures = ['GPT2LMHeadModel']));
+  const err = await rejects(dir, /config\.json$/, /^architectures$/);
+  assert.match(err.message, /GPT2LMHeadModel/);
+});
+
+test('unsupported architecture in GGUF metadata names the key', async () => {
+  const file = path.join(tmp, 'bert.gguf');
+  writeGguf(file, {
+    metadata: [{ key: 'general.architecture', value: 'bert' }],
+    tensors: [{ name: 'token_embd.weight', dims: [4, 8], type: GgmlType.F32, data: new Float32Array(32) }],
+  });
+  const err = await rejects(file, /bert\.gguf$/, /^general\.architecture$/);
+  assert.match(err.message, /bert/);
+});
+
+test('a missing tensor is named', async () => {
+  const dir = tinyCopy('missing');
+  const st = readSafetensorsHeader(path.join(tiny, 'model.safetensors'));
+  const keep = [...st.tensors.values()].filter((t) => t.name !== 'model.layers.1.mlp.up_proj.weight');
+  writeSafetensors(
+    path.join(dir, 'model.safetensors'),
+    keep.map((t) => ({ name: t.name, dtype: 'F32' as const, shape: t.shape, data: readSafetensorsTensorF32(t) })),
+  );
+  await rejects(dir, /missing$/, /^model\.layers\.1\.mlp\.up_proj\.weight$/);
+});
+
+test('a tensor whose shape disagrees with the config is named', async () => {
+  const dir = tinyCopy('shape', (c) => (c.intermediate_size = 96));
+  const err = await rejects(dir, /model\.safetensors$/, /^model\.layers\.0\.mlp\.gate_proj\.weight$/);
+  assert.match(err.message, /expected \[96, 64\]/);
+});
+
+test('truncated weights are reported, not read past the end', async () => {
+  const dir = tinyCopy('truncated');
+  truncateSync(path.join(dir, 'model.safetensors'), 40_000);
+  await rejects(dir, /model\.safetensors$/, /.+/);
+});
+
+test('a config with inconsistent heads names the field', async () => {
+  const dir = tinyCopy('heads', (c) => (c.num_key_value_heads = 3));
+  await rejects(dir, /config\.json$/, /^num_key_value_heads$/);
+});
