@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { FormatError } from '../formats/errors.js';
 import { type GgufFile, readGguf, readGgufTensorF32 } from '../formats/gguf.js';
-import { type HfModelDir, openHfModelDir, resolveModelSource } from '../formats/hf.js';
+import { type HfModelDir, openHfModelDir, openHfTokenizer, resolveModelSource } from '../formats/hf.js';
 import { readSafetensorsTensorF32 } from '../formats/safetensors.js';
 import { Tokenizer } from '../formats/tokenizer.js';
 import { type ModelConfig, configFromGguf, configFromHf } from './config.js';
@@ -164,7 +164,7 @@ export function loadModelFiles(nameOrPath: string, opts: LoadOptions = {}): Load
   return {
     config,
     weights,
-    tokenizer: dir.tokenizerJsonPath ? Tokenizer.fromHfFiles(dir.tokenizerJsonPath, dir.tokenizerConfig) : undefined,
+    tokenizer: dir.tokenizerJsonPath ? openHfTokenizer(dir) : undefined,
     identity: {
       name: nameOrPath,
       path: dir.dir,
