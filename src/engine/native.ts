@@ -1,0 +1,284 @@
+/**
+ * The native engine: build/steerguard.node (src/engine/native/steerguard.c, OpenBLAS + OpenMP)
+ * behind the Backend interface.
+ *
+ * The addon reads and writes the typed arrays' own memory (no copies) and checks every length and
+ * overlap before it does, throwing a TypeError or RangeError with code STEERGUARD_BAD_ARGUMENT that
+ * names the argument. Calls are synchronous: a kernel blocks the event loop while it runs.
+ *
+ * The thread count is process-wide (OpenBLAS has one pool): the last `loadNativeBackend({ threads })`
+ * or `setThreads` wins for every NativeBackend in the process, and `threads` always reports it.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { SteerguardError } from '../formats/errors.js';
+import type { Backend } from './backend.js';
+
+/** What build/steerguard.node exports (see the bindings at the bottom of steerguard.c). */
+interface NativeAddon {
+  matmul(
+    out: Float32Array,
+    x: Float32Array,
+    w: Float32Array,
+    M: number,
+    K: number,
+    N: number,
+    bias?: Float32Array,
+  ): void;
+  rmsnorm(out: Float32Array, x: Float32Array, weight: Float32Array, M: number, D: number, eps: number): void;
+  rope(
+    x: Float32Array,
+    M: number,
+    heads: number,
+    E: number,
+    rotDim: number,
+    pos: Int32Array,
+    theta: number,
+  ): void;
+  attention(
+    out: Float32Array,
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    T: number,
+    S: number,
+    H: number,
+    G: number,
+    E: number,
+    scale: number,
+    window: number,
+  ): void;
+  gatedAct(out: Float32Array, gate: Float32Array, up: Float32Array, n: number, act: string): void;
+  matmulQ8(
+    out: Float32Array,
+    x: Float32Array,
+    wq: Uint8Array,
+    M: number,
+    K: number,
+    N: number,
+    bias?: Float32Array,
+  ): void;
+  setThreads(n: number): void;
+  info(): NativeInfo;
+}
+
+/** Build facts of the loaded addon. */
+export interface NativeInfo {
+  /** openblas_get_config(), e.g. "OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH NO_AFFINITY Zen MAX_THREADS=64". */
+  readonly config: string;
+  /** Threads used by OpenBLAS and by the OpenMP kernels. */
+  readonly threads: number;
+  /** Instruction set the non-BLAS kernels were compiled for: "avx2+fma", "avx" or "scalar". */
+  readonly simd: string;
+}
+
+export interface NativeOptions {
+  /** Threads for OpenBLAS and the OpenMP kernels. Default: env STEERGUARD_THREADS, else os.availableParallelism(). */
+  threads?: number;
+  /** Path of the .node file. Default: env STEERGUARD_NATIVE, else <package root>/build/steerguard.node. */
+  addonPath?: string;
+}
+
+const ADDON_RELATIVE = path.join('build', 'steerguard.node');
+
+/**
+ * The package root: the nearest ancestor of this file holding package.json. Walking up works from
+ * both src/engine (tsx, tests) and dist/src/engine (compiled); an ancestor that holds the built
+ * addon wins, in case a package.json is ever emitted into dist/.
+ */
+function packageRoots(): string[] {
+  const roots: string[] = [];
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(path.join(dir, 'package.json'))) roots.push(dir);
+    const parent = path.dirname(dir);
+    if (parent === dir) return roots;
+    dir = parent;
+  }
+}
+
+function isSteerguardRoot(dir: string): boolean {
+  try {
+    return (
+      (JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')) as { name?: unknown }).name ===
+      'steerguard'
+    );
+  } catch {
+    return false;
+  }
+}
+
+function findAddon(explicit: string | undefined): string {
+  if (explicit) return path.resolve(explicit);
+  const roots = packageRoots().filter(isSteerguardRoot);
+  const built = roots.find((r) => existsSync(path.join(r, ADDON_RELATIVE)));
+  const root = built ?? roots[0];
+  if (!root) {
+    throw new SteerguardError(
+      `native engine: cannot find the steerguard package root above ${import.meta.url}`,
+    );
+  }
+  return path.join(root, ADDON_RELATIVE);
+}
+
+function defaultThreads(): number {
+  const env = process.env.STEERGUARD_THREADS;
+  if (env !== undefined && env !== '') {
+    const n = Number(env);
+    if (!Number.isInteger(n) || n < 1) {
+      throw new SteerguardError(`STEERGUARD_THREADS must be a positive integer, got '${env}'`);
+    }
+    return n;
+  }
+  return os.availableParallelism();
+}
+
+/** Loaded addons by path, so a second loadNativeBackend() skips the file checks. */
+const loaded = new Map<string, NativeAddon>();
+
+function loadAddon(file: string): NativeAddon {
+  const cached = loaded.get(file);
+  if (cached) return cached;
+  if (!existsSync(file)) {
+    throw new SteerguardError(
+      `native engine not built: ${file} is missing. Run \`npm run build:native\` ` +
+        '(or `node scripts/build-native.mjs`); it needs a C compiler with OpenMP and OpenBLAS ' +
+        '(Debian/Ubuntu: apt-get install build-essential libopenblas-dev).',
+    );
+  }
+  // OpenBLAS keeps its own thread pool next to OpenMP's. Under libgomp's default wait policy idle
+  // OpenMP threads spin after each kernel and fight OpenBLAS's threads for the cores: on the shared
+  // 2-core machine, one run in ten of a decode-like kernel sequence took ~35x longer (docs/ENGINE.md).
+  // Passive threads sleep at once and cost microseconds to wake. libgomp reads this variable once,
+  // when the addon loads it, so it is set here; a value the user set wins.
+  if (!process.env.OMP_WAIT_POLICY) process.env.OMP_WAIT_POLICY = 'PASSIVE';
+  let addon: NativeAddon;
+  try {
+    addon = createRequire(import.meta.url)(file) as NativeAddon;
+  } catch (e) {
+    throw new SteerguardError(
+      `native engine: cannot load ${file}: ${(e as Error).message}. Rebuild it with ` +
+        '`node scripts/build-native.mjs --force` (is libopenblas still installed?).',
+    );
+  }
+  loaded.set(file, addon);
+  return addon;
+}
+
+/** The kernels of backend.ts on the CPU, through OpenBLAS and OpenMP, plus quantised extras. */
+export class NativeBackend implements Backend {
+  /** @internal use loadNativeBackend() */
+  constructor(private readonly addon: NativeAddon) {}
+
+  get name(): string {
+    const i = this.addon.info();
+    const blas = /OpenBLAS\s+\S+/.exec(i.config)?.[0] ?? i.config;
+    return `native (${blas}, ${i.simd}, ${i.threads} thread${i.threads === 1 ? '' : 's'})`;
+  }
+
+  get threads(): number {
+    return this.addon.info().threads;
+  }
+
+  /** Build facts: the OpenBLAS configuration string, thread count and SIMD level. */
+  info(): NativeInfo {
+    return this.addon.info();
+  }
+
+  /** Threads for OpenBLAS and the OpenMP kernels, for the whole process. */
+  setThreads(n: number): void {
+    this.addon.setThreads(n);
+  }
+
+  matmul(
+    out: Float32Array,
+    x: Float32Array,
+    w: Float32Array,
+    M: number,
+    K: number,
+    N: number,
+    bias?: Float32Array,
+  ): void {
+    this.addon.matmul(out, x, w, M, K, N, bias);
+  }
+
+  rmsnorm(out: Float32Array, x: Float32Array, weight: Float32Array, M: number, D: number, eps: number): void {
+    this.addon.rmsnorm(out, x, weight, M, D, eps);
+  }
+
+  rope(
+    x: Float32Array,
+    M: number,
+    heads: number,
+    E: number,
+    rotDim: number,
+    pos: Int32Array,
+    theta: number,
+  ): void {
+    this.addon.rope(x, M, heads, E, rotDim, pos, theta);
+  }
+
+  attention(
+    out: Float32Array,
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    T: number,
+    S: number,
+    H: number,
+    G: number,
+    E: number,
+    scale: number,
+    window: number,
+  ): void {
+    this.addon.attention(out, q, k, v, T, S, H, G, E, scale, window);
+  }
+
+  gatedAct(
+    out: Float32Array,
+    gate: Float32Array,
+    up: Float32Array,
+    n: number,
+    act: 'silu' | 'gelu_tanh',
+  ): void {
+    this.addon.gatedAct(out, gate, up, n, act);
+  }
+
+  /**
+   * out[M,N] = x[M,K] · dequant(wq)[N,K]ᵀ (+ bias[N]) with the weights kept in ggml's Q8_0 layout:
+   * each row of w is K/32 blocks of 34 bytes (an fp16 scale, then 32 int8), so wq holds N·K/32·34
+   * bytes and K must be a multiple of 32. Like llama.cpp's q8_0 path, x is rounded to int8 per block
+   * of 32 (scale = max|x|/127) and the dot products run on integers, so the result differs from an
+   * fp32 matmul against the dequantised weights by about 0.5% of |x|·|w| per block.
+   * Meant for batch-1 decoding, where reading 1.06 instead of 4 bytes per weight is the whole gain.
+   */
+  matmulQ8(
+    out: Float32Array,
+    x: Float32Array,
+    wq: Uint8Array,
+    M: number,
+    K: number,
+    N: number,
+    bias?: Float32Array,
+  ): void {
+    this.addon.matmulQ8(out, x, wq, M, K, N, bias);
+  }
+}
+
+/**
+ * Loads build/steerguard.node and sets the process-wide thread count.
+ * Throws a SteerguardError that says how to build it when the addon is missing or cannot load.
+ */
+export function loadNativeBackend(options: NativeOptions = {}): NativeBackend {
+  const addon = loadAddon(findAddon(options.addonPath ?? process.env.STEERGUARD_NATIVE));
+  const threads = options.threads ?? defaultThreads();
+  if (!Number.isInteger(threads) || threads < 1) {
+    throw new SteerguardError(`native engine: threads must be a positive integer, got ${threads}`);
+  }
+  addon.setThreads(threads);
+  return new NativeBackend(addon);
+}

@@ -1,0 +1,926 @@
+/*
+ * steerguard native engine: the kernels of src/engine/backend.ts over flat fp32 buffers.
+ *
+ * Eager and llm.c-style on purpose: every kernel is a plain C function that takes its output, its
+ * inputs and its sizes, so the TypeScript model code keeps every intermediate (hooks, KV cache) and a
+ * backward twin can be added next to each forward kernel later. matmul goes to OpenBLAS; the rest are
+ * short loops parallelised with OpenMP. The Node-API layer at the bottom validates every argument
+ * (typed-array kind, length against the sizes, forbidden overlaps) before any kernel touches memory,
+ * and passes the typed arrays' own storage to the kernels: nothing is copied.
+ *
+ * Dimension letters (as in backend.ts):
+ *   M rows   K input features   N output features   D model width
+ *   H query heads   G key/value heads   E head dim   T query tokens   S key tokens
+ *
+ * Built by scripts/build-native.mjs with: cc -O3 -march=native -fopenmp -shared -fPIC ... -lopenblas
+ */
+#define NAPI_VERSION 8
+#include <node_api.h>
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__AVX2__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+/* Debian's and most distributions' cblas.h declare these, netlib's does not: declare them ourselves
+ * so the file compiles against any cblas.h as long as the library linked is OpenBLAS. */
+void openblas_set_num_threads(int num_threads);
+char *openblas_get_config(void);
+
+/* Thread count for the OpenMP kernels. Process-wide, like OpenBLAS's own. */
+static int g_threads = 1;
+
+/* Below this many elements of work an OpenMP region costs more than it saves. */
+#define PAR_MIN_WORK (1 << 15)
+
+// ----------------------------------------------------------------------------
+// kernels
+
+/* out[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N]) */
+static void matmul_forward(float *out, const float *x, const float *w, const float *bias, int M, int K, int N) {
+  float beta = 0.0f;
+  if (bias) {
+    /* letting BLAS add the bias through beta = 1 saves a second pass over out */
+    for (int m = 0; m < M; m++) memcpy(out + (size_t)m * N, bias, (size_t)N * sizeof(float));
+    beta = 1.0f;
+  }
+  if (M == 1) {
+    /* the matrix-vector routine streams w once; sgemm would pack it first for no reuse */
+    cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, w, K, x, 1, beta, out, 1);
+  } else {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, w, K, beta, out, N);
+  }
+}
+
+/* out[M,D] = x / sqrt(mean(x²) + eps) * weight; out may be x. */
+static void rmsnorm_forward(float *out, const float *x, const float *weight, int M, int D, float eps) {
+#pragma omp parallel for num_threads(g_threads) if ((size_t)M * D >= PAR_MIN_WORK) schedule(static)
+  for (int m = 0; m < M; m++) {
+    const float *xr = x + (size_t)m * D;
+    float *orow = out + (size_t)m * D;
+    /* the sum of squares in double rounds to the same fp32 mean as PyTorch's pairwise fp32 sum in
+     * nearly every case; a plain fp32 running sum over D = 4096 would not */
+    double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
+    for (int d = 0; d < D; d++) ss += (double)xr[d] * (double)xr[d];
+    /* then the same fp32 operations, in the same order, as Hugging Face's RMSNorm */
+    float var = (float)(ss / D);
+    float r = 1.0f / sqrtf(var + eps);
+    for (int d = 0; d < D; d++) orow[d] = (xr[d] * r) * weight[d];
+  }
+}
+
+/* Rotate-half rotary embedding in place on x[M, heads, E]. */
+static int rope_forward(float *x, int M, int heads, int E, int rotDim, const int32_t *pos, float theta) {
+  int half = rotDim / 2;
+  float *inv = malloc((size_t)half * sizeof(float));
+  float *cs = malloc((size_t)g_threads * 2 * half * sizeof(float));
+  if (!inv || !cs) {
+    free(inv);
+    free(cs);
+    return -1;
+  }
+  /* inv_freq and the angle rounded to fp32 at the same steps as Hugging Face: at position 30000 one
+   * fp32 ulp of the angle is 0.002 rad, so that rounding is part of the model as trained, and an angle
+   * kept in double would drift from HF by more than any other kernel here. pow, cos and sin are taken
+   * in double and rounded once, which gives the correctly rounded fp32 value that PyTorch's ~1-ulp
+   * fp32 versions return in nearly every case, and the same value on every libm. */
+  for (int i = 0; i < half; i++) inv[i] = 1.0f / (float)pow((double)theta, (double)((float)(2 * i) / (float)rotDim));
+#pragma omp parallel num_threads(g_threads) if ((size_t)M * heads * rotDim >= PAR_MIN_WORK)
+  {
+    float *c = cs + (size_t)omp_get_thread_num() * 2 * half;
+    float *s = c + half;
+#pragma omp for schedule(static)
+    for (int m = 0; m < M; m++) {
+      float p = (float)pos[m];
+      for (int i = 0; i < half; i++) {
+        float a = p * inv[i];
+        c[i] = (float)cos((double)a);
+        s[i] = (float)sin((double)a);
+      }
+      for (int h = 0; h < heads; h++) {
+        float *xh = x + ((size_t)m * heads + h) * E;
+        for (int i = 0; i < half; i++) {
+          float x1 = xh[i], x2 = xh[i + half];
+          xh[i] = x1 * c[i] - x2 * s[i];
+          xh[i + half] = x2 * c[i] + x1 * s[i];
+        }
+      }
+    }
+  }
+  free(inv);
+  free(cs);
+  return 0;
+}
+
+/* s[r] = q · k_r for four key rows k_r = k0 + r*stride: four independent sums keep both FMA units
+ * busy, where one sum per row would wait on its own FMA latency */
+static inline void dot4(const float *q, const float *k0, size_t stride, int E, float *s) {
+  const float *k1 = k0 + stride, *k2 = k1 + stride, *k3 = k2 + stride;
+  float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+  for (int e = 0; e < E; e++) {
+    float qe = q[e];
+    a0 += qe * k0[e];
+    a1 += qe * k1[e];
+    a2 += qe * k2[e];
+    a3 += qe * k3[e];
+  }
+  s[0] = a0;
+  s[1] = a1;
+  s[2] = a2;
+  s[3] = a3;
+}
+
+static inline float dot1(const float *q, const float *k, int E) {
+  float a = 0.0f;
+#pragma omp simd reduction(+ : a)
+  for (int e = 0; e < E; e++) a += q[e] * k[e];
+  return a;
+}
+
+/*
+ * One query row against n consecutive keys (rows kvstride apart): scores in sc, then
+ * acc[E] = Σ_j exp(s_j - mx) v_j, unnormalised. Returns mx; *sum gets Σ_j exp(s_j - mx).
+ */
+static float attend_keys(const float *qr, const float *kb, const float *vb, size_t kvstride, int n, int E,
+                         float scale, float *sc, float *acc, double *sum) {
+  int j = 0;
+  for (; j + 4 <= n; j += 4) dot4(qr, kb + (size_t)j * kvstride, kvstride, E, sc + j);
+  for (; j < n; j++) sc[j] = dot1(qr, kb + (size_t)j * kvstride, E);
+  float mx = -INFINITY;
+  for (j = 0; j < n; j++) {
+    sc[j] *= scale;
+    if (sc[j] > mx) mx = sc[j];
+  }
+  /* the normaliser in double: S can reach thousands of terms */
+  double l = 0.0;
+  for (j = 0; j < n; j++) {
+    float e = expf(sc[j] - mx);
+    sc[j] = e;
+    l += e;
+  }
+  *sum = l;
+  for (int e = 0; e < E; e++) acc[e] = 0.0f;
+  /* four value rows per pass over acc: a quarter of the loads and stores of acc */
+  for (j = 0; j + 4 <= n; j += 4) {
+    const float *v0 = vb + (size_t)j * kvstride, *v1 = v0 + kvstride, *v2 = v1 + kvstride, *v3 = v2 + kvstride;
+    float w0 = sc[j], w1 = sc[j + 1], w2 = sc[j + 2], w3 = sc[j + 3];
+#pragma omp simd
+    for (int e = 0; e < E; e++) acc[e] += w0 * v0[e] + w1 * v1[e] + w2 * v2[e] + w3 * v3[e];
+  }
+  for (; j < n; j++) {
+    const float *vr = vb + (size_t)j * kvstride;
+    float wj = sc[j];
+#pragma omp simd
+    for (int e = 0; e < E; e++) acc[e] += wj * vr[e];
+  }
+  return mx;
+}
+
+/*
+ * Causal grouped-query attention for one sequence, query by query (decoding and short chunks).
+ * q[T, H*E], k/v[S, G*E], out[T, H*E]; query t sits at absolute position S - T + t.
+ *
+ * A work item is (query t, kv head g, key chunk c) and handles all H/G query heads that read g, so
+ * the chunk's keys and values are fetched from memory once and then hit in L2 for the other heads.
+ * With many queries (prefill) there is one chunk, the whole visible range. With few (decode: T = 1,
+ * G work items for two or more threads) the keys are split into chunks, each chunk's partial softmax
+ * (max, sum, unnormalised output) is kept, and a merge rescales them to the common max: the usual
+ * split-key ("flash-decoding") scheme, which keeps every thread busy on one long sequence.
+ */
+static int attention_rows(float *out, const float *q, const float *k, const float *v, int T, int S, int H, int G,
+                          int E, float scale, int window) {
+  size_t qstride = (size_t)H * E, kvstride = (size_t)G * E;
+  int per_group = H / G;
+  long base_items = (long)T * G;
+  int nchunks = 1;
+  if (g_threads > 1 && base_items < 8L * g_threads) {
+    /* about 8 items per thread evens out the causal imbalance; chunks under 256 keys cost more in
+     * merging than they give back */
+    long want = (8L * g_threads + base_items - 1) / base_items;
+    long most = (S + 255) / 256;
+    nchunks = (int)(want < most ? want : most);
+    if (nchunks < 1) nchunks = 1;
+  }
+  int chunk = (S + nchunks - 1) / nchunks;
+  size_t scratch = (size_t)chunk + (size_t)E;
+  float *buf = malloc((size_t)g_threads * scratch * sizeof(float));
+  /* partials per (t, h, chunk): E unnormalised outputs, the max and the sum */
+  size_t nparts = nchunks > 1 ? (size_t)T * H * nchunks : 0;
+  float *pacc = nparts ? malloc(nparts * E * sizeof(float)) : NULL;
+  float *pmax = nparts ? malloc(nparts * sizeof(float)) : NULL;
+  double *psum = nparts ? malloc(nparts * sizeof(double)) : NULL;
+  if (!buf || (nparts && (!pacc || !pmax || !psum))) {
+    free(buf);
+    free(pacc);
+    free(pmax);
+    free(psum);
+    return -1;
+  }
+  long items = base_items * nchunks;
+#pragma omp parallel num_threads(g_threads) if (items > 1 && (size_t)T * H * S * E >= PAR_MIN_WORK)
+  {
+    float *sc = buf + (size_t)omp_get_thread_num() * scratch;
+    float *acc = sc + chunk;
+    /* the last queries see the most keys: hand them out first, one by one, so the threads finish
+     * together in a causal prefill */
+#pragma omp for schedule(dynamic, 1)
+    for (long it = items - 1; it >= 0; it--) {
+      int c = (int)(it % nchunks);
+      int g = (int)((it / nchunks) % G);
+      int t = (int)(it / nchunks / G);
+      int p = S - T + t;
+      int lo = (window > 0 && p - window + 1 > 0) ? p - window + 1 : 0;
+      int hi = p + 1; /* keys [lo, hi) are visible */
+      int c0 = c * chunk, c1 = c0 + chunk < S ? c0 + chunk : S;
+      int j0 = lo > c0 ? lo : c0, j1 = hi < c1 ? hi : c1;
+      for (int h = g * per_group; h < (g + 1) * per_group; h++) {
+        size_t part = ((size_t)t * H + h) * nchunks + c;
+        if (j0 >= j1) { /* only possible with chunks: this chunk is outside the visible range */
+          pmax[part] = -INFINITY;
+          psum[part] = 0.0;
+          continue;
+        }
+        const float *qr = q + (size_t)t * qstride + (size_t)h * E;
+        const float *kb = k + (size_t)j0 * kvstride + (size_t)g * E;
+        const float *vb = v + (size_t)j0 * kvstride + (size_t)g * E;
+        double sum;
+        float mx = attend_keys(qr, kb, vb, kvstride, j1 - j0, E, scale, sc, acc, &sum);
+        if (nchunks == 1) {
+          float inv = (float)(1.0 / sum);
+          float *orow = out + (size_t)t * qstride + (size_t)h * E;
+          for (int e = 0; e < E; e++) orow[e] = acc[e] * inv;
+        } else {
+          memcpy(pacc + part * E, acc, (size_t)E * sizeof(float));
+          pmax[part] = mx;
+          psum[part] = sum;
+        }
+      }
+    }
+  }
+  if (nchunks > 1) {
+    for (size_t th = 0; th < (size_t)T * H; th++) {
+      const float *ms = pmax + th * nchunks;
+      const double *ls = psum + th * nchunks;
+      float mx = -INFINITY;
+      for (int c = 0; c < nchunks; c++)
+        if (ls[c] > 0.0 && ms[c] > mx) mx = ms[c];
+      double total = 0.0;
+      float *orow = out + th * E;
+      for (int e = 0; e < E; e++) orow[e] = 0.0f;
+      for (int c = 0; c < nchunks; c++) {
+        if (ls[c] == 0.0) continue;
+        float f = expf(ms[c] - mx);
+        total += ls[c] * f;
+        const float *a = pacc + (th * nchunks + c) * E;
+        for (int e = 0; e < E; e++) orow[e] += f * a[e];
+      }
+      float inv = (float)(1.0 / total);
+      for (int e = 0; e < E; e++) orow[e] *= inv;
+    }
+  }
+  free(buf);
+  free(pacc);
+  free(pmax);
+  free(psum);
+  return 0;
+}
+
+#define ATT_QBLOCK 128
+
+/*
+ * The same attention for many queries (prefill), as matrix products: for each head and block of up to
+ * 128 queries, P = scale·Q·Kᵀ over the keys any query of the block sees (one sgemm), a masked softmax
+ * on each row of P, then O = P·V (a second sgemm). The masked entries of P are zeros that the second
+ * sgemm multiplies for nothing, at most 128 per row, and in exchange both products run at sgemm speed.
+ */
+static int attention_blocks(float *out, const float *q, const float *k, const float *v, int T, int S, int H,
+                            int G, int E, float scale, int window) {
+  size_t qstride = (size_t)H * E, kvstride = (size_t)G * E;
+  int per_group = H / G;
+  int bq = T < ATT_QBLOCK ? T : ATT_QBLOCK;
+  float *P = malloc((size_t)bq * S * sizeof(float));
+  float *rinv = malloc((size_t)bq * sizeof(float));
+  if (!P || !rinv) {
+    free(P);
+    free(rinv);
+    return -1;
+  }
+  for (int h = 0; h < H; h++) {
+    int g = h / per_group;
+    for (int t0 = 0; t0 < T; t0 += bq) {
+      int nb = T - t0 < bq ? T - t0 : bq;
+      int p0 = S - T + t0; /* position of the block's first query */
+      int jlo = (window > 0 && p0 - window + 1 > 0) ? p0 - window + 1 : 0;
+      int jhi = p0 + nb; /* one past the last query's position */
+      int ns = jhi - jlo;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, ns, E, scale, q + (size_t)t0 * qstride + (size_t)h * E,
+                  (int)qstride, k + (size_t)jlo * kvstride + (size_t)g * E, (int)kvstride, 0.0f, P, ns);
+#pragma omp parallel for num_threads(g_threads) if ((size_t)nb * ns >= PAR_MIN_WORK) schedule(static)
+      for (int r = 0; r < nb; r++) {
+        int p = p0 + r;
+        int a = ((window > 0 && p - window + 1 > 0) ? p - window + 1 : 0) - jlo;
+        int b = p - jlo + 1; /* row r sees columns [a, b) */
+        float *row = P + (size_t)r * ns;
+        float mx = -INFINITY;
+        for (int j = a; j < b; j++)
+          if (row[j] > mx) mx = row[j];
+        double sum = 0.0;
+        for (int j = 0; j < a; j++) row[j] = 0.0f;
+        for (int j = a; j < b; j++) {
+          float e = expf(row[j] - mx);
+          row[j] = e;
+          sum += e;
+        }
+        for (int j = b; j < ns; j++) row[j] = 0.0f;
+        rinv[r] = (float)(1.0 / sum);
+      }
+      float *o = out + (size_t)t0 * qstride + (size_t)h * E;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, E, ns, 1.0f, P, ns,
+                  v + (size_t)jlo * kvstride + (size_t)g * E, (int)kvstride, 0.0f, o, (int)qstride);
+      for (int r = 0; r < nb; r++)
+        for (int e = 0; e < E; e++) o[(size_t)r * qstride + e] *= rinv[r];
+    }
+  }
+  free(P);
+  free(rinv);
+  return 0;
+}
+
+/* From 8 queries on, the sgemm path was faster on every shape measured (docs/ENGINE.md); below, the
+ * row path, which also splits long key ranges across threads for decoding. */
+#define ATT_BLOCKS_MIN_T 8
+
+static int attention_forward(float *out, const float *q, const float *k, const float *v, int T, int S, int H,
+                             int G, int E, float scale, int window) {
+  if (T >= ATT_BLOCKS_MIN_T) return attention_blocks(out, q, k, v, T, S, H, G, E, scale, window);
+  return attention_rows(out, q, k, v, T, S, H, G, E, scale, window);
+}
+
+enum act_kind { ACT_SILU, ACT_GELU_TANH };
+
+/* out[n] = act(gate[n]) * up[n]; out may be gate or up. */
+static void gated_act_forward(float *out, const float *gate, const float *up, size_t n, enum act_kind act) {
+  if (act == ACT_SILU) {
+#pragma omp parallel for num_threads(g_threads) if (n >= PAR_MIN_WORK) schedule(static)
+    for (size_t i = 0; i < n; i++) {
+      float g = gate[i];
+      out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+  } else {
+    /* PyTorch's gelu(approximate='tanh') = 0.5·x·(1 + tanh(u)), u = sqrt(2/pi)·(x + 0.044715·x³),
+     * computed through the identity (1 + tanh(u))/2 = 1/(1 + exp(-2u)): one expf instead of a tanhf,
+     * which is about 4x slower in glibc, and no cancellation in 1 + tanh(u) for negative x */
+    const float kBeta = 0.7978845608028654f; /* sqrt(2/pi) */
+    const float kKappa = 0.044715f;
+#pragma omp parallel for num_threads(g_threads) if (n >= PAR_MIN_WORK) schedule(static)
+    for (size_t i = 0; i < n; i++) {
+      float g = gate[i];
+      float u = kBeta * (g + kKappa * g * g * g);
+      out[i] = g / (1.0f + expf(-2.0f * u)) * up[i];
+    }
+  }
+}
+
+// ----------------------------------------------------------------------------
+// Q8_0 matmul (ggml layout): weights stay 8-bit, activations are quantised to 8 bits per 32-block
+
+#define QK 32
+#define Q8_BLOCK_BYTES 34 /* fp16 scale + 32 int8 */
+
+static inline float f16_to_f32(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else { /* subnormal: renormalise */
+      int e = -1;
+      do {
+        e++;
+        man <<= 1;
+      } while (!(man & 0x400));
+      bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ff) << 13);
+    }
+  } else if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+  }
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+#endif
+}
+
+/* One row of K activations to K/32 blocks: xq in [-127, 127] and one fp32 scale per block. */
+static void quantize_row_q8(const float *x, int8_t *xq, float *xd, int K) {
+  for (int b = 0; b < K / QK; b++) {
+    const float *xb = x + b * QK;
+    float amax = 0.0f;
+    for (int i = 0; i < QK; i++) amax = fmaxf(amax, fabsf(xb[i]));
+    float d = amax / 127.0f;
+    float id = d > 0.0f ? 1.0f / d : 0.0f;
+    xd[b] = d;
+    for (int i = 0; i < QK; i++) xq[b * QK + i] = (int8_t)lrintf(xb[i] * id);
+  }
+}
+
+/* Σ over blocks of dw·dx·Σ(wq·xq) for one weight row against one quantised activation row. */
+static inline float dot_q8(const uint8_t *wrow, const int8_t *xq, const float *xd, int nb) {
+#if defined(__AVX2__) && defined(__FMA__)
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  const __m256i ones = _mm256_set1_epi16(1);
+  int b = 0;
+  for (; b + 1 < nb; b += 2) {
+    for (int u = 0; u < 2; u++) {
+      const uint8_t *blk = wrow + (size_t)(b + u) * Q8_BLOCK_BYTES;
+      uint16_t hd;
+      memcpy(&hd, blk, 2);
+      __m256i wv = _mm256_loadu_si256((const __m256i *)(blk + 2));
+      __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (size_t)(b + u) * QK));
+      /* maddubs multiplies unsigned by signed bytes: move w's sign onto x and take |w| */
+      __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+      __m256 pf = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
+      __m256 d = _mm256_set1_ps(f16_to_f32(hd) * xd[b + u]);
+      if (u == 0)
+        acc0 = _mm256_fmadd_ps(d, pf, acc0);
+      else
+        acc1 = _mm256_fmadd_ps(d, pf, acc1);
+    }
+  }
+  __m256 acc = _mm256_add_ps(acc0, acc1);
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+  float sum = _mm_cvtss_f32(s4);
+#else
+  float sum = 0.0f;
+  int b = 0;
+#endif
+  for (; b < nb; b++) {
+    const uint8_t *blk = wrow + (size_t)b * Q8_BLOCK_BYTES;
+    uint16_t hd;
+    memcpy(&hd, blk, 2);
+    const int8_t *wq = (const int8_t *)(blk + 2);
+    int32_t isum = 0;
+    for (int i = 0; i < QK; i++) isum += (int32_t)wq[i] * (int32_t)xq[(size_t)b * QK + i];
+    sum += f16_to_f32(hd) * xd[b] * (float)isum;
+  }
+  return sum;
+}
+
+/* out[M,N] = x[M,K] · dequant(wq)[N,K]ᵀ (+ bias), K a multiple of 32. */
+static int matmul_q8_forward(float *out, const float *x, const uint8_t *wq, const float *bias, int M, int K,
+                             int N) {
+  int nb = K / QK;
+  int8_t *xq = malloc((size_t)M * K);
+  float *xd = malloc((size_t)M * nb * sizeof(float));
+  if (!xq || !xd) {
+    free(xq);
+    free(xd);
+    return -1;
+  }
+  for (int m = 0; m < M; m++) quantize_row_q8(x + (size_t)m * K, xq + (size_t)m * K, xd + (size_t)m * nb, K);
+  size_t row_bytes = (size_t)nb * Q8_BLOCK_BYTES;
+  /* one weight row against every activation row: the weights are the big stream, read once */
+#pragma omp parallel for num_threads(g_threads) if ((size_t)N * K >= PAR_MIN_WORK) schedule(static)
+  for (int n = 0; n < N; n++) {
+    const uint8_t *wrow = wq + (size_t)n * row_bytes;
+    float bn = bias ? bias[n] : 0.0f;
+    for (int m = 0; m < M; m++)
+      out[(size_t)m * N + n] = dot_q8(wrow, xq + (size_t)m * K, xd + (size_t)m * nb, nb) + bn;
+  }
+  free(xq);
+  free(xd);
+  return 0;
+}
+
+// ----------------------------------------------------------------------------
+// Node-API argument checking
+
+#define ERR_CODE "STEERGUARD_BAD_ARGUMENT"
+#define MAX_ARGS 12
+
+/* napi_status failures that are not the caller's fault (out of memory, engine shutting down) */
+#define NAPI_OK(call)                                                                                        \
+  do {                                                                                                       \
+    if ((call) != napi_ok) {                                                                                 \
+      const napi_extended_error_info *ei = NULL;                                                             \
+      napi_get_last_error_info(env, &ei);                                                                    \
+      bool pending = false;                                                                                  \
+      napi_is_exception_pending(env, &pending);                                                              \
+      if (!pending)                                                                                          \
+        napi_throw_error(env, NULL, ei && ei->error_message ? ei->error_message : "Node-API call failed");  \
+      return NULL;                                                                                           \
+    }                                                                                                        \
+  } while (0)
+
+static void throw_type(napi_env env, const char *fn, const char *msg_fmt, const char *name) {
+  char msg[256];
+  char what[160];
+  snprintf(what, sizeof what, msg_fmt, name);
+  snprintf(msg, sizeof msg, "%s: %s", fn, what);
+  napi_throw_type_error(env, ERR_CODE, msg);
+}
+
+static void throw_range(napi_env env, const char *msg) { napi_throw_range_error(env, ERR_CODE, msg); }
+
+typedef struct {
+  void *data;
+  size_t len; /* elements */
+  size_t elem; /* bytes per element */
+} view;
+
+/* A typed array of the given kind, or (when optional) undefined/null, which gives data == NULL. */
+static bool get_view(napi_env env, napi_value v, napi_typedarray_type want, const char *fn, const char *name,
+                     bool optional, view *out) {
+  out->data = NULL;
+  out->len = 0;
+  out->elem = want == napi_uint8_array ? 1 : 4;
+  napi_valuetype vt;
+  if (napi_typeof(env, v, &vt) != napi_ok) return false;
+  if (optional && (vt == napi_undefined || vt == napi_null)) return true;
+  bool is_ta = false;
+  napi_is_typedarray(env, v, &is_ta);
+  const char *kind = want == napi_float32_array ? "a Float32Array"
+                     : want == napi_int32_array   ? "an Int32Array"
+                                                  : "a Uint8Array";
+  char fmt[96];
+  snprintf(fmt, sizeof fmt, "%%s must be %s", kind);
+  if (!is_ta) {
+    throw_type(env, fn, fmt, name);
+    return false;
+  }
+  napi_typedarray_type t;
+  size_t len;
+  void *data;
+  if (napi_get_typedarray_info(env, v, &t, &len, &data, NULL, NULL) != napi_ok || t != want) {
+    throw_type(env, fn, fmt, name);
+    return false;
+  }
+  out->data = data;
+  out->len = len;
+  return true;
+}
+
+/* A whole number in [lo, INT32_MAX]. */
+static bool get_int(napi_env env, napi_value v, const char *fn, const char *name, int64_t lo, int *out) {
+  double d;
+  if (napi_get_value_double(env, v, &d) != napi_ok) {
+    throw_type(env, fn, "%s must be a number", name);
+    return false;
+  }
+  if (!(d == floor(d)) || d < (double)lo || d > 2147483647.0) {
+    char msg[200];
+    snprintf(msg, sizeof msg, "%s: %s must be an integer in [%lld, 2147483647], got %g", fn, name, (long long)lo,
+             d);
+    throw_range(env, msg);
+    return false;
+  }
+  *out = (int)d;
+  return true;
+}
+
+static bool get_finite(napi_env env, napi_value v, const char *fn, const char *name, double *out) {
+  if (napi_get_value_double(env, v, out) != napi_ok) {
+    throw_type(env, fn, "%s must be a number", name);
+    return false;
+  }
+  if (!isfinite(*out)) {
+    char msg[200];
+    snprintf(msg, sizeof msg, "%s: %s must be a finite number, got %g", fn, name, *out);
+    throw_range(env, msg);
+    return false;
+  }
+  return true;
+}
+
+/* len(name) >= need, where need is the product of up to three sizes (computed without overflow). */
+static bool check_len(napi_env env, const char *fn, const char *name, const view *a, const char *need_expr,
+                      uint64_t x, uint64_t y, uint64_t z) {
+  uint64_t need, t;
+  bool ovf = __builtin_mul_overflow(x, y, &t) || __builtin_mul_overflow(t, z, &need);
+  if (ovf || a->len < need) {
+    char msg[256];
+    if (ovf)
+      snprintf(msg, sizeof msg, "%s: %s = %s overflows", fn, name, need_expr);
+    else
+      snprintf(msg, sizeof msg, "%s: %s has %zu elements, needs %s = %llu", fn, name, a->len, need_expr,
+               (unsigned long long)need);
+    throw_range(env, msg);
+    return false;
+  }
+  return true;
+}
+
+/* The first na/nb elements of two views overlap in memory. */
+static bool overlaps(const view *a, size_t na, const view *b, size_t nb) {
+  if (!a->data || !b->data || na == 0 || nb == 0) return false;
+  uintptr_t a0 = (uintptr_t)a->data, a1 = a0 + na * a->elem;
+  uintptr_t b0 = (uintptr_t)b->data, b1 = b0 + nb * b->elem;
+  return a0 < b1 && b0 < a1;
+}
+
+static bool check_no_overlap(napi_env env, const char *fn, const char *an, const view *a, size_t na,
+                             const char *bn, const view *b, size_t nb, bool allow_same) {
+  if (!overlaps(a, na, b, nb)) return true;
+  if (allow_same && a->data == b->data) return true;
+  char msg[200];
+  snprintf(msg, sizeof msg, "%s: %s must not overlap %s%s", fn, an, bn,
+           allow_same ? " (it may be the very same array)" : "");
+  throw_range(env, msg);
+  return false;
+}
+
+static bool get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
+  size_t argc = MAX_ARGS;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return false;
+  /* missing trailing arguments read as undefined, so the checks below report them by name */
+  napi_value undef;
+  napi_get_undefined(env, &undef);
+  for (size_t i = argc; i < want; i++) argv[i] = undef;
+  return true;
+}
+
+static void throw_oom(napi_env env, const char *fn) {
+  char msg[128];
+  snprintf(msg, sizeof msg, "%s: out of memory for scratch buffers", fn);
+  napi_throw_error(env, NULL, msg);
+}
+
+// ----------------------------------------------------------------------------
+// Node-API bindings
+
+/* matmul(out, x, w, M, K, N, bias?) */
+static napi_value js_matmul(napi_env env, napi_callback_info info) {
+  const char *fn = "matmul";
+  napi_value a[MAX_ARGS];
+  view out, x, w, bias;
+  int M, K, N;
+  if (!get_args(env, info, 7, a)) return NULL;
+  if (!get_view(env, a[0], napi_float32_array, fn, "out", false, &out) ||
+      !get_view(env, a[1], napi_float32_array, fn, "x", false, &x) ||
+      !get_view(env, a[2], napi_float32_array, fn, "w", false, &w) || !get_int(env, a[3], fn, "M", 0, &M) ||
+      !get_int(env, a[4], fn, "K", 1, &K) || !get_int(env, a[5], fn, "N", 1, &N) ||
+      !get_view(env, a[6], napi_float32_array, fn, "bias", true, &bias))
+    return NULL;
+  if (!check_len(env, fn, "out", &out, "M*N", M, N, 1) || !check_len(env, fn, "x", &x, "M*K", M, K, 1) ||
+      !check_len(env, fn, "w", &w, "N*K", N, K, 1) ||
+      (bias.data && !check_len(env, fn, "bias", &bias, "N", N, 1, 1)))
+    return NULL;
+  size_t nout = (size_t)M * N;
+  if (!check_no_overlap(env, fn, "out", &out, nout, "x", &x, (size_t)M * K, false) ||
+      !check_no_overlap(env, fn, "out", &out, nout, "w", &w, (size_t)N * K, false) ||
+      !check_no_overlap(env, fn, "out", &out, nout, "bias", &bias, (size_t)N, false))
+    return NULL;
+  if (M > 0) matmul_forward(out.data, x.data, w.data, bias.data, M, K, N);
+  return NULL;
+}
+
+/* rmsnorm(out, x, weight, M, D, eps) */
+static napi_value js_rmsnorm(napi_env env, napi_callback_info info) {
+  const char *fn = "rmsnorm";
+  napi_value a[MAX_ARGS];
+  view out, x, w;
+  int M, D;
+  double eps;
+  if (!get_args(env, info, 6, a)) return NULL;
+  if (!get_view(env, a[0], napi_float32_array, fn, "out", false, &out) ||
+      !get_view(env, a[1], napi_float32_array, fn, "x", false, &x) ||
+      !get_view(env, a[2], napi_float32_array, fn, "weight", false, &w) || !get_int(env, a[3], fn, "M", 0, &M) ||
+      !get_int(env, a[4], fn, "D", 1, &D) || !get_finite(env, a[5], fn, "eps", &eps))
+    return NULL;
+  if (eps < 0) {
+    throw_range(env, "rmsnorm: eps must be >= 0");
+    return NULL;
+  }
+  size_t n = (size_t)M * D;
+  if (!check_len(env, fn, "out", &out, "M*D", M, D, 1) || !check_len(env, fn, "x", &x, "M*D", M, D, 1) ||
+      !check_len(env, fn, "weight", &w, "D", D, 1, 1) ||
+      !check_no_overlap(env, fn, "out", &out, n, "x", &x, n, true) ||
+      !check_no_overlap(env, fn, "out", &out, n, "weight", &w, (size_t)D, false))
+    return NULL;
+  if (M > 0) rmsnorm_forward(out.data, x.data, w.data, M, D, (float)eps);
+  return NULL;
+}
+
+/* rope(x, M, heads, E, rotDim, pos, theta) */
+static napi_value js_rope(napi_env env, napi_callback_info info) {
+  const char *fn = "rope";
+  napi_value a[MAX_ARGS];
+  view x, pos;
+  int M, heads, E, rotDim;
+  double theta;
+  if (!get_args(env, info, 7, a)) return NULL;
+  if (!get_view(env, a[0], napi_float32_array, fn, "x", false, &x) || !get_int(env, a[1], fn, "M", 0, &M) ||
+      !get_int(env, a[2], fn, "heads", 1, &heads) || !get_int(env, a[3], fn, "E", 1, &E) ||
+      !get_int(env, a[4], fn, "rotDim", 2, &rotDim) ||
+      !get_view(env, a[5], napi_int32_array, fn, "pos", false, &pos) ||
+      !get_finite(env, a[6], fn, "theta", &theta))
+    return NULL;
+  if (rotDim % 2 != 0 || rotDim > E) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "rope: rotDim must be even and <= E = %d, got %d", E, rotDim);
+    throw_range(env, msg);
+    return NULL;
+  }
+  if (!(theta > 0)) {
+    throw_range(env, "rope: theta must be > 0");
+    return NULL;
+  }
+  if (!check_len(env, fn, "x", &x, "M*heads*E", M, heads, E) || !check_len(env, fn, "pos", &pos, "M", M, 1, 1))
+    return NULL;
+  if (M > 0 && rope_forward(x.data, M, heads, E, rotDim, pos.data, (float)theta) != 0) throw_oom(env, fn);
+  return NULL;
+}
+
+/* attention(out, q, k, v, T, S, H, G, E, scale, window) */
+static napi_value js_attention(napi_env env, napi_callback_info info) {
+  const char *fn = "attention";
+  napi_value a[MAX_ARGS];
+  view out, q, k, v;
+  int T, S, H, G, E, window;
+  double scale;
+  if (!get_args(env, info, 11, a)) return NULL;
+  if (!get_view(env, a[0], napi_float32_array, fn, "out", false, &out) ||
+      !get_view(env, a[1], napi_float32_array, fn, "q", false, &q) ||
+      !get_view(env, a[2], napi_float32_array, fn, "k", false, &k) ||
+      !get_view(env, a[3], napi_float32_array, fn, "v", false, &v) || !get_int(env, a[4], fn, "T", 0, &T) ||
+      !get_int(env, a[5], fn, "S", 0, &S) || !get_int(env, a[6], fn, "H", 1, &H) ||
+      !get_int(env, a[7], fn, "G", 1, &G) || !get_int(env, a[8], fn, "E", 1, &E) ||
+      !get_finite(env, a[9], fn, "scale", &scale) || !get_int(env, a[10], fn, "window", 0, &window))
+    return NULL;
+  char msg[200];
+  if (T > S) {
+    snprintf(msg, sizeof msg, "attention: T (%d) must be <= S (%d): the queries' own keys are part of k", T, S);
+    throw_range(env, msg);
+    return NULL;
+  }
+  if (H % G != 0) {
+    snprintf(msg, sizeof msg, "attention: H (%d) must be a multiple of G (%d)", H, G);
+    throw_range(env, msg);
+    return NULL;
+  }
+  if ((uint64_t)H * E > INT32_MAX) { /* H*E and G*E are BLAS leading dimensions, C ints */
+    throw_range(env, "attention: H*E must be < 2^31");
+    return NULL;
+  }
+  size_t nq = (size_t)T * H * E, nkv = (size_t)S * G * E;
+  if (!check_len(env, fn, "out", &out, "T*H*E", T, H, E) || !check_len(env, fn, "q", &q, "T*H*E", T, H, E) ||
+      !check_len(env, fn, "k", &k, "S*G*E", S, G, E) || !check_len(env, fn, "v", &v, "S*G*E", S, G, E) ||
+      !check_no_overlap(env, fn, "out", &out, nq, "q", &q, nq, false) ||
+      !check_no_overlap(env, fn, "out", &out, nq, "k", &k, nkv, false) ||
+      !check_no_overlap(env, fn, "out", &out, nq, "v", &v, nkv, false))
+    return NULL;
+  if (T > 0 && attention_forward(out.data, q.data, k.data, v.data, T, S, H, G, E, (float)scale, window) != 0)
+    throw_oom(env, fn);
+  return NULL;
+}
+
+/* gatedAct(out, gate, up, n, act) */
+static napi_value js_gated_act(napi_env env, napi_callback_info info) {
+  const char *fn = "gatedAct";
+  napi_value a[MAX_ARGS];
+  view out, gate, up;
+  int n;
+  if (!get_args(env, info, 5, a)) return NULL;
+  if (!get_view(env, a[0], napi_float32_array, fn, "out", false, &out) ||
+      !get_view(env, a[1], napi_float32_array, fn, "gate", false, &gate) ||
+      !get_view(env, a[2], napi_float32_array, fn, "up", false, &up) || !get_int(env, a[3], fn, "n", 0, &n))
+    return NULL;
+  char act[16] = {0};
+  size_t alen = 0;
+  if (napi_get_value_string_utf8(env, a[4], act, sizeof act, &alen) != napi_ok) {
+    throw_type(env, fn, "%s must be 'silu' or 'gelu_tanh'", "act");
+    return NULL;
+  }
+  enum act_kind kind;
+  if (strcmp(act, "silu") == 0) {
+    kind = ACT_SILU;
+  } else if (strcmp(act, "gelu_tanh") == 0) {
+    kind = ACT_GELU_TANH;
+  } else {
+    char msg[160];
+    snprintf(msg, sizeof msg, "gatedAct: act must be 'silu' or 'gelu_tanh', got '%s'", act);
+    throw_range(env, msg);
+    return NULL;
+  }
+  if (!check_len(env, fn, "out", &out, "n", n, 1, 1) || !check_len(env, fn, "gate", &gate, "n", n, 1, 1) ||
+      !check_len(env, fn, "up", &up, "n", n, 1, 1) ||
+      !check_no_overlap(env, fn, "out", &out, n, "gate", &gate, n, true) ||
+      !check_no_overlap(env, fn, "out", &out, n, "up", &up, n, true))
+    return NULL;
+  gated_act_forward(out.data, gate.data, up.data, (size_t)n, kind);
+  return NULL;
+}
+
+/* matmulQ8(out, x, wq, M, K, N, bias?) with wq in ggml Q8_0 blocks, rows of K/32 blocks */
+static napi_value js_matmul_q8(napi_env env, napi_callback_info info) {
+  const char *fn = "matmulQ8";
+  napi_value a[MAX_ARGS];
+  view out, x, wq, bias;
+  int M, K, N;
+  if (!get_args(env, info, 7, a)) return NULL;
+  if (!get_view(env, a[0], napi_float32_array, fn, "out", false, &out) ||
+      !get_view(env, a[1], napi_float32_array, fn, "x", false, &x) ||
+      !get_view(env, a[2], napi_uint8_array, fn, "wq", false, &wq) || !get_int(env, a[3], fn, "M", 0, &M) ||
+      !get_int(env, a[4], fn, "K", QK, &K) || !get_int(env, a[5], fn, "N", 1, &N) ||
+      !get_view(env, a[6], napi_float32_array, fn, "bias", true, &bias))
+    return NULL;
+  if (K % QK != 0) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "matmulQ8: K must be a multiple of %d (the Q8_0 block size), got %d", QK, K);
+    throw_range(env, msg);
+    return NULL;
+  }
+  if (!check_len(env, fn, "out", &out, "M*N", M, N, 1) || !check_len(env, fn, "x", &x, "M*K", M, K, 1) ||
+      !check_len(env, fn, "wq", &wq, "N*(K/32)*34 bytes", N, K / QK, Q8_BLOCK_BYTES) ||
+      (bias.data && !check_len(env, fn, "bias", &bias, "N", N, 1, 1)))
+    return NULL;
+  size_t nout = (size_t)M * N;
+  if (!check_no_overlap(env, fn, "out", &out, nout, "x", &x, (size_t)M * K, false) ||
+      !check_no_overlap(env, fn, "out", &out, nout, "wq", &wq, (size_t)N * (K / QK) * Q8_BLOCK_BYTES, false) ||
+      !check_no_overlap(env, fn, "out", &out, nout, "bias", &bias, (size_t)N, false))
+    return NULL;
+  if (M > 0 && matmul_q8_forward(out.data, x.data, wq.data, bias.data, M, K, N) != 0) throw_oom(env, fn);
+  return NULL;
+}
+
+/* setThreads(n): OpenBLAS and the OpenMP kernels, process-wide */
+static napi_value js_set_threads(napi_env env, napi_callback_info info) {
+  napi_value a[MAX_ARGS];
+  int n;
+  if (!get_args(env, info, 1, a)) return NULL;
+  if (!get_int(env, a[0], "setThreads", "n", 1, &n)) return NULL;
+  if (n > 1024) {
+    throw_range(env, "setThreads: n must be <= 1024");
+    return NULL;
+  }
+  g_threads = n;
+  openblas_set_num_threads(n);
+  omp_set_num_threads(n);
+  return NULL;
+}
+
+static napi_value make_string(napi_env env, const char *s) {
+  napi_value v;
+  if (napi_create_string_utf8(env, s, NAPI_AUTO_LENGTH, &v) != napi_ok) return NULL;
+  return v;
+}
+
+/* info(): { config, threads, simd } */
+static napi_value js_info(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value obj, threads;
+  NAPI_OK(napi_create_object(env, &obj));
+  const char *cfg = openblas_get_config();
+  NAPI_OK(napi_set_named_property(env, obj, "config", make_string(env, cfg ? cfg : "unknown")));
+  NAPI_OK(napi_create_int32(env, g_threads, &threads));
+  NAPI_OK(napi_set_named_property(env, obj, "threads", threads));
+  const char *simd =
+#if defined(__AVX2__) && defined(__FMA__)
+      "avx2+fma"
+#elif defined(__AVX__)
+      "avx"
+#else
+      "scalar"
+#endif
+      ;
+  NAPI_OK(napi_set_named_property(env, obj, "simd", make_string(env, simd)));
+  return obj;
+}
+
+NAPI_MODULE_INIT() {
+  napi_property_descriptor props[] = {
+      {"matmul", NULL, js_matmul, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"rmsnorm", NULL, js_rmsnorm, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"rope", NULL, js_rope, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"attention", NULL, js_attention, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"gatedAct", NULL, js_gated_act, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"matmulQ8", NULL, js_matmul_q8, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"setThreads", NULL, js_set_threads, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"info", NULL, js_info, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
+  /* one thread until told otherwise (loadNativeBackend() always sets the count it wants); only on the
+   * first load, since worker threads load the module again into the same process */
+  static int initialised = 0;
+  if (__atomic_exchange_n(&initialised, 1, __ATOMIC_SEQ_CST) == 0) {
+    g_threads = 1;
+    openblas_set_num_threads(1);
+  }
+  return exports;
+}

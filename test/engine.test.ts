@@ -1,0 +1,439 @@
+/**
+ * The native engine against the plain TypeScript reference (src/engine/reference.ts) on random
+ * inputs, edge shapes included, and its argument checks.
+ *
+ * Tolerances are relative to the largest magnitude of the reference output:
+ *   max |native - ref| / max |ref|  <=  tol
+ * The reference sums in double, so tol is the fp32 error budget of each kernel: 1e-5 for matmul and
+ * attention (sums of up to thousands of fp32 products), 1e-6 for rmsnorm, rope and gatedAct (a few
+ * fp32 operations per element).
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import { loadNativeBackend, type NativeBackend } from '../src/engine/native.js';
+import { dequantizeQ8_0, f16ToF32, quantizeQ8_0, ReferenceBackend } from '../src/engine/reference.js';
+import { SteerguardError } from '../src/formats/errors.js';
+
+const be: NativeBackend = loadNativeBackend({ threads: 2 });
+const ref = new ReferenceBackend();
+
+/** mulberry32: a seeded generator, so a failure reproduces. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function randn(n: number, seed: number, scale = 1): Float32Array {
+  const r = rng(seed);
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    // Box-Muller
+    const u = Math.max(r(), 1e-12);
+    out[i] = scale * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * r());
+  }
+  return out;
+}
+
+function relErr(got: ArrayLike<number>, want: ArrayLike<number>): number {
+  assert.equal(got.length, want.length);
+  let diff = 0;
+  let mag = 0;
+  for (let i = 0; i < want.length; i++) {
+    if (!Number.isFinite(got[i])) return Infinity;
+    diff = Math.max(diff, Math.abs(got[i] - want[i]));
+    mag = Math.max(mag, Math.abs(want[i]));
+  }
+  return mag === 0 ? diff : diff / mag;
+}
+
+function close(got: ArrayLike<number>, want: ArrayLike<number>, tol: number, what: string): void {
+  const e = relErr(got, want);
+  assert.ok(e <= tol, `${what}: max abs diff / max abs ref = ${e.toExponential(2)} > ${tol}`);
+}
+
+/** A Float32Array living at a non-zero byte offset inside a larger buffer, as hook views do. */
+function offsetCopy(a: Float32Array, pad = 3): Float32Array {
+  const big = new Float32Array(a.length + 2 * pad).fill(NaN);
+  const v = big.subarray(pad, pad + a.length);
+  v.set(a);
+  return v;
+}
+
+describe('native engine', () => {
+  it('loads and reports its build', () => {
+    assert.equal(be.threads, 2);
+    assert.match(be.name, /^native \(OpenBLAS [\d.]+, .*2 threads\)$/);
+    assert.match(be.info().config, /OpenBLAS/);
+  });
+
+  it('throws a SteerguardError naming the build command when the addon is missing', () => {
+    assert.throws(
+      () => loadNativeBackend({ addonPath: '/nonexistent/steerguard.node' }),
+      (e: unknown) =>
+        e instanceof SteerguardError && /build-native/.test(e.message) && /libopenblas-dev/.test(e.message),
+    );
+  });
+});
+
+describe('matmul', () => {
+  const shapes: [number, number, number][] = [
+    [1, 576, 1536], // decode: the sgemv path
+    [1, 7, 5],
+    [3, 17, 33], // odd K and N
+    [32, 64, 48],
+    [5, 1, 3], // K = 1
+    [65, 33, 1], // N = 1
+  ];
+  for (const [M, K, N] of shapes) {
+    for (const withBias of [false, true]) {
+      it(`${M}x${K}x${N}${withBias ? ' + bias' : ''}`, () => {
+        const seed = M * 1000 + K * 10 + N;
+        const x = randn(M * K, seed);
+        const w = randn(N * K, seed + 1);
+        const bias = withBias ? randn(N, seed + 2) : undefined;
+        const want = new Float32Array(M * N);
+        ref.matmul(want, x, w, M, K, N, bias);
+        const got = offsetCopy(new Float32Array(M * N));
+        be.matmul(got, offsetCopy(x), offsetCopy(w), M, K, N, bias && offsetCopy(bias));
+        close(got, want, 1e-5, 'matmul');
+      });
+    }
+  }
+
+  it('M = 0 is a no-op', () => {
+    const out = new Float32Array(4).fill(7);
+    be.matmul(out, new Float32Array(0), new Float32Array(8), 0, 2, 4);
+    assert.deepEqual([...out], [7, 7, 7, 7]);
+  });
+
+  it('accepts buffers longer than needed and leaves the tail alone', () => {
+    const x = randn(2 * 8 + 5, 1);
+    const w = randn(3 * 8, 2);
+    const out = new Float32Array(2 * 3 + 4).fill(9);
+    const want = new Float32Array(6);
+    ref.matmul(want, x, w, 2, 8, 3);
+    be.matmul(out, x, w, 2, 8, 3);
+    close(out.subarray(0, 6), want, 1e-5, 'matmul');
+    assert.deepEqual([...out.subarray(6)], [9, 9, 9, 9]);
+  });
+});
+
+describe('rmsnorm', () => {
+  for (const [M, D] of [
+    [1, 576],
+    [3, 576],
+    [4, 1],
+    [200, 4096], // parallel path
+  ]) {
+    it(`${M}x${D}`, () => {
+      const x = randn(M * D, D + M, 3);
+      const w = randn(D, D);
+      const want = new Float32Array(M * D);
+      ref.rmsnorm(want, x, w, M, D, 1e-6);
+      const got = new Float32Array(M * D);
+      be.rmsnorm(got, offsetCopy(x), offsetCopy(w), M, D, 1e-6);
+      close(got, want, 1e-6, 'rmsnorm');
+    });
+  }
+
+  it('in place (out === x)', () => {
+    const x = randn(5 * 64, 11);
+    const w = randn(64, 12);
+    const want = new Float32Array(5 * 64);
+    ref.rmsnorm(want, x, w, 5, 64, 1e-5);
+    be.rmsnorm(x, x, w, 5, 64, 1e-5);
+    close(x, want, 1e-6, 'rmsnorm in place');
+  });
+
+  it('an all-zero row gives zeros, not NaN', () => {
+    const out = new Float32Array(8);
+    be.rmsnorm(out, new Float32Array(8), new Float32Array(8).fill(1), 1, 8, 1e-6);
+    assert.deepEqual([...out], new Array(8).fill(0));
+  });
+});
+
+describe('rope', () => {
+  const cases: { M: number; heads: number; E: number; rotDim: number; theta: number; start: number }[] = [
+    { M: 5, heads: 3, E: 64, rotDim: 64, theta: 10000, start: 0 },
+    { M: 4, heads: 2, E: 64, rotDim: 32, theta: 10000, start: 7 }, // partial rotary: the tail is untouched
+    { M: 3, heads: 4, E: 256, rotDim: 256, theta: 1e6, start: 100 },
+    { M: 6, heads: 3, E: 64, rotDim: 64, theta: 100000, start: 30000 }, // long positions: fp32 angles matter
+    { M: 64, heads: 9, E: 64, rotDim: 64, theta: 10000, start: 0 }, // parallel path
+  ];
+  for (const c of cases) {
+    it(`M=${c.M} heads=${c.heads} E=${c.E} rotDim=${c.rotDim} theta=${c.theta} from pos ${c.start}`, () => {
+      const n = c.M * c.heads * c.E;
+      const x0 = randn(n, n + c.start);
+      const pos = Int32Array.from({ length: c.M }, (_, i) => c.start + i * 3);
+      const want = Float32Array.from(x0);
+      ref.rope(want, c.M, c.heads, c.E, c.rotDim, pos, c.theta);
+      const got = offsetCopy(x0);
+      be.rope(got, c.M, c.heads, c.E, c.rotDim, pos, c.theta);
+      close(got, want, 1e-6, 'rope');
+      if (c.rotDim < c.E) {
+        for (let r = 0; r < c.M * c.heads; r++) {
+          for (let e = c.rotDim; e < c.E; e++) assert.equal(got[r * c.E + e], x0[r * c.E + e]);
+        }
+      }
+    });
+  }
+});
+
+describe('attention', () => {
+  // T < 8 takes the query-by-query path (keys split across threads when T·G is small), T >= 8 the
+  // sgemm path in blocks of 128 queries: both are covered
+  const cases: { T: number; S: number; H: number; G: number; E: number; window: number; qScale?: number }[] =
+    [
+      { T: 1, S: 1, H: 2, G: 2, E: 64, window: 0 },
+      { T: 1, S: 37, H: 9, G: 3, E: 64, window: 0 }, // decode, GQA H/G = 3
+      { T: 7, S: 7, H: 8, G: 2, E: 64, window: 0 }, // prefill, GQA H/G = 4
+      { T: 5, S: 20, H: 4, G: 1, E: 256, window: 0 }, // chunked prefill after 15 cached keys, E = 256
+      { T: 3, S: 30, H: 2, G: 1, E: 64, window: 1 }, // window 1: each query sees itself only
+      { T: 2, S: 50, H: 3, G: 3, E: 32, window: 50 }, // window = S: same as none
+      { T: 1, S: 64, H: 2, G: 1, E: 64, window: 0, qScale: 40 }, // scores in the hundreds: stable softmax
+      { T: 1, S: 8192, H: 4, G: 1, E: 64, window: 0 }, // long decode
+      { T: 2, S: 8192, H: 2, G: 1, E: 64, window: 4096 },
+      { T: 8, S: 8, H: 4, G: 4, E: 256, window: 0 },
+      { T: 16, S: 64, H: 2, G: 1, E: 64, window: 0, qScale: 40 },
+      { T: 20, S: 20, H: 4, G: 2, E: 64, window: 4 }, // sliding window smaller than S
+      { T: 64, S: 96, H: 9, G: 3, E: 64, window: 0 },
+      { T: 300, S: 400, H: 4, G: 2, E: 64, window: 50 }, // three query blocks, the last partial
+      { T: 32, S: 8192, H: 2, G: 1, E: 64, window: 4096 },
+    ];
+  for (const c of cases) {
+    const { T, S, H, G, E, window } = c;
+    it(`T=${T} S=${S} H=${H} G=${G} E=${E} window=${window}${c.qScale ? ` q*${c.qScale}` : ''}`, () => {
+      const seed = T * 7 + S * 13 + H * 17 + E;
+      const q = randn(T * H * E, seed, c.qScale ?? 1);
+      const k = randn(S * G * E, seed + 1);
+      const v = randn(S * G * E, seed + 2);
+      const scale = 1 / Math.sqrt(E);
+      const want = new Float32Array(T * H * E);
+      ref.attention(want, q, k, v, T, S, H, G, E, scale, window);
+      const got = offsetCopy(new Float32Array(T * H * E));
+      be.attention(got, offsetCopy(q), offsetCopy(k), offsetCopy(v), T, S, H, G, E, scale, window);
+      close(got, want, 1e-5, 'attention');
+    });
+  }
+
+  it('query t sees only its own past: changing a later key leaves earlier queries alone', () => {
+    const [T, S, H, G, E] = [4, 4, 2, 1, 16];
+    const q = randn(T * H * E, 1);
+    const k = randn(S * G * E, 2);
+    const v = randn(S * G * E, 3);
+    const a = new Float32Array(T * H * E);
+    be.attention(a, q, k, v, T, S, H, G, E, 0.25, 0);
+    k.fill(5, 3 * G * E);
+    v.fill(-5, 3 * G * E);
+    const b = new Float32Array(T * H * E);
+    be.attention(b, q, k, v, T, S, H, G, E, 0.25, 0);
+    assert.deepEqual([...b.subarray(0, 3 * H * E)], [...a.subarray(0, 3 * H * E)]);
+    assert.notDeepEqual([...b.subarray(3 * H * E)], [...a.subarray(3 * H * E)]);
+  });
+});
+
+describe('gatedAct', () => {
+  for (const act of ['silu', 'gelu_tanh'] as const) {
+    for (const n of [1, 1000, 40000]) {
+      it(`${act} n=${n}`, () => {
+        const gate = randn(n, n, 4);
+        if (n >= 4) gate.set([100, -100, 0, -1e-8]); // saturation, exact zero, tiny
+        const up = randn(n, n + 1);
+        const want = new Float32Array(n);
+        ref.gatedAct(want, gate, up, n, act);
+        const got = new Float32Array(n);
+        be.gatedAct(got, offsetCopy(gate), offsetCopy(up), n, act);
+        close(got, want, 1e-6, act);
+      });
+    }
+    it(`${act} in place (out === gate)`, () => {
+      const gate = randn(100, 5);
+      const up = randn(100, 6);
+      const want = new Float32Array(100);
+      ref.gatedAct(want, gate, up, 100, act);
+      be.gatedAct(gate, gate, up, 100, act);
+      close(gate, want, 1e-6, act);
+    });
+  }
+});
+
+/**
+ * What matmulQ8 computes, step by step in fp32 where the kernel is: x rounded to int8 per block of
+ * 32 (scale max|x|/127, round half to even), integer block dots, scaled by fp16(dw)·dx.
+ */
+function refMatmulQ8(x: Float32Array, wq: Uint8Array, M: number, K: number, N: number, bias?: Float32Array) {
+  const f = Math.fround;
+  const nb = K / 32;
+  const view = new DataView(wq.buffer, wq.byteOffset, wq.byteLength);
+  const out = new Float32Array(M * N);
+  const roundEven = (v: number) => {
+    const r = Math.round(v);
+    return Math.abs(v % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+  };
+  for (let m = 0; m < M; m++) {
+    const xq = new Int8Array(K);
+    const xd = new Float64Array(nb);
+    for (let b = 0; b < nb; b++) {
+      let amax = 0;
+      for (let i = 0; i < 32; i++) amax = Math.max(amax, Math.abs(x[m * K + b * 32 + i]));
+      const d = f(amax / 127);
+      const id = d > 0 ? f(1 / d) : 0;
+      xd[b] = d;
+      for (let i = 0; i < 32; i++) xq[b * 32 + i] = roundEven(f(x[m * K + b * 32 + i] * id));
+    }
+    for (let n = 0; n < N; n++) {
+      let acc = bias ? bias[n] : 0;
+      for (let b = 0; b < nb; b++) {
+        const base = (n * nb + b) * 34;
+        let isum = 0;
+        for (let i = 0; i < 32; i++) isum += view.getInt8(base + 2 + i) * xq[b * 32 + i];
+        acc += f(f16ToF32(view.getUint16(base, true)) * xd[b]) * isum;
+      }
+      out[m * N + n] = acc;
+    }
+  }
+  return out;
+}
+
+describe('matmulQ8', () => {
+  const shapes: [number, number, number][] = [
+    [1, 576, 1536],
+    [1, 32, 1], // one block: the scalar tail only
+    [1, 96, 7], // odd number of blocks
+    [3, 64, 9],
+    [17, 128, 33],
+  ];
+  for (const [M, K, N] of shapes) {
+    it(`${M}x${K}x${N}`, () => {
+      const seed = M + K + N;
+      const x = randn(M * K, seed);
+      const wf = randn(N * K, seed + 1, 0.05);
+      const bias = M > 1 ? randn(N, seed + 2) : undefined;
+      const wq = quantizeQ8_0(wf, N, K);
+      const got = new Float32Array(M * N);
+      // an unaligned view of the blocks, as when they are read straight out of a GGUF file
+      const padded = new Uint8Array(wq.length + 1);
+      padded.set(wq, 1);
+      be.matmulQ8(got, x, padded.subarray(1), M, K, N, bias);
+      close(got, refMatmulQ8(x, wq, M, K, N, bias), 1e-5, 'matmulQ8 vs its exact recipe');
+      // and the quantisation error against fp32 on the dequantised weights stays small
+      const full = new Float32Array(M * N);
+      ref.matmul(full, x, dequantizeQ8_0(wq, N, K), M, K, N, bias);
+      close(got, full, 2e-2, 'matmulQ8 vs fp32 matmul');
+    });
+  }
+
+  it('rejects K that is not a multiple of 32 and short wq', () => {
+    assert.throws(
+      () => be.matmulQ8(new Float32Array(2), new Float32Array(48), new Uint8Array(200), 1, 48, 2),
+      /K must be a multiple of 32/,
+    );
+    assert.throws(
+      () => be.matmulQ8(new Float32Array(2), new Float32Array(64), new Uint8Array(135), 1, 64, 2),
+      /wq has 135 elements/,
+    );
+  });
+});
+
+describe('argument checks', () => {
+  const bad = (fn: () => void, re: RegExp, kind: typeof TypeError | typeof RangeError = RangeError) =>
+    assert.throws(fn, (e: unknown) => {
+      assert.ok(e instanceof kind, `expected ${kind.name}, got ${String(e)}`);
+      assert.match((e as Error).message, re);
+      assert.equal((e as { code?: string }).code, 'STEERGUARD_BAD_ARGUMENT');
+      return true;
+    });
+  const f = (n: number) => new Float32Array(n);
+
+  it('matmul', () => {
+    bad(() => be.matmul(f(6), f(6), f(5), 2, 3, 2), /matmul: w has 5 elements, needs N\*K = 6/);
+    bad(() => be.matmul(f(5), f(6), f(6), 2, 3, 3), /matmul: out has 5 elements, needs M\*N = 6/);
+    bad(() => be.matmul(f(4), f(5), f(6), 2, 3, 2), /matmul: x has 5 elements/);
+    bad(() => be.matmul(f(4), f(6), f(6), 2, 3, 2, f(1)), /matmul: bias has 1 elements, needs N = 2/);
+    bad(
+      () => be.matmul(f(4), new Float64Array(6) as unknown as Float32Array, f(6), 2, 3, 2),
+      /x must be a Float32Array/,
+      TypeError,
+    );
+    bad(() => be.matmul(f(4), f(6), f(6), 2.5, 3, 2), /M must be an integer/);
+    bad(() => be.matmul(f(4), f(6), f(6), 2, 0, 2), /K must be an integer in \[1,/);
+    bad(() => be.matmul(f(4), f(6), f(6), 2, 3, '2' as unknown as number), /N must be a number/, TypeError);
+    const buf = f(20);
+    bad(() => be.matmul(buf.subarray(0, 4), buf.subarray(2, 8), f(6), 2, 3, 2), /out must not overlap x/);
+    bad(() => (be.matmul as (...a: unknown[]) => void)(f(4), f(6)), /w must be a Float32Array/, TypeError);
+  });
+
+  it('rmsnorm', () => {
+    const buf = f(20);
+    bad(
+      () => be.rmsnorm(buf.subarray(1, 9), buf.subarray(0, 8), f(4), 2, 4, 1e-6),
+      /out must not overlap x \(it may be the very same array\)/,
+    );
+    bad(() => be.rmsnorm(f(8), f(8), f(3), 2, 4, 1e-6), /weight has 3 elements, needs D = 4/);
+    bad(() => be.rmsnorm(f(8), f(8), f(4), 2, 4, NaN), /eps must be a finite number/);
+  });
+
+  it('rope', () => {
+    bad(() => be.rope(f(64), 1, 1, 64, 63, new Int32Array(1), 1e4), /rotDim must be even and <= E = 64/);
+    bad(() => be.rope(f(64), 1, 1, 64, 66, new Int32Array(1), 1e4), /rotDim must be even/);
+    bad(
+      () => be.rope(f(64), 2, 1, 64, 64, new Int32Array(2), 1e4),
+      /x has 64 elements, needs M\*heads\*E = 128/,
+    );
+    bad(() => be.rope(f(128), 2, 1, 64, 64, new Int32Array(1), 1e4), /pos has 1 elements, needs M = 2/);
+    bad(
+      () => be.rope(f(64), 1, 1, 64, 64, new Float32Array(1) as unknown as Int32Array, 1e4),
+      /pos must be an Int32Array/,
+      TypeError,
+    );
+  });
+
+  it('attention', () => {
+    bad(() => be.attention(f(64), f(64), f(64), f(64), 2, 1, 2, 1, 16, 1, 0), /T \(2\) must be <= S \(1\)/);
+    bad(
+      () => be.attention(f(48), f(48), f(64), f(64), 1, 2, 3, 2, 16, 1, 0),
+      /H \(3\) must be a multiple of G \(2\)/,
+    );
+    bad(
+      () => be.attention(f(32), f(32), f(16), f(32), 1, 2, 2, 1, 16, 1, 0),
+      /k has 16 elements, needs S\*G\*E = 32/,
+    );
+    bad(
+      () => be.attention(f(32), f(32), f(32), f(32), 1, 2, 2, 1, 16, 1, -1),
+      /window must be an integer in \[0,/,
+    );
+    const buf = f(100);
+    bad(
+      () => be.attention(buf.subarray(0, 32), buf.subarray(0, 32), f(32), f(32), 1, 2, 2, 1, 16, 1, 0),
+      /out must not overlap q/,
+    );
+  });
+
+  it('gatedAct', () => {
+    bad(
+      () => be.gatedAct(f(4), f(4), f(4), 4, 'relu' as 'silu'),
+      /act must be 'silu' or 'gelu_tanh', got 'relu'/,
+    );
+    bad(() => be.gatedAct(f(4), f(3), f(4), 4, 'silu'), /gate has 3 elements, needs n = 4/);
+    const buf = f(10);
+    bad(
+      () => be.gatedAct(buf.subarray(1, 5), buf.subarray(0, 4), f(4), 4, 'silu'),
+      /out must not overlap gate/,
+    );
+  });
+
+  it('setThreads', () => {
+    bad(() => be.setThreads(0), /n must be an integer in \[1,/);
+    be.setThreads(1);
+    assert.equal(be.threads, 1);
+    be.setThreads(2);
+    assert.equal(be.threads, 2);
+  });
+});
