@@ -1,0 +1,186 @@
+/**
+ * Pieces shared by the subcommands: the command record main.ts dispatches on, model loading with
+ * a progress bar, and the option specs several commands repeat.
+ *
+ * The model code is imported lazily (`await import`) so that `--help`, option errors and the
+ * checks done before loading answer at once, without the native engine or the tokenizer library.
+ */
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { OptionError, SteerguardError } from '../../formats/errors.js';
+import type { Model } from '../../model/model.js';
+import {
+  type CommandSpec,
+  type NumberOption,
+  type OptionSpec,
+  type ParsedCommand,
+  defineCommand,
+  formatHelp,
+  parseCommandArgs,
+} from '../args.js';
+import type { CliOutput } from '../output.js';
+import { Progress } from '../progress.js';
+
+/** A subcommand as main.ts sees it: its spec (for help and parsing) and what it does. */
+export interface CliCommand {
+  readonly spec: CommandSpec;
+  /** Left out of `steerguard --help` (internal helpers such as bench-worker). */
+  readonly hidden: boolean;
+  /** Parses `argv` (the words after the command name) and runs, or prints the help for --help. */
+  run(argv: readonly string[], out: CliOutput): Promise<void>;
+}
+
+/**
+ * Ties a spec to its implementation with the option types kept, and erases them for the command
+ * table (a table of differently-typed commands cannot keep each one's option types).
+ */
+export function command<const O extends Record<string, OptionSpec>>(
+  spec: CommandSpec<O>,
+  run: (args: ParsedCommand<O>, out: CliOutput) => Promise<void>,
+  options: { hidden?: boolean } = {},
+): CliCommand {
+  const checked = defineCommand(spec);
+  return {
+    spec: checked as unknown as CommandSpec,
+    hidden: options.hidden ?? false,
+    run: async (argv, out) => {
+      const parsed = parseCommandArgs(checked, argv);
+      if (parsed.help) {
+        out.stdout.write(formatHelp(checked as unknown as CommandSpec));
+        return;
+      }
+      await run(parsed, out);
+    },
+  };
+}
+
+export const THREADS_OPTION = {
+  type: 'number',
+  integer: true,
+  min: 1,
+  max: 1024,
+  description: 'threads for the native engine (default: $STEERGUARD_THREADS, else every core)',
+} as const satisfies NumberOption;
+
+/** The steerguard package version, from the package.json above this file. */
+export function packageVersion(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    try {
+      const pkg = JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')) as {
+        name?: unknown;
+        version?: unknown;
+      };
+      if (pkg.name === 'steerguard' && typeof pkg.version === 'string') return pkg.version;
+    } catch {
+      // no package.json here; keep walking up
+    }
+    const parent = path.dirname(dir);
+    if (parent === dir) return 'unknown';
+    dir = parent;
+  }
+}
+
+/** Loads a model with a layer progress bar on stderr and a one-line summary after. */
+export async function loadModel(
+  nameOrPath: string,
+  out: CliOutput,
+  opts: { threads?: number } = {},
+): Promise<Model> {
+  const { Model } = await import('../../model/model.js');
+  const start = performance.now();
+  let progress: Progress | undefined;
+  const model = await Model.load(nameOrPath, {
+    threads: opts.threads,
+    onProgress: (done, total) => {
+      progress ??= new Progress({ total, label: 'loading model', unit: 'layers', json: out.json });
+      progress.update(done);
+    },
+  });
+  progress?.finish();
+  const c = model.config;
+  out.info(
+    `loaded ${path.basename(model.identity.path)} (${c.arch}, ${c.nLayers} layers, d_model ${c.dModel}) ` +
+      `in ${((performance.now() - start) / 1000).toFixed(1)}s on ${model.backend.name}`,
+  );
+  return model;
+}
+
+/**
+ * Decides the chat-template question from `--chat` / `--no-chat`: forced either way, or (neither
+ * given) on exactly when the model ships a template, since base models have none to apply.
+ */
+export function useChat(model: Model, flags: { chat: boolean; noChat: boolean }): boolean {
+  if (flags.chat && flags.noChat) throw new OptionError('--chat and --no-chat contradict each other');
+  const has = hasChatTemplate(model);
+  if (flags.chat && !has) {
+    throw new SteerguardError(
+      `${path.basename(model.identity.path)} has no chat template (a base model?); drop --chat to send raw text`,
+    );
+  }
+  return flags.noChat ? false : has;
+}
+
+export function hasChatTemplate(model: Model): boolean {
+  try {
+    return model.tokenizer.chatTemplate !== undefined;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * `--chat` and `--no-chat` are two switches rather than one boolean because the parser cannot
+ * tell an absent boolean from `--no-chat`, and absent means "decide from the model".
+ */
+export const CHAT_OPTIONS = {
+  chat: {
+    type: 'boolean',
+    description: "wrap prompts in the model's chat template (default: when the model has one)",
+  },
+  noChat: {
+    type: 'boolean',
+    description: 'send prompts as raw text even when the model has a chat template',
+  },
+} as const satisfies Record<string, OptionSpec>;
+
+/** Wraps a help paragraph at `width` columns (formatHelp prints descriptions as given). */
+export function para(text: string, width = 100): string {
+  const lines: string[] = [];
+  let line = '';
+  for (const word of text.split(/\s+/)) {
+    if (line !== '' && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = word;
+    } else {
+      line = line === '' ? word : `${line} ${word}`;
+    }
+  }
+  if (line !== '') lines.push(line);
+  return lines.join('\n');
+}
+
+/** `\n`, `\t`, `\\` in a string given on the command line, so stop strings can hold newlines. */
+export function unescape(s: string): string {
+  return s.replace(/\\([nt\\])/g, (_m, c: string) => (c === 'n' ? '\n' : c === 't' ? '\t' : '\\'));
+}
+
+/** Bytes as '1.2 MB' (decimal units, like `ls -h --si`). */
+export function formatBytes(n: number): string {
+  if (n < 1000) return `${n} B`;
+  const units = ['kB', 'MB', 'GB', 'TB'];
+  let v = n;
+  let u = -1;
+  while (v >= 1000 && u < units.length - 1) {
+    v /= 1000;
+    u++;
+  }
+  return `${v.toFixed(v >= 100 ? 0 : 1)} ${units[u]}`;
+}
+
+/** Resolves after pending I/O and signals have had a turn (synchronous model calls block them). */
+export function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}

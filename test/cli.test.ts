@@ -1,0 +1,232 @@
+/**
+ * The `steerguard` CLI end to end: each case spawns `node dist/src/cli/main.js` as a user would.
+ * Cases that need the SmolLM2 GGUF skip (saying why) when it is missing. Prompt files here hold
+ * benign text only.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { after, describe, it } from 'node:test';
+
+import { flagName } from '../src/cli/args.js';
+import { COMMANDS } from '../src/cli/commands/index.js';
+import { readSafetensorsHeader } from '../src/formats/safetensors.js';
+import { ROOT, SMOLLM2_GGUF, missingModel } from './util/fixtures.js';
+
+const MAIN = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
+const NEEDS_MODEL = { skip: missingModel(SMOLLM2_GGUF) };
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function cli(args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv } = {}): Run {
+  const r = spawnSync(process.execPath, [MAIN, ...args], {
+    cwd: ROOT,
+    input: opts.input ?? '',
+    encoding: 'utf8',
+    env: { ...process.env, STEERGUARD_DEBUG: '', ...opts.env },
+    timeout: 60_000,
+  });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+const tmp = mkdtempSync(path.join(tmpdir(), 'steerguard-cli-'));
+after(() => rmSync(tmp, { recursive: true, force: true }));
+
+const PROMPTS = [
+  'How do plants grow?',
+  'Write a short poem about the sea.',
+  'What is the capital of France?',
+];
+function promptCsv(name: string): string {
+  const file = path.join(tmp, name);
+  writeFileSync(file, `prompt,label\n${PROMPTS.map((p, i) => `"${p}",${i}`).join('\n')}\n`);
+  return file;
+}
+
+describe('steerguard CLI: usage', () => {
+  it('--help lists every visible command', () => {
+    const r = cli(['--help']);
+    assert.equal(r.code, 0);
+    for (const c of COMMANDS.filter((c) => !c.hidden))
+      assert.match(r.stdout, new RegExp(`^  ${c.spec.name} `, 'm'));
+    assert.doesNotMatch(r.stdout, /bench-worker/);
+  });
+
+  for (const c of COMMANDS) {
+    it(`${c.spec.name} --help lists its options and examples`, () => {
+      const r = cli([c.spec.name, '--help']);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, new RegExp(`^Usage: steerguard ${c.spec.name} `));
+      for (const key of Object.keys(c.spec.options)) assert.ok(r.stdout.includes(`--${flagName(key)}`), key);
+      assert.ok(r.stdout.includes('--json'));
+      assert.ok(c.hidden || c.spec.examples.length >= 2, 'at least two examples');
+      for (const e of c.spec.examples) assert.ok(r.stdout.includes(e));
+    });
+  }
+
+  it('--version prints the package version', () => {
+    const pkg = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string };
+    const r = cli(['--version']);
+    assert.equal(r.code, 0);
+    assert.equal(r.stdout.trim(), `steerguard ${pkg.version}`);
+  });
+
+  it('an unknown command exits 2 with a suggestion', () => {
+    const r = cli(['generat']);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /error: unknown command 'generat' \(did you mean generate\?\)/);
+  });
+
+  it('a bad option exits 2 and names it, in JSON mode too', () => {
+    const r = cli(['generate', 'm.gguf', 'hi', '--max-tokenz', '3']);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /unknown option --max-tokenz .*did you mean --max-tokens/);
+    const j = cli(['info', 'm.gguf', '--threads', 'x', '--json']);
+    assert.equal(j.code, 2);
+    assert.equal((JSON.parse(j.stdout) as { error: { exitCode: number } }).error.exitCode, 2);
+  });
+
+  it('a missing model exits 1 with error: ...', () => {
+    const r = cli(['info', path.join(tmp, 'nothing.gguf')]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /^error: .*nothing\.gguf/m);
+  });
+});
+
+describe('steerguard CLI: pull', () => {
+  it('fails clearly when offline', () => {
+    const r = cli(['pull', 'HuggingFaceTB/SmolLM2-135M-Instruct'], { env: { HF_HUB_OFFLINE: '1' } });
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /^error: cannot download HuggingFaceTB\/SmolLM2-135M-Instruct: HF_HUB_OFFLINE=1/m);
+  });
+
+  it('fails clearly when the Hub cannot be reached', () => {
+    const r = cli(['pull', 'HuggingFaceTB/SmolLM2-135M-Instruct', '--json', '--cache-dir', tmp], {
+      env: { HF_HUB_OFFLINE: '', HF_ENDPOINT: 'http://127.0.0.1:1' },
+    });
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /^error: could not reach the Hugging Face Hub/m);
+    assert.equal((JSON.parse(r.stdout) as { error: { exitCode: number } }).error.exitCode, 1);
+  });
+});
+
+describe('steerguard CLI: activations checks before loading', () => {
+  // The model path does not exist: had the model been loaded first, the error would name it.
+  const noModel = path.join(tmp, 'no-such-model.gguf');
+
+  it('a missing column exits non-zero, names the column and writes nothing', () => {
+    const csv = promptCsv('col.csv');
+    const out = path.join(tmp, 'col.safetensors');
+    const r = cli(['activations', noModel, '--prompts', csv, '--column', 'goal', '--out', out]);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /goal: no such column/);
+    assert.ok(!existsSync(out) && !existsSync(`${out}.partial`));
+  });
+
+  it('a non-writable output exits non-zero before the model is loaded', () => {
+    const csv = promptCsv('w.csv');
+    const r = cli(['activations', noModel, '--prompts', csv, '--out', path.join(csv, 'x.safetensors')]);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /cannot write .*x\.safetensors/);
+    assert.doesNotMatch(r.stderr, /no-such-model/);
+  });
+
+  it('bad --positions and --hooks are refused before loading', () => {
+    const csv = promptCsv('p.csv');
+    const out = path.join(tmp, 'p.safetensors');
+    assert.equal(
+      cli(['activations', noModel, '--prompts', csv, '--out', out, '--positions', 'first']).code,
+      2,
+    );
+    const r = cli(['activations', noModel, '--prompts', csv, '--out', out, '--hooks', 'blocks.1.resid']);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /--hooks: unknown hook/);
+  });
+});
+
+describe('steerguard CLI on SmolLM2-135M', NEEDS_MODEL, () => {
+  it('info --json has 30 layers and every hook name', () => {
+    const r = cli(['info', SMOLLM2_GGUF, '--json', '--threads', '2']);
+    assert.equal(r.code, 0, r.stderr);
+    const info = JSON.parse(r.stdout) as {
+      layers: number;
+      dModel: number;
+      format: string;
+      parameters: number;
+      tokenizer: { chatTemplate: boolean };
+      hooks: { count: number; names: string[] };
+    };
+    assert.equal(info.layers, 30);
+    assert.equal(info.dModel, 576);
+    assert.equal(info.format, 'gguf');
+    assert.ok(info.parameters > 130e6 && info.parameters < 140e6, String(info.parameters));
+    assert.equal(info.tokenizer.chatTemplate, true);
+    assert.equal(info.hooks.count, 2 + 30 * 5 + 1);
+    assert.ok(info.hooks.names.includes('blocks.29.hook_resid_post'));
+  });
+
+  it('generate: greedy is deterministic and --json is valid', () => {
+    const args = [
+      'generate',
+      SMOLLM2_GGUF,
+      'Name a colour.',
+      '--max-tokens',
+      '8',
+      '--threads',
+      '2',
+      '--json',
+    ];
+    const runs = [cli(args), cli(args)];
+    const parsed = runs.map((r) => {
+      assert.equal(r.code, 0, r.stderr);
+      return JSON.parse(r.stdout) as {
+        index: number;
+        text: string;
+        tokens: number[];
+        finishReason: string;
+      }[];
+    });
+    assert.equal(parsed[0].length, 1);
+    assert.equal(parsed[0][0].index, 0);
+    assert.ok(parsed[0][0].tokens.length > 0 && parsed[0][0].tokens.length <= 8);
+    assert.ok(['stop', 'length'].includes(parsed[0][0].finishReason));
+    const strip = (gs: (typeof parsed)[0]) =>
+      gs.map(({ index, text, tokens, finishReason }) => ({ index, text, tokens, finishReason }));
+    assert.deepEqual(strip(parsed[1]), strip(parsed[0]));
+  });
+
+  it('activations: [3, 576] per hook, prompt text never printed', () => {
+    const csv = promptCsv('acts.csv');
+    const out = path.join(tmp, 'acts.safetensors');
+    const r = cli(['activations', SMOLLM2_GGUF, '--prompts', csv, '--out', out, '--threads', '2']);
+    assert.equal(r.code, 0, r.stderr);
+    const st = readSafetensorsHeader(out);
+    const hooks = [...st.tensors.keys()];
+    assert.equal(hooks.length, 30);
+    for (let l = 0; l < 30; l++) {
+      const t = st.tensors.get(`blocks.${l}.hook_resid_post`);
+      assert.deepEqual(t?.shape, [3, 576]);
+      assert.equal(t?.dtype, 'F32');
+    }
+    assert.ok(!existsSync(`${out}.partial`));
+    for (const p of PROMPTS) assert.ok(!r.stdout.includes(p) && !r.stderr.includes(p));
+    // A second run refuses to clobber the file.
+    const again = cli(['activations', SMOLLM2_GGUF, '--prompts', csv, '--out', out]);
+    assert.equal(again.code, 2);
+    assert.match(again.stderr, /already exists/);
+  });
+
+  it('chat: two lines on stdin give two replies', () => {
+    const r = cli(['chat', SMOLLM2_GGUF, '--max-tokens', '6', '--stop', '\\n', '--threads', '2'], {
+      input: 'Hello!\nWhat is two plus two?\n',
+    });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout.split('\n').length - 1, 2, JSON.stringify(r.stdout));
+  });
+});
