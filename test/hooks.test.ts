@@ -29,9 +29,9 @@ const norm = (a: Float32Array) => Math.sqrt(dot(a, a));
 
 for (const name of ['llama', 'gemma3']) {
   const dir = path.join(FIXTURES, 'tiny', name);
-  const prompts = (JSON.parse(readFileSync(path.join(dir, 'reference.json'), 'utf8')) as { prompts: number[][] }).prompts.map(
-    (tokens) => ({ tokens }),
-  );
+  const prompts = (
+    JSON.parse(readFileSync(path.join(dir, 'reference.json'), 'utf8')) as { prompts: number[][] }
+  ).prompts.map((tokens) => ({ tokens }));
 
   describe(`hooks on tiny ${name}`, async () => {
     const model = await Model.load(dir);
@@ -50,9 +50,14 @@ for (const name of ['llama', 'gemma3']) {
       const zero = new Float32Array(D);
       const hooks = everything.filter((n) => n !== 'hook_final_norm').map((n) => addVector(n, zero));
       const plain = model.run(prompts, { logits: 'all', cache: { names: everything, positions: 'all' } });
-      const steered = model.run(prompts, { hooks, logits: 'all', cache: { names: everything, positions: 'all' } });
+      const steered = model.run(prompts, {
+        hooks,
+        logits: 'all',
+        cache: { names: everything, positions: 'all' },
+      });
       plain.logits.forEach((l, i) => assert.deepEqual(steered.logits[i], l));
-      for (const n of everything) plain.cache.get(n)!.forEach((a, i) => assert.deepEqual(steered.cache.get(n)![i], a));
+      for (const n of everything)
+        plain.cache.get(n)!.forEach((a, i) => assert.deepEqual(steered.cache.get(n)![i], a));
     });
 
     test('adding a vector at block L changes blocks >= L only, by exactly the vector at the hook', () => {
@@ -65,25 +70,37 @@ for (const name of ['llama', 'gemma3']) {
         cache: { names, positions: 'all' },
       });
       prompts.forEach((_, i) => {
-        for (let l = 0; l < at; l++) assert.deepEqual(steered.cache.get(resid[l])![i], plain.cache.get(resid[l])![i]);
+        for (let l = 0; l < at; l++)
+          assert.deepEqual(steered.cache.get(resid[l])![i], plain.cache.get(resid[l])![i]);
         for (let l = at; l < L; l++)
-          assert.notDeepEqual(steered.cache.get(resid[l])![i], plain.cache.get(resid[l])![i], `block ${l} unchanged`);
+          assert.notDeepEqual(
+            steered.cache.get(resid[l])![i],
+            plain.cache.get(resid[l])![i],
+            `block ${l} unchanged`,
+          );
         const before = plain.cache.get(blockHook(at, 'hook_resid_pre'))![i];
         const after = steered.cache.get(blockHook(at, 'hook_resid_pre'))![i];
-        for (let j = 0; j < before.length; j++) assert.ok(Math.abs(after[j] - before[j] - 3 * v[j % D]) < 1e-5);
+        for (let j = 0; j < before.length; j++)
+          assert.ok(Math.abs(after[j] - before[j] - 3 * v[j % D]) < 1e-5);
       });
     });
 
     test('ablating a direction leaves no component along it', () => {
       const d = randomVector(D, 11);
       const unit = d.map((x) => x / norm(d));
-      const hooks = model.hookNames().filter((n) => /resid_(pre|post)|attn_out|mlp_out/.test(n)).map((n) => ablateDirection(n, d));
+      const hooks = model
+        .hookNames()
+        .filter((n) => /resid_(pre|post)|attn_out|mlp_out/.test(n))
+        .map((n) => ablateDirection(n, d));
       const res = model.run(prompts, { hooks, cache: { names: resid, positions: 'all' } });
       for (const n of resid)
         for (const acts of res.cache.get(n)!)
           for (let r = 0; r < acts.length / D; r++) {
             const row = acts.subarray(r * D, (r + 1) * D);
-            assert.ok(Math.abs(dot(row, unit)) <= 1e-5 * Math.max(1, norm(row)), `${n} row ${r} keeps a component`);
+            assert.ok(
+              Math.abs(dot(row, unit)) <= 1e-5 * Math.max(1, norm(row)),
+              `${n} row ${r} keeps a component`,
+            );
           }
     });
 
@@ -92,28 +109,35 @@ for (const name of ['llama', 'gemma3']) {
       prompts.forEach((p, i) => {
         const single = model.run([p], { cache: { names: resid, positions: 'last' } });
         assert.ok(relMaxDiff(single.logits[0], batched.logits[i]) < 1e-6);
-        for (const n of resid) assert.ok(relMaxDiff(single.cache.get(n)![0], batched.cache.get(n)![i]) < 1e-6);
+        for (const n of resid)
+          assert.ok(relMaxDiff(single.cache.get(n)![0], batched.cache.get(n)![i]) < 1e-6);
       });
     });
 
     test('positions select rows: prompt-only vs generated-only vs explicit', () => {
       const v = randomVector(D, 3);
       const read = blockHook(0, 'hook_resid_post');
-      const base = model.run([prompts[0]], { cache: { names: [read], positions: 'all' } }).cache.get(read)![0];
-      const only = model.run([prompts[0]], {
-        hooks: [addVector(read, v, { positions: [0, -1] })],
-        cache: { names: [read], positions: 'all' },
-      }).cache.get(read)![0];
+      const base = model
+        .run([prompts[0]], { cache: { names: [read], positions: 'all' } })
+        .cache.get(read)![0];
+      const only = model
+        .run([prompts[0]], {
+          hooks: [addVector(read, v, { positions: [0, -1] })],
+          cache: { names: [read], positions: 'all' },
+        })
+        .cache.get(read)![0];
       const T = base.length / D;
       for (let t = 0; t < T; t++) {
         const moved = t === 0 || t === T - 1;
         const diff = Math.abs(only[t * D] - base[t * D] - (moved ? v[0] : 0));
         assert.ok(diff < 1e-5, `row ${t}`);
       }
-      const gen = model.run([prompts[0]], {
-        hooks: [addVector(read, v, { positions: 'generated' })],
-        cache: { names: [read], positions: 'all' },
-      }).cache.get(read)![0];
+      const gen = model
+        .run([prompts[0]], {
+          hooks: [addVector(read, v, { positions: 'generated' })],
+          cache: { names: [read], positions: 'all' },
+        })
+        .cache.get(read)![0];
       assert.deepEqual(gen, base);
     });
 
@@ -125,26 +149,37 @@ for (const name of ['llama', 'gemma3']) {
       test('reading hooks and adding zero change no token', async () => {
         const plain = await greedy();
         const seen: number[] = [];
-        const reader: Hook = { name: blockHook(1, 'hook_resid_post'), fn: (_a, ctx) => void seen.push(ctx.step) };
+        const reader: Hook = {
+          name: blockHook(1, 'hook_resid_post'),
+          fn: (_a, ctx) => void seen.push(ctx.step),
+        };
         const zero = addVector(blockHook(0, 'hook_resid_post'), new Float32Array(D));
         const hooked = await greedy([reader, zero]);
         assert.deepEqual(
           hooked.map((g) => g.tokens),
           plain.map((g) => g.tokens),
         );
-        assert.deepEqual(seen, Array.from({ length: N }, (_, i) => i), 'hook fires in prefill and every step');
+        assert.deepEqual(
+          seen,
+          Array.from({ length: N }, (_, i) => i),
+          'hook fires in prefill and every step',
+        );
       });
 
       test('batched and single generations are equal', async () => {
         const batched = await greedy();
-        for (let i = 0; i < 3; i++) assert.deepEqual((await greedy([], [prompts[i]]))[0].tokens, batched[i].tokens);
+        for (let i = 0; i < 3; i++)
+          assert.deepEqual((await greedy([], [prompts[i]]))[0].tokens, batched[i].tokens);
       });
 
       test('cached steps equal a full forward over prompt + generated tokens, with steering applied', async () => {
         const v = randomVector(D, 5);
         const hooks = [addVector(blockHook(1, 'hook_resid_pre'), v, { scale: 2 })];
         const [g] = await model.generate([prompts[0]], { maxNewTokens: N, stopTokens: [], hooks });
-        const full = model.run([{ tokens: [...prompts[0].tokens, ...g.tokens.slice(0, -1)] }], { hooks, logits: 'all' });
+        const full = model.run([{ tokens: [...prompts[0].tokens, ...g.tokens.slice(0, -1)] }], {
+          hooks,
+          logits: 'all',
+        });
         const V = model.config.vocabSize;
         const T0 = prompts[0].tokens.length;
         for (let s = 0; s < N; s++) {
@@ -173,14 +208,24 @@ for (const name of ['llama', 'gemma3']) {
         assert.ok(worst <= 1e-5, `component left: ${worst}`);
 
         const rowsSeen: boolean[] = [];
-        const spy = mapRows(name, (_row, info) => void rowsSeen.push(info.generated), { positions: 'prompt' });
-        await greedy([replaceWith(blockHook(0, 'hook_resid_post'), new Float32Array(D), { positions: 'prompt' }), spy]);
-        assert.ok(rowsSeen.length > 0 && rowsSeen.every((g) => !g), 'prompt-only hook touched a generated row');
+        const spy = mapRows(name, (_row, info) => void rowsSeen.push(info.generated), {
+          positions: 'prompt',
+        });
+        await greedy([
+          replaceWith(blockHook(0, 'hook_resid_post'), new Float32Array(D), { positions: 'prompt' }),
+          spy,
+        ]);
+        assert.ok(
+          rowsSeen.length > 0 && rowsSeen.every((g) => !g),
+          'prompt-only hook touched a generated row',
+        );
       });
 
       test('a permanent hook applies until removed', async () => {
         const plain = await greedy();
-        const handle = model.addHook(addVector(blockHook(0, 'hook_resid_post'), randomVector(D, 17), { scale: 50 }));
+        const handle = model.addHook(
+          addVector(blockHook(0, 'hook_resid_post'), randomVector(D, 17), { scale: 50 }),
+        );
         const steered = await greedy();
         handle.remove();
         const again = await greedy();

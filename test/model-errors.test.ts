@@ -3,13 +3,25 @@
  * (both formats), missing or misshapen tensors, truncated weights.
  */
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { FormatError } from '../src/formats/errors.js';
 import { GgmlType, writeGguf } from '../src/formats/gguf.js';
-import { readSafetensorsHeader, readSafetensorsTensorF32, writeSafetensors } from '../src/formats/safetensors.js';
+import {
+  readSafetensorsHeader,
+  readSafetensorsTensorF32,
+  writeSafetensors,
+} from '../src/formats/safetensors.js';
 import { Model } from '../src/model/model.js';
 import { FIXTURES } from './util/fixtures.js';
 
@@ -60,7 +72,12 @@ test('a missing tensor is named', async () => {
   const keep = [...st.tensors.values()].filter((t) => t.name !== 'model.layers.1.mlp.up_proj.weight');
   writeSafetensors(
     path.join(dir, 'model.safetensors'),
-    keep.map((t) => ({ name: t.name, dtype: 'F32' as const, shape: t.shape, data: readSafetensorsTensorF32(t) })),
+    keep.map((t) => ({
+      name: t.name,
+      dtype: 'F32' as const,
+      shape: t.shape,
+      data: readSafetensorsTensorF32(t),
+    })),
   );
   await rejects(dir, /missing$/, /^model\.layers\.1\.mlp\.up_proj\.weight$/);
 });

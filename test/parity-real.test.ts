@@ -11,7 +11,15 @@ import path from 'node:path';
 import { describe, test } from 'node:test';
 import { blockHook, type HookName } from '../src/hooks/hooks.js';
 import { Model } from '../src/model/model.js';
-import { FIXTURES, GEMMA3_GGUF, SMOLLM2_GGUF, argmaxOf, missingModel, readFixture, relMaxDiff } from './util/fixtures.js';
+import {
+  FIXTURES,
+  GEMMA3_GGUF,
+  SMOLLM2_GGUF,
+  argmaxOf,
+  missingModel,
+  readFixture,
+  relMaxDiff,
+} from './util/fixtures.js';
 
 const TOL = 1e-3;
 
@@ -77,7 +85,9 @@ for (const [name, file] of [
           margin < TOL,
           `prompt ${run.prompt_index}: diverges at token ${firstDiff} where the reference margin is ${margin}`,
         );
-        console.log(`# ${name} prompt ${run.prompt_index}: diverges at token ${firstDiff} on a near-tie (${margin})`);
+        console.log(
+          `# ${name} prompt ${run.prompt_index}: diverges at token ${firstDiff} on a near-tie (${margin})`,
+        );
       }
     });
   });

@@ -46,7 +46,10 @@ for (const name of ['llama', 'llama-tied-bf16', 'qwen2', 'gemma3']) {
         const { nLayers: L } = model.config;
         const names: HookName[] = ['hook_embed', 'hook_final_norm'];
         for (let l = 0; l < L; l++) for (const k of BLOCK_HOOKS) names.push(blockHook(l, k));
-        const res = model.run([{ tokens: ref.prompts[0] }], { cache: { names, positions: 'all' }, logits: 'all' });
+        const res = model.run([{ tokens: ref.prompts[0] }], {
+          cache: { names, positions: 'all' },
+          logits: 'all',
+        });
         for (const n of names) {
           const want = tensors.get(`prompt0.${n}`)!.data;
           const got = res.cache.get(n)![0];
@@ -67,7 +70,10 @@ for (const name of ['llama', 'llama-tied-bf16', 'qwen2', 'gemma3']) {
         const logits = tensors.get('last.logits')!.data;
         ref.prompts.forEach((_, i) => {
           for (let l = 0; l < L; l++) {
-            const d = relMaxDiff(res.cache.get(names[l])![i], resid.subarray((i * L + l) * D, (i * L + l + 1) * D));
+            const d = relMaxDiff(
+              res.cache.get(names[l])![i],
+              resid.subarray((i * L + l) * D, (i * L + l + 1) * D),
+            );
             assert.ok(d <= TOL, `prompt ${i} block ${l}: ${d.toExponential(2)}`);
           }
           const want = logits.subarray(i * V, (i + 1) * V);
@@ -85,7 +91,10 @@ for (const name of ['llama', 'llama-tied-bf16', 'qwen2', 'gemma3']) {
         runs.forEach((run, i) => {
           const firstDiff = gens[i].tokens.findIndex((t, j) => t !== run.new_tokens[j]);
           if (firstDiff >= 0)
-            assert.ok(run.steps[firstDiff].margin < TOL, `prompt ${run.prompt_index} diverges at ${firstDiff}`);
+            assert.ok(
+              run.steps[firstDiff].margin < TOL,
+              `prompt ${run.prompt_index} diverges at ${firstDiff}`,
+            );
         });
       });
     });

@@ -35,7 +35,15 @@ export interface Backend {
    * for each row m, each head, each i < rotDim/2, the pair (i, i + rotDim/2) is rotated by
    * angle pos[m] * theta^(-2i/rotDim).
    */
-  rope(x: Float32Array, M: number, heads: number, E: number, rotDim: number, pos: Int32Array, theta: number): void;
+  rope(
+    x: Float32Array,
+    M: number,
+    heads: number,
+    E: number,
+    rotDim: number,
+    pos: Int32Array,
+    theta: number,
+  ): void;
 
   /**
    * Causal grouped-query attention for one sequence.
@@ -59,7 +67,13 @@ export interface Backend {
   ): void;
 
   /** out[n] = act(gate[n]) * up[n], act = SiLU ("silu") or tanh-approximated GELU ("gelu_tanh"). */
-  gatedAct(out: Float32Array, gate: Float32Array, up: Float32Array, n: number, act: 'silu' | 'gelu_tanh'): void;
+  gatedAct(
+    out: Float32Array,
+    gate: Float32Array,
+    up: Float32Array,
+    n: number,
+    act: 'silu' | 'gelu_tanh',
+  ): void;
 
   /** Number of threads the kernels use. */
   readonly threads: number;

@@ -34,7 +34,13 @@ export type HookName =
   | 'logits';
 
 /** The per-block hook kinds, in the order they fire. */
-export const BLOCK_HOOKS = ['hook_resid_pre', 'hook_attn_out', 'hook_resid_mid', 'hook_mlp_out', 'hook_resid_post'] as const;
+export const BLOCK_HOOKS = [
+  'hook_resid_pre',
+  'hook_attn_out',
+  'hook_resid_mid',
+  'hook_mlp_out',
+  'hook_resid_post',
+] as const;
 export type BlockHookKind = (typeof BLOCK_HOOKS)[number];
 
 /** Name of a per-block hook. */
@@ -50,12 +56,16 @@ export function allHookNames(nLayers: number): HookName[] {
   return names;
 }
 
-const HOOK_RE = /^(?:hook_embed|hook_final_norm|logits|blocks\.(\d+)\.(hook_resid_pre|hook_attn_out|hook_resid_mid|hook_mlp_out|hook_resid_post))$/;
+const HOOK_RE =
+  /^(?:hook_embed|hook_final_norm|logits|blocks\.(\d+)\.(hook_resid_pre|hook_attn_out|hook_resid_mid|hook_mlp_out|hook_resid_post))$/;
 
 /** Checks a name given at run time (CLI, files); throws naming the problem. */
 export function parseHookName(name: string, nLayers: number): HookName {
   const m = HOOK_RE.exec(name);
-  if (!m) throw new Error(`unknown hook ${JSON.stringify(name)} (expected e.g. blocks.3.hook_resid_post, hook_embed, logits)`);
+  if (!m)
+    throw new Error(
+      `unknown hook ${JSON.stringify(name)} (expected e.g. blocks.3.hook_resid_post, hook_embed, logits)`,
+    );
   if (m[1] !== undefined && Number(m[1]) >= nLayers)
     throw new Error(`hook ${name}: the model has ${nLayers} blocks (0..${nLayers - 1})`);
   return name as HookName;

@@ -13,7 +13,11 @@ function checkWidth(name: HookName, v: Float32Array, ctx: HookContext): void {
 }
 
 /** x <- x + scale * vector. */
-export function addVector(name: HookName, vector: Float32Array, opts: { scale?: number; positions?: Positions } = {}): Hook {
+export function addVector(
+  name: HookName,
+  vector: Float32Array,
+  opts: { scale?: number; positions?: Positions } = {},
+): Hook {
   const scale = opts.scale ?? 1;
   const positions = opts.positions ?? 'all';
   return {
@@ -31,11 +35,16 @@ export function addVector(name: HookName, vector: Float32Array, opts: { scale?: 
 }
 
 /** x <- x - (x · d̂) d̂: removes the component along `direction` (any length, not zero). */
-export function ablateDirection(name: HookName, direction: Float32Array, opts: { positions?: Positions } = {}): Hook {
+export function ablateDirection(
+  name: HookName,
+  direction: Float32Array,
+  opts: { positions?: Positions } = {},
+): Hook {
   const positions = opts.positions ?? 'all';
   let norm2 = 0;
   for (const v of direction) norm2 += v * v;
-  if (!(norm2 > 0) || !Number.isFinite(norm2)) throw new Error(`${name}: ablation direction must be finite and non-zero`);
+  if (!(norm2 > 0) || !Number.isFinite(norm2))
+    throw new Error(`${name}: ablation direction must be finite and non-zero`);
   const unit = new Float64Array(direction.length);
   const inv = 1 / Math.sqrt(norm2);
   for (let i = 0; i < unit.length; i++) unit[i] = direction[i] * inv;
@@ -93,9 +102,15 @@ export function mapRows(
         if (!rowSelected(positions, ctx, r)) continue;
         const row = act.subarray(r * W, (r + 1) * W);
         const seq = ctx.seq[r];
-        const out = f(row, { seq, pos: ctx.pos[r], generated: ctx.pos[r] >= ctx.promptLength[seq], step: ctx.step });
+        const out = f(row, {
+          seq,
+          pos: ctx.pos[r],
+          generated: ctx.pos[r] >= ctx.promptLength[seq],
+          step: ctx.step,
+        });
         if (out) {
-          if (out.length !== W) throw new Error(`${name}: mapRows returned ${out.length} values for width ${W}`);
+          if (out.length !== W)
+            throw new Error(`${name}: mapRows returned ${out.length} values for width ${W}`);
           row.set(out);
         }
       }

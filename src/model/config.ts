@@ -58,21 +58,31 @@ function num(obj: Json, key: string, file: string, fallback?: number): number {
     if (fallback !== undefined) return fallback;
     throw new FormatError(file, key, 'missing (required for this architecture)');
   }
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw new FormatError(file, key, `expected a number, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isFinite(v))
+    throw new FormatError(file, key, `expected a number, got ${JSON.stringify(v)}`);
   return v;
 }
 
 function positiveInt(obj: Json, key: string, file: string, fallback?: number): number {
   const v = num(obj, key, file, fallback);
-  if (!Number.isInteger(v) || v <= 0) throw new FormatError(file, key, `expected a positive integer, got ${v}`);
+  if (!Number.isInteger(v) || v <= 0)
+    throw new FormatError(file, key, `expected a positive integer, got ${v}`);
   return v;
 }
 
 function checkShape(c: ModelConfig, file: string): ModelConfig {
   if (c.nHeads % c.nKvHeads !== 0)
-    throw new FormatError(file, 'num_key_value_heads', `${c.nKvHeads} does not divide num_attention_heads ${c.nHeads}`);
+    throw new FormatError(
+      file,
+      'num_key_value_heads',
+      `${c.nKvHeads} does not divide num_attention_heads ${c.nHeads}`,
+    );
   if (c.ropeDim % 2 !== 0 || c.ropeDim > c.headDim)
-    throw new FormatError(file, 'rope dimension', `${c.ropeDim} must be even and at most head_dim ${c.headDim}`);
+    throw new FormatError(
+      file,
+      'rope dimension',
+      `${c.ropeDim} must be even and at most head_dim ${c.headDim}`,
+    );
   return c;
 }
 
@@ -117,7 +127,9 @@ const HF_ARCHS: Record<string, Architecture> = {
 
 /** Reads a Hugging Face `config.json` object. `file` is used in error messages. */
 export function configFromHf(raw: Json, file: string): ModelConfig {
-  const archName = Array.isArray(raw.architectures) ? String(raw.architectures[0]) : String(raw.model_type ?? '');
+  const archName = Array.isArray(raw.architectures)
+    ? String(raw.architectures[0])
+    : String(raw.model_type ?? '');
   const arch = HF_ARCHS[archName];
   if (!arch)
     throw new FormatError(
@@ -178,7 +190,8 @@ export function configFromHf(raw: Json, file: string): ModelConfig {
     );
   }
   const act = String(cfg.hidden_act ?? 'silu');
-  if (act !== 'silu') throw new FormatError(file, 'hidden_act', `unsupported activation ${JSON.stringify(act)}`);
+  if (act !== 'silu')
+    throw new FormatError(file, 'hidden_act', `unsupported activation ${JSON.stringify(act)}`);
   const slidingWindow =
     (cfg.use_sliding_window ?? archName === 'MistralForCausalLM') && typeof cfg.sliding_window === 'number'
       ? (cfg.sliding_window as number)
@@ -233,7 +246,8 @@ export function configFromGguf(meta: MetadataReader, file: string, vocabSize: nu
   const opt = (key: string, fallback: number) => (meta.has(k(key)) ? meta.number(k(key)) : fallback);
   if (meta.has(k('rope.scaling.type'))) {
     const type = meta.string(k('rope.scaling.type'));
-    if (type !== 'none') throw new FormatError(file, k('rope.scaling.type'), `rope scaling ${type} is not supported yet`);
+    if (type !== 'none')
+      throw new FormatError(file, k('rope.scaling.type'), `rope scaling ${type} is not supported yet`);
   }
   const nLayers = meta.number(k('block_count'));
   const dModel = meta.number(k('embedding_length'));

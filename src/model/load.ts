@@ -131,14 +131,21 @@ export function loadModelFiles(nameOrPath: string, opts: LoadOptions = {}): Load
       tiedEmbeddings: base.arch === 'gemma3' || !file.tensors.has('output.weight'),
       attnBias: base.attnBias || file.tensors.has('blk.0.attn_q.bias'),
     };
-    const weights = loadWeights(config, ggufSource(file, () => config), ggufTensorNamer, {
-      normPlusOne: false,
-      onLayer: opts.onProgress,
-    });
+    const weights = loadWeights(
+      config,
+      ggufSource(file, () => config),
+      ggufTensorNamer,
+      {
+        normPlusOne: false,
+        onLayer: opts.onProgress,
+      },
+    );
     return {
       config,
       weights,
-      tokenizer: file.metadata.has('tokenizer.ggml.model') ? Tokenizer.fromGgufMetadata(file.metadata, file.path) : undefined,
+      tokenizer: file.metadata.has('tokenizer.ggml.model')
+        ? Tokenizer.fromGgufMetadata(file.metadata, file.path)
+        : undefined,
       identity: {
         name: nameOrPath,
         path: source.path,

@@ -25,7 +25,8 @@ import type { ModelWeights } from './weights.js';
  * A prompt: raw text (tokenized with the model's BOS handling), a chat (rendered with the model's
  * own chat template, generation prompt appended) or token ids used as they are.
  */
-export type Prompt = string | { readonly messages: readonly ChatMessage[] } | { readonly tokens: readonly number[] };
+export type Prompt =
+  string | { readonly messages: readonly ChatMessage[] } | { readonly tokens: readonly number[] };
 
 /** Which activations `run` keeps. */
 export interface CacheRequest {
@@ -90,7 +91,10 @@ export class Model {
   ) {}
 
   /** Loads a checkpoint: a .gguf file, a Hugging Face directory, or a repo id in the local hub cache. */
-  static async load(nameOrPath: string, opts: LoadOptions & { threads?: number; backend?: Backend } = {}): Promise<Model> {
+  static async load(
+    nameOrPath: string,
+    opts: LoadOptions & { threads?: number; backend?: Backend } = {},
+  ): Promise<Model> {
     const backend = opts.backend ?? loadNativeBackend({ threads: opts.threads });
     return new Model(loadModelFiles(nameOrPath, opts), backend);
   }
@@ -107,7 +111,8 @@ export class Model {
   /** The tokenizer; throws if the checkpoint has none (token-id prompts still work). */
   get tokenizer() {
     const t = this.loaded.tokenizer;
-    if (!t) throw new OptionError(`${this.identity.path}: no tokenizer found with this model; pass token ids`);
+    if (!t)
+      throw new OptionError(`${this.identity.path}: no tokenizer found with this model; pass token ids`);
     return t;
   }
 
@@ -149,7 +154,9 @@ export class Model {
     tokens.forEach((t, i) => {
       if (t.length === 0) throw new OptionError(`prompt ${i} has no tokens`);
       if (t.length > this.config.maxContext)
-        throw new OptionError(`prompt ${i} has ${t.length} tokens; the model's context is ${this.config.maxContext}`);
+        throw new OptionError(
+          `prompt ${i} has ${t.length} tokens; the model's context is ${this.config.maxContext}`,
+        );
     });
 
     const cache = new Map<HookName, Float32Array[]>();
@@ -167,7 +174,7 @@ export class Model {
     for (const n of wanted) cache.set(n, new Array<Float32Array>(tokens.length));
     const logits = new Array<Float32Array>(tokens.length);
 
-    for (let start = 0; start < tokens.length; ) {
+    for (let start = 0; start < tokens.length;) {
       // Pack prompts into one call up to maxBatch tokens (always at least one prompt).
       let end = start + 1;
       let count = tokens[start].length;
@@ -189,7 +196,8 @@ export class Model {
             const out = new Float32Array(rows.length * ctx.width);
             rows.forEach((r, i) => out.set(act.subarray(r * ctx.width, (r + 1) * ctx.width), i * ctx.width));
             cache.get(name)![offset + b] = out;
-            if (cachedPositions[offset + b] === undefined) cachedPositions[offset + b] = Int32Array.from(rows, (r) => ctx.pos[r]);
+            if (cachedPositions[offset + b] === undefined)
+              cachedPositions[offset + b] = Int32Array.from(rows, (r) => ctx.pos[r]);
           }
         },
       }));
@@ -204,7 +212,8 @@ export class Model {
         logits: logitsMode,
         step: 0,
       });
-      if (logitsMode === 'last') batch.forEach((_, b) => (logits[offset + b] = res.logits.slice(b * V, (b + 1) * V)));
+      if (logitsMode === 'last')
+        batch.forEach((_, b) => (logits[offset + b] = res.logits.slice(b * V, (b + 1) * V)));
       else if (logitsMode === 'all')
         batch.forEach((t, b) => {
           const r0 = res.rowStart[b];
@@ -223,7 +232,8 @@ export class Model {
   async generate(prompts: readonly Prompt[], opts: GenerateOptions = {}): Promise<Generation[]> {
     checkSampling(opts);
     const maxNew = opts.maxNewTokens ?? 128;
-    if (!(Number.isInteger(maxNew) && maxNew >= 0)) throw new OptionError(`maxNewTokens must be an integer >= 0, got ${maxNew}`);
+    if (!(Number.isInteger(maxNew) && maxNew >= 0))
+      throw new OptionError(`maxNewTokens must be an integer >= 0, got ${maxNew}`);
     const promptTokens = prompts.map((p) => this.tokenize(p));
     const stopTokens = new Set(opts.stopTokens ?? this.loaded.tokenizer?.eosTokenIds ?? []);
     const stops = opts.stop ?? [];
@@ -255,7 +265,11 @@ export class Model {
         this.config,
         this.weights,
         this.backend,
-        active.map((s, j) => ({ tokens: pending[j], cache: s.cache, promptLength: promptTokens[s.index].length })),
+        active.map((s, j) => ({
+          tokens: pending[j],
+          cache: s.cache,
+          promptLength: promptTokens[s.index].length,
+        })),
         { hooks, logits: 'last', step },
       );
       const next: number[][] = [];

@@ -24,7 +24,8 @@ export function checkSampling(o: SamplingOptions): void {
   };
   if (o.temperature !== undefined && !(o.temperature >= 0 && Number.isFinite(o.temperature)))
     bad('temperature', `must be >= 0, got ${o.temperature}`);
-  if (o.topK !== undefined && !(Number.isInteger(o.topK) && o.topK >= 0)) bad('topK', `must be an integer >= 0, got ${o.topK}`);
+  if (o.topK !== undefined && !(Number.isInteger(o.topK) && o.topK >= 0))
+    bad('topK', `must be an integer >= 0, got ${o.topK}`);
   if (o.topP !== undefined && !(o.topP > 0 && o.topP <= 1)) bad('topP', `must be in (0, 1], got ${o.topP}`);
   if (o.repetitionPenalty !== undefined && !(o.repetitionPenalty > 0 && Number.isFinite(o.repetitionPenalty)))
     bad('repetitionPenalty', `must be > 0, got ${o.repetitionPenalty}`);

@@ -114,7 +114,16 @@ export function forward(
     const fns = byName.get(name);
     if (!fns) return;
     const layer = name.startsWith('blocks.') ? Number(name.split('.')[1]) : undefined;
-    const ctx: HookContext = { name, layer, rows, width, seq: rowSeq, pos: rowPos, promptLength, step: opts.step };
+    const ctx: HookContext = {
+      name,
+      layer,
+      rows,
+      width,
+      seq: rowSeq,
+      pos: rowPos,
+      promptLength,
+      step: opts.step,
+    };
     for (const fn of fns) fn(act, ctx);
   };
 

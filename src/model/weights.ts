@@ -130,7 +130,11 @@ export function loadWeights(
   let lmHead = embed;
   if (!cfg.tiedEmbeddings) {
     if (!src.has(name('lm_head')))
-      throw new FormatError(src.file, name('lm_head'), 'missing tensor (the config says embeddings are not tied)');
+      throw new FormatError(
+        src.file,
+        name('lm_head'),
+        'missing tensor (the config says embeddings are not tied)',
+      );
     lmHead = src.read(name('lm_head'), [V, D]);
   }
   return { embed, layers, finalNorm, lmHead };

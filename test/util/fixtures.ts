@@ -25,7 +25,8 @@ export function missingModel(file: string): string | undefined {
 export function readFixture(file: string): Map<string, { shape: number[]; data: Float32Array }> {
   const st = readSafetensorsHeader(file);
   const out = new Map<string, { shape: number[]; data: Float32Array }>();
-  for (const [name, info] of st.tensors) out.set(name, { shape: [...info.shape], data: readSafetensorsTensorF32(info) });
+  for (const [name, info] of st.tensors)
+    out.set(name, { shape: [...info.shape], data: readSafetensorsTensorF32(info) });
   return out;
 }
 

@@ -5,7 +5,13 @@
  */
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { GgmlType, type GgufMetadataEntry, type GgufTensorInput, GgufValueType, writeGguf } from '../../src/formats/gguf.js';
+import {
+  GgmlType,
+  type GgufMetadataEntry,
+  type GgufTensorInput,
+  GgufValueType,
+  writeGguf,
+} from '../../src/formats/gguf.js';
 import { readSafetensorsHeader, readSafetensorsTensorF32 } from '../../src/formats/safetensors.js';
 import { configFromHf } from '../../src/model/config.js';
 import { ggufTensorNamer, hfSandwichNamer, hfTensorNamer, type TensorRole } from '../../src/model/weights.js';
@@ -36,12 +42,18 @@ function permuteRotaryRows(w: Float32Array, heads: number, E: number, K: number)
   for (let h = 0; h < heads; h++)
     for (let i = 0; i < half; i++)
       for (let p = 0; p < 2; p++)
-        out.set(w.subarray((h * E + p * half + i) * K, (h * E + p * half + i + 1) * K), (h * E + i * 2 + p) * K);
+        out.set(
+          w.subarray((h * E + p * half + i) * K, (h * E + p * half + i + 1) * K),
+          (h * E + i * 2 + p) * K,
+        );
   return out;
 }
 
 export function hfToGguf(dir: string, out: string, type: GgmlType = GgmlType.F32): void {
-  const rawConfig = JSON.parse(readFileSync(path.join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
+  const rawConfig = JSON.parse(readFileSync(path.join(dir, 'config.json'), 'utf8')) as Record<
+    string,
+    unknown
+  >;
   const cfg = configFromHf(rawConfig, path.join(dir, 'config.json'));
   const st = readSafetensorsHeader(path.join(dir, 'model.safetensors'));
   const hfName = cfg.sandwichNorms ? hfSandwichNamer('model.') : hfTensorNamer('model.');
@@ -67,8 +79,16 @@ export function hfToGguf(dir: string, out: string, type: GgmlType = GgmlType.F32
   add('final_norm', undefined);
   if (!cfg.tiedEmbeddings) add('lm_head', undefined);
 
-  const u32 = (key: string, value: number): GgufMetadataEntry => ({ key: `${arch}.${key}`, type: GgufValueType.UINT32, value });
-  const f32 = (key: string, value: number): GgufMetadataEntry => ({ key: `${arch}.${key}`, type: GgufValueType.FLOAT32, value });
+  const u32 = (key: string, value: number): GgufMetadataEntry => ({
+    key: `${arch}.${key}`,
+    type: GgufValueType.UINT32,
+    value,
+  });
+  const f32 = (key: string, value: number): GgufMetadataEntry => ({
+    key: `${arch}.${key}`,
+    type: GgufValueType.FLOAT32,
+    value,
+  });
   const metadata: GgufMetadataEntry[] = [
     { key: 'general.architecture', value: arch },
     { key: 'general.name', value: `tiny-${path.basename(dir)}` },
@@ -86,7 +106,10 @@ export function hfToGguf(dir: string, out: string, type: GgmlType = GgmlType.F32
   ];
   if (arch === 'gemma3') {
     const period = cfg.window.findIndex((w) => w === 0) + 1;
-    metadata.push(u32('attention.sliding_window', Math.max(...cfg.window)), u32('attention.sliding_window_pattern', period));
+    metadata.push(
+      u32('attention.sliding_window', Math.max(...cfg.window)),
+      u32('attention.sliding_window_pattern', period),
+    );
   }
   writeGguf(out, { metadata, tensors });
 }
