@@ -29,7 +29,7 @@ import {
   resolveModelSource,
 } from '../src/formats/hf.js';
 import { readSafetensorsTensorF32, writeSafetensors } from '../src/formats/safetensors.js';
-import { FIXTURES } from './util/fixtures.js';
+import { FIXTURES, SHARED } from './util/fixtures.js';
 
 const root = mkdtempSync(join(tmpdir(), 'steerguard-hf-'));
 after(() => rmSync(root, { recursive: true, force: true }));
@@ -407,7 +407,7 @@ test('pullModel fills the hub cache so that the repo id then resolves and opens'
   }
 });
 
-const SHARED_TOKENIZER = '/work/shared/models/SmolLM2-135M-Instruct-tokenizer';
+const SHARED_TOKENIZER = join(SHARED, 'models', 'SmolLM2-135M-Instruct-tokenizer');
 
 test(
   'openHfTokenizer combines tokenizer files with config/generation_config EOS ids',

@@ -42,7 +42,7 @@ function formatError(fn: () => unknown, pattern: RegExp): FormatError {
 
 describe(
   'loadPromptFile on the shared datasets',
-  { skip: !haveDatasets && 'no /work/shared/datasets' },
+  { skip: !haveDatasets && 'no shared/datasets beside the repository' },
   () => {
     it('advbench harmful_behaviors.csv, column goal: 520 rows', () => {
       const recs = loadPromptFile(join(DATASETS, 'advbench/harmful_behaviors.csv'), { column: 'goal' });

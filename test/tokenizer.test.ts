@@ -13,7 +13,7 @@ import { test } from 'node:test';
 import { FormatError } from '../src/formats/errors.js';
 import { readGguf } from '../src/formats/gguf.js';
 import { type ChatMessage, Tokenizer } from '../src/formats/tokenizer.js';
-import { FIXTURES, GEMMA3_GGUF, SMOLLM2_GGUF, missingModel } from './util/fixtures.js';
+import { FIXTURES, GEMMA3_GGUF, SHARED, SMOLLM2_GGUF, missingModel } from './util/fixtures.js';
 
 const FIX = join(FIXTURES, 'tokenizer');
 const json = <T>(name: string): T => JSON.parse(readFileSync(join(FIX, name), 'utf8')) as T;
@@ -34,7 +34,7 @@ const LLAMACPP =
 const SMOL_CONFIG = join(FIX, 'smollm2_tokenizer_config.json');
 
 const SMOL_JSON = join(
-  process.env.STEERGUARD_SMOLLM2_TOKENIZER ?? '/work/shared/models/SmolLM2-135M-Instruct-tokenizer',
+  process.env.STEERGUARD_SMOLLM2_TOKENIZER ?? join(SHARED, 'models', 'SmolLM2-135M-Instruct-tokenizer'),
   'tokenizer.json',
 );
 const missingJson = existsSync(SMOL_JSON)

@@ -47,3 +47,6 @@ export function argmaxOf(x: Float32Array): number {
   for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;
   return best;
 }
+
+/** The shared folder beside the repository (datasets, tokenizer files), as CI lays it out. */
+export const SHARED = process.env.STEERGUARD_SHARED ?? path.join(ROOT, '..', 'shared');
