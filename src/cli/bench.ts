@@ -35,6 +35,11 @@ export interface BenchSettings {
   readonly hookOverhead: boolean;
   /** Also run llama.cpp. */
   readonly llamacpp: boolean;
+  /**
+   * Weights steerguard decodes with. 'q8' (Q8_0 copies, as llama.cpp streams quantized weights)
+   * also runs an fp32-decode worker without hooks, so both rows are in one report.
+   */
+  readonly decodeWeights: 'f32' | 'q8';
 }
 
 /** Benign text the bench prompts are cut from (any text works; this one is fixed for repeatability). */
@@ -65,6 +70,8 @@ export const HOOK_VARIANT_LABELS: Record<HookVariant, string> = {
 /** What a bench-worker prints (one JSON line on stdout). */
 export interface WorkerResult {
   engine: 'steerguard' | 'llamacpp';
+  /** steerguard only: the weights generation steps used. */
+  decodeWeights?: 'f32' | 'q8';
   loadSeconds: number;
   /** Figures without hooks. */
   throughput: Throughput;
@@ -84,6 +91,8 @@ export interface BenchReport {
   /** SHA-256 prefix of the prompt ids, to show that runs compared the same input. */
   promptIdsHash: string;
   steerguard: WorkerResult;
+  /** fp32-decode figures, when the main run decoded with Q8_0 weights. */
+  steerguardF32: WorkerResult | null;
   llamacpp: WorkerResult | null;
   /** Why llama.cpp has no figures, when it has none. */
   llamacppError: string | null;
@@ -182,13 +191,13 @@ function smallVector(d: number, seed: number): Float32Array {
 export async function steerguardWorker(
   modelPath: string,
   prompts: number[][],
-  s: Pick<BenchSettings, 'threads' | 'genTokens' | 'repeats' | 'hookOverhead'>,
+  s: Pick<BenchSettings, 'threads' | 'genTokens' | 'repeats' | 'hookOverhead' | 'decodeWeights'>,
 ): Promise<WorkerResult> {
   const { Model } = await import('../model/model.js');
   const { addVector } = await import('../hooks/interventions.js');
   const { blockHook } = await import('../hooks/hooks.js');
   const t0 = performance.now();
-  const model = await Model.load(modelPath, { threads: s.threads });
+  const model = await Model.load(modelPath, { threads: s.threads, decodeWeights: s.decodeWeights });
   const loadSeconds = (performance.now() - t0) / 1000;
   const residPost: HookName[] = Array.from({ length: model.config.nLayers }, (_, l) =>
     blockHook(l, 'hook_resid_post'),
@@ -281,6 +290,7 @@ export async function steerguardWorker(
   const info = backend.info?.();
   return {
     engine: 'steerguard',
+    decodeWeights: s.decodeWeights,
     loadSeconds,
     throughput: summary('none'),
     hooks: s.hookOverhead ? { none: summary('none'), read: summary('read'), add: summary('add') } : null,
@@ -415,10 +425,25 @@ export async function runBench(
     );
     let t = performance.now();
     const steerguard = await runWorker(
-      ['--engine', 'steerguard', ...common, ...(s.hookOverhead ? [] : ['--no-hook-overhead'])],
+      [
+        '--engine',
+        'steerguard',
+        '--decode-weights',
+        s.decodeWeights,
+        ...common,
+        ...(s.hookOverhead ? [] : ['--no-hook-overhead']),
+      ],
       (line) => log(`  [steerguard] ${line}`),
     );
     const steerguardSeconds = (performance.now() - t) / 1000;
+    let steerguardF32: WorkerResult | null = null;
+    if (s.decodeWeights === 'q8') {
+      log('bench: steerguard with fp32 decoding (no hooks)');
+      steerguardF32 = await runWorker(
+        ['--engine', 'steerguard', '--decode-weights', 'f32', ...common, '--no-hook-overhead'],
+        (line) => log(`  [steerguard f32] ${line}`),
+      );
+    }
     let llamacpp: WorkerResult | null = null;
     let llamacppError: string | null = null;
     let llamacppSeconds: number | null = null;
@@ -443,6 +468,7 @@ export async function runBench(
       machine: machineInfo(),
       promptIdsHash,
       steerguard,
+      steerguardF32,
       llamacpp,
       llamacppError,
       hookOverhead: hookRows(steerguard),
@@ -491,7 +517,8 @@ function engineRows(r: BenchReport): string[][] {
       w.loadSeconds.toFixed(1),
     ]);
   };
-  add('steerguard', r.steerguard);
+  add(`steerguard (${r.steerguard.decodeWeights ?? 'f32'} decode)`, r.steerguard);
+  if (r.steerguardF32) add('steerguard (f32 decode)', r.steerguardF32);
   if (r.llamacpp) {
     add('llama.cpp', r.llamacpp);
     rows.push([

@@ -75,6 +75,21 @@ export interface Backend {
     act: 'silu' | 'gelu_tanh',
   ): void;
 
+  /**
+   * Optional: as `matmul`, with the weights in ggml's Q8_0 layout (per 32 values an fp16 scale and
+   * 32 int8) and x rounded to int8 per 32-block, as llama.cpp does. Approximate; used only for
+   * decoding when asked for (`decodeWeights: 'q8'`).
+   */
+  matmulQ8?(
+    out: Float32Array,
+    x: Float32Array,
+    wq: Uint8Array,
+    M: number,
+    K: number,
+    N: number,
+    bias?: Float32Array,
+  ): void;
+
   /** Number of threads the kernels use. */
   readonly threads: number;
 }

@@ -104,6 +104,22 @@ export function forward(
     }
   }
 
+  // Generation steps may use the Q8_0 weight copies; prompt passes always run in fp32.
+  const q8 = opts.step > 0 && be.matmulQ8 ? w.q8 : undefined;
+  const mm = (
+    out: Float32Array,
+    a: Float32Array,
+    m: Float32Array,
+    rows: number,
+    K: number,
+    N: number,
+    bias?: Float32Array,
+  ) => {
+    const wq = q8?.get(m);
+    if (wq) be.matmulQ8!(out, a, wq, rows, K, N, bias);
+    else be.matmul(out, a, m, rows, K, N, bias);
+  };
+
   const byName = new Map<HookName, HookFn[]>();
   for (const h of opts.hooks) {
     const list = byName.get(h.name);
@@ -156,9 +172,9 @@ export function forward(
 
     // Attention.
     be.rmsnorm(h, x, lw.attnNorm, M, D, eps);
-    be.matmul(q, h, lw.wq, M, D, HE, lw.bq);
-    be.matmul(k, h, lw.wk, M, D, GE, lw.bk);
-    be.matmul(v, h, lw.wv, M, D, GE, lw.bv);
+    mm(q, h, lw.wq, M, D, HE, lw.bq);
+    mm(k, h, lw.wk, M, D, GE, lw.bk);
+    mm(v, h, lw.wv, M, D, GE, lw.bv);
     if (lw.qNorm && lw.kNorm) {
       be.rmsnorm(q, q, lw.qNorm, M * H, E, eps);
       be.rmsnorm(k, k, lw.kNorm, M * G, E, eps);
@@ -186,7 +202,7 @@ export function forward(
         cfg.window[l],
       );
     }
-    be.matmul(out, att, lw.wo, M, HE, D);
+    mm(out, att, lw.wo, M, HE, D);
     if (lw.postAttnNorm) be.rmsnorm(out, out, lw.postAttnNorm, M, D, eps);
     fire(blockHook(l, 'hook_attn_out'), out);
     for (let i = 0; i < x.length; i++) x[i] += out[i];
@@ -194,10 +210,10 @@ export function forward(
 
     // MLP.
     be.rmsnorm(h, x, lw.mlpNorm, M, D, eps);
-    be.matmul(gate, h, lw.wGate, M, D, F);
-    be.matmul(up, h, lw.wUp, M, D, F);
+    mm(gate, h, lw.wGate, M, D, F);
+    mm(up, h, lw.wUp, M, D, F);
     be.gatedAct(gate, gate, up, M * F, cfg.act);
-    be.matmul(out, gate, lw.wDown, M, F, D);
+    mm(out, gate, lw.wDown, M, F, D);
     if (lw.postMlpNorm) be.rmsnorm(out, out, lw.postMlpNorm, M, D, eps);
     fire(blockHook(l, 'hook_mlp_out'), out);
     for (let i = 0; i < x.length; i++) x[i] += out[i];
@@ -217,7 +233,7 @@ export function forward(
   const hr = new Float32Array(R * D);
   for (let i = 0; i < R; i++) hr.set(h.subarray(logitRows[i] * D, (logitRows[i] + 1) * D), i * D);
   const logits = new Float32Array(R * V);
-  be.matmul(logits, hr, w.lmHead, R, D, V);
+  mm(logits, hr, w.lmHead, R, D, V);
   fire(
     'logits',
     logits,

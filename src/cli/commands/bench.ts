@@ -14,6 +14,13 @@ import {
 } from '../bench.js';
 import { command, para } from './common.js';
 
+const DECODE_WEIGHTS_OPTION = {
+  type: 'enum',
+  values: ['f32', 'q8'],
+  default: 'q8',
+  description: 'weights steerguard generates with: q8 (Q8_0 copies, like llama.cpp) or f32 (exact)',
+} as const;
+
 const SHARED = {
   threads: {
     type: 'number',
@@ -78,6 +85,7 @@ export const benchCommand = command(
         description: 'also time steerguard with hooks at every hook_resid_post',
       },
       llamacpp: { type: 'boolean', default: true, description: 'also run llama.cpp' },
+      decodeWeights: DECODE_WEIGHTS_OPTION,
       markdown: { type: 'boolean', description: 'print Markdown tables ready for BENCHMARKS.md' },
     },
     examples: [
@@ -99,6 +107,7 @@ export const benchCommand = command(
         repeats: o.repeats,
         hookOverhead: o.hookOverhead,
         llamacpp: o.llamacpp,
+        decodeWeights: o.decodeWeights,
       },
       (line) => out.info(line),
     );
@@ -128,6 +137,7 @@ export const benchWorkerCommand = command(
         description: 'JSON array of prompts, each an array of token ids',
       },
       hookOverhead: { type: 'boolean', default: true, description: 'also time hooks (steerguard only)' },
+      decodeWeights: DECODE_WEIGHTS_OPTION,
     },
     examples: [
       'steerguard bench-worker --engine steerguard --model m.gguf --tokens-file p.json --threads 2 --gen-tokens 64',

@@ -8,7 +8,15 @@ import { createInterface } from 'node:readline';
 import { SteerguardError } from '../../formats/errors.js';
 import type { ChatMessage } from '../../formats/tokenizer.js';
 import type { Model } from '../../model/model.js';
-import { THREADS_OPTION, command, para, hasChatTemplate, loadModel, unescape } from './common.js';
+import {
+  DECODE_WEIGHTS_OPTION,
+  THREADS_OPTION,
+  command,
+  para,
+  hasChatTemplate,
+  loadModel,
+  unescape,
+} from './common.js';
 
 const HELP_TEXT = 'commands: /reset (forget the conversation), /exit (quit), /help';
 
@@ -54,6 +62,7 @@ export const chatCommand = command(
         description: 'also stop a reply at these strings (\\n and \\t are understood)',
       },
       threads: THREADS_OPTION,
+      decodeWeights: DECODE_WEIGHTS_OPTION,
     },
     examples: [
       'steerguard chat .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf',
@@ -64,7 +73,10 @@ export const chatCommand = command(
   async (args, out) => {
     const o = args.options;
     const interactive = process.stdin.isTTY === true && !out.json;
-    const model = await loadModel(args.positionals[0], out, { threads: o.threads });
+    const model = await loadModel(args.positionals[0], out, {
+      threads: o.threads,
+      decodeWeights: o.decodeWeights,
+    });
     if (!hasChatTemplate(model)) {
       throw new SteerguardError(
         `${model.identity.name} has no chat template (a base model?); use 'steerguard generate --no-chat' instead`,

@@ -13,6 +13,7 @@ import { OptionError, SteerguardError } from '../../formats/errors.js';
 import type { Model } from '../../model/model.js';
 import {
   type CommandSpec,
+  type EnumOption,
   type NumberOption,
   type OptionSpec,
   type ParsedCommand,
@@ -64,6 +65,14 @@ export const THREADS_OPTION = {
   description: 'threads for the native engine (default: $STEERGUARD_THREADS, else every core)',
 } as const satisfies NumberOption;
 
+export const DECODE_WEIGHTS_OPTION = {
+  type: 'enum',
+  values: ['f32', 'q8'],
+  default: 'f32',
+  description:
+    'weights for generation steps: f32 (exact) or q8 (Q8_0 copies: faster, llama.cpp-like rounding; prompts stay f32)',
+} as const satisfies EnumOption;
+
 /** The steerguard package version, from the package.json above this file. */
 export function packageVersion(): string {
   let dir = path.dirname(fileURLToPath(import.meta.url));
@@ -87,13 +96,14 @@ export function packageVersion(): string {
 export async function loadModel(
   nameOrPath: string,
   out: CliOutput,
-  opts: { threads?: number } = {},
+  opts: { threads?: number; decodeWeights?: 'f32' | 'q8' } = {},
 ): Promise<Model> {
   const { Model } = await import('../../model/model.js');
   const start = performance.now();
   let progress: Progress | undefined;
   const model = await Model.load(nameOrPath, {
     threads: opts.threads,
+    decodeWeights: opts.decodeWeights,
     onProgress: (done, total) => {
       progress ??= new Progress({ total, label: 'loading model', unit: 'layers', json: out.json });
       progress.update(done);

@@ -3,7 +3,16 @@ import path from 'node:path';
 
 import { OptionError } from '../../formats/errors.js';
 import type { Generation, Prompt } from '../../model/model.js';
-import { CHAT_OPTIONS, THREADS_OPTION, command, para, loadModel, unescape, useChat } from './common.js';
+import {
+  CHAT_OPTIONS,
+  DECODE_WEIGHTS_OPTION,
+  THREADS_OPTION,
+  command,
+  para,
+  loadModel,
+  unescape,
+  useChat,
+} from './common.js';
 
 export const generateCommand = command(
   {
@@ -70,6 +79,7 @@ export const generateCommand = command(
         description: 'stop at any of these strings (\\n and \\t are understood)',
       },
       threads: THREADS_OPTION,
+      decodeWeights: DECODE_WEIGHTS_OPTION,
     },
     examples: [
       "steerguard generate model.gguf 'Write a haiku about rivers.' --max-tokens 48",
@@ -98,7 +108,7 @@ export const generateCommand = command(
             .loadPromptFile(o.promptFile, { column: o.column, limit: o.limit })
             .map((r) => r.text);
 
-    const model = await loadModel(modelName, out, { threads: o.threads });
+    const model = await loadModel(modelName, out, { threads: o.threads, decodeWeights: o.decodeWeights });
     const chat = useChat(model, o);
     if (o.system !== undefined && !chat) {
       throw new OptionError(
