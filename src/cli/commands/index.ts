@@ -1,10 +1,15 @@
 /** The command table, apart from main.ts so that tests can read the specs without running the CLI. */
 import { activationsCommand } from './activations.js';
+import { attackCommand } from './attack.js';
 import { benchCommand, benchWorkerCommand } from './bench.js';
 import { chatCommand } from './chat.js';
+import { benchProbesCommand, conceptCommand } from './concept.js';
 import type { CliCommand } from './common.js';
+import { controlVectorCommand, directionCommand } from './direction.js';
+import { evalCommand } from './eval.js';
 import { generateCommand } from './generate.js';
 import { infoCommand } from './info.js';
+import { monitorCommand } from './monitor.js';
 import { pullCommand } from './pull.js';
 
 /** In the order `steerguard --help` lists them. */
@@ -14,6 +19,13 @@ export const COMMANDS: readonly CliCommand[] = [
   chatCommand,
   activationsCommand,
   pullCommand,
+  conceptCommand,
+  monitorCommand,
+  directionCommand,
+  controlVectorCommand,
+  evalCommand,
+  attackCommand,
   benchCommand,
   benchWorkerCommand,
+  benchProbesCommand,
 ];
