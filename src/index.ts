@@ -26,3 +26,20 @@ export { addVector, ablateDirection, replaceWith, mapRows } from './hooks/interv
 export type { RowInfo } from './hooks/interventions.js';
 export type { Backend } from './engine/backend.js';
 export { SteerguardError, FormatError, OptionError } from './formats/errors.js';
+
+// Methods: safety concepts (SCAV), monitoring, steering, evaluation.
+export { Concept, trainConcept, evaluateConcept } from './concepts/concept.js';
+export type { TrainConceptOptions, LayerProbe, ProbeMetrics } from './concepts/concept.js';
+export { Monitor, calibrate, promptMonitor } from './concepts/monitor.js';
+export { scavHooks, scavStep } from './concepts/scav.js';
+export type { ScavOptions, ScavTarget } from './concepts/scav.js';
+export { loadPromptSet, knownPromptSets } from './data/datasets.js';
+export type { PromptSet, SetPrompt } from './data/datasets.js';
+export { checkLeakage, LeakageError, splitItems } from './data/splits.js';
+export { ControlVector } from './steering/control-vector.js';
+export { computeRefusalDirection, ablationHooks, additionHooks } from './steering/refusal-direction.js';
+export { conditionalGenerate } from './steering/conditional.js';
+export { evaluateRefusal } from './eval/refusal.js';
+export { gcgKeywordJudge, jbbKeywordJudge, llamaGuardJudge } from './eval/judges.js';
+export type { Judge, Judgement } from './eval/judges.js';
+export { languageFlaws } from './eval/flaws.js';
