@@ -12,7 +12,8 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import { loadNativeBackend, type NativeBackend } from '../src/engine/native.js';
-import { dequantizeQ8_0, f16ToF32, quantizeQ8_0, ReferenceBackend } from '../src/engine/reference.js';
+import { ReferenceBackend } from '../src/engine/reference.js';
+import { GgmlType, dequantize, f16ToF32, quantizeQ8_0 } from '../src/formats/quant.js';
 import { SteerguardError } from '../src/formats/errors.js';
 
 const be: NativeBackend = loadNativeBackend({ threads: 2 });
@@ -316,7 +317,7 @@ describe('matmulQ8', () => {
       const x = randn(M * K, seed);
       const wf = randn(N * K, seed + 1, 0.05);
       const bias = M > 1 ? randn(N, seed + 2) : undefined;
-      const wq = quantizeQ8_0(wf, N, K);
+      const wq = quantizeQ8_0(wf);
       const got = new Float32Array(M * N);
       // an unaligned view of the blocks, as when they are read straight out of a GGUF file
       const padded = new Uint8Array(wq.length + 1);
@@ -325,7 +326,7 @@ describe('matmulQ8', () => {
       close(got, refMatmulQ8(x, wq, M, K, N, bias), 1e-5, 'matmulQ8 vs its exact recipe');
       // and the quantisation error against fp32 on the dequantised weights stays small
       const full = new Float32Array(M * N);
-      ref.matmul(full, x, dequantizeQ8_0(wq, N, K), M, K, N, bias);
+      ref.matmul(full, x, dequantize(GgmlType.Q8_0, wq, N * K), M, K, N, bias);
       close(got, full, 2e-2, 'matmulQ8 vs fp32 matmul');
     });
   }

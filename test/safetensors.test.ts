@@ -1,5 +1,6 @@
 // safetensors reader/writer: round trips per dtype, conversions against values numpy gives
 // (np.float16 / torch.bfloat16 round-to-nearest-even), and malformed or unwritable files.
+import { f32ToBf16, f32ToF16 } from '../src/formats/quant.js';
 import assert from 'node:assert/strict';
 import {
   closeSync,
@@ -17,8 +18,6 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { FormatError, SteerguardError } from '../src/formats/errors.js';
 import {
-  f32ToBf16Bits,
-  f32ToF16Bits,
   readSafetensorsHeader,
   readSafetensorsTensorF32,
   readSafetensorsTensorI32,
@@ -114,9 +113,9 @@ test('float16 and bfloat16 rounding matches numpy / torch (round to nearest even
     [1 + 2 ** -11, 0x3c00], // tie, to even (down)
     [1 + 3 * 2 ** -11, 0x3c02], // tie, to even (up)
   ];
-  for (const [x, bits] of half) assert.equal(f32ToF16Bits(x), bits, `f16(${x})`);
-  assert.equal(f32ToF16Bits(NaN) & 0x7c00, 0x7c00);
-  assert.notEqual(f32ToF16Bits(NaN) & 0x3ff, 0);
+  for (const [x, bits] of half) assert.equal(f32ToF16(x), bits, `f16(${x})`);
+  assert.equal(f32ToF16(NaN) & 0x7c00, 0x7c00);
+  assert.notEqual(f32ToF16(NaN) & 0x3ff, 0);
   const bf: [number, number][] = [
     [1 / 3, 0x3eab],
     [0.1, 0x3dcd],
@@ -125,9 +124,9 @@ test('float16 and bfloat16 rounding matches numpy / torch (round to nearest even
     [3.4e38, 0x7f80], // overflows to infinity
     [-1e-40, 0x8001], // float32 subnormal stays representable
   ];
-  for (const [x, bits] of bf) assert.equal(f32ToBf16Bits(x), bits, `bf16(${x})`);
-  assert.equal(f32ToBf16Bits(NaN) & 0x7f80, 0x7f80);
-  assert.notEqual(f32ToBf16Bits(NaN) & 0x7f, 0);
+  for (const [x, bits] of bf) assert.equal(f32ToBf16(x), bits, `bf16(${x})`);
+  assert.equal(f32ToBf16(NaN) & 0x7f80, 0x7f80);
+  assert.notEqual(f32ToBf16(NaN) & 0x7f, 0);
 });
 
 test('F64 and narrow integer tensors written by other tools are read', () => {

@@ -5,6 +5,7 @@
  * Reading only parses the header; tensor data is read on demand through a file descriptor, because
  * model files run to many gigabytes and only one tensor at a time needs to be in memory.
  */
+import { f32ToBf16, f32ToF16 } from './quant.js';
 import {
   closeSync,
   fstatSync,
@@ -323,42 +324,6 @@ export function readSafetensorsTensorI32(info: SafetensorsTensorInfo): Int32Arra
 const f32Scratch = new Float32Array(1);
 const u32Scratch = new Uint32Array(f32Scratch.buffer);
 
-/** float32 -> IEEE half with round-to-nearest-even, as numpy and torch do. */
-export function f32ToF16Bits(value: number): number {
-  f32Scratch[0] = value;
-  const x = u32Scratch[0];
-  const sign = (x >>> 16) & 0x8000;
-  const exp = (x >>> 23) & 0xff;
-  let mant = x & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 | (mant >>> 13) : 0);
-  const e = exp - 127 + 15;
-  if (e >= 0x1f) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign;
-    mant |= 0x800000;
-    const shift = 14 - e;
-    let half = mant >>> shift;
-    const rem = mant & ((1 << shift) - 1);
-    const mid = 1 << (shift - 1);
-    if (rem > mid || (rem === mid && half & 1)) half++;
-    return sign | half;
-  }
-  let half = (e << 10) | (mant >>> 13);
-  const rem = mant & 0x1fff;
-  // A carry out of the mantissa correctly bumps the exponent, up to infinity.
-  if (rem > 0x1000 || (rem === 0x1000 && half & 1)) half++;
-  return sign | half;
-}
-
-/** float32 -> bfloat16 with round-to-nearest-even; NaN stays NaN. */
-export function f32ToBf16Bits(value: number): number {
-  f32Scratch[0] = value;
-  const x = u32Scratch[0];
-  if ((x & 0x7f800000) === 0x7f800000 && x & 0x7fffff) return ((x >>> 16) | 0x40) & 0xffff;
-  const rounded = x + 0x7fff + ((x >>> 16) & 1);
-  return (rounded >>> 16) & 0xffff;
-}
-
 function writeAll(fd: number, buf: Uint8Array): void {
   let done = 0;
   while (done < buf.length) done += writeSync(fd, buf, done, buf.length - done);
@@ -373,7 +338,7 @@ function encodeChunk(t: SafetensorsWriteTensor, start: number, count: number): U
     case 'F16':
     case 'BF16': {
       const out = new Uint16Array(count);
-      const conv = t.dtype === 'F16' ? f32ToF16Bits : f32ToBf16Bits;
+      const conv = t.dtype === 'F16' ? f32ToF16 : f32ToBf16;
       for (let i = 0; i < count; i++) out[i] = conv(src[start + i]);
       return new Uint8Array(out.buffer);
     }
