@@ -65,6 +65,26 @@ export const THREADS_OPTION = {
   description: 'threads for the native engine (default: $STEERGUARD_THREADS, else every core)',
 } as const satisfies NumberOption;
 
+/** Sampling flags shared by generate and chat (see SamplingOptions). */
+export const SAMPLING_OPTIONS = {
+  temperature: { type: 'number', min: 0, default: 0, description: 'sampling temperature; 0 is greedy' },
+  topK: {
+    type: 'number',
+    integer: true,
+    min: 0,
+    default: 0,
+    description: 'sample from the k most likely (0: off)',
+  },
+  topP: { type: 'number', min: 0, max: 1, default: 1, description: 'nucleus sampling mass (1: off)' },
+  repetitionPenalty: {
+    type: 'number',
+    min: 0,
+    default: 1,
+    description: 'penalise tokens already in the text (1: off; 1.1 to 1.3 is typical)',
+  },
+  seed: { type: 'number', integer: true, default: 0, description: 'random seed for sampling' },
+} as const satisfies Record<string, NumberOption>;
+
 export const DECODE_WEIGHTS_OPTION = {
   type: 'enum',
   values: ['f32', 'q8'],

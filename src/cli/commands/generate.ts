@@ -6,6 +6,7 @@ import type { Generation, Prompt } from '../../model/model.js';
 import {
   CHAT_OPTIONS,
   DECODE_WEIGHTS_OPTION,
+  SAMPLING_OPTIONS,
   THREADS_OPTION,
   command,
   para,
@@ -57,22 +58,7 @@ export const generateCommand = command(
         default: 128,
         description: 'tokens to generate at most',
       },
-      temperature: { type: 'number', min: 0, default: 0, description: 'sampling temperature; 0 is greedy' },
-      topK: {
-        type: 'number',
-        integer: true,
-        min: 0,
-        default: 0,
-        description: 'sample from the k most likely (0: off)',
-      },
-      topP: { type: 'number', min: 0, max: 1, default: 1, description: 'nucleus sampling mass (1: off)' },
-      repetitionPenalty: {
-        type: 'number',
-        min: 0,
-        default: 1,
-        description: 'penalise tokens already in the text (1: off; 1.1 to 1.3 is typical)',
-      },
-      seed: { type: 'number', integer: true, default: 0, description: 'random seed for sampling' },
+      ...SAMPLING_OPTIONS,
       stop: {
         type: 'list',
         placeholder: 's1,s2',
