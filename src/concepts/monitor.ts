@@ -57,7 +57,7 @@ export interface TokenReading extends MonitorReading {
   readonly text: string;
 }
 
-export interface MonitorGenerateOptions extends Omit<GenerateOptions, 'hooks' | 'onText'> {
+export interface MonitorGenerateOptions extends Omit<GenerateOptions, 'hooks' | 'onText' | 'onToken'> {
   /** How text prompts are sent (default: the concept's template mode). */
   readonly template?: TemplateMode;
   /** Hooks that run before the monitor's readers (e.g. SCAV), so the monitor sees their effect. */
@@ -206,20 +206,26 @@ export class Monitor {
       const readers = this.readingHooks((_seq, index, k, z) => {
         (logits[index] ??= new Array<number>(this.layers.length).fill(NaN))[k] = z;
       });
+      // The row that chose token i was read in the same forward call, so each reading is
+      // complete when the token arrives and can be reported live.
+      const list: TokenReading[] = [];
       const [g] = await model.generate([templated(prompts[p], template)], {
         ...gen,
         hooks: [...(extra ?? []), ...readers],
+        onToken: (_seq, token, index) => {
+          const reading: TokenReading = {
+            ...this.fromLogits(logits[index]),
+            prompt: p,
+            index,
+            token,
+            text: decode ? decode([token]) : '',
+          };
+          list.push(reading);
+          onToken?.(reading);
+        },
       });
       generations.push(g);
-      const list: TokenReading[] = g.tokens.map((token, index) => ({
-        ...this.fromLogits(logits[index]),
-        prompt: p,
-        index,
-        token,
-        text: decode ? decode([token]) : '',
-      }));
       tokens.push(list);
-      if (onToken) for (const t of list) onToken(t);
     }
     return { generations, tokens };
   }

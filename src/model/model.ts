@@ -66,6 +66,8 @@ export interface GenerateOptions extends SamplingOptions {
   readonly hooks?: readonly Hook[];
   /** Called with each piece of text as it is decoded, per prompt index. */
   readonly onText?: (index: number, text: string) => void;
+  /** Called with each generated token id as it is chosen (`position` counts from 0 per prompt). */
+  readonly onToken?: (index: number, token: number, position: number) => void;
   readonly signal?: AbortSignal;
 }
 
@@ -292,6 +294,7 @@ export class Model {
         }
         s.generated.push(tok);
         s.history.push(tok);
+        opts.onToken?.(s.index, tok, s.generated.length - 1);
         if (this.loaded.tokenizer) {
           s.text = this.loaded.tokenizer.decode(s.generated, { skipSpecialTokens: false });
           const hit = stops.map((st) => s.text.indexOf(st)).filter((i) => i >= 0);
