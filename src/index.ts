@@ -43,3 +43,4 @@ export { evaluateRefusal } from './eval/refusal.js';
 export { gcgKeywordJudge, jbbKeywordJudge, llamaGuardJudge } from './eval/judges.js';
 export type { Judge, Judgement } from './eval/judges.js';
 export { languageFlaws } from './eval/flaws.js';
+export { runAudit } from './audit/pipeline.js';

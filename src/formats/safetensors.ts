@@ -321,9 +321,6 @@ export function readSafetensorsTensorI32(info: SafetensorsTensorInfo): Int32Arra
   }
 }
 
-const f32Scratch = new Float32Array(1);
-const u32Scratch = new Uint32Array(f32Scratch.buffer);
-
 function writeAll(fd: number, buf: Uint8Array): void {
   let done = 0;
   while (done < buf.length) done += writeSync(fd, buf, done, buf.length - done);

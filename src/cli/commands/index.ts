@@ -1,6 +1,7 @@
 /** The command table, apart from main.ts so that tests can read the specs without running the CLI. */
 import { activationsCommand } from './activations.js';
 import { attackCommand } from './attack.js';
+import { auditCommand } from './audit.js';
 import { benchCommand, benchWorkerCommand } from './bench.js';
 import { chatCommand } from './chat.js';
 import { benchProbesCommand, conceptCommand } from './concept.js';
@@ -25,6 +26,7 @@ export const COMMANDS: readonly CliCommand[] = [
   controlVectorCommand,
   evalCommand,
   attackCommand,
+  auditCommand,
   benchCommand,
   benchWorkerCommand,
   benchProbesCommand,

@@ -1,0 +1,281 @@
+/**
+ * `runAudit`: the audit pipeline. Runs the asked-for steps (and the steps they build on) in
+ * order, keeping each result in the state file as soon as it is there, reusing results that
+ * are still valid, recording a failed step with its error and carrying on with the others, and
+ * ends by writing `report.json` and `report.html` (both atomically), failures included.
+ *
+ * Ctrl-C stops after the running batch: the state keeps every finished step and generation run,
+ * the report is written for what is there, and the same command resumes. A second Ctrl-C exits
+ * at once.
+ *
+ * The pipeline drives the same pieces as the CLI commands (prompt sets, judges, progress bars,
+ * SCAV hooks), so it takes the CLI's output object for messages and progress.
+ */
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import path from 'node:path';
+
+import { SteerguardError } from '../formats/errors.js';
+import type { Judge } from '../eval/judges.js';
+import type { Model } from '../model/model.js';
+import { type CliOutput, isDebug } from '../cli/output.js';
+import { formatDuration } from '../cli/progress.js';
+import { renderReportHtml } from './html.js';
+import { type AuditReport, buildReport, machineInfo } from './report.js';
+import { REPLIES_DIR, type ReplyRecord, readReplies } from './runs.js';
+import {
+  type AuditState,
+  STATE_FILE,
+  STATE_FORMAT,
+  STATE_VERSION,
+  checkStateModel,
+  jsonSafe,
+  loadState,
+  saveState,
+  writeFileAtomic,
+} from './state.js';
+import { type AuditContext, CONCEPT_FILE, STEPS, VECTOR_FILE, stepKeys } from './steps.js';
+import { type AuditSettings, STEP_NAMES, STEP_NEEDS, STEP_TITLES, type StepName } from './types.js';
+
+export const REPORT_HTML = 'report.html';
+export const REPORT_JSON = 'report.json';
+
+export interface AuditOptions {
+  readonly model: Model;
+  readonly outDir: string;
+  readonly settings: AuditSettings;
+  /** Steps asked for; the steps they need run first when not done. Default: all. */
+  readonly steps?: readonly StepName[];
+  /** Forget earlier results in outDir (the audit's own files only) and start over. */
+  readonly restart?: boolean;
+  /** Put prompts and replies on the HTML page (under a warning). */
+  readonly showText?: boolean;
+  readonly dataDir?: string;
+  /** Activation cache (undefined: the default folder; false: none). */
+  readonly cacheDir?: string | false;
+  readonly batchTokens?: number;
+  readonly judge?: {
+    readonly judgeUrl?: string;
+    readonly judgeTimeout?: number;
+    readonly judgeConcurrency?: number;
+  };
+  readonly out: CliOutput;
+  /** steerguard version and command line, for the report. */
+  readonly version?: string;
+  readonly command?: string;
+}
+
+export interface AuditOutcome {
+  readonly report: AuditReport;
+  readonly files: { readonly html: string; readonly json: string; readonly state: string };
+  readonly ran: readonly StepName[];
+  readonly reused: readonly StepName[];
+  readonly failed: readonly StepName[];
+  readonly interrupted: boolean;
+  readonly seconds: number;
+}
+
+/** The audit's own files in outDir (what --restart removes; nothing else there is touched). */
+const OWN_FILES = [STATE_FILE, CONCEPT_FILE, VECTOR_FILE, REPORT_HTML, REPORT_JSON];
+
+export function removeAuditFiles(outDir: string): void {
+  for (const f of OWN_FILES) rmSync(path.join(outDir, f), { force: true });
+  rmSync(path.join(outDir, REPLIES_DIR), { recursive: true, force: true });
+}
+
+/** Steps to run for `asked`: those and everything they need, in pipeline order. */
+export function planSteps(asked: readonly StepName[]): StepName[] {
+  const want = new Set<StepName>();
+  const add = (s: StepName): void => {
+    if (want.has(s)) return;
+    for (const d of STEP_NEEDS[s]) add(d);
+    want.add(s);
+  };
+  for (const s of asked) add(s);
+  return STEP_NAMES.filter((s) => want.has(s));
+}
+
+/** Steps that build on `step`, directly or not. */
+function dependants(step: StepName): StepName[] {
+  return STEP_NAMES.filter((s) => s !== step && planSteps([s]).includes(step));
+}
+
+export async function runAudit(opts: AuditOptions): Promise<AuditOutcome> {
+  const { model, out, settings } = opts;
+  const outDir = opts.outDir;
+  const t0 = performance.now();
+  mkdirSync(outDir, { recursive: true });
+  if (opts.restart) removeAuditFiles(outDir);
+  const previous = loadState(outDir);
+  const c = model.config;
+  const identity = model.identity;
+  if (previous) checkStateModel(previous, identity, outDir);
+  const now = new Date().toISOString();
+  const state: AuditState = previous ?? {
+    format: STATE_FORMAT,
+    version: STATE_VERSION,
+    createdAt: now,
+    updatedAt: now,
+    model: {
+      name: identity.name,
+      path: identity.path,
+      arch: identity.arch,
+      fingerprint: identity.fingerprint,
+      nLayers: c.nLayers,
+      dModel: c.dModel,
+    },
+    settings,
+    steps: {},
+    runs: {},
+  };
+  state.settings = settings;
+  saveState(outDir, state);
+
+  const keys = stepKeys(settings, identity.fingerprint);
+  const controller = new AbortController();
+  let interrupted = false;
+  const onSigint = (): void => {
+    if (interrupted) process.exit(130);
+    interrupted = true;
+    controller.abort();
+    out.warn('interrupted: stopping after the current batch (Ctrl-C again to quit at once)');
+  };
+  process.on('SIGINT', onSigint);
+
+  let judges: Promise<Judge[]> | undefined;
+  const ctx: AuditContext = {
+    model,
+    outDir,
+    state,
+    out,
+    maxTokens: settings.maxTokens,
+    batch: settings.batch,
+    redact: settings.redact,
+    judgeNames: settings.judges,
+    judges: () => {
+      judges ??= (async () => {
+        const { buildJudges } = await import('../cli/commands/eval.js');
+        return buildJudges(
+          {
+            judge: [...settings.judges],
+            judgeUrl: opts.judge?.judgeUrl,
+            judgeTimeout: opts.judge?.judgeTimeout ?? 60,
+            judgeConcurrency: opts.judge?.judgeConcurrency ?? 4,
+          },
+          out,
+        );
+      })();
+      return judges;
+    },
+    settings,
+    dataDir: opts.dataDir,
+    cacheDir: opts.cacheDir,
+    batchTokens: opts.batchTokens ?? 2048,
+    signal: controller.signal,
+    keys,
+    memo: new Map(),
+  };
+
+  const plan = planSteps(opts.steps ?? STEP_NAMES);
+  const ran: StepName[] = [];
+  const reused: StepName[] = [];
+  const failed: StepName[] = [];
+  const valid = (s: StepName): boolean => {
+    const rec = state.steps[s];
+    if (!rec || rec.status !== 'done' || rec.key !== keys[s]) return false;
+    if ((s === 'concept' || s === 'monitor') && !existsSync(path.join(outDir, CONCEPT_FILE))) return false;
+    return true;
+  };
+  try {
+    for (const [i, step] of plan.entries()) {
+      if (interrupted) break;
+      const banner = `[${i + 1}/${plan.length}] ${step}: ${STEP_TITLES[step]}`;
+      if (valid(step)) {
+        out.info(`${banner}: done earlier (${state.steps[step]!.finishedAt}), reusing it`);
+        reused.push(step);
+        continue;
+      }
+      out.info(`\n== ${banner} ==`);
+      const started = new Date();
+      const s0 = performance.now();
+      const record = (status: 'done' | 'failed', extra: { result?: unknown; error?: string }): void => {
+        (state.steps as Record<string, unknown>)[step] = {
+          status,
+          key: keys[step],
+          startedAt: started.toISOString(),
+          finishedAt: new Date().toISOString(),
+          seconds: (performance.now() - s0) / 1000,
+          ...extra,
+        };
+      };
+      const missing = STEP_NEEDS[step].filter((d) => !valid(d));
+      if (missing.length > 0) {
+        const why = missing
+          .map(
+            (d) =>
+              `the ${d} step ${state.steps[d]?.status === 'failed' && state.steps[d]?.key === keys[d] ? 'failed' : 'did not run'}`,
+          )
+          .join(' and ');
+        record('failed', { error: `skipped: ${why}` });
+        failed.push(step);
+        out.warn(`${step}: skipped, ${why}`);
+        saveState(outDir, state);
+        continue;
+      }
+      // Whatever built on the old result of this step no longer holds.
+      for (const d of dependants(step)) delete state.steps[d];
+      try {
+        const result = await STEPS[step](ctx);
+        record('done', { result });
+        ran.push(step);
+        out.info(`${step}: done in ${formatDuration((performance.now() - s0) / 1000)}`);
+      } catch (e) {
+        if (interrupted) break;
+        const message = e instanceof Error ? e.message || e.name : String(e);
+        record('failed', { error: message });
+        failed.push(step);
+        out.warn(`${step} failed: ${message}`);
+        if (isDebug() && e instanceof Error && e.stack) out.stderr.write(`${e.stack}\n`);
+      }
+      saveState(outDir, state);
+    }
+  } finally {
+    process.off('SIGINT', onSigint);
+  }
+  saveState(outDir, state);
+
+  const seconds = (performance.now() - t0) / 1000;
+  const report = buildReport({
+    state,
+    keys,
+    machine: machineInfo(model.backend),
+    version: opts.version ?? 'unknown',
+    command: opts.command ?? null,
+    wallSeconds: seconds,
+  });
+  let replies: Map<string, readonly ReplyRecord[]> | undefined;
+  if (opts.showText) {
+    replies = new Map();
+    for (const f of report.files.replies) {
+      const file = path.join(outDir, f.file);
+      if (existsSync(file)) replies.set(f.run, readReplies(file));
+    }
+  }
+  const files = {
+    html: path.join(outDir, REPORT_HTML),
+    json: path.join(outDir, REPORT_JSON),
+    state: path.join(outDir, STATE_FILE),
+  };
+  writeFileAtomic(files.json, `${JSON.stringify(report, jsonSafe, 1)}\n`);
+  writeFileAtomic(files.html, renderReportHtml(report, { replies }));
+  if (interrupted)
+    out.warn(`interrupted; finished steps are kept in ${files.state}: run the same command to resume`);
+  return { report, files, ran, reused, failed, interrupted, seconds };
+}
+
+/** Throws unless every name is a step. */
+export function parseSteps(names: readonly string[]): StepName[] {
+  for (const n of names)
+    if (!(STEP_NAMES as readonly string[]).includes(n))
+      throw new SteerguardError(`unknown step '${n.slice(0, 40)}' (steps: ${STEP_NAMES.join(', ')})`);
+  return STEP_NAMES.filter((s) => names.includes(s));
+}
