@@ -257,28 +257,26 @@ function aligned(src: Float32Array): Float32Array {
   return src.byteOffset % 4 === 0 ? src : src.slice();
 }
 
-/** fp32 values to little-endian IEEE half bytes. */
-export function quantizeF16(src: Float32Array): Uint8Array {
+/** fp32 values to 16-bit little-endian bytes through a bit-level converter (half or bfloat16). */
+function sixteenBitBytes(src: Float32Array, convert: (bits: number) => number): Uint8Array {
   const bits = bitsOf(aligned(src));
   const out = new Uint8Array(src.length * 2);
   for (let i = 0; i < bits.length; i++) {
-    const h = f32BitsToF16(bits[i]);
+    const h = convert(bits[i]);
     out[2 * i] = h & 0xff;
     out[2 * i + 1] = h >>> 8;
   }
   return out;
 }
 
+/** fp32 values to little-endian IEEE half bytes. */
+export function quantizeF16(src: Float32Array): Uint8Array {
+  return sixteenBitBytes(src, f32BitsToF16);
+}
+
 /** fp32 values to little-endian bfloat16 bytes. */
 export function quantizeBF16(src: Float32Array): Uint8Array {
-  const bits = bitsOf(aligned(src));
-  const out = new Uint8Array(src.length * 2);
-  for (let i = 0; i < bits.length; i++) {
-    const h = f32BitsToBf16(bits[i]);
-    out[2 * i] = h & 0xff;
-    out[2 * i + 1] = h >>> 8;
-  }
-  return out;
+  return sixteenBitBytes(src, f32BitsToBf16);
 }
 
 /**
