@@ -14,6 +14,7 @@ import { describe, it } from 'node:test';
 import {
   accuracy,
   auroc,
+  aurocInterval,
   differenceOfMeans,
   fitLogistic,
   logit,
@@ -252,7 +253,34 @@ describe('AUROC and intervals', () => {
     const se = Math.sqrt(varOf(v10) / pos.length + varOf(v01) / neg.length);
     assert.ok(Math.abs(res.se - se) < 1e-12);
     assert.ok(res.ci[0] <= res.auroc && res.auroc <= res.ci[1]);
-    assert.ok(Math.abs(res.ci[1] - Math.min(1, res.auroc + 1.96 * se)) < 1e-12);
+    assert.deepEqual(res.ci, aurocInterval(res.auroc, pos.length, neg.length));
+  });
+
+  it("Newcombe's interval solves its defining equation and keeps a width at AUROC 1", () => {
+    // Hanley–McNeil in its Q1/Q2 form, with both class sizes replaced by their mean N*.
+    const hanleyMcNeil = (t: number, nStar: number) => {
+      const q1 = t / (2 - t);
+      const q2 = (2 * t * t) / (1 + t);
+      return (t * (1 - t) + (nStar - 1) * (q1 - t * t) + (nStar - 1) * (q2 - t * t)) / (nStar * nStar);
+    };
+    for (const [auc, m, n] of [
+      [1, 40, 41],
+      [0.93, 30, 70],
+      [0.5, 12, 12],
+      [0, 25, 25],
+    ]) {
+      const [lo, hi] = aurocInterval(auc, m, n);
+      assert.ok(hi - lo > 0.01, `width at ${auc}: ${lo}..${hi}`);
+      for (const t of [lo, hi]) {
+        if (t === 0 || t === 1) continue;
+        const residual = (auc - t) ** 2 - 1.96 ** 2 * hanleyMcNeil(t, (m + n) / 2);
+        assert.ok(Math.abs(residual) < 1e-9, `residual ${residual} at ${t}`);
+      }
+    }
+    const [lo, hi] = aurocInterval(1, 40, 41);
+    assert.equal(hi, 1);
+    assert.ok(lo > 0.9 && lo < 0.99, `lower bound at AUROC 1 with 40 + 41 examples: ${lo}`);
+    assert.ok(auroc([0, 1, 2, 3, 4, 5], [0, 0, 0, 1, 1, 1]).ci[0] < 1);
   });
 
   it('Wilson intervals match known values', () => {

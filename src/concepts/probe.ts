@@ -884,11 +884,43 @@ export interface AurocResult {
   readonly auroc: number;
   /** DeLong standard error. */
   readonly se: number;
-  /** 95% interval auroc ± 1.96 se, clipped to [0, 1]; [0, 1] with fewer than 2 of a class. */
+  /**
+   * 95% interval by Newcombe's Wilson-type method (see {@link aurocInterval}); unlike auroc ±
+   * 1.96 se it keeps a width at AUROC 0 or 1. [0, 1] with no example of a class.
+   */
   readonly ci: [number, number];
 }
 
-/** AUROC (Mann–Whitney, ties counted 1/2) with DeLong's variance. */
+/**
+ * Newcombe's (2006) "method 5" interval for an AUROC: the θ where (θ̂ − θ)² = z² V(θ), with V the
+ * Hanley–McNeil variance evaluated at θ itself and both class sizes replaced by their mean N*:
+ *   V(θ) = θ(1 − θ) [1 + (N* − 1)(1 − θ)/(2 − θ) + (N* − 1) θ/(1 + θ)] / N*².
+ * Like the Wilson interval for a proportion it never collapses to a point, which DeLong's does at
+ * 0 and 1 (an "interval" of 1.000–1.000 from 40 examples claims a certainty nobody has).
+ */
+export function aurocInterval(auc: number, nPos: number, nNeg: number, z = 1.96): [number, number] {
+  if (nPos === 0 || nNeg === 0 || !Number.isFinite(auc)) return [0, 1];
+  const nStar = (nPos + nNeg) / 2;
+  const variance = (t: number): number =>
+    (t * (1 - t) * (1 + ((nStar - 1) * (1 - t)) / (2 - t) + ((nStar - 1) * t) / (1 + t))) / (nStar * nStar);
+  // g(θ) = (θ̂ − θ)² − z² V(θ) is negative at θ̂ and positive at the far end of each side (V(0) =
+  // V(1) = 0); bisection finds the crossing on each side.
+  const g = (t: number): number => (auc - t) ** 2 - z * z * variance(t);
+  const root = (inside: number, outside: number): number => {
+    if (g(outside) <= 0) return outside;
+    let a = inside;
+    let b = outside;
+    for (let i = 0; i < 60; i++) {
+      const mid = (a + b) / 2;
+      if (g(mid) <= 0) a = mid;
+      else b = mid;
+    }
+    return (a + b) / 2;
+  };
+  return [root(auc, 0), root(auc, 1)];
+}
+
+/** AUROC (Mann–Whitney, ties counted 1/2) with DeLong's standard error and Newcombe's interval. */
 export function auroc(scores: ArrayLike<number>, labels: ArrayLike<number>): AurocResult {
   if (scores.length !== labels.length) throw new SteerguardError('scores and labels differ in length');
   const posIdx: number[] = [];
@@ -906,7 +938,7 @@ export function auroc(scores: ArrayLike<number>, labels: ArrayLike<number>): Aur
   let sumPos = 0;
   for (const i of posIdx) sumPos += all[i];
   const auc = (sumPos - (m * (m + 1)) / 2) / (m * n);
-  if (m < 2 || n < 2) return { auroc: auc, se: NaN, ci: [0, 1] };
+  if (m < 2 || n < 2) return { auroc: auc, se: NaN, ci: aurocInterval(auc, m, n) };
   // Structural components: for each positive, the share of negatives below it (ties 1/2), and
   // for each negative, the share of positives above it.
   let s10 = 0;
@@ -921,5 +953,5 @@ export function auroc(scores: ArrayLike<number>, labels: ArrayLike<number>): Aur
   });
   const variance = s10 / (m - 1) / m + s01 / (n - 1) / n;
   const se = Math.sqrt(variance);
-  return { auroc: auc, se, ci: [Math.max(0, auc - 1.96 * se), Math.min(1, auc + 1.96 * se)] };
+  return { auroc: auc, se, ci: aurocInterval(auc, m, n) };
 }
