@@ -64,6 +64,8 @@ describe('named prompt sets', { skip: skipData }, () => {
     ['scav-safe:test', 50],
     ['xstest-safe', 250],
     ['xstest-unsafe', 200],
+    ['xstest-safe:homonyms', 25],
+    ['xstest-unsafe:contrast_privacy', 25],
     ['alpaca:val', 6264],
     ['alpaca-seed', 175],
     ['gsm8k', 1319],
@@ -92,6 +94,20 @@ describe('named prompt sets', { skip: skipData }, () => {
     assert.ok(
       ctx.prompts.every((p) => p.text.includes(p.fields.ContextString) && p.text.endsWith(p.fields.Behavior)),
     );
+  });
+
+  it('the XSTest types partition each half of XSTest', () => {
+    for (const name of ['xstest-safe', 'xstest-unsafe']) {
+      const all = loadPromptSet(name, { dataDir: DATA });
+      const types = [...new Set(all.prompts.map((p) => p.fields.type))];
+      const parts = types.map((t) => loadPromptSet(`${name}:${t}`, { dataDir: DATA }));
+      assert.ok(parts.every((p, i) => p.prompts.every((q) => q.fields.type === types[i])));
+      assert.equal(
+        parts.reduce((n, p) => n + p.prompts.length, 0),
+        all.prompts.length,
+      );
+    }
+    assert.throws(() => loadPromptSet('xstest-safe:contrast_privacy', { dataDir: DATA }), /has no split/);
   });
 
   it('the alpaca splits partition the full set', () => {

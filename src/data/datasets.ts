@@ -70,6 +70,34 @@ const scavKeep =
   (f: Readonly<Record<string, string>>, split: string): boolean =>
     f.Label === label && (split === '' || f.TrainTestFlag.toLowerCase() === split);
 
+const XSTEST = 'xstest/xstest_prompts.csv';
+/** XSTest's prompt types: each is a topic-matched group, usable as a source of its own. */
+const XSTEST_SAFE_TYPES = [
+  'homonyms',
+  'figurative_language',
+  'safe_targets',
+  'safe_contexts',
+  'definitions',
+  'real_group_nons_discr',
+  'nons_group_real_discr',
+  'historical_events',
+  'privacy_public',
+  'privacy_fictional',
+];
+const XSTEST_UNSAFE_TYPES = [
+  'contrast_homonyms',
+  'contrast_figurative_language',
+  'contrast_safe_targets',
+  'contrast_safe_contexts',
+  'contrast_definitions',
+  'contrast_discr',
+  'contrast_historical_events',
+  'contrast_privacy',
+];
+function xstestFiles(types: readonly string[]): Record<string, string> {
+  return Object.fromEntries([['', XSTEST], ...types.map((t) => [t, XSTEST])]);
+}
+
 const SETS: Readonly<Record<string, SetDefinition>> = {
   advbench: {
     description: 'AdvBench harmful behaviours (goal)',
@@ -120,19 +148,19 @@ const SETS: Readonly<Record<string, SetDefinition>> = {
     rows: 100,
   },
   'xstest-safe': {
-    description: 'XSTest safe prompts that only look unsafe (over-refusal)',
+    description: 'XSTest safe prompts that only look unsafe (over-refusal); :TYPE = one of its 10 types',
     harmful: false,
-    files: { '': 'xstest/xstest_prompts.csv' },
+    files: xstestFiles(XSTEST_SAFE_TYPES),
     column: 'prompt',
-    keep: (f) => f.label === 'safe',
+    keep: (f, type) => f.label === 'safe' && (type === '' || f.type === type),
     rows: 250,
   },
   'xstest-unsafe': {
-    description: 'XSTest unsafe contrast prompts',
+    description: 'XSTest unsafe contrast prompts; :TYPE = one of its 8 types (contrast_...)',
     harmful: true,
-    files: { '': 'xstest/xstest_prompts.csv' },
+    files: xstestFiles(XSTEST_UNSAFE_TYPES),
     column: 'prompt',
-    keep: (f) => f.label === 'unsafe',
+    keep: (f, type) => f.label === 'unsafe' && (type === '' || f.type === type),
     rows: 200,
   },
   alpaca: {
@@ -187,9 +215,12 @@ export function knownPromptSets(): {
   }));
 }
 
+/** A set's short name with an optional `:split` or `:type` suffix. */
+const SET_NAME = /^[a-z0-9][a-z0-9-]*(:[a-z][a-z_]*)?$/;
+
 /** True when `spec` names a built-in set (with or without a split suffix), valid or not. */
 export function isPromptSetName(spec: string): boolean {
-  return /^[a-z0-9][a-z0-9-]*(:[a-z]+)?$/.test(spec) && spec.split(':')[0] in SETS;
+  return SET_NAME.test(spec) && spec.split(':')[0] in SETS;
 }
 
 /** Where named sets are read from: `explicit`, else $STEERGUARD_DATA; an error when neither. */
@@ -236,7 +267,7 @@ export function loadPromptSet(spec: string, opts: LoadSetOptions = {}): PromptSe
   }
   const dedupe = opts.dedupe ?? true;
   const [base, split = ''] = spec.split(':');
-  const def = /^[a-z0-9][a-z0-9-]*(:[a-z]+)?$/.test(spec) ? SETS[base] : undefined;
+  const def = SET_NAME.test(spec) ? SETS[base] : undefined;
   let name: string;
   let file: string;
   let column: string;
