@@ -41,12 +41,22 @@ interface Mirror {
   corrupt: Set<string>;
   /** Data-directory paths answered with 404. */
   absent: Set<string>;
+  /** Data-directory paths whose connection is cut after half the body. */
+  cut: Set<string>;
+  /** Data-directory paths answered with headers and then nothing. */
+  stalled: Set<string>;
   requests: string[];
   server: Server;
 }
 
 async function startMirror(): Promise<Mirror> {
-  const mirror: Omit<Mirror, 'url' | 'server'> = { corrupt: new Set(), absent: new Set(), requests: [] };
+  const mirror: Omit<Mirror, 'url' | 'server'> = {
+    corrupt: new Set(),
+    absent: new Set(),
+    cut: new Set(),
+    stalled: new Set(),
+    requests: [],
+  };
   const server = createServer((req, res) => {
     const rel = ROUTES.get(req.url ?? '');
     mirror.requests.push(rel ?? String(req.url));
@@ -56,7 +66,14 @@ async function startMirror(): Promise<Mirror> {
     }
     const body = readFileSync(path.join(DATA, rel));
     if (mirror.corrupt.has(rel)) body[Math.floor(body.length / 2)] ^= 0x20;
-    res.writeHead(200, { 'content-length': body.length }).end(body);
+    res.writeHead(200, { 'content-length': body.length });
+    if (mirror.stalled.has(rel)) {
+      res.flushHeaders();
+    } else if (mirror.cut.has(rel)) {
+      res.write(body.subarray(0, body.length >> 1), () => res.destroy());
+    } else {
+      res.end(body);
+    }
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const { port } = server.address() as AddressInfo;
@@ -140,7 +157,10 @@ describe('steerguard data fetch from a local mirror', { skip }, () => {
   before(async () => {
     mirror = await startMirror();
   });
-  after(() => mirror.server.close());
+  after(() => {
+    mirror.server.closeAllConnections();
+    mirror.server.close();
+  });
 
   it('downloads into the cache, each file whole and with its checksum', async () => {
     const r = await cli(['data', 'fetch', 'xstest', 'scav', '--mirror', mirror.url, '--json'], cache);
@@ -253,6 +273,32 @@ describe('steerguard data fetch from a local mirror', { skip }, () => {
       assert.deepEqual(filesUnder(fresh), []);
     } finally {
       mirror.absent.delete('scav/instructions.csv');
+    }
+  });
+
+  it('a connection cut mid-file leaves nothing', async () => {
+    const fresh = path.join(tmp, 'cache-cut');
+    mirror.cut.add('xstest/xstest_prompts.csv');
+    try {
+      const r = await cli(['data', 'fetch', 'xstest', '--mirror', mirror.url], fresh);
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, /could not download xstest\/xstest_prompts\.csv from .*; nothing was written/);
+      assert.deepEqual(filesUnder(fresh), []);
+    } finally {
+      mirror.cut.delete('xstest/xstest_prompts.csv');
+    }
+  });
+
+  it('a server that stops sending times out, and leaves nothing', async () => {
+    const fresh = path.join(tmp, 'cache-stall');
+    mirror.stalled.add('scav/instructions.csv');
+    try {
+      const r = await cli(['data', 'fetch', 'scav', '--mirror', mirror.url, '--timeout', '1'], fresh);
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, /could not download scav\/instructions\.csv from .*: no answer for 1 s/);
+      assert.deepEqual(filesUnder(fresh), []);
+    } finally {
+      mirror.stalled.delete('scav/instructions.csv');
     }
   });
 
