@@ -139,9 +139,14 @@ describe('set errors', () => {
     for (const s of knownPromptSets()) assert.ok(err.message.includes(s.name), s.name);
   });
 
-  it('no data directory is a clear error', () => {
-    thrown(() => resolveDataDir(undefined, {}), OptionError, /--data-dir DIR or set STEERGUARD_DATA/);
-    thrown(() => loadPromptSet('advbench', { env: {} }), OptionError, /--data-dir/);
+  it('no data directory and no dataset cache is a clear error', () => {
+    const env = { STEERGUARD_CACHE: path.join(tmp, 'no-cache') };
+    thrown(
+      () => resolveDataDir(undefined, env),
+      OptionError,
+      /data fetch.*--data-dir DIR or set STEERGUARD_DATA/,
+    );
+    thrown(() => loadPromptSet('advbench', { env }), OptionError, /--data-dir/);
     thrown(() => resolveDataDir(path.join(tmp, 'nope')), OptionError, /does not exist/);
   });
 
@@ -149,7 +154,7 @@ describe('set errors', () => {
     thrown(
       () => loadPromptSet('xstest-safe', { dataDir: tmp }),
       OptionError,
-      /xstest\/xstest_prompts\.csv.*missing/,
+      /xstest\/xstest_prompts\.csv, which is not in the data directory .*steerguard data fetch xstest/,
     );
   });
 

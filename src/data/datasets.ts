@@ -2,8 +2,10 @@
  * Prompt sets by short name (`advbench`, `alpaca:train`, `xstest-safe`, ...) or by file.
  *
  * Named sets resolve against a data directory laid out like the project's shared datasets folder
- * (`advbench/harmful_behaviors.csv`, `alpaca/harmless_train.json`, ...), given by `--data-dir` or
- * the STEERGUARD_DATA environment variable; nothing here knows where that folder lives on disk.
+ * (`advbench/harmful_behaviors.csv`, `alpaca/harmless_train.json`, ...): the one given by
+ * `--data-dir`, else the STEERGUARD_DATA environment variable, else the dataset cache that
+ * `steerguard data fetch` fills (sources.ts `datasetCacheDir`). The first of these that is set is
+ * the one used; a file missing there is an error, not a reason to look in the next.
  * A spec that is not a known name is read as a CSV/JSON/JSONL file, with its prompt column given
  * as `file.csv#column`, by the `column` option, or guessed (see loadPromptFile).
  *
@@ -19,6 +21,7 @@ import path from 'node:path';
 
 import { OptionError } from '../formats/errors.js';
 import { type PromptRecord, loadPromptFile, promptId } from './prompts.js';
+import { UNFETCHABLE_DATASETS, datasetCacheDir, datasetOfFile } from './sources.js';
 import { normalizePromptText } from './splits.js';
 
 /** A prompt of a set: the file's record plus its content id. */
@@ -198,13 +201,15 @@ const SETS: Readonly<Record<string, SetDefinition>> = {
   },
 };
 
-/** The short names, with what they hold and the split suffixes they take. */
+/** The short names, with what they hold, the split suffixes they take and their files. */
 export function knownPromptSets(): {
   name: string;
   description: string;
   splits: string[];
   harmful: boolean;
   rows: number;
+  /** Paths in the data directory, over every split (`xstest/xstest_prompts.csv`). */
+  files: string[];
 }[] {
   return Object.entries(SETS).map(([name, d]) => ({
     name,
@@ -212,6 +217,7 @@ export function knownPromptSets(): {
     splits: Object.keys(d.files).filter((k) => k !== ''),
     harmful: d.harmful,
     rows: d.rows,
+    files: [...new Set(Object.values(d.files))],
   }));
 }
 
@@ -223,29 +229,75 @@ export function isPromptSetName(spec: string): boolean {
   return SET_NAME.test(spec) && spec.split(':')[0] in SETS;
 }
 
-/** Where named sets are read from: `explicit`, else $STEERGUARD_DATA; an error when neither. */
-export function resolveDataDir(explicit?: string, env: NodeJS.ProcessEnv = process.env): string {
-  const dir =
-    explicit ??
-    (env.STEERGUARD_DATA !== undefined && env.STEERGUARD_DATA !== '' ? env.STEERGUARD_DATA : undefined);
-  if (dir === undefined) {
-    throw new OptionError(
-      'named prompt sets need a data directory: pass --data-dir DIR or set STEERGUARD_DATA ' +
-        '(the folder holding advbench/, alpaca/, harmbench/, ...)',
-    );
+/** The data directory named sets are read from, and what chose it. */
+export interface DataDirChoice {
+  readonly dir: string;
+  readonly from: '--data-dir' | 'STEERGUARD_DATA' | 'cache';
+}
+
+/**
+ * Which data directory applies: `explicit` (--data-dir), else $STEERGUARD_DATA, else the dataset
+ * cache. Does not look at the disk (resolveDataDir does).
+ */
+export function locateDataDir(explicit?: string, env: NodeJS.ProcessEnv = process.env): DataDirChoice {
+  if (explicit !== undefined) return { dir: explicit, from: '--data-dir' };
+  if (env.STEERGUARD_DATA !== undefined && env.STEERGUARD_DATA !== '') {
+    return { dir: env.STEERGUARD_DATA, from: 'STEERGUARD_DATA' };
   }
+  return { dir: datasetCacheDir(env), from: 'cache' };
+}
+
+/**
+ * The data directory of locateDataDir, checked to exist: an OptionError otherwise, which for the
+ * cache says to run `steerguard data fetch`.
+ */
+export function resolveDataDir(explicit?: string, env: NodeJS.ProcessEnv = process.env): string {
+  const { dir, from } = locateDataDir(explicit, env);
   let isDir = false;
   try {
     isDir = statSync(dir).isDirectory();
   } catch {
     // reported below
   }
-  if (!isDir) throw new OptionError(`data directory ${dir} does not exist or is not a directory`);
-  return dir;
+  if (isDir) return dir;
+  if (from === 'cache') {
+    throw new OptionError(
+      `named prompt sets need their data files, and the dataset cache ${dir} does not exist: run ` +
+        "'steerguard data fetch' to download them, or pass --data-dir DIR or set STEERGUARD_DATA " +
+        '(a folder holding advbench/, alpaca/, harmbench/, ...)',
+    );
+  }
+  throw new OptionError(
+    `data directory ${dir} (from ${sourceLabel(from)}) does not exist or is not a directory`,
+  );
+}
+
+function sourceLabel(from: DataDirChoice['from']): string {
+  return from === 'STEERGUARD_DATA' ? '$STEERGUARD_DATA' : from;
+}
+
+/** The error for a set whose file is not in the data directory, with what to do about it. */
+function missingFileError(spec: string, rel: string, choice: DataDirChoice, file: string): OptionError {
+  const dataset = datasetOfFile(rel);
+  const where =
+    choice.from === 'cache'
+      ? `the dataset cache ${choice.dir}`
+      : `the data directory ${choice.dir} (from ${sourceLabel(choice.from)})`;
+  const unfetchable = UNFETCHABLE_DATASETS.find((u) => u.name === dataset);
+  const remedy =
+    unfetchable !== undefined
+      ? `it cannot be downloaded: ${unfetchable.reason}`
+      : `run 'steerguard data fetch ${dataset}'` +
+        (choice.from === 'cache'
+          ? ''
+          : ` and ${choice.from === '--data-dir' ? 'drop --data-dir' : 'unset STEERGUARD_DATA'} to read the cache`);
+  return new OptionError(
+    `prompt set '${spec}' needs ${rel}, which is not in ${where} (looked for ${file}); ${remedy}`,
+  );
 }
 
 export interface LoadSetOptions {
-  /** Data directory for named sets (default $STEERGUARD_DATA). */
+  /** Data directory for named sets (default $STEERGUARD_DATA, else the dataset cache). */
   dataDir?: string;
   /** Prompt column for files (a `#column` suffix on the spec wins). */
   column?: string;
@@ -289,11 +341,7 @@ export function loadPromptSet(spec: string, opts: LoadSetOptions = {}): PromptSe
     }
     const dir = resolveDataDir(opts.dataDir, opts.env);
     file = path.join(dir, rel);
-    if (!existsSync(file)) {
-      throw new OptionError(
-        `prompt set '${spec}' needs ${rel} in the data directory ${dir}, which is missing it`,
-      );
-    }
+    if (!existsSync(file)) throw missingFileError(spec, rel, locateDataDir(opts.dataDir, opts.env), file);
     name = spec;
     column = def.column;
     harmful = def.harmful;

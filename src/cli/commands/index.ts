@@ -6,6 +6,7 @@ import { benchCommand, benchWorkerCommand } from './bench.js';
 import { chatCommand } from './chat.js';
 import { benchProbesCommand, conceptCommand } from './concept.js';
 import type { CliCommand } from './common.js';
+import { dataCommand } from './data.js';
 import { controlVectorCommand, directionCommand } from './direction.js';
 import { evalCommand } from './eval.js';
 import { generateCommand } from './generate.js';
@@ -20,6 +21,7 @@ export const COMMANDS: readonly CliCommand[] = [
   chatCommand,
   activationsCommand,
   pullCommand,
+  dataCommand,
   conceptCommand,
   monitorCommand,
   directionCommand,
