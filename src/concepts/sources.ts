@@ -25,8 +25,8 @@
  * AUROC and the true-positive rate at the threshold where the benign side has `targetFpr` false
  * positives, with 95% intervals. A candidate is a reading with the mean standardised score over
  * its k best layers (ranked by worst-source AUROC); the one chosen has the highest worst-source
- * AUROC (then mean, then fewer layers). The chosen threshold is the (1 − targetFpr) quantile of
- * all benign out-of-fold scores.
+ * AUROC (then mean, then fewer layers). Each candidate's threshold is the (1 − targetFpr)
+ * quantile of its benign out-of-fold scores.
  *
  * These figures were used to choose, so they are validation figures. A headline figure comes from
  * sources left out of all of this (fit the chosen reading on every source here with
@@ -92,6 +92,8 @@ export interface HeldOutSourceResult {
 export interface ReadingCandidate {
   readonly method: ReadingMethod;
   readonly layers: readonly number[];
+  /** Flag when the mean standardised score exceeds this: `targetFpr` of all benign out-of-fold rows do. */
+  readonly threshold: number;
   readonly perSource: readonly HeldOutSourceResult[];
   readonly worstAuroc: number;
   readonly meanAuroc: number;
@@ -105,8 +107,8 @@ export interface SourceValidation {
   readonly layerCurves: readonly ReadingCandidate[];
   /** Every candidate tried (single layers and combinations). */
   readonly candidates: readonly ReadingCandidate[];
-  /** The candidate chosen, with the threshold on its mean standardised score. */
-  readonly selection: ReadingCandidate & { readonly threshold: number };
+  /** The candidate chosen. */
+  readonly selection: ReadingCandidate;
   /**
    * What a random split pooling every source would have chosen: the layer with the best probe
    * accuracy on a held-out 30% of rows, and that accuracy. Shown to compare, never used.
@@ -297,9 +299,11 @@ function candidate(
 ): ReadingCandidate {
   const perSource = sources.map((_, k) => heldOutRow(scores, rowSource, sources, k, targetFpr));
   const aucs = perSource.map((r) => r.auroc);
+  const benign = scores.filter((_, i) => rowSource[i] >= 0 && sources[rowSource[i]].label === 0);
   return {
     method,
     layers,
+    threshold: thresholdAtFpr(benign, targetFpr),
     perSource,
     worstAuroc: Math.min(...aucs),
     meanAuroc: aucs.reduce((a, b) => a + b, 0) / aucs.length,
@@ -378,9 +382,6 @@ export function leaveOneSourceOut(
     }
   }
   const best = candidates.reduce((a, b) => (better(b, a) ? b : a));
-  const bestScores = combinedOof(oof.get(best.method)!, acts.layers, best.layers, n);
-  const benign = Float64Array.from([...bestScores].filter((_, i) => rowSource[i] >= 0 && labels[i] === 0));
-  const threshold = thresholdAtFpr(benign, targetFpr);
 
   return {
     sources: sources.map((s, k) => ({
@@ -391,24 +392,10 @@ export function leaveOneSourceOut(
     targetFpr,
     layerCurves,
     candidates,
-    selection: { ...best, threshold },
+    selection: best,
     inSplit: inSplitChoice(acts, rowSource, labels, layerCurves, opts),
     warnings,
   };
-}
-
-function combinedOof(
-  perLayer: readonly Float64Array[],
-  all: readonly number[],
-  chosen: readonly number[],
-  n: number,
-): Float64Array {
-  const out = new Float64Array(n);
-  for (const l of chosen) {
-    const s = perLayer[all.indexOf(l)];
-    for (let i = 0; i < n; i++) out[i] += s[i] / chosen.length;
-  }
-  return out;
 }
 
 /** The naive recipe: a seeded 70/30 split over all rows, best probe accuracy on the 30%. */
@@ -437,11 +424,11 @@ function inSplitChoice(
   return { ...best, heldOutWorstAuroc: curve ? curve.worstAuroc : NaN };
 }
 
-/** Fits the chosen reading on every row of the sources, for scoring sources never used. */
+/** Fits a candidate on every row of the sources, for scoring sources never used. */
 export function fitSourceReading(
   acts: Acts,
   sources: readonly LabelledSource[],
-  chosen: Pick<SourceValidation['selection'], 'method' | 'layers' | 'threshold'>,
+  chosen: Pick<ReadingCandidate, 'method' | 'layers' | 'threshold'>,
   opts: SourceValidationOptions = {},
 ): SourceReading {
   const { rowSource } = assignRows(acts, sources, opts.minPerSource ?? 10);
