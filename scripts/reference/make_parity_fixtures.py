@@ -40,6 +40,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -587,6 +588,7 @@ REAL_GEN_PROMPTS = 4
 
 SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
+QWEN_FILE = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 
 
 def sha256(path: Path):
@@ -768,12 +770,14 @@ def real_spec(family: str, reader, config) -> dict:
         assert rp["sliding_attention"].get("rope_type", "default") == "default"
         assert abs(config.rms_norm_eps - eps) < 1e-12
     else:
-        assert int(meta[f"{a}.rope.dimension_count"]) == hd
-        spec = dict(family="llama", n_layers=n_layers, n_heads=H, n_kv_heads=KV, head_dim=hd, eps=eps,
+        assert int(meta.get(f"{a}.rope.dimension_count", hd)) == hd
+        spec = dict(family=family, n_layers=n_layers, n_heads=H, n_kv_heads=KV, head_dim=hd, eps=eps,
                     rope_theta=[theta] * n_layers, window=[None] * n_layers, attn_scale=hd ** -0.5,
                     embed_scale=None, act="silu", tied=tied)
         assert config.rope_parameters["rope_theta"] == theta and config.tie_word_embeddings == tied
-        assert config.num_key_value_heads == KV and config.head_dim == hd and config.hidden_act == "silu"
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        assert config.num_key_value_heads == KV and head_dim == hd and config.hidden_act == "silu"
+        assert not getattr(config, "use_sliding_window", False), "sliding-window qwen2 configs are not checked"
     return spec
 
 
@@ -827,12 +831,65 @@ def gemma_sentencepiece_from_gguf(reader):
     return sp
 
 
+def qwen_prompts(models_dir: Path, fname: str, reader):
+    """Qwen2.5 instruct: transformers' tokenizer rebuilt from the GGUF vocabulary and merges, the
+    GGUF's own chat template (default system prompt). Cross-check: a byte-level BPE built with the
+    tokenizers library straight from tokenizer.ggml.tokens/merges gives the same ids on the rendered
+    text (special tokens split out by hand, as the chat template emits them)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(models_dir, gguf_file=fname)
+    meta = gguf_meta(reader)
+    tok.chat_template = meta["tokenizer.chat_template"]
+    f = reader.fields
+    vocab_list = f["tokenizer.ggml.tokens"].contents()
+    types = f["tokenizer.ggml.token_type"].contents()
+    vocab = {t: i for i, t in enumerate(vocab_list)}
+    merges = [tuple(m.split(" ", 1)) for m in f["tokenizer.ggml.merges"].contents()]
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    # Qwen2's pre-tokenizer regex (the one llama.cpp names "qwen2"), then byte-level mapping
+    pattern = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+               r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+    from tokenizers import Regex
+
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    bpe.decoder = decoders.ByteLevel()
+    specials = [t for t, ty in zip(vocab_list, types) if int(ty) == 3]  # CONTROL tokens
+    split = re.compile("(" + "|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True)) + ")")
+    prompts, agree = [], []
+    for text in SMOL_USER_PROMPTS:
+        msgs = [{"role": "user", "content": text}]
+        rendered = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        ids = list(ids)
+        indep = []
+        for piece in split.split(rendered):
+            if not piece:
+                continue
+            indep.extend([vocab[piece]] if piece in specials else bpe.encode(piece, add_special_tokens=False).ids)
+        agree.append(indep == ids)
+        prompts.append({"user": text, "text": rendered, "ids": ids})
+    xcheck = all(agree)
+    log(f"  byte-level BPE from the GGUF vocab/merges agrees with transformers' GGUF tokenizer: {agree}")
+    note = ("transformers AutoTokenizer.from_pretrained(gguf_file=qwen2.5-coder-0.5b-instruct-q4_k_m.gguf) + the "
+            "GGUF's tokenizer.chat_template, apply_chat_template(add_generation_prompt=True), default system "
+            "prompt; cross-checked against a byte-level BPE (tokenizers library) built from the GGUF "
+            f"tokens/merges with Qwen2's pre-tokenizer regex: agree on all = {xcheck}")
+    return tok, prompts, xcheck, note
+
+
 def stage_real(models_dir: Path, tok_dir: Path, only=None):
     from safetensors.torch import save_file
     from transformers import AutoTokenizer
 
     PARITY_DIR.mkdir(parents=True, exist_ok=True)
-    jobs = [("smollm2", SMOL_FILE, "llama"), ("gemma3", GEMMA_FILE, "gemma3")]
+    jobs = [("smollm2", SMOL_FILE, "llama"), ("gemma3", GEMMA_FILE, "gemma3"), ("qwen2.5-0.5b", QWEN_FILE, "qwen2")]
     for key, fname, family in jobs:
         if only and key not in only:
             continue
@@ -866,6 +923,9 @@ def stage_real(models_dir: Path, tok_dir: Path, only=None):
                             "SmolLM2-135M-Instruct-tokenizer) + the GGUF's tokenizer.chat_template; "
                             "apply_chat_template(add_generation_prompt=True), default system prompt; "
                             f"transformers' GGUF-built tokenizer gives identical ids: {xcheck}")
+            elif family == "qwen2":
+                tok, prompts, xcheck, tok_note = qwen_prompts(models_dir, fname, reader)
+                decode = lambda ids: tok.decode(ids, skip_special_tokens=False)  # noqa: E731
             else:
                 tok = AutoTokenizer.from_pretrained(models_dir, gguf_file=fname)
                 sp = gemma_sentencepiece_from_gguf(reader)
@@ -978,7 +1038,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", choices=["tiny", "real", "all"], default="all")
     ap.add_argument("--only", nargs="*", help="subset of model names (tiny: llama llama-tied-bf16 qwen2 gemma3; "
-                                              "real: smollm2 gemma3)")
+                                              "real: smollm2 gemma3 qwen2.5-0.5b)")
     ap.add_argument("--models-dir", default=os.environ.get("STEERGUARD_MODELS", str(REPO / ".cache" / "models")))
     ap.add_argument("--smol-tokenizer-dir", default=os.environ.get(
         "SMOLLM2_TOKENIZER_DIR", "/work/shared/models/SmolLM2-135M-Instruct-tokenizer"),

@@ -15,6 +15,7 @@ export const FIXTURES = path.join(ROOT, 'test', 'fixtures');
 export const MODELS_DIR = process.env.STEERGUARD_MODELS ?? path.join(ROOT, '.cache', 'models');
 export const SMOLLM2_GGUF = path.join(MODELS_DIR, 'SmolLM2-135M-Instruct.Q4_1.gguf');
 export const GEMMA3_GGUF = path.join(MODELS_DIR, 'gemma-3-270m-q4_k_m.gguf');
+export const QWEN05_GGUF = path.join(MODELS_DIR, 'qwen2.5-coder-0.5b-instruct-q4_k_m.gguf');
 
 /** Reason to skip a test that needs a real model file, or undefined when it is there. */
 export function missingModel(file: string): string | undefined {
