@@ -31,6 +31,8 @@ export interface ModelConfig {
   readonly rmsEps: number;
   /** Rotary base per layer (gemma3 uses a different base on sliding-window layers). */
   readonly ropeTheta: readonly number[];
+  /** How each layer's rotary frequencies are scaled from its base (src/model/rope.ts computes them). */
+  readonly ropeScaling: readonly RopeScaling[];
   /** Number of leading dimensions of each head that are rotated. */
   readonly ropeDim: number;
   /** Attention window per layer; 0 means full causal attention. */
@@ -49,6 +51,36 @@ export interface ModelConfig {
   readonly tiedEmbeddings: boolean;
   readonly maxContext: number;
 }
+
+/**
+ * Rotary scaling of one layer, with transformers' semantics (modeling_rope_utils.py), every default
+ * resolved. `freq_factors` is llama.cpp's form of llama3 scaling: a GGUF `rope_freqs.weight` tensor
+ * whose entries divide the frequencies.
+ */
+export type RopeScaling =
+  | { readonly type: 'default' }
+  | { readonly type: 'linear'; readonly factor: number }
+  | {
+      readonly type: 'llama3';
+      readonly factor: number;
+      readonly lowFreqFactor: number;
+      readonly highFreqFactor: number;
+      readonly originalContext: number;
+    }
+  | {
+      readonly type: 'yarn';
+      readonly factor: number;
+      readonly originalContext: number;
+      readonly betaFast: number;
+      readonly betaSlow: number;
+      /** Multiplier on cos and sin (transformers' attention_factor, resolved from mscale if unset). */
+      readonly attentionFactor: number;
+      /** Round the ramp's ends to whole dimensions (transformers' `truncate`, default true). */
+      readonly truncate: boolean;
+    }
+  | { readonly type: 'freq_factors'; readonly factors: readonly number[] };
+
+const NO_SCALING: RopeScaling = { type: 'default' };
 
 type Json = Record<string, unknown>;
 
@@ -86,35 +118,168 @@ function checkShape(c: ModelConfig, file: string): ModelConfig {
   return c;
 }
 
-function rejectRopeScaling(scaling: Json | null | undefined, file: string, key: string): void {
-  if (scaling === null || scaling === undefined) return;
-  const type = scaling.rope_type ?? scaling.type;
-  if (type === 'default' || type === undefined) return;
-  throw new FormatError(file, key, `rope scaling type ${JSON.stringify(type)} is not supported yet`);
+/** One layer's rotary settings. */
+interface RopeLayer {
+  readonly theta: number;
+  readonly scaling: RopeScaling;
+}
+
+/** The keys transformers reads for each rope type, besides rope_type/type, rope_theta, partial_rotary_factor. */
+const HF_ROPE_KEYS: Record<string, readonly string[]> = {
+  default: [],
+  linear: ['factor'],
+  llama3: ['factor', 'low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings'],
+  yarn: [
+    'factor',
+    'original_max_position_embeddings',
+    'attention_factor',
+    'beta_fast',
+    'beta_slow',
+    'mscale',
+    'mscale_all_dim',
+    'truncate',
+  ],
+};
+
+function positive(obj: Json, key: string, file: string, field: string, fallback?: number): number {
+  const v = num(obj, key, file, fallback);
+  if (!(v > 0)) throw new FormatError(file, field, `expected a positive number, got ${v}`);
+  return v;
+}
+
+/** transformers' yarn get_mscale. */
+function yarnMscale(scale: number, mscale = 1): number {
+  return scale <= 1 ? 1 : 0.1 * mscale * Math.log(scale) + 1;
 }
 
 /**
- * Rotary bases: transformers 5 writes `rope_parameters` ({rope_theta, rope_type}, or one such
- * record per layer type); older configs use `rope_theta` / `rope_local_base_freq` / `rope_scaling`.
+ * One `rope_scaling` / `rope_parameters` record. `key` names it in errors; `thetaDefault` and
+ * `originalDefault` are what transformers fills in when the record omits rope_theta and
+ * original_max_position_embeddings.
  */
-function ropeBases(cfg: Json, file: string): { global: number; local: number } {
-  rejectRopeScaling(cfg.rope_scaling as Json | null | undefined, file, 'rope_scaling');
-  const params = cfg.rope_parameters as Record<string, Json> | undefined;
-  let global = num(cfg, 'rope_theta', file, 10000);
-  let local = num(cfg, 'rope_local_base_freq', file, 10000);
-  if (params && typeof params === 'object') {
-    if ('full_attention' in params || 'sliding_attention' in params) {
-      for (const [kind, p] of Object.entries(params)) {
-        rejectRopeScaling(p, file, `rope_parameters.${kind}`);
-        if (kind === 'full_attention') global = num(p, 'rope_theta', file, global);
-        if (kind === 'sliding_attention') local = num(p, 'rope_theta', file, local);
-      }
-    } else {
-      rejectRopeScaling(params as Json, file, 'rope_parameters');
-      global = num(params as Json, 'rope_theta', file, global);
+function hfRopeLayer(
+  raw: unknown,
+  key: string,
+  file: string,
+  thetaDefault: number,
+  originalDefault: number,
+  originalOverride: number | undefined,
+): RopeLayer {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+    throw new FormatError(file, key, `expected an object, got ${JSON.stringify(raw)}`);
+  const p = raw as Json;
+  const type = p.rope_type ?? p.type ?? 'default';
+  if (typeof type !== 'string' || !(type in HF_ROPE_KEYS))
+    throw new FormatError(
+      file,
+      `${key}.rope_type`,
+      `rope type ${JSON.stringify(type)} is not supported (supported: ${Object.keys(HF_ROPE_KEYS).join(', ')})`,
+    );
+  const known = new Set(['rope_type', 'type', 'rope_theta', 'partial_rotary_factor', ...HF_ROPE_KEYS[type]]);
+  for (const k of Object.keys(p))
+    if (!known.has(k)) throw new FormatError(file, `${key}.${k}`, `unknown key for rope type '${type}'`);
+  if (num(p, 'partial_rotary_factor', file, 1) !== 1)
+    throw new FormatError(file, `${key}.partial_rotary_factor`, 'partial rotary embedding is not supported');
+  const field = (k: string) => `${key}.${k}`;
+  const theta = positive(p, 'rope_theta', file, field('rope_theta'), thetaDefault);
+  const factor = () => positive(p, 'factor', file, field('factor'));
+  const original = () =>
+    originalOverride ??
+    positive(
+      p,
+      'original_max_position_embeddings',
+      file,
+      field('original_max_position_embeddings'),
+      originalDefault,
+    );
+  switch (type) {
+    case 'default':
+      return { theta, scaling: NO_SCALING };
+    case 'linear':
+      return { theta, scaling: { type, factor: factor() } };
+    case 'llama3': {
+      const lowFreqFactor = positive(p, 'low_freq_factor', file, field('low_freq_factor'));
+      const highFreqFactor = positive(p, 'high_freq_factor', file, field('high_freq_factor'));
+      if (!(highFreqFactor > lowFreqFactor))
+        throw new FormatError(
+          file,
+          field('high_freq_factor'),
+          `${highFreqFactor} must exceed low_freq_factor ${lowFreqFactor}`,
+        );
+      const originalContext = original();
+      return { theta, scaling: { type, factor: factor(), lowFreqFactor, highFreqFactor, originalContext } };
+    }
+    default: {
+      const f = factor();
+      // transformers reads these with `or`: 0 and null mean the default
+      const mscale = num(p, 'mscale', file, 0);
+      const mscaleAllDim = num(p, 'mscale_all_dim', file, 0);
+      const given = p.attention_factor;
+      const attentionFactor =
+        given !== undefined && given !== null
+          ? positive(p, 'attention_factor', file, field('attention_factor'))
+          : mscale && mscaleAllDim
+            ? yarnMscale(f, mscale) / yarnMscale(f, mscaleAllDim)
+            : yarnMscale(f);
+      const truncate = p.truncate ?? true;
+      if (typeof truncate !== 'boolean')
+        throw new FormatError(
+          file,
+          field('truncate'),
+          `expected true or false, got ${JSON.stringify(truncate)}`,
+        );
+      return {
+        theta,
+        scaling: {
+          type: 'yarn',
+          factor: f,
+          originalContext: original(),
+          betaFast: num(p, 'beta_fast', file, 0) || 32,
+          betaSlow: num(p, 'beta_slow', file, 0) || 1,
+          attentionFactor,
+          truncate,
+        },
+      };
     }
   }
-  return { global, local };
+}
+
+/**
+ * Rotary settings of global and local (gemma3 sliding-window) layers. transformers 5 writes
+ * `rope_parameters` (one record, or one per layer type); older configs use `rope_theta`,
+ * `rope_local_base_freq` and `rope_scaling`, which then wins over `rope_parameters` and applies to
+ * global layers only.
+ */
+function hfRope(cfg: Json, file: string): { global: RopeLayer; local: RopeLayer } {
+  const theta = num(cfg, 'rope_theta', file, 10000);
+  const localTheta = num(cfg, 'rope_local_base_freq', file, 10000);
+  const maxContext = num(cfg, 'max_position_embeddings', file, 4096);
+  // Phi-3-style configs keep the pretraining length next to the rope record; transformers prefers it.
+  const topOriginal =
+    cfg.original_max_position_embeddings === undefined
+      ? undefined
+      : positive(cfg, 'original_max_position_embeddings', file, 'original_max_position_embeddings');
+  const local: RopeLayer = { theta: localTheta, scaling: NO_SCALING };
+  const scaling = cfg.rope_scaling;
+  if (scaling !== undefined && scaling !== null)
+    return { global: hfRopeLayer(scaling, 'rope_scaling', file, theta, maxContext, topOriginal), local };
+  const params = cfg.rope_parameters;
+  if (params === undefined || params === null) return { global: { theta, scaling: NO_SCALING }, local };
+  if (typeof params === 'object' && ('full_attention' in params || 'sliding_attention' in params)) {
+    const byType = params as Json;
+    for (const kind of Object.keys(byType))
+      if (kind !== 'full_attention' && kind !== 'sliding_attention')
+        throw new FormatError(file, `rope_parameters.${kind}`, 'unknown layer type');
+    const layer = (kind: string, fallback: RopeLayer, thetaDefault: number) =>
+      byType[kind] === undefined || byType[kind] === null
+        ? fallback
+        : hfRopeLayer(byType[kind], `rope_parameters.${kind}`, file, thetaDefault, maxContext, undefined);
+    return {
+      global: layer('full_attention', { theta, scaling: NO_SCALING }, theta),
+      local: layer('sliding_attention', local, localTheta),
+    };
+  }
+  return { global: hfRopeLayer(params, 'rope_parameters', file, theta, maxContext, topOriginal), local };
 }
 
 const HF_ARCHS: Record<string, Architecture> = {
@@ -139,13 +304,13 @@ export function configFromHf(raw: Json, file: string): ModelConfig {
     );
   // Multimodal gemma3 checkpoints keep the language model's settings under text_config.
   const cfg = (arch === 'gemma3' && typeof raw.text_config === 'object' ? raw.text_config : raw) as Json;
-  const rope = ropeBases(cfg, file);
+  const rope = hfRope(cfg, file);
   const nLayers = positiveInt(cfg, 'num_hidden_layers', file);
   const dModel = positiveInt(cfg, 'hidden_size', file);
   const nHeads = positiveInt(cfg, 'num_attention_heads', file);
   const nKvHeads = positiveInt(cfg, 'num_key_value_heads', file, nHeads);
   const headDim = positiveInt(cfg, 'head_dim', file, dModel / nHeads);
-  const theta = rope.global;
+  const theta = rope.global.theta;
   const tied = Boolean(cfg.tie_word_embeddings ?? raw.tie_word_embeddings ?? arch === 'gemma3');
   const common = {
     nLayers,
@@ -167,7 +332,7 @@ export function configFromHf(raw: Json, file: string): ModelConfig {
       : gemma3LayerTypes(nLayers, positiveInt(cfg, 'sliding_window_pattern', file, 6));
     if (layerTypes.length !== nLayers)
       throw new FormatError(file, 'layer_types', `has ${layerTypes.length} entries for ${nLayers} layers`);
-    const localTheta = rope.local;
+    const localTheta = rope.local.theta;
     const act = String(cfg.hidden_activation ?? cfg.hidden_act ?? 'gelu_pytorch_tanh');
     if (act !== 'gelu_pytorch_tanh' && act !== 'gelu')
       throw new FormatError(file, 'hidden_activation', `unsupported activation ${JSON.stringify(act)}`);
@@ -178,6 +343,7 @@ export function configFromHf(raw: Json, file: string): ModelConfig {
         arch,
         ...common,
         ropeTheta: layerTypes.map((t) => (t === 'sliding_attention' ? localTheta : theta)),
+        ropeScaling: layerTypes.map((t) => (t === 'sliding_attention' ? rope.local : rope.global).scaling),
         window: layerTypes.map((t) => (t === 'sliding_attention' ? windowSize : 0)),
         attnScale: 1 / Math.sqrt(num(cfg, 'query_pre_attn_scalar', file, headDim)),
         act: 'gelu_tanh',
@@ -201,6 +367,7 @@ export function configFromHf(raw: Json, file: string): ModelConfig {
       arch,
       ...common,
       ropeTheta: new Array<number>(nLayers).fill(theta),
+      ropeScaling: new Array<RopeScaling>(nLayers).fill(rope.global.scaling),
       window: new Array<number>(nLayers).fill(slidingWindow),
       attnScale: 1 / Math.sqrt(headDim),
       act: 'silu',
@@ -223,17 +390,115 @@ function gemma3LayerTypes(nLayers: number, pattern: number): string[] {
 /** Minimal view of GGUF metadata needed here (keeps this file independent of the reader). */
 export interface MetadataReader {
   has(key: string): boolean;
+  keys(): Iterable<string>;
   number(key: string): number;
   string(key: string): string;
 }
 
 const GGUF_ARCHS: Record<string, Architecture> = { llama: 'llama', qwen2: 'qwen2', gemma3: 'gemma3' };
 
+/** The `{arch}.rope.scaling.*` keys read here; any other is refused rather than ignored. */
+const GGUF_SCALING_KEYS = [
+  'type',
+  'factor',
+  'original_context_length',
+  'yarn_beta_fast',
+  'yarn_beta_slow',
+  'yarn_attn_factor',
+  'yarn_ext_factor',
+  'yarn_log_multiplier',
+  'attn_factor',
+  'finetuned',
+];
+
+/**
+ * Rotary scaling from llama.cpp's metadata keys and `rope_freqs.weight` (`freqFactors`), mapped to
+ * transformers' parameters the way llama.cpp's converter maps them the other way.
+ */
+function ggufRopeScaling(
+  meta: MetadataReader,
+  file: string,
+  archName: string,
+  ropeDim: number,
+  freqFactors: Float32Array | undefined,
+): RopeScaling {
+  const k = (key: string) => `${archName}.rope.scaling.${key}`;
+  for (const key of meta.keys())
+    if (key.startsWith(k('')) && !GGUF_SCALING_KEYS.includes(key.slice(k('').length)))
+      throw new FormatError(file, key, 'unknown rope scaling key');
+  const opt = (key: string, fallback: number) => (meta.has(k(key)) ? meta.number(k(key)) : fallback);
+  const mustBe = (key: string, value: number, why: string) => {
+    if (meta.has(k(key)) && meta.number(k(key)) !== value)
+      throw new FormatError(file, k(key), `${meta.number(k(key))} is not supported (${why})`);
+  };
+  const positiveKey = (key: string, fallback?: number) => {
+    const v = fallback === undefined ? meta.number(k(key)) : opt(key, fallback);
+    if (!(v > 0) || !Number.isFinite(v))
+      throw new FormatError(file, k(key), `expected a positive number, got ${v}`);
+    return v;
+  };
+  mustBe('attn_factor', 1, 'transformers has no such multiplier outside YaRN');
+  // older files spell the linear factor `rope.scale_linear`
+  const legacyLinear = meta.has(`${archName}.rope.scale_linear`)
+    ? meta.number(`${archName}.rope.scale_linear`)
+    : 1;
+  let type = meta.has(k('type')) ? meta.string(k('type')) : 'none';
+  if (type === 'none' && legacyLinear !== 1) type = 'linear';
+  if (freqFactors) {
+    if (type !== 'none')
+      throw new FormatError(file, k('type'), `'${type}' together with rope_freqs.weight is not supported`);
+    if (freqFactors.length !== ropeDim / 2)
+      throw new FormatError(
+        file,
+        'rope_freqs.weight',
+        `has ${freqFactors.length} values, expected rope dimension / 2 = ${ropeDim / 2}`,
+      );
+    freqFactors.forEach((f, i) => {
+      if (!(f > 0) || !Number.isFinite(f))
+        throw new FormatError(file, 'rope_freqs.weight', `value ${i} is ${f}, expected a positive number`);
+    });
+    return { type: 'freq_factors', factors: Array.from(freqFactors) };
+  }
+  switch (type) {
+    case 'none':
+      return NO_SCALING;
+    case 'linear':
+      return { type, factor: meta.has(k('factor')) ? positiveKey('factor') : legacyLinear };
+    case 'yarn': {
+      mustBe('yarn_ext_factor', 1, 'transformers always blends the full YaRN ramp');
+      mustBe('yarn_log_multiplier', 0, "DeepSeek's mscale_all_dim form of YaRN is not supported");
+      const factor = positiveKey('factor');
+      return {
+        type,
+        factor,
+        originalContext: positiveKey('original_context_length'),
+        betaFast: opt('yarn_beta_fast', 0) || 32,
+        betaSlow: opt('yarn_beta_slow', 0) || 1,
+        attentionFactor: meta.has(k('yarn_attn_factor'))
+          ? positiveKey('yarn_attn_factor')
+          : yarnMscale(factor),
+        truncate: true,
+      };
+    }
+    default:
+      throw new FormatError(
+        file,
+        k('type'),
+        `rope scaling '${type}' is not supported (supported: none, linear, yarn)`,
+      );
+  }
+}
+
 /**
  * Reads GGUF metadata. `vocabSize` comes from the token embedding's shape because many files
- * omit `{arch}.vocab_size`.
+ * omit `{arch}.vocab_size`; `ropeFreqFactors` is the `rope_freqs.weight` tensor, if the file has one.
  */
-export function configFromGguf(meta: MetadataReader, file: string, vocabSize: number): ModelConfig {
+export function configFromGguf(
+  meta: MetadataReader,
+  file: string,
+  vocabSize: number,
+  ropeFreqFactors?: Float32Array,
+): ModelConfig {
   const archName = meta.string('general.architecture');
   const arch = GGUF_ARCHS[archName];
   if (!arch)
@@ -244,17 +509,20 @@ export function configFromGguf(meta: MetadataReader, file: string, vocabSize: nu
     );
   const k = (key: string) => `${archName}.${key}`;
   const opt = (key: string, fallback: number) => (meta.has(k(key)) ? meta.number(k(key)) : fallback);
-  if (meta.has(k('rope.scaling.type'))) {
-    const type = meta.string(k('rope.scaling.type'));
-    if (type !== 'none')
-      throw new FormatError(file, k('rope.scaling.type'), `rope scaling ${type} is not supported yet`);
-  }
   const nLayers = meta.number(k('block_count'));
   const dModel = meta.number(k('embedding_length'));
   const nHeads = meta.number(k('attention.head_count'));
   const nKvHeads = opt('attention.head_count_kv', nHeads);
   const headDim = opt('attention.key_length', dModel / nHeads);
   const theta = opt('rope.freq_base', 10000);
+  const ropeDim = opt('rope.dimension_count', headDim);
+  if (ropeFreqFactors && arch !== 'llama')
+    throw new FormatError(
+      file,
+      'rope_freqs.weight',
+      `rotary frequency factors are not supported for ${arch}`,
+    );
+  const scaling = ggufRopeScaling(meta, file, archName, ropeDim, ropeFreqFactors);
   const common = {
     arch,
     nLayers,
@@ -265,7 +533,7 @@ export function configFromGguf(meta: MetadataReader, file: string, vocabSize: nu
     ffnDim: meta.number(k('feed_forward_length')),
     vocabSize,
     rmsEps: opt('attention.layer_norm_rms_epsilon', 1e-6),
-    ropeDim: opt('rope.dimension_count', headDim),
+    ropeDim,
     maxContext: opt('context_length', 4096),
   };
   if (arch === 'gemma3') {
@@ -279,6 +547,8 @@ export function configFromGguf(meta: MetadataReader, file: string, vocabSize: nu
         ...common,
         tiedEmbeddings: true,
         ropeTheta: types.map((t) => (t === 'sliding_attention' ? 10000 : theta)),
+        // llama.cpp scales only the global layers of gemma3, as transformers' gemma3 does
+        ropeScaling: types.map((t) => (t === 'sliding_attention' ? NO_SCALING : scaling)),
         window: types.map((t) => (t === 'sliding_attention' ? windowSize : 0)),
         attnScale: 1 / Math.sqrt(headDim),
         act: 'gelu_tanh',
@@ -296,6 +566,7 @@ export function configFromGguf(meta: MetadataReader, file: string, vocabSize: nu
       ...common,
       tiedEmbeddings: false, // decided by the loader from the presence of output.weight
       ropeTheta: new Array<number>(nLayers).fill(theta),
+      ropeScaling: new Array<RopeScaling>(nLayers).fill(scaling),
       window: new Array<number>(nLayers).fill(window),
       attnScale: 1 / Math.sqrt(headDim),
       act: 'silu',

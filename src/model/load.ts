@@ -104,6 +104,7 @@ function metadataReader(file: GgufFile) {
   };
   return {
     has: (key: string) => file.metadata.has(key),
+    keys: () => file.metadata.keys(),
     number: (key: string) => {
       const v = get(key);
       if (typeof v === 'number') return v;
