@@ -1,6 +1,7 @@
 /**
  * Bad model inputs fail with errors that name the file and the field: unsupported architectures
- * (both formats), missing or misshapen tensors, truncated weights.
+ * (both formats), missing or misshapen tensors, tensors the loader does not know, truncated weights,
+ * rotary scaling it cannot follow.
  */
 import assert from 'node:assert/strict';
 import {
@@ -16,7 +17,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { FormatError } from '../src/formats/errors.js';
-import { GgmlType, writeGguf } from '../src/formats/gguf.js';
+import { GgmlType, readGguf, readGgufTensorF32, writeGguf } from '../src/formats/gguf.js';
 import {
   readSafetensorsHeader,
   readSafetensorsTensorF32,
@@ -24,6 +25,7 @@ import {
 } from '../src/formats/safetensors.js';
 import { Model } from '../src/model/model.js';
 import { FIXTURES } from './util/fixtures.js';
+import { hfToGguf } from './util/hf-to-gguf.js';
 
 const tiny = path.join(FIXTURES, 'tiny', 'llama');
 const tmp = mkdtempSync(path.join(tmpdir(), 'sg-err-'));
@@ -97,4 +99,67 @@ test('truncated weights are reported, not read past the end', async () => {
 test('a config with inconsistent heads names the field', async () => {
   const dir = tinyCopy('heads', (c) => (c.num_key_value_heads = 3));
   await rejects(dir, /config\.json$/, /^num_key_value_heads$/);
+});
+
+/** Rewrites the tiny llama's weights with `extra` tensors added. */
+function withTensors(dir: string, extra: { name: string; data: Float32Array; shape: number[] }[]): void {
+  const st = readSafetensorsHeader(path.join(tiny, 'model.safetensors'));
+  writeSafetensors(path.join(dir, 'model.safetensors'), [
+    ...[...st.tensors.values()].map((t) => ({
+      name: t.name,
+      dtype: 'F32' as const,
+      shape: t.shape,
+      data: readSafetensorsTensorF32(t),
+    })),
+    ...extra.map((t) => ({ ...t, dtype: 'F32' as const })),
+  ]);
+}
+
+test('a safetensors tensor the loader does not know is refused, named with its file', async () => {
+  const dir = tinyCopy('extra-st');
+  withTensors(dir, [
+    { name: 'model.layers.0.self_attn.k_proj.lora_A', data: new Float32Array(8), shape: [8] },
+  ]);
+  const err = await rejects(
+    dir,
+    /extra-st\/model\.safetensors$/,
+    /^model\.layers\.0\.self_attn\.k_proj\.lora_A$/,
+  );
+  assert.match(err.message, /not used by the loader/);
+});
+
+test("old checkpoints' rotary inv_freq buffers are accepted", async () => {
+  const dir = tinyCopy('inv-freq');
+  withTensors(dir, [
+    { name: 'model.layers.0.self_attn.rotary_emb.inv_freq', data: new Float32Array(8), shape: [8] },
+  ]);
+  const model = await Model.load(dir);
+  assert.equal(model.config.nLayers, 3);
+});
+
+test('a tied lm_head that differs from the embedding is refused', async () => {
+  const dir = tinyCopy('tied-differs', (c) => (c.tie_word_embeddings = true));
+  // the tiny llama's lm_head.weight is its own random matrix
+  await rejects(dir, /tied-differs$/, /^lm_head\.weight$/);
+});
+
+test('a GGUF tensor the loader does not know is refused, named with its file', async () => {
+  const file = path.join(tmp, 'extra.gguf');
+  const src = path.join(tmp, 'extra-src.gguf');
+  hfToGguf(tiny, src);
+  const g = readGguf(src);
+  writeGguf(file, {
+    metadata: [...g.metadata.entries()].map(([key, value]) => ({ key, value, ...g.metadataTypes.get(key) })),
+    tensors: [
+      ...[...g.tensors.values()].map((t) => ({
+        name: t.name,
+        dims: t.dims,
+        type: GgmlType.F32,
+        data: readGgufTensorF32(g, t.name),
+      })),
+      { name: 'blk.0.attn_q.lora_a', dims: [8], type: GgmlType.F32, data: new Float32Array(8) },
+    ],
+  });
+  const err = await rejects(file, /extra\.gguf$/, /^blk\.0\.attn_q\.lora_a$/);
+  assert.match(err.message, /not used by the loader/);
 });

@@ -75,7 +75,11 @@ export function hfToGguf(dir: string, out: string, type: GgmlType = GgmlType.F32
     });
   };
   add('embed', undefined);
-  for (let l = 0; l < cfg.nLayers; l++) for (const r of ROLES) add(r, l);
+  // Without sandwich norms, the HF name of post_attn_norm is that of mlp_norm: write it once.
+  const roles = cfg.sandwichNorms
+    ? ROLES
+    : ROLES.filter((r) => r !== 'post_attn_norm' && r !== 'post_mlp_norm');
+  for (let l = 0; l < cfg.nLayers; l++) for (const r of roles) add(r, l);
   add('final_norm', undefined);
   if (!cfg.tiedEmbeddings) add('lm_head', undefined);
 
