@@ -23,6 +23,7 @@ import {
   readSafetensorsTensorF32,
   writeSafetensors,
 } from '../src/formats/safetensors.js';
+import { configFromGguf, configFromHf } from '../src/model/config.js';
 import { Model } from '../src/model/model.js';
 import { FIXTURES } from './util/fixtures.js';
 import { hfToGguf } from './util/hf-to-gguf.js';
@@ -162,4 +163,69 @@ test('a GGUF tensor the loader does not know is refused, named with its file', a
   });
   const err = await rejects(file, /extra\.gguf$/, /^blk\.0\.attn_q\.lora_a$/);
   assert.match(err.message, /not used by the loader/);
+});
+
+test('rotary scaling the runtime cannot follow is refused, naming the field', () => {
+  const file = path.join(FIXTURES, 'tiny', 'llama-rope-llama3', 'config.json');
+  const base = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
+  const params = base.rope_parameters as Record<string, unknown>;
+  const refuses = (rope: Record<string, unknown>, field: RegExp, message: RegExp) =>
+    assert.throws(
+      () => configFromHf({ ...base, rope_parameters: rope }, file),
+      (e: unknown) => e instanceof FormatError && field.test(e.field) && message.test(e.message),
+    );
+  refuses({ ...params, rope_type: 'dynamic' }, /^rope_parameters\.rope_type$/, /"dynamic" is not supported/);
+  refuses({ ...params, beta_fast: 32 }, /^rope_parameters\.beta_fast$/, /unknown key for rope type 'llama3'/);
+  refuses({ ...params, low_freq_factor: undefined }, /^rope_parameters\.low_freq_factor$/, /missing/);
+  refuses({ ...params, high_freq_factor: 0.5 }, /^rope_parameters\.high_freq_factor$/, /must exceed/);
+  refuses({ ...params, partial_rotary_factor: 0.5 }, /partial_rotary_factor$/, /not supported/);
+  refuses({ rope_type: 'linear', factor: -2 }, /^rope_parameters\.factor$/, /positive/);
+  assert.throws(
+    () => configFromHf({ ...base, rope_scaling: { type: 'longrope', factor: 4 } }, file),
+    (e: unknown) => e instanceof FormatError && e.field === 'rope_scaling.rope_type',
+  );
+});
+
+test('GGUF rotary scaling keys the runtime cannot follow are refused, naming the key', () => {
+  const meta = (extra: Record<string, number | string>) => {
+    const m = new Map<string, number | string>([
+      ['general.architecture', 'llama'],
+      ['llama.block_count', 2],
+      ['llama.embedding_length', 32],
+      ['llama.attention.head_count', 2],
+      ['llama.feed_forward_length', 64],
+      ...Object.entries(extra),
+    ]);
+    return {
+      has: (k: string) => m.has(k),
+      keys: () => m.keys(),
+      number: (k: string) => m.get(k) as number,
+      string: (k: string) => m.get(k) as string,
+    };
+  };
+  const refuses = (extra: Record<string, number | string>, field: string, factors?: Float32Array) =>
+    assert.throws(
+      () => configFromGguf(meta(extra), 'x.gguf', 256, factors),
+      (e: unknown) => e instanceof FormatError && e.file === 'x.gguf' && e.field === field,
+    );
+  const yarn = {
+    'llama.rope.scaling.type': 'yarn',
+    'llama.rope.scaling.factor': 4,
+    'llama.rope.scaling.original_context_length': 64,
+  };
+  assert.equal(configFromGguf(meta(yarn), 'x.gguf', 256).ropeScaling[0].type, 'yarn');
+  refuses({ 'llama.rope.scaling.type': 'longrope' }, 'llama.rope.scaling.type');
+  refuses({ 'llama.rope.scaling.mystery': 1 }, 'llama.rope.scaling.mystery');
+  refuses({ ...yarn, 'llama.rope.scaling.yarn_ext_factor': 0.5 }, 'llama.rope.scaling.yarn_ext_factor');
+  refuses(
+    { ...yarn, 'llama.rope.scaling.yarn_log_multiplier': 0.1 },
+    'llama.rope.scaling.yarn_log_multiplier',
+  );
+  refuses(
+    { 'llama.rope.scaling.type': 'yarn', 'llama.rope.scaling.factor': 4 },
+    'llama.rope.scaling.original_context_length',
+  );
+  refuses({}, 'rope_freqs.weight', new Float32Array(3).fill(1)); // head dim 16: 8 factors
+  refuses({ 'llama.rope.scaling.type': 'linear' }, 'llama.rope.scaling.type', new Float32Array(8).fill(1));
+  refuses({ 'general.architecture': 'qwen2' }, 'rope_freqs.weight', new Float32Array(8).fill(1));
 });

@@ -141,8 +141,20 @@ const HF_ROPE_KEYS: Record<string, readonly string[]> = {
   ],
 };
 
+/** obj[key] as a finite number (`fallback` when absent), named `field` in errors. */
+function fieldNumber(obj: Json, key: string, file: string, field: string, fallback?: number): number {
+  const v = obj[key];
+  if (v === undefined || v === null) {
+    if (fallback !== undefined) return fallback;
+    throw new FormatError(file, field, 'missing (required for this rope type)');
+  }
+  if (typeof v !== 'number' || !Number.isFinite(v))
+    throw new FormatError(file, field, `expected a number, got ${JSON.stringify(v)}`);
+  return v;
+}
+
 function positive(obj: Json, key: string, file: string, field: string, fallback?: number): number {
-  const v = num(obj, key, file, fallback);
+  const v = fieldNumber(obj, key, file, field, fallback);
   if (!(v > 0)) throw new FormatError(file, field, `expected a positive number, got ${v}`);
   return v;
 }
@@ -178,9 +190,9 @@ function hfRopeLayer(
   const known = new Set(['rope_type', 'type', 'rope_theta', 'partial_rotary_factor', ...HF_ROPE_KEYS[type]]);
   for (const k of Object.keys(p))
     if (!known.has(k)) throw new FormatError(file, `${key}.${k}`, `unknown key for rope type '${type}'`);
-  if (num(p, 'partial_rotary_factor', file, 1) !== 1)
-    throw new FormatError(file, `${key}.partial_rotary_factor`, 'partial rotary embedding is not supported');
   const field = (k: string) => `${key}.${k}`;
+  if (fieldNumber(p, 'partial_rotary_factor', file, field('partial_rotary_factor'), 1) !== 1)
+    throw new FormatError(file, field('partial_rotary_factor'), 'partial rotary embedding is not supported');
   const theta = positive(p, 'rope_theta', file, field('rope_theta'), thetaDefault);
   const factor = () => positive(p, 'factor', file, field('factor'));
   const original = () =>
@@ -212,8 +224,8 @@ function hfRopeLayer(
     default: {
       const f = factor();
       // transformers reads these with `or`: 0 and null mean the default
-      const mscale = num(p, 'mscale', file, 0);
-      const mscaleAllDim = num(p, 'mscale_all_dim', file, 0);
+      const mscale = fieldNumber(p, 'mscale', file, field('mscale'), 0);
+      const mscaleAllDim = fieldNumber(p, 'mscale_all_dim', file, field('mscale_all_dim'), 0);
       const given = p.attention_factor;
       const attentionFactor =
         given !== undefined && given !== null
@@ -234,8 +246,8 @@ function hfRopeLayer(
           type: 'yarn',
           factor: f,
           originalContext: original(),
-          betaFast: num(p, 'beta_fast', file, 0) || 32,
-          betaSlow: num(p, 'beta_slow', file, 0) || 1,
+          betaFast: fieldNumber(p, 'beta_fast', file, field('beta_fast'), 0) || 32,
+          betaSlow: fieldNumber(p, 'beta_slow', file, field('beta_slow'), 0) || 1,
           attentionFactor,
           truncate,
         },
