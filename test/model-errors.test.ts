@@ -228,4 +228,14 @@ test('GGUF rotary scaling keys the runtime cannot follow are refused, naming the
   refuses({}, 'rope_freqs.weight', new Float32Array(3).fill(1)); // head dim 16: 8 factors
   refuses({ 'llama.rope.scaling.type': 'linear' }, 'llama.rope.scaling.type', new Float32Array(8).fill(1));
   refuses({ 'general.architecture': 'qwen2' }, 'rope_freqs.weight', new Float32Array(8).fill(1));
+  // not an error, but read rather than assumed: gemma3's local base, when the file stores it
+  const gemma = Object.fromEntries(
+    [...meta({}).keys()].map((k) => [k.replace(/^llama\./, 'gemma3.'), meta({}).number(k)]),
+  );
+  const cfg = configFromGguf(
+    meta({ ...gemma, 'general.architecture': 'gemma3', 'gemma3.rope.freq_base_swa': 5000 }),
+    'x.gguf',
+    256,
+  );
+  assert.deepEqual(cfg.ropeTheta, [5000, 5000]); // both layers are sliding under the default pattern 6
 });

@@ -549,8 +549,8 @@ export function configFromGguf(
     maxContext: opt('context_length', 4096),
   };
   if (arch === 'gemma3') {
-    // llama.cpp's gemma3 files do not store the layer pattern or the local rotary base; it assumes
-    // these. A pattern key, when present, wins.
+    // llama.cpp's gemma3 files do not store the layer pattern or (before rope.freq_base_swa) the
+    // local rotary base; it assumes these. Keys, when present, win.
     const pattern = opt('attention.sliding_window_pattern', 6);
     const windowSize = opt('attention.sliding_window', 4096);
     const types = gemma3LayerTypes(nLayers, pattern);
@@ -558,7 +558,7 @@ export function configFromGguf(
       {
         ...common,
         tiedEmbeddings: true,
-        ropeTheta: types.map((t) => (t === 'sliding_attention' ? 10000 : theta)),
+        ropeTheta: types.map((t) => (t === 'sliding_attention' ? opt('rope.freq_base_swa', 10000) : theta)),
         // llama.cpp scales only the global layers of gemma3, as transformers' gemma3 does
         ropeScaling: types.map((t) => (t === 'sliding_attention' ? NO_SCALING : scaling)),
         window: types.map((t) => (t === 'sliding_attention' ? windowSize : 0)),

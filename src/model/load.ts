@@ -130,7 +130,10 @@ function refuseUnread(
 
 function fingerprint(cfg: ModelConfig, w: ModelWeights): string {
   const h = createHash('sha256');
-  h.update(JSON.stringify(cfg));
+  // Unscaled rotary leaves the field out, so models that predate it keep their fingerprints (and
+  // with them their activation caches and audit folders).
+  const { ropeScaling, ...rest } = cfg;
+  h.update(JSON.stringify(ropeScaling.every((s) => s.type === 'default') ? rest : cfg));
   for (const a of [w.embed, w.layers[0].wq, w.layers[w.layers.length - 1].wDown, w.finalNorm]) {
     const step = Math.max(1, Math.floor(a.length / 4096));
     const sample = new Float32Array(Math.ceil(a.length / step));
