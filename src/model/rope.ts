@@ -3,7 +3,8 @@
  * (modeling_rope_utils.py). Values are rounded to fp32 at the steps where PyTorch rounds them, so the
  * frequencies match Hugging Face's fp32 buffers to the last bit or one ulp.
  */
-import type { ModelConfig, RopeScaling } from './config.js';
+import type { ModelConfig } from './config.js';
+import type { RopeScaling } from './rope-config.js';
 
 /** What the backend's rope kernel takes for one layer. */
 export interface RopeFrequencies {
