@@ -55,6 +55,8 @@ export function hfToGguf(dir: string, out: string, type: GgmlType = GgmlType.F32
     unknown
   >;
   const cfg = configFromHf(rawConfig, path.join(dir, 'config.json'));
+  if (cfg.ropeScaling.some((s) => s.type !== 'default'))
+    throw new Error(`hfToGguf: ${dir} has rotary scaling, which this helper does not write`);
   const st = readSafetensorsHeader(path.join(dir, 'model.safetensors'));
   const hfName = cfg.sandwichNorms ? hfSandwichNamer('model.') : hfTensorNamer('model.');
   const arch = cfg.arch;
