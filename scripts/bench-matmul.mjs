@@ -243,7 +243,8 @@ async function main() {
       await row('rmsnorm', 'M=1 D=576', () => be.rmsnorm(o, x, wt, 1, 576, 1e-5));
       const xr = buf(512 * 9 * 64, 10);
       const pos = Int32Array.from({ length: 512 }, (_, i) => i);
-      await row('rope', 'M=512 heads=9 E=64', () => be.rope(xr, 512, 9, 64, 64, pos, 10000));
+      const invFreq = Float32Array.from({ length: 32 }, (_, i) => 10000 ** (-i / 32));
+      await row('rope', 'M=512 heads=9 E=64', () => be.rope(xr, 512, 9, 64, 64, pos, invFreq, 1));
     }
   }
 }

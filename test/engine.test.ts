@@ -13,6 +13,7 @@ import { describe, it } from 'node:test';
 
 import { loadNativeBackend, type NativeBackend } from '../src/engine/native.js';
 import { ReferenceBackend } from '../src/engine/reference.js';
+import { layerRopeFrequencies } from '../src/model/rope.js';
 import { GgmlType, dequantize, f16ToF32, quantizeQ8_0 } from '../src/formats/quant.js';
 import { SteerguardError } from '../src/formats/errors.js';
 
@@ -161,22 +162,33 @@ describe('rmsnorm', () => {
 });
 
 describe('rope', () => {
-  const cases: { M: number; heads: number; E: number; rotDim: number; theta: number; start: number }[] = [
+  const cases: {
+    M: number;
+    heads: number;
+    E: number;
+    rotDim: number;
+    theta: number;
+    start: number;
+    scale?: number;
+  }[] = [
     { M: 5, heads: 3, E: 64, rotDim: 64, theta: 10000, start: 0 },
     { M: 4, heads: 2, E: 64, rotDim: 32, theta: 10000, start: 7 }, // partial rotary: the tail is untouched
     { M: 3, heads: 4, E: 256, rotDim: 256, theta: 1e6, start: 100 },
     { M: 6, heads: 3, E: 64, rotDim: 64, theta: 100000, start: 30000 }, // long positions: fp32 angles matter
     { M: 64, heads: 9, E: 64, rotDim: 64, theta: 10000, start: 0 }, // parallel path
+    { M: 5, heads: 2, E: 64, rotDim: 64, theta: 10000, start: 3, scale: 1.1386 }, // YaRN's cos/sin factor
   ];
   for (const c of cases) {
-    it(`M=${c.M} heads=${c.heads} E=${c.E} rotDim=${c.rotDim} theta=${c.theta} from pos ${c.start}`, () => {
+    const scale = c.scale ?? 1;
+    it(`M=${c.M} heads=${c.heads} E=${c.E} rotDim=${c.rotDim} theta=${c.theta} scale=${scale} from pos ${c.start}`, () => {
       const n = c.M * c.heads * c.E;
       const x0 = randn(n, n + c.start);
       const pos = Int32Array.from({ length: c.M }, (_, i) => c.start + i * 3);
+      const { invFreq } = layerRopeFrequencies(c.theta, c.rotDim, { type: 'default' });
       const want = Float32Array.from(x0);
-      ref.rope(want, c.M, c.heads, c.E, c.rotDim, pos, c.theta);
+      ref.rope(want, c.M, c.heads, c.E, c.rotDim, pos, invFreq, scale);
       const got = offsetCopy(x0);
-      be.rope(got, c.M, c.heads, c.E, c.rotDim, pos, c.theta);
+      be.rope(got, c.M, c.heads, c.E, c.rotDim, pos, invFreq, scale);
       close(got, want, 1e-6, 'rope');
       if (c.rotDim < c.E) {
         for (let r = 0; r < c.M * c.heads; r++) {
@@ -382,17 +394,35 @@ describe('argument checks', () => {
   });
 
   it('rope', () => {
-    bad(() => be.rope(f(64), 1, 1, 64, 63, new Int32Array(1), 1e4), /rotDim must be even and <= E = 64/);
-    bad(() => be.rope(f(64), 1, 1, 64, 66, new Int32Array(1), 1e4), /rotDim must be even/);
+    const inv = f(32).fill(0.5);
+    bad(() => be.rope(f(64), 1, 1, 64, 63, new Int32Array(1), inv, 1), /rotDim must be even and <= E = 64/);
+    bad(() => be.rope(f(64), 1, 1, 64, 66, new Int32Array(1), f(33), 1), /rotDim must be even/);
     bad(
-      () => be.rope(f(64), 2, 1, 64, 64, new Int32Array(2), 1e4),
+      () => be.rope(f(64), 2, 1, 64, 64, new Int32Array(2), inv, 1),
       /x has 64 elements, needs M\*heads\*E = 128/,
     );
-    bad(() => be.rope(f(128), 2, 1, 64, 64, new Int32Array(1), 1e4), /pos has 1 elements, needs M = 2/);
+    bad(() => be.rope(f(128), 2, 1, 64, 64, new Int32Array(1), inv, 1), /pos has 1 elements, needs M = 2/);
     bad(
-      () => be.rope(f(64), 1, 1, 64, 64, new Float32Array(1) as unknown as Int32Array, 1e4),
+      () => be.rope(f(64), 1, 1, 64, 64, new Float32Array(1) as unknown as Int32Array, inv, 1),
       /pos must be an Int32Array/,
       TypeError,
+    );
+    bad(
+      () => be.rope(f(64), 1, 1, 64, 64, new Int32Array(1), f(31), 1),
+      /invFreq has 31 elements, needs rotDim\/2 = 32/,
+    );
+    bad(
+      () => be.rope(f(64), 1, 1, 64, 64, new Int32Array(1), Float32Array.from(inv).fill(NaN, 5, 6), 1),
+      /invFreq\[5\] must be finite/,
+    );
+    bad(
+      () => be.rope(f(64), 1, 1, 64, 64, new Int32Array(1), inv, Infinity),
+      /scale must be a finite number/,
+    );
+    const buf = f(96);
+    bad(
+      () => be.rope(buf.subarray(0, 64), 1, 1, 64, 64, new Int32Array(1), buf.subarray(60, 92), 1),
+      /x must not overlap invFreq/,
     );
   });
 

@@ -1,6 +1,7 @@
 /**
  * Bad model inputs fail with errors that name the file and the field: unsupported architectures
- * (both formats), missing or misshapen tensors, truncated weights.
+ * (both formats), missing or misshapen tensors, tensors the loader does not know, truncated weights,
+ * rotary scaling it cannot follow.
  */
 import assert from 'node:assert/strict';
 import {
@@ -16,14 +17,16 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { FormatError } from '../src/formats/errors.js';
-import { GgmlType, writeGguf } from '../src/formats/gguf.js';
+import { GgmlType, readGguf, readGgufTensorF32, writeGguf } from '../src/formats/gguf.js';
 import {
   readSafetensorsHeader,
   readSafetensorsTensorF32,
   writeSafetensors,
 } from '../src/formats/safetensors.js';
+import { configFromGguf, configFromHf } from '../src/model/config.js';
 import { Model } from '../src/model/model.js';
 import { FIXTURES } from './util/fixtures.js';
+import { hfToGguf } from './util/hf-to-gguf.js';
 
 const tiny = path.join(FIXTURES, 'tiny', 'llama');
 const tmp = mkdtempSync(path.join(tmpdir(), 'sg-err-'));
@@ -97,4 +100,142 @@ test('truncated weights are reported, not read past the end', async () => {
 test('a config with inconsistent heads names the field', async () => {
   const dir = tinyCopy('heads', (c) => (c.num_key_value_heads = 3));
   await rejects(dir, /config\.json$/, /^num_key_value_heads$/);
+});
+
+/** Rewrites the tiny llama's weights with `extra` tensors added. */
+function withTensors(dir: string, extra: { name: string; data: Float32Array; shape: number[] }[]): void {
+  const st = readSafetensorsHeader(path.join(tiny, 'model.safetensors'));
+  writeSafetensors(path.join(dir, 'model.safetensors'), [
+    ...[...st.tensors.values()].map((t) => ({
+      name: t.name,
+      dtype: 'F32' as const,
+      shape: t.shape,
+      data: readSafetensorsTensorF32(t),
+    })),
+    ...extra.map((t) => ({ ...t, dtype: 'F32' as const })),
+  ]);
+}
+
+test('a safetensors tensor the loader does not know is refused, named with its file', async () => {
+  const dir = tinyCopy('extra-st');
+  withTensors(dir, [
+    { name: 'model.layers.0.self_attn.k_proj.lora_A', data: new Float32Array(8), shape: [8] },
+  ]);
+  const err = await rejects(
+    dir,
+    /extra-st\/model\.safetensors$/,
+    /^model\.layers\.0\.self_attn\.k_proj\.lora_A$/,
+  );
+  assert.match(err.message, /not used by the loader/);
+});
+
+test("old checkpoints' rotary inv_freq buffers are accepted", async () => {
+  const dir = tinyCopy('inv-freq');
+  withTensors(dir, [
+    { name: 'model.layers.0.self_attn.rotary_emb.inv_freq', data: new Float32Array(8), shape: [8] },
+  ]);
+  const model = await Model.load(dir);
+  assert.equal(model.config.nLayers, 3);
+});
+
+test('a tied lm_head that differs from the embedding is refused', async () => {
+  const dir = tinyCopy('tied-differs', (c) => (c.tie_word_embeddings = true));
+  // the tiny llama's lm_head.weight is its own random matrix
+  await rejects(dir, /tied-differs$/, /^lm_head\.weight$/);
+});
+
+test('a GGUF tensor the loader does not know is refused, named with its file', async () => {
+  const file = path.join(tmp, 'extra.gguf');
+  const src = path.join(tmp, 'extra-src.gguf');
+  hfToGguf(tiny, src);
+  const g = readGguf(src);
+  writeGguf(file, {
+    metadata: [...g.metadata.entries()].map(([key, value]) => ({ key, value, ...g.metadataTypes.get(key) })),
+    tensors: [
+      ...[...g.tensors.values()].map((t) => ({
+        name: t.name,
+        dims: t.dims,
+        type: GgmlType.F32,
+        data: readGgufTensorF32(g, t.name),
+      })),
+      { name: 'blk.0.attn_q.lora_a', dims: [8], type: GgmlType.F32, data: new Float32Array(8) },
+    ],
+  });
+  const err = await rejects(file, /extra\.gguf$/, /^blk\.0\.attn_q\.lora_a$/);
+  assert.match(err.message, /not used by the loader/);
+});
+
+test('rotary scaling the runtime cannot follow is refused, naming the field', () => {
+  const file = path.join(FIXTURES, 'tiny', 'llama-rope-llama3', 'config.json');
+  const base = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
+  const params = base.rope_parameters as Record<string, unknown>;
+  const refuses = (rope: Record<string, unknown>, field: RegExp, message: RegExp) =>
+    assert.throws(
+      () => configFromHf({ ...base, rope_parameters: rope }, file),
+      (e: unknown) => e instanceof FormatError && field.test(e.field) && message.test(e.message),
+    );
+  refuses({ ...params, rope_type: 'dynamic' }, /^rope_parameters\.rope_type$/, /"dynamic" is not supported/);
+  refuses({ ...params, beta_fast: 32 }, /^rope_parameters\.beta_fast$/, /unknown key for rope type 'llama3'/);
+  refuses({ ...params, low_freq_factor: undefined }, /^rope_parameters\.low_freq_factor$/, /missing/);
+  refuses({ ...params, high_freq_factor: 0.5 }, /^rope_parameters\.high_freq_factor$/, /must exceed/);
+  refuses({ ...params, partial_rotary_factor: 0.5 }, /partial_rotary_factor$/, /not supported/);
+  refuses({ rope_type: 'linear', factor: -2 }, /^rope_parameters\.factor$/, /positive/);
+  assert.throws(
+    () => configFromHf({ ...base, rope_scaling: { type: 'longrope', factor: 4 } }, file),
+    (e: unknown) => e instanceof FormatError && e.field === 'rope_scaling.rope_type',
+  );
+});
+
+test('GGUF rotary scaling keys the runtime cannot follow are refused, naming the key', () => {
+  const meta = (extra: Record<string, number | string>) => {
+    const m = new Map<string, number | string>([
+      ['general.architecture', 'llama'],
+      ['llama.block_count', 2],
+      ['llama.embedding_length', 32],
+      ['llama.attention.head_count', 2],
+      ['llama.feed_forward_length', 64],
+      ...Object.entries(extra),
+    ]);
+    return {
+      has: (k: string) => m.has(k),
+      keys: () => m.keys(),
+      number: (k: string) => m.get(k) as number,
+      string: (k: string) => m.get(k) as string,
+    };
+  };
+  const refuses = (extra: Record<string, number | string>, field: string, factors?: Float32Array) =>
+    assert.throws(
+      () => configFromGguf(meta(extra), 'x.gguf', 256, factors),
+      (e: unknown) => e instanceof FormatError && e.file === 'x.gguf' && e.field === field,
+    );
+  const yarn = {
+    'llama.rope.scaling.type': 'yarn',
+    'llama.rope.scaling.factor': 4,
+    'llama.rope.scaling.original_context_length': 64,
+  };
+  assert.equal(configFromGguf(meta(yarn), 'x.gguf', 256).ropeScaling[0].type, 'yarn');
+  refuses({ 'llama.rope.scaling.type': 'longrope' }, 'llama.rope.scaling.type');
+  refuses({ 'llama.rope.scaling.mystery': 1 }, 'llama.rope.scaling.mystery');
+  refuses({ ...yarn, 'llama.rope.scaling.yarn_ext_factor': 0.5 }, 'llama.rope.scaling.yarn_ext_factor');
+  refuses(
+    { ...yarn, 'llama.rope.scaling.yarn_log_multiplier': 0.1 },
+    'llama.rope.scaling.yarn_log_multiplier',
+  );
+  refuses(
+    { 'llama.rope.scaling.type': 'yarn', 'llama.rope.scaling.factor': 4 },
+    'llama.rope.scaling.original_context_length',
+  );
+  refuses({}, 'rope_freqs.weight', new Float32Array(3).fill(1)); // head dim 16: 8 factors
+  refuses({ 'llama.rope.scaling.type': 'linear' }, 'llama.rope.scaling.type', new Float32Array(8).fill(1));
+  refuses({ 'general.architecture': 'qwen2' }, 'rope_freqs.weight', new Float32Array(8).fill(1));
+  // not an error, but read rather than assumed: gemma3's local base, when the file stores it
+  const gemma = Object.fromEntries(
+    [...meta({}).keys()].map((k) => [k.replace(/^llama\./, 'gemma3.'), meta({}).number(k)]),
+  );
+  const cfg = configFromGguf(
+    meta({ ...gemma, 'general.architecture': 'gemma3', 'gemma3.rope.freq_base_swa': 5000 }),
+    'x.gguf',
+    256,
+  );
+  assert.deepEqual(cfg.ropeTheta, [5000, 5000]); // both layers are sliding under the default pattern 6
 });

@@ -3,8 +3,9 @@
 
 Python is NOT a runtime dependency of steerguard. This script only (re)generates committed fixtures:
 
-  test/fixtures/tiny/<llama|llama-tied-bf16|qwen2|gemma3>/
+  test/fixtures/tiny/<llama|llama-tied-bf16|qwen2|gemma3|llama-rope-llama3|qwen2-rope-yarn|gemma3-rope-linear>/
       config.json, model.safetensors       tiny random HF models (save_pretrained)
+      model.gguf                           the rotary-scaling ones also as llama.cpp's converter writes them
       reference.safetensors, reference.json   hook activations / logits / greedy continuations
   test/fixtures/parity/<smollm2|gemma3>.safetensors + .json
       references for the two real GGUF models fetched by scripts/fetch-models.sh
@@ -179,20 +180,59 @@ def rms(x, w, eps, gemma):
     return y * (1.0 + w.float()) if gemma else w.float() * y
 
 
-def rope(x, pos, theta):  # x [H, T, hd]; HF "rotate_half" (NeoX) layout
+def rope(x, pos, theta, scaling=None):  # x [H, T, hd]; HF "rotate_half" (NeoX) layout
     hd = x.shape[-1]
-    inv = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+    inv, scale = rope_inv_freq(theta, hd, scaling)
     f = pos[:, None].double() * inv[None, :]
     emb = torch.cat([f, f], -1)
-    cos, sin = emb.cos().float(), emb.sin().float()
+    cos, sin = (emb.cos() * scale).float(), (emb.sin() * scale).float()
     x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
     return x * cos + torch.cat([-x2, x1], -1) * sin
+
+
+def rope_inv_freq(theta, dim, scaling=None):
+    """Inverse frequencies (float64) and cos/sin multiplier of one layer, written from the YaRN paper /
+    Llama 3.1 reference code rather than from transformers. scaling: None or a transformers-style dict."""
+    inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    kind = (scaling or {}).get("rope_type", "default")
+    if kind == "default":
+        return inv, 1.0
+    factor = scaling["factor"]
+    if kind == "linear":
+        return inv / factor, 1.0
+    if kind == "llama3":
+        old = scaling["original_max_position_embeddings"]
+        lo, hi = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        out = []
+        for f in inv.tolist():
+            wavelen = 2 * math.pi / f
+            if wavelen < old / hi:
+                out.append(f)
+            elif wavelen > old / lo:
+                out.append(f / factor)
+            else:
+                smooth = (old / wavelen - lo) / (hi - lo)
+                out.append((1 - smooth) * f / factor + smooth * f)
+        return torch.tensor(out, dtype=torch.float64), 1.0
+    if kind == "yarn":
+        old = scaling["original_max_position_embeddings"]
+        beta_fast, beta_slow = scaling.get("beta_fast") or 32, scaling.get("beta_slow") or 1
+
+        def dim_of(rotations):  # dimension whose wavelength fits `rotations` times into the old context
+            return dim * math.log(old / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+        lo, hi = max(math.floor(dim_of(beta_fast)), 0), min(math.ceil(dim_of(beta_slow)), dim - 1)
+        ramp = ((torch.arange(dim // 2, dtype=torch.float64) - lo) / max(hi - lo, 0.001)).clamp(0, 1)
+        scale = scaling.get("attention_factor") or (0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0)
+        return inv / factor * ramp + inv * (1 - ramp), scale
+    raise ValueError(kind)
 
 
 @torch.no_grad()
 def manual_forward(W: dict, spec: dict, ids: list[int]):
     """spec: family, n_layers, n_heads, n_kv_heads, head_dim, eps, rope_theta (list per layer),
-    window (list per layer, None = full), attn_scale, embed_scale (or None), act, tied."""
+    rope_scaling (optional list per layer of None or a transformers-style dict), window (list per layer,
+    None = full), attn_scale, embed_scale (or None), act, tied."""
     g = spec["family"] == "gemma3"
     T = len(ids)
     H, KV, hd = spec["n_heads"], spec["n_kv_heads"], spec["head_dim"]
@@ -219,8 +259,9 @@ def manual_forward(W: dict, spec: dict, ids: list[int]):
         if g:
             q = rms(q, W[p + "self_attn.q_norm.weight"], spec["eps"], True)
             k = rms(k, W[p + "self_attn.k_norm.weight"], spec["eps"], True)
-        q = rope(q, pos, spec["rope_theta"][L])
-        k = rope(k, pos, spec["rope_theta"][L])
+        scaling = spec.get("rope_scaling", [None] * spec["n_layers"])[L]
+        q = rope(q, pos, spec["rope_theta"][L], scaling)
+        k = rope(k, pos, spec["rope_theta"][L], scaling)
         rep = H // KV
         k = k.repeat_interleave(rep, 0)
         v = v.repeat_interleave(rep, 0)
@@ -352,7 +393,44 @@ def tiny_specs():
     llama = dict(common, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                  rms_norm_eps=1e-5, hidden_act="silu", rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
     layer_types = ["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]
+    # Rotary scaling models: smaller (d_model 32, 2 layers) to keep the fixtures small; the original
+    # context lengths are short so that the scaled and unscaled frequency bands both show up.
+    small = dict(common, hidden_size=32, intermediate_size=64, max_position_embeddings=512, num_hidden_layers=2,
+                 num_attention_heads=2, num_key_value_heads=1, head_dim=16, hidden_act="silu")
+    llama3 = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+              "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    yarn = {"rope_type": "yarn", "rope_theta": 100.0, "factor": 4.0, "original_max_position_embeddings": 64}
+    linear = {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 4.0}
+    small_types = ["sliding_attention", "full_attention"]
+    small_spec = dict(n_layers=2, n_heads=2, n_kv_heads=1, head_dim=16, window=[None] * 2,
+                      attn_scale=16 ** -0.5, embed_scale=None, act="silu", tied=False)
     return {
+        "llama-rope-llama3": dict(
+            family="llama", cls="LlamaForCausalLM", dtype=torch.float32, seed=5, gguf=True,
+            config=LlamaConfig(**small, rms_norm_eps=1e-5, rope_parameters=llama3, tie_word_embeddings=False),
+            spec=dict(small_spec, eps=1e-5, rope_theta=[1e4] * 2, rope_scaling=[llama3] * 2),
+        ),
+        "qwen2-rope-yarn": dict(
+            family="qwen2", cls="Qwen2ForCausalLM", dtype=torch.float32, seed=6, gguf=True,
+            # max_position_embeddings = factor * original, as transformers expects of YaRN configs
+            config=Qwen2Config(**dict({k: v for k, v in small.items() if k != "head_dim"}, max_position_embeddings=256),
+                               rms_norm_eps=1e-6,
+                               use_sliding_window=False, rope_parameters=yarn, tie_word_embeddings=False),
+            spec=dict(small_spec, eps=1e-6, rope_theta=[100.0] * 2, rope_scaling=[yarn] * 2),
+        ),
+        "gemma3-rope-linear": dict(
+            family="gemma3", cls="Gemma3ForCausalLM", dtype=torch.float32, seed=7, gguf=True,
+            init=dict(embed_std=0.125, post_norm_offset=2.0),
+            config=Gemma3TextConfig(
+                **{k: v for k, v in small.items() if k != "hidden_act"}, rms_norm_eps=1e-6,
+                hidden_activation="gelu_pytorch_tanh", sliding_window=4, layer_types=small_types,
+                rope_parameters={"full_attention": linear,
+                                 "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+                query_pre_attn_scalar=16, final_logit_softcapping=None, attn_logit_softcapping=None,
+                tie_word_embeddings=True, use_bidirectional_attention=False),
+            spec=dict(small_spec, eps=1e-6, rope_theta=[1e4, 1e6], rope_scaling=[None, linear], window=[4, None],
+                      embed_scale=math.sqrt(32), act="gelu_tanh", tied=True),
+        ),
         "llama": dict(
             family="llama", cls="LlamaForCausalLM", dtype=torch.float32, seed=1,
             config=LlamaConfig(**llama, tie_word_embeddings=False),
@@ -436,6 +514,141 @@ def add_legacy_config_keys(path: Path, family: str):
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
+GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "gemma3": "gemma3"}
+
+
+def llamacpp_rope_freqs(rp: dict, dim: int) -> np.ndarray:
+    """llama.cpp convert_hf_to_gguf.py LlamaModel.generate_extra_tensors: for llama3 rope scaling, the
+    per-dimension divisors of the base frequencies, stored as the F32 tensor rope_freqs.weight."""
+    base, factor = rp["rope_theta"], rp["factor"]
+    lo, hi, old = rp["low_freq_factor"], rp["high_freq_factor"], rp["original_max_position_embeddings"]
+    freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    out = []
+    for freq in freqs.tolist():
+        wavelen = 2 * math.pi / freq
+        if wavelen < old / hi:
+            out.append(1.0)
+        elif wavelen > old / lo:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - lo) / (hi - lo)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def write_tiny_gguf(path: Path, s: dict, cfgj: dict, W: dict):
+    """Write the tiny model as llama.cpp's convert_hf_to_gguf.py would (F32): its tensor names, llama's
+    permuted q/k rows, gemma's (1 + w) norms, and its rotary scaling keys (linear: type + factor; yarn:
+    type, factor, original context and any of attention_factor / beta_fast / beta_slow given; llama3:
+    the rope_freqs.weight tensor and no scaling key). Returns the rope_freqs divisors (or None)."""
+    import gguf
+
+    family, spec = s["family"], s["spec"]
+    arch = GGUF_ARCH[family]
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_name(f"tiny-{path.parent.name}")
+    w.add_block_count(spec["n_layers"])
+    w.add_context_length(cfgj["max_position_embeddings"])
+    w.add_embedding_length(cfgj["hidden_size"])
+    w.add_feed_forward_length(cfgj["intermediate_size"])
+    w.add_head_count(spec["n_heads"])
+    w.add_head_count_kv(spec["n_kv_heads"])
+    w.add_key_length(spec["head_dim"])
+    w.add_value_length(spec["head_dim"])
+    w.add_rope_dimension_count(spec["head_dim"])
+    w.add_layer_norm_rms_eps(spec["eps"])
+    rp = cfgj["rope_parameters"]
+    if family == "gemma3":
+        w.add_sliding_window(max(x for x in spec["window"] if x is not None))
+        w.add_uint32(f"{arch}.attention.sliding_window_pattern", spec["window"].index(None) + 1)
+        rp = rp["full_attention"]  # llama.cpp: local layers use base 10000, unscaled
+    w.add_rope_freq_base(rp["rope_theta"])
+    rope_freqs = None
+    kind = rp.get("rope_type", "default")
+    if kind == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rp["factor"])
+    elif kind == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(rp["factor"])
+        w.add_rope_scaling_orig_ctx_len(rp["original_max_position_embeddings"])
+        if rp.get("attention_factor") is not None:
+            w.add_rope_scaling_yarn_attn_factor(rp["attention_factor"])
+        if rp.get("beta_fast") is not None:
+            w.add_rope_scaling_yarn_beta_fast(rp["beta_fast"])
+        if rp.get("beta_slow") is not None:
+            w.add_rope_scaling_yarn_beta_slow(rp["beta_slow"])
+    elif kind == "llama3":
+        rope_freqs = llamacpp_rope_freqs(rp, spec["head_dim"])
+        w.add_tensor("rope_freqs.weight", rope_freqs)
+    gemma = family == "gemma3"
+
+    def put(gguf_name, hf):
+        a = W[hf].float().numpy().copy()
+        if gemma and "norm" in hf:
+            a = a + 1.0
+        if family == "llama" and (".q_proj." in hf or ".k_proj." in hf):
+            a = llamacpp_permute(a, spec["n_heads"] if ".q_proj." in hf else spec["n_kv_heads"])
+        w.add_tensor(gguf_name, np.ascontiguousarray(a, dtype=np.float32))
+
+    put("token_embd.weight", "model.embed_tokens.weight")
+    parts = ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"]
+    if gemma:
+        parts += ["attn_q_norm", "attn_k_norm", "post_attention_norm", "post_ffw_norm"]
+    for L in range(spec["n_layers"]):
+        for part in parts:
+            for kind_ in ("weight", "bias"):
+                name = f"blk.{L}.{part}.{kind_}"
+                if hf_name(name, family) in W:
+                    put(name, hf_name(name, family))
+    put("output_norm.weight", "model.norm.weight")
+    if not spec["tied"]:
+        put("output.weight", "lm_head.weight")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    # read back: every tensor round-trips, and none of W is left out
+    reader = gguf.GGUFReader(str(path))
+    seen = set()
+    for t in reader.tensors:
+        if t.name == "rope_freqs.weight":
+            continue
+        hf = hf_name(t.name, family)
+        a = np.array(t.data).reshape(W[hf].shape)
+        if family == "llama" and t.name.endswith(("attn_q.weight", "attn_k.weight")):
+            n = spec["n_heads"] if "attn_q" in t.name else spec["n_kv_heads"]
+            a = a.reshape(n, a.shape[0] // n // 2, 2, *a.shape[1:]).swapaxes(1, 2).reshape(a.shape)
+        if gemma and "norm" in hf:
+            a = a - 1.0
+        assert np.array_equal(a, W[hf].float().numpy()) or (gemma and np.allclose(a, W[hf].numpy(), atol=1e-6)), t.name
+        seen.add(hf)
+    assert seen == set(W) - ({"lm_head.weight"} if spec["tied"] else set()), set(W) ^ seen
+    return rope_freqs
+
+
+def check_rope_buffers(model, s: dict, rope_freqs):
+    """transformers' inverse frequencies and attention factor equal the independent formulas here (and,
+    for llama3, the base frequencies divided by llama.cpp's rope_freqs)."""
+    spec = s["spec"]
+    emb = model.model.rotary_emb
+    for L in range(spec["n_layers"]):
+        scaling = spec.get("rope_scaling", [None] * spec["n_layers"])[L]
+        inv, scale = rope_inv_freq(spec["rope_theta"][L], spec["head_dim"], scaling)
+        if s["family"] == "gemma3":
+            lt = model.config.layer_types[L]
+            hf_inv = getattr(emb, f"{lt}_inv_freq")
+            hf_scale = getattr(emb, f"{lt}_attention_scaling")
+        else:
+            hf_inv, hf_scale = emb.inv_freq, emb.attention_scaling
+        assert torch.allclose(hf_inv.double(), inv, rtol=1e-6, atol=0), (L, hf_inv, inv)
+        assert abs(hf_scale - scale) < 1e-9, (L, hf_scale, scale)
+        if rope_freqs is not None:
+            base, _ = rope_inv_freq(spec["rope_theta"][L], spec["head_dim"])
+            assert torch.allclose(base / torch.from_numpy(rope_freqs).double(), inv, rtol=1e-6), L
+
+
 def stage_tiny(only=None):
     import transformers
     from safetensors.torch import save_file
@@ -466,6 +679,10 @@ def stage_tiny(only=None):
             assert all(p.dtype == torch.float32 for p in model.parameters())
             W = {k: v.detach() for k, v in model.state_dict().items()}
             spec = dict(s["spec"], family=s["family"])
+            rope_freqs = None
+            if s.get("gguf"):
+                rope_freqs = write_tiny_gguf(out_dir / "model.gguf", s, json.loads((out_dir / "config.json").read_text()), W)
+            check_rope_buffers(model, s, rope_freqs)
             rng = np.random.default_rng(1000 + s["seed"])
             prompts = [rng.integers(0, 256, size=n).tolist() for n in TINY_LENGTHS]
 
@@ -527,6 +744,8 @@ def stage_tiny(only=None):
                 "head_dim": spec["head_dim"],
                 "rms_norm_eps": spec["eps"],
                 "rope_theta_per_layer": spec["rope_theta"],
+                "rope_scaling_per_layer": spec.get("rope_scaling", [None] * spec["n_layers"]),
+                "gguf": "model.gguf: written like llama.cpp's convert_hf_to_gguf.py (F32)" if s.get("gguf") else None,
                 "sliding_window_per_layer": spec["window"],
                 "sliding_window_semantics": "query i attends keys j with i - window < j <= i (window keys incl. itself)",
                 "attn_scale": spec["attn_scale"],
@@ -1037,7 +1256,8 @@ def stage_real(models_dir: Path, tok_dir: Path, only=None):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", choices=["tiny", "real", "all"], default="all")
-    ap.add_argument("--only", nargs="*", help="subset of model names (tiny: llama llama-tied-bf16 qwen2 gemma3; "
+    ap.add_argument("--only", nargs="*", help="subset of model names (tiny: llama llama-tied-bf16 qwen2 gemma3 "
+                                              "llama-rope-llama3 qwen2-rope-yarn gemma3-rope-linear; "
                                               "real: smollm2 gemma3 qwen2.5-0.5b)")
     ap.add_argument("--models-dir", default=os.environ.get("STEERGUARD_MODELS", str(REPO / ".cache" / "models")))
     ap.add_argument("--smol-tokenizer-dir", default=os.environ.get(

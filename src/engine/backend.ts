@@ -32,8 +32,9 @@ export interface Backend {
 
   /**
    * Rotary embedding in place, "rotate half" (NeoX / Hugging Face) convention, on x[M, heads, E]:
-   * for each row m, each head, each i < rotDim/2, the pair (i, i + rotDim/2) is rotated by
-   * angle pos[m] * theta^(-2i/rotDim).
+   * for each row m, each head, each i < rotDim/2, the pair (i, i + rotDim/2) is rotated by the angle
+   * fp32(pos[m] * invFreq[i]), with cos and sin multiplied by `scale`. The model computes invFreq
+   * (rotDim/2 values, every rotary scaling folded in) and scale (YaRN's attention factor, else 1).
    */
   rope(
     x: Float32Array,
@@ -42,7 +43,8 @@ export interface Backend {
     E: number,
     rotDim: number,
     pos: Int32Array,
-    theta: number,
+    invFreq: Float32Array,
+    scale: number,
   ): void;
 
   /**
@@ -76,9 +78,13 @@ export interface Backend {
   ): void;
 
   /**
-   * Optional: as `matmul`, with the weights in ggml's Q8_0 layout (per 32 values an fp16 scale and
-   * 32 int8) and x rounded to int8 per 32-block, as llama.cpp does. Approximate; used only for
-   * decoding when asked for (`decodeWeights: 'q8'`).
+   * Optional: out[M,N] = x[M,K] · dequant(wq)[N,K]ᵀ (+ bias[N]) with the weights kept in ggml's Q8_0
+   * layout: each row of w is K/32 blocks of 34 bytes (an fp16 scale, then 32 int8), so wq holds
+   * N·K/32·34 bytes and K must be a multiple of 32. Like llama.cpp's q8_0 path, x is rounded to int8
+   * per block of 32 (scale = max|x|/127) and the dot products run on integers, so the result differs
+   * from an fp32 matmul against the dequantised weights by about 0.5% of |x|·|w| per block.
+   * Meant for batch-1 decoding, where reading 1.06 instead of 4 bytes per weight is the whole gain;
+   * used only for decoding when asked for (`decodeWeights: 'q8'`).
    */
   matmulQ8?(
     out: Float32Array,

@@ -18,50 +18,13 @@ import { fileURLToPath } from 'node:url';
 import { SteerguardError } from '../formats/errors.js';
 import type { Backend } from './backend.js';
 
+/** The kernels every backend has; the addon exports them under the same names and signatures. */
+type Kernels = Pick<Backend, 'matmul' | 'rmsnorm' | 'rope' | 'attention' | 'gatedAct'> & {
+  matmulQ8: NonNullable<Backend['matmulQ8']>;
+};
+
 /** What build/steerguard.node exports (see the bindings at the bottom of steerguard.c). */
-interface NativeAddon {
-  matmul(
-    out: Float32Array,
-    x: Float32Array,
-    w: Float32Array,
-    M: number,
-    K: number,
-    N: number,
-    bias?: Float32Array,
-  ): void;
-  rmsnorm(out: Float32Array, x: Float32Array, weight: Float32Array, M: number, D: number, eps: number): void;
-  rope(
-    x: Float32Array,
-    M: number,
-    heads: number,
-    E: number,
-    rotDim: number,
-    pos: Int32Array,
-    theta: number,
-  ): void;
-  attention(
-    out: Float32Array,
-    q: Float32Array,
-    k: Float32Array,
-    v: Float32Array,
-    T: number,
-    S: number,
-    H: number,
-    G: number,
-    E: number,
-    scale: number,
-    window: number,
-  ): void;
-  gatedAct(out: Float32Array, gate: Float32Array, up: Float32Array, n: number, act: string): void;
-  matmulQ8(
-    out: Float32Array,
-    x: Float32Array,
-    wq: Uint8Array,
-    M: number,
-    K: number,
-    N: number,
-    bias?: Float32Array,
-  ): void;
+interface NativeAddon extends Kernels {
   setThreads(n: number): void;
   info(): NativeInfo;
 }
@@ -170,9 +133,24 @@ function loadAddon(file: string): NativeAddon {
 }
 
 /** The kernels of backend.ts on the CPU, through OpenBLAS and OpenMP, plus quantised extras. */
-export class NativeBackend implements Backend {
+export class NativeBackend implements Backend, Kernels {
+  readonly matmul: Kernels['matmul'];
+  readonly rmsnorm: Kernels['rmsnorm'];
+  readonly rope: Kernels['rope'];
+  readonly attention: Kernels['attention'];
+  readonly gatedAct: Kernels['gatedAct'];
+  readonly matmulQ8: Kernels['matmulQ8'];
+
   /** @internal use loadNativeBackend() */
-  constructor(private readonly addon: NativeAddon) {}
+  constructor(private readonly addon: NativeAddon) {
+    // The addon's functions are the kernels themselves (they ignore `this`), so no wrapper restates them.
+    this.matmul = addon.matmul;
+    this.rmsnorm = addon.rmsnorm;
+    this.rope = addon.rope;
+    this.attention = addon.attention;
+    this.gatedAct = addon.gatedAct;
+    this.matmulQ8 = addon.matmulQ8;
+  }
 
   get name(): string {
     const i = this.addon.info();
@@ -192,80 +170,6 @@ export class NativeBackend implements Backend {
   /** Threads for OpenBLAS and the OpenMP kernels, for the whole process. */
   setThreads(n: number): void {
     this.addon.setThreads(n);
-  }
-
-  matmul(
-    out: Float32Array,
-    x: Float32Array,
-    w: Float32Array,
-    M: number,
-    K: number,
-    N: number,
-    bias?: Float32Array,
-  ): void {
-    this.addon.matmul(out, x, w, M, K, N, bias);
-  }
-
-  rmsnorm(out: Float32Array, x: Float32Array, weight: Float32Array, M: number, D: number, eps: number): void {
-    this.addon.rmsnorm(out, x, weight, M, D, eps);
-  }
-
-  rope(
-    x: Float32Array,
-    M: number,
-    heads: number,
-    E: number,
-    rotDim: number,
-    pos: Int32Array,
-    theta: number,
-  ): void {
-    this.addon.rope(x, M, heads, E, rotDim, pos, theta);
-  }
-
-  attention(
-    out: Float32Array,
-    q: Float32Array,
-    k: Float32Array,
-    v: Float32Array,
-    T: number,
-    S: number,
-    H: number,
-    G: number,
-    E: number,
-    scale: number,
-    window: number,
-  ): void {
-    this.addon.attention(out, q, k, v, T, S, H, G, E, scale, window);
-  }
-
-  gatedAct(
-    out: Float32Array,
-    gate: Float32Array,
-    up: Float32Array,
-    n: number,
-    act: 'silu' | 'gelu_tanh',
-  ): void {
-    this.addon.gatedAct(out, gate, up, n, act);
-  }
-
-  /**
-   * out[M,N] = x[M,K] · dequant(wq)[N,K]ᵀ (+ bias[N]) with the weights kept in ggml's Q8_0 layout:
-   * each row of w is K/32 blocks of 34 bytes (an fp16 scale, then 32 int8), so wq holds N·K/32·34
-   * bytes and K must be a multiple of 32. Like llama.cpp's q8_0 path, x is rounded to int8 per block
-   * of 32 (scale = max|x|/127) and the dot products run on integers, so the result differs from an
-   * fp32 matmul against the dequantised weights by about 0.5% of |x|·|w| per block.
-   * Meant for batch-1 decoding, where reading 1.06 instead of 4 bytes per weight is the whole gain.
-   */
-  matmulQ8(
-    out: Float32Array,
-    x: Float32Array,
-    wq: Uint8Array,
-    M: number,
-    K: number,
-    N: number,
-    bias?: Float32Array,
-  ): void {
-    this.addon.matmulQ8(out, x, wq, M, K, N, bias);
   }
 }
 

@@ -14,15 +14,7 @@ export class ReferenceBackend implements Backend {
   readonly name = 'reference (plain TypeScript, fp64 sums)';
   readonly threads = 1;
 
-  matmul(
-    out: Float32Array,
-    x: Float32Array,
-    w: Float32Array,
-    M: number,
-    K: number,
-    N: number,
-    bias?: Float32Array,
-  ): void {
+  readonly matmul: Backend['matmul'] = (out, x, w, M, K, N, bias) => {
     for (let m = 0; m < M; m++) {
       for (let n = 0; n < N; n++) {
         let acc = bias ? bias[n] : 0;
@@ -30,61 +22,41 @@ export class ReferenceBackend implements Backend {
         out[m * N + n] = acc;
       }
     }
-  }
+  };
 
-  rmsnorm(out: Float32Array, x: Float32Array, weight: Float32Array, M: number, D: number, eps: number): void {
+  readonly rmsnorm: Backend['rmsnorm'] = (out, x, weight, M, D, eps) => {
     for (let m = 0; m < M; m++) {
       let ss = 0;
       for (let d = 0; d < D; d++) ss += x[m * D + d] ** 2;
       const r = 1 / Math.sqrt(ss / D + eps);
       for (let d = 0; d < D; d++) out[m * D + d] = x[m * D + d] * r * weight[d];
     }
-  }
+  };
 
   /**
-   * The angle is rounded to fp32 where Hugging Face rounds it (inv_freq, then pos·inv_freq): at long
-   * positions that rounding moves the angle by ~1e-3 rad and is part of the model as trained, so it
-   * belongs to the definition, not to the precision of an implementation. The rest is in double.
+   * The angle is rounded to fp32 where Hugging Face rounds it (pos·inv_freq): at long positions that
+   * rounding moves the angle by ~1e-3 rad and is part of the model as trained, so it belongs to the
+   * definition, not to the precision of an implementation. The rest is in double.
    */
-  rope(
-    x: Float32Array,
-    M: number,
-    heads: number,
-    E: number,
-    rotDim: number,
-    pos: Int32Array,
-    theta: number,
-  ): void {
-    const f = Math.fround;
+  readonly rope: Backend['rope'] = (x, M, heads, E, rotDim, pos, invFreq, scale) => {
     const half = rotDim / 2;
-    const inv = Array.from({ length: half }, (_, i) => f(1 / f(f(theta) ** f((2 * i) / rotDim))));
     for (let m = 0; m < M; m++) {
       for (let h = 0; h < heads; h++) {
         const base = (m * heads + h) * E;
         for (let i = 0; i < half; i++) {
-          const a = f(pos[m] * inv[i]);
+          const a = Math.fround(pos[m] * invFreq[i]);
+          const c = Math.cos(a) * scale;
+          const s = Math.sin(a) * scale;
           const x1 = x[base + i];
           const x2 = x[base + i + half];
-          x[base + i] = x1 * Math.cos(a) - x2 * Math.sin(a);
-          x[base + i + half] = x2 * Math.cos(a) + x1 * Math.sin(a);
+          x[base + i] = x1 * c - x2 * s;
+          x[base + i + half] = x2 * c + x1 * s;
         }
       }
     }
-  }
+  };
 
-  attention(
-    out: Float32Array,
-    q: Float32Array,
-    k: Float32Array,
-    v: Float32Array,
-    T: number,
-    S: number,
-    H: number,
-    G: number,
-    E: number,
-    scale: number,
-    window: number,
-  ): void {
+  readonly attention: Backend['attention'] = (out, q, k, v, T, S, H, G, E, scale, window) => {
     const perGroup = H / G;
     for (let t = 0; t < T; t++) {
       const p = S - T + t;
@@ -107,15 +79,9 @@ export class ReferenceBackend implements Backend {
         }
       }
     }
-  }
+  };
 
-  gatedAct(
-    out: Float32Array,
-    gate: Float32Array,
-    up: Float32Array,
-    n: number,
-    act: 'silu' | 'gelu_tanh',
-  ): void {
+  readonly gatedAct: Backend['gatedAct'] = (out, gate, up, n, act) => {
     for (let i = 0; i < n; i++) {
       const g = gate[i];
       const a =
@@ -124,7 +90,7 @@ export class ReferenceBackend implements Backend {
           : 0.5 * g * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (g + 0.044715 * g ** 3)));
       out[i] = a * up[i];
     }
-  }
+  };
 }
 
 // ----------------------------------------------------------------------------

@@ -5,6 +5,7 @@
  * Letters: L layers, D d_model, H query heads, G key/value heads, E head dim, F MLP width, V vocab.
  */
 import { FormatError } from '../formats/errors.js';
+import { NO_SCALING, type RopeScaling, ggufRopeScaling, hfRope } from './rope-config.js';
 
 /** Architecture families the runtime implements. */
 export type Architecture = 'llama' | 'qwen2' | 'gemma3';
@@ -31,6 +32,8 @@ export interface ModelConfig {
   readonly rmsEps: number;
   /** Rotary base per layer (gemma3 uses a different base on sliding-window layers). */
   readonly ropeTheta: readonly number[];
+  /** How each layer's rotary frequencies are scaled from its base (src/model/rope.ts computes them). */
+  readonly ropeScaling: readonly RopeScaling[];
   /** Number of leading dimensions of each head that are rotated. */
   readonly ropeDim: number;
   /** Attention window per layer; 0 means full causal attention. */
@@ -86,37 +89,6 @@ function checkShape(c: ModelConfig, file: string): ModelConfig {
   return c;
 }
 
-function rejectRopeScaling(scaling: Json | null | undefined, file: string, key: string): void {
-  if (scaling === null || scaling === undefined) return;
-  const type = scaling.rope_type ?? scaling.type;
-  if (type === 'default' || type === undefined) return;
-  throw new FormatError(file, key, `rope scaling type ${JSON.stringify(type)} is not supported yet`);
-}
-
-/**
- * Rotary bases: transformers 5 writes `rope_parameters` ({rope_theta, rope_type}, or one such
- * record per layer type); older configs use `rope_theta` / `rope_local_base_freq` / `rope_scaling`.
- */
-function ropeBases(cfg: Json, file: string): { global: number; local: number } {
-  rejectRopeScaling(cfg.rope_scaling as Json | null | undefined, file, 'rope_scaling');
-  const params = cfg.rope_parameters as Record<string, Json> | undefined;
-  let global = num(cfg, 'rope_theta', file, 10000);
-  let local = num(cfg, 'rope_local_base_freq', file, 10000);
-  if (params && typeof params === 'object') {
-    if ('full_attention' in params || 'sliding_attention' in params) {
-      for (const [kind, p] of Object.entries(params)) {
-        rejectRopeScaling(p, file, `rope_parameters.${kind}`);
-        if (kind === 'full_attention') global = num(p, 'rope_theta', file, global);
-        if (kind === 'sliding_attention') local = num(p, 'rope_theta', file, local);
-      }
-    } else {
-      rejectRopeScaling(params as Json, file, 'rope_parameters');
-      global = num(params as Json, 'rope_theta', file, global);
-    }
-  }
-  return { global, local };
-}
-
 const HF_ARCHS: Record<string, Architecture> = {
   LlamaForCausalLM: 'llama',
   MistralForCausalLM: 'llama',
@@ -139,13 +111,13 @@ export function configFromHf(raw: Json, file: string): ModelConfig {
     );
   // Multimodal gemma3 checkpoints keep the language model's settings under text_config.
   const cfg = (arch === 'gemma3' && typeof raw.text_config === 'object' ? raw.text_config : raw) as Json;
-  const rope = ropeBases(cfg, file);
+  const rope = hfRope(cfg, file);
   const nLayers = positiveInt(cfg, 'num_hidden_layers', file);
   const dModel = positiveInt(cfg, 'hidden_size', file);
   const nHeads = positiveInt(cfg, 'num_attention_heads', file);
   const nKvHeads = positiveInt(cfg, 'num_key_value_heads', file, nHeads);
   const headDim = positiveInt(cfg, 'head_dim', file, dModel / nHeads);
-  const theta = rope.global;
+  const theta = rope.global.theta;
   const tied = Boolean(cfg.tie_word_embeddings ?? raw.tie_word_embeddings ?? arch === 'gemma3');
   const common = {
     nLayers,
@@ -167,7 +139,7 @@ export function configFromHf(raw: Json, file: string): ModelConfig {
       : gemma3LayerTypes(nLayers, positiveInt(cfg, 'sliding_window_pattern', file, 6));
     if (layerTypes.length !== nLayers)
       throw new FormatError(file, 'layer_types', `has ${layerTypes.length} entries for ${nLayers} layers`);
-    const localTheta = rope.local;
+    const localTheta = rope.local.theta;
     const act = String(cfg.hidden_activation ?? cfg.hidden_act ?? 'gelu_pytorch_tanh');
     if (act !== 'gelu_pytorch_tanh' && act !== 'gelu')
       throw new FormatError(file, 'hidden_activation', `unsupported activation ${JSON.stringify(act)}`);
@@ -178,6 +150,7 @@ export function configFromHf(raw: Json, file: string): ModelConfig {
         arch,
         ...common,
         ropeTheta: layerTypes.map((t) => (t === 'sliding_attention' ? localTheta : theta)),
+        ropeScaling: layerTypes.map((t) => (t === 'sliding_attention' ? rope.local : rope.global).scaling),
         window: layerTypes.map((t) => (t === 'sliding_attention' ? windowSize : 0)),
         attnScale: 1 / Math.sqrt(num(cfg, 'query_pre_attn_scalar', file, headDim)),
         act: 'gelu_tanh',
@@ -201,6 +174,7 @@ export function configFromHf(raw: Json, file: string): ModelConfig {
       arch,
       ...common,
       ropeTheta: new Array<number>(nLayers).fill(theta),
+      ropeScaling: new Array<RopeScaling>(nLayers).fill(rope.global.scaling),
       window: new Array<number>(nLayers).fill(slidingWindow),
       attnScale: 1 / Math.sqrt(headDim),
       act: 'silu',
@@ -223,6 +197,7 @@ function gemma3LayerTypes(nLayers: number, pattern: number): string[] {
 /** Minimal view of GGUF metadata needed here (keeps this file independent of the reader). */
 export interface MetadataReader {
   has(key: string): boolean;
+  keys(): Iterable<string>;
   number(key: string): number;
   string(key: string): string;
 }
@@ -231,9 +206,14 @@ const GGUF_ARCHS: Record<string, Architecture> = { llama: 'llama', qwen2: 'qwen2
 
 /**
  * Reads GGUF metadata. `vocabSize` comes from the token embedding's shape because many files
- * omit `{arch}.vocab_size`.
+ * omit `{arch}.vocab_size`; `ropeFreqFactors` is the `rope_freqs.weight` tensor, if the file has one.
  */
-export function configFromGguf(meta: MetadataReader, file: string, vocabSize: number): ModelConfig {
+export function configFromGguf(
+  meta: MetadataReader,
+  file: string,
+  vocabSize: number,
+  ropeFreqFactors?: Float32Array,
+): ModelConfig {
   const archName = meta.string('general.architecture');
   const arch = GGUF_ARCHS[archName];
   if (!arch)
@@ -244,17 +224,20 @@ export function configFromGguf(meta: MetadataReader, file: string, vocabSize: nu
     );
   const k = (key: string) => `${archName}.${key}`;
   const opt = (key: string, fallback: number) => (meta.has(k(key)) ? meta.number(k(key)) : fallback);
-  if (meta.has(k('rope.scaling.type'))) {
-    const type = meta.string(k('rope.scaling.type'));
-    if (type !== 'none')
-      throw new FormatError(file, k('rope.scaling.type'), `rope scaling ${type} is not supported yet`);
-  }
   const nLayers = meta.number(k('block_count'));
   const dModel = meta.number(k('embedding_length'));
   const nHeads = meta.number(k('attention.head_count'));
   const nKvHeads = opt('attention.head_count_kv', nHeads);
   const headDim = opt('attention.key_length', dModel / nHeads);
   const theta = opt('rope.freq_base', 10000);
+  const ropeDim = opt('rope.dimension_count', headDim);
+  if (ropeFreqFactors && arch !== 'llama')
+    throw new FormatError(
+      file,
+      'rope_freqs.weight',
+      `rotary frequency factors are not supported for ${arch}`,
+    );
+  const scaling = ggufRopeScaling(meta, file, archName, ropeDim, ropeFreqFactors);
   const common = {
     arch,
     nLayers,
@@ -265,12 +248,12 @@ export function configFromGguf(meta: MetadataReader, file: string, vocabSize: nu
     ffnDim: meta.number(k('feed_forward_length')),
     vocabSize,
     rmsEps: opt('attention.layer_norm_rms_epsilon', 1e-6),
-    ropeDim: opt('rope.dimension_count', headDim),
+    ropeDim,
     maxContext: opt('context_length', 4096),
   };
   if (arch === 'gemma3') {
-    // llama.cpp's gemma3 files do not store the layer pattern or the local rotary base; it assumes
-    // these. A pattern key, when present, wins.
+    // llama.cpp's gemma3 files do not store the layer pattern or (before rope.freq_base_swa) the
+    // local rotary base; it assumes these. Keys, when present, win.
     const pattern = opt('attention.sliding_window_pattern', 6);
     const windowSize = opt('attention.sliding_window', 4096);
     const types = gemma3LayerTypes(nLayers, pattern);
@@ -278,7 +261,9 @@ export function configFromGguf(meta: MetadataReader, file: string, vocabSize: nu
       {
         ...common,
         tiedEmbeddings: true,
-        ropeTheta: types.map((t) => (t === 'sliding_attention' ? 10000 : theta)),
+        ropeTheta: types.map((t) => (t === 'sliding_attention' ? opt('rope.freq_base_swa', 10000) : theta)),
+        // llama.cpp scales only the global layers of gemma3, as transformers' gemma3 does
+        ropeScaling: types.map((t) => (t === 'sliding_attention' ? NO_SCALING : scaling)),
         window: types.map((t) => (t === 'sliding_attention' ? windowSize : 0)),
         attnScale: 1 / Math.sqrt(headDim),
         act: 'gelu_tanh',
@@ -296,6 +281,7 @@ export function configFromGguf(meta: MetadataReader, file: string, vocabSize: nu
       ...common,
       tiedEmbeddings: false, // decided by the loader from the presence of output.weight
       ropeTheta: new Array<number>(nLayers).fill(theta),
+      ropeScaling: new Array<RopeScaling>(nLayers).fill(scaling),
       window: new Array<number>(nLayers).fill(window),
       attnScale: 1 / Math.sqrt(headDim),
       act: 'silu',

@@ -53,14 +53,22 @@ function sameShape(file: string, name: string, got: readonly number[], want: rea
     throw new FormatError(file, name, `has shape [${got.join(', ')}], expected [${want.join(', ')}]`);
 }
 
-function ggufSource(file: GgufFile, cfg: () => ModelConfig | undefined): TensorSource {
+/** A TensorSource that remembers what was read, so tensors nobody read can be refused. */
+interface TrackedSource extends TensorSource {
+  readonly consumed: Set<string>;
+}
+
+function ggufSource(file: GgufFile, cfg: () => ModelConfig | undefined): TrackedSource {
+  const consumed = new Set<string>();
   return {
     file: file.path,
+    consumed,
     has: (name) => file.tensors.has(name),
     read: (name, shape) => {
       const info = file.tensors.get(name);
       if (!info) throw new FormatError(file.path, name, 'missing tensor');
       sameShape(file.path, name, [...info.dims].reverse(), shape);
+      consumed.add(name);
       const data = readGgufTensorF32(file, name);
       const c = cfg();
       if (c?.arch === 'llama' && /\.attn_[qk]\.weight$/.test(name)) {
@@ -72,22 +80,60 @@ function ggufSource(file: GgufFile, cfg: () => ModelConfig | undefined): TensorS
   };
 }
 
-function hfSource(dir: HfModelDir): TensorSource {
+function hfSource(dir: HfModelDir): TrackedSource {
+  const consumed = new Set<string>();
   return {
     file: dir.dir,
+    consumed,
     has: (name) => dir.tensors.has(name),
     read: (name, shape) => {
       const info = dir.tensors.get(name);
       if (!info) throw new FormatError(dir.dir, name, 'missing tensor');
       sameShape(info.file, name, info.shape, shape);
+      consumed.add(name);
       return readSafetensorsTensorF32(info);
     },
   };
 }
 
+/**
+ * Tensors a checkpoint may carry that the forward pass rightly does without. Anything else left
+ * unread is an error: a tensor the loader does not know changes the model in a way it cannot run.
+ */
+const HARMLESS_HF_TENSORS: readonly { readonly pattern: RegExp; readonly reason: string }[] = [
+  {
+    pattern: /(^|\.)layers\.\d+\.self_attn\.rotary_emb\.inv_freq$/,
+    reason: 'old checkpoints saved the rotary buffer; it is recomputed from the config',
+  },
+  {
+    pattern: /^(model\.)?(vision_tower|multi_modal_projector)\./,
+    reason: "a multimodal gemma3's image encoder, unused for text",
+  },
+];
+
+/** Throws on the first tensor of `names` that was neither read nor listed as harmless. */
+function refuseUnread(
+  names: Iterable<string>,
+  consumed: ReadonlySet<string>,
+  fileOf: (name: string) => string,
+  harmless: readonly { readonly pattern: RegExp }[],
+): void {
+  for (const name of names) {
+    if (consumed.has(name) || harmless.some((h) => h.pattern.test(name))) continue;
+    throw new FormatError(
+      fileOf(name),
+      name,
+      'tensor not used by the loader: this architecture does not know it, so the model would run without it',
+    );
+  }
+}
+
 function fingerprint(cfg: ModelConfig, w: ModelWeights): string {
   const h = createHash('sha256');
-  h.update(JSON.stringify(cfg));
+  // Unscaled rotary leaves the field out, so models that predate it keep their fingerprints (and
+  // with them their activation caches and audit folders).
+  const { ropeScaling, ...rest } = cfg;
+  h.update(JSON.stringify(ropeScaling.every((s) => s.type === 'default') ? rest : cfg));
   for (const a of [w.embed, w.layers[0].wq, w.layers[w.layers.length - 1].wDown, w.finalNorm]) {
     const step = Math.max(1, Math.floor(a.length / 4096));
     const sample = new Float32Array(Math.ceil(a.length / step));
@@ -104,6 +150,7 @@ function metadataReader(file: GgufFile) {
   };
   return {
     has: (key: string) => file.metadata.has(key),
+    keys: () => file.metadata.keys(),
     number: (key: string) => {
       const v = get(key);
       if (typeof v === 'number') return v;
@@ -118,6 +165,9 @@ function metadataReader(file: GgufFile) {
   };
 }
 
+/** llama.cpp's llama3 rotary scaling: per-dimension divisors of the frequencies (config.ts). */
+const ROPE_FREQS = 'rope_freqs.weight';
+
 /** Loads a model named by a local path (.gguf file or Hugging Face directory) or a cached repo id. */
 export function loadModelFiles(nameOrPath: string, opts: LoadOptions = {}): LoadedModel {
   const source = resolveModelSource(nameOrPath);
@@ -125,21 +175,20 @@ export function loadModelFiles(nameOrPath: string, opts: LoadOptions = {}): Load
     const file = readGguf(source.path);
     const embed = file.tensors.get('token_embd.weight');
     if (!embed) throw new FormatError(file.path, 'token_embd.weight', 'missing tensor');
-    const base = configFromGguf(metadataReader(file), file.path, embed.dims[1]);
+    const ropeFreqs = file.tensors.has(ROPE_FREQS) ? readGgufTensorF32(file, ROPE_FREQS) : undefined;
+    const base = configFromGguf(metadataReader(file), file.path, embed.dims[1], ropeFreqs);
     const config: ModelConfig = {
       ...base,
       tiedEmbeddings: base.arch === 'gemma3' || !file.tensors.has('output.weight'),
       attnBias: base.attnBias || file.tensors.has('blk.0.attn_q.bias'),
     };
-    const weights = loadWeights(
-      config,
-      ggufSource(file, () => config),
-      ggufTensorNamer,
-      {
-        normPlusOne: false,
-        onLayer: opts.onProgress,
-      },
-    );
+    const tensors = ggufSource(file, () => config);
+    const weights = loadWeights(config, tensors, ggufTensorNamer, {
+      normPlusOne: false,
+      onLayer: opts.onProgress,
+    });
+    if (ropeFreqs) tensors.consumed.add(ROPE_FREQS);
+    refuseUnread(file.tensors.keys(), tensors.consumed, () => file.path, []);
     return {
       config,
       weights,
@@ -164,10 +213,17 @@ export function loadModelFiles(nameOrPath: string, opts: LoadOptions = {}): Load
   if (prefix === undefined)
     throw new FormatError(dir.dir, 'model.embed_tokens.weight', 'missing tensor (no token embedding found)');
   const namer = config.sandwichNorms ? hfSandwichNamer(prefix) : hfTensorNamer(prefix);
-  const weights = loadWeights(config, hfSource(dir), namer, {
+  const tensors = hfSource(dir);
+  const weights = loadWeights(config, tensors, namer, {
     normPlusOne: config.arch === 'gemma3',
     onLayer: opts.onProgress,
   });
+  refuseUnread(
+    dir.tensors.keys(),
+    tensors.consumed,
+    (name) => dir.tensors.get(name)!.file,
+    HARMLESS_HF_TENSORS,
+  );
   return {
     config,
     weights,

@@ -1,7 +1,7 @@
 /**
  * The forward pass: one function, read top to bottom. Works for every supported architecture;
  * the differences are flags in ModelConfig (qk norms, sandwich norms, biases, embedding scale,
- * per-layer window and rotary base).
+ * per-layer window and rotary frequencies).
  *
  * Letters: B sequences in the batch, M rows = tokens of all sequences packed one after another
  * (no padding, so a sequence's result cannot depend on its neighbours), D d_model, H query heads,
@@ -10,6 +10,7 @@
 import type { Backend } from '../engine/backend.js';
 import { type Hook, type HookContext, type HookFn, type HookName, blockHook } from '../hooks/hooks.js';
 import type { ModelConfig } from './config.js';
+import { ropeFrequencies } from './rope.js';
 import type { ModelWeights } from './weights.js';
 
 /** Keys and values of one sequence for every layer, grown as tokens arrive. */
@@ -165,6 +166,7 @@ export function forward(
   const out = new Float32Array(M * D); // a sub-block's contribution to the stream
   const gate = new Float32Array(M * F);
   const up = new Float32Array(M * F);
+  const rope = ropeFrequencies(cfg);
 
   for (let l = 0; l < cfg.nLayers; l++) {
     const lw = w.layers[l];
@@ -179,8 +181,9 @@ export function forward(
       be.rmsnorm(q, q, lw.qNorm, M * H, E, eps);
       be.rmsnorm(k, k, lw.kNorm, M * G, E, eps);
     }
-    be.rope(q, M, H, E, cfg.ropeDim, pos, cfg.ropeTheta[l]);
-    be.rope(k, M, G, E, cfg.ropeDim, pos, cfg.ropeTheta[l]);
+    const { invFreq, scale } = rope[l];
+    be.rope(q, M, H, E, cfg.ropeDim, pos, invFreq, scale);
+    be.rope(k, M, G, E, cfg.ropeDim, pos, invFreq, scale);
     for (let b = 0; b < B; b++) {
       const s = seqs[b];
       const T = s.tokens.length;

@@ -151,6 +151,16 @@ export function loadWeights(
   }
   const finalNorm = norm('final_norm', undefined, D);
   let lmHead = embed;
+  if (cfg.tiedEmbeddings && src.has(name('lm_head'))) {
+    // Some checkpoints save the tied matrix twice; a second matrix that differs is not tied.
+    const saved = src.read(name('lm_head'), [V, D]);
+    if (saved.some((v, i) => v !== embed[i]))
+      throw new FormatError(
+        src.file,
+        name('lm_head'),
+        'differs from the token embedding, but the config says embeddings are tied',
+      );
+  }
   if (!cfg.tiedEmbeddings) {
     if (!src.has(name('lm_head')))
       throw new FormatError(

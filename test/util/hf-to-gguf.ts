@@ -55,6 +55,8 @@ export function hfToGguf(dir: string, out: string, type: GgmlType = GgmlType.F32
     unknown
   >;
   const cfg = configFromHf(rawConfig, path.join(dir, 'config.json'));
+  if (cfg.ropeScaling.some((s) => s.type !== 'default'))
+    throw new Error(`hfToGguf: ${dir} has rotary scaling, which this helper does not write`);
   const st = readSafetensorsHeader(path.join(dir, 'model.safetensors'));
   const hfName = cfg.sandwichNorms ? hfSandwichNamer('model.') : hfTensorNamer('model.');
   const arch = cfg.arch;
@@ -75,7 +77,11 @@ export function hfToGguf(dir: string, out: string, type: GgmlType = GgmlType.F32
     });
   };
   add('embed', undefined);
-  for (let l = 0; l < cfg.nLayers; l++) for (const r of ROLES) add(r, l);
+  // Without sandwich norms, the HF name of post_attn_norm is that of mlp_norm: write it once.
+  const roles = cfg.sandwichNorms
+    ? ROLES
+    : ROLES.filter((r) => r !== 'post_attn_norm' && r !== 'post_mlp_norm');
+  for (let l = 0; l < cfg.nLayers; l++) for (const r of roles) add(r, l);
   add('final_norm', undefined);
   if (!cfg.tiedEmbeddings) add('lm_head', undefined);
 

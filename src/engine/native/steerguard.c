@@ -78,22 +78,18 @@ static void rmsnorm_forward(float *out, const float *x, const float *weight, int
   }
 }
 
-/* Rotate-half rotary embedding in place on x[M, heads, E]. */
-static int rope_forward(float *x, int M, int heads, int E, int rotDim, const int32_t *pos, float theta) {
+/* Rotate-half rotary embedding in place on x[M, heads, E], pair i turned by pos * inv_freq[i], with
+ * cos and sin multiplied by scale (YaRN's attention factor, 1 otherwise). */
+static int rope_forward(float *x, int M, int heads, int E, int rotDim, const int32_t *pos, const float *inv_freq,
+                        float scale) {
   int half = rotDim / 2;
-  float *inv = malloc((size_t)half * sizeof(float));
   float *cs = malloc((size_t)g_threads * 2 * half * sizeof(float));
-  if (!inv || !cs) {
-    free(inv);
-    free(cs);
-    return -1;
-  }
-  /* inv_freq and the angle rounded to fp32 at the same steps as Hugging Face: at position 30000 one
-   * fp32 ulp of the angle is 0.002 rad, so that rounding is part of the model as trained, and an angle
-   * kept in double would drift from HF by more than any other kernel here. pow, cos and sin are taken
-   * in double and rounded once, which gives the correctly rounded fp32 value that PyTorch's ~1-ulp
-   * fp32 versions return in nearly every case, and the same value on every libm. */
-  for (int i = 0; i < half; i++) inv[i] = 1.0f / (float)pow((double)theta, (double)((float)(2 * i) / (float)rotDim));
+  if (!cs) return -1;
+  /* the angle is rounded to fp32 at the same step as Hugging Face: at position 30000 one fp32 ulp of
+   * the angle is 0.002 rad, so that rounding is part of the model as trained, and an angle kept in
+   * double would drift from HF by more than any other kernel here. cos and sin are taken in double and
+   * rounded once, which gives the correctly rounded fp32 value that PyTorch's ~1-ulp fp32 versions
+   * return in nearly every case, and the same value on every libm; then scaled in fp32, as HF does. */
 #pragma omp parallel num_threads(g_threads) if ((size_t)M * heads * rotDim >= PAR_MIN_WORK)
   {
     float *c = cs + (size_t)omp_get_thread_num() * 2 * half;
@@ -102,9 +98,9 @@ static int rope_forward(float *x, int M, int heads, int E, int rotDim, const int
     for (int m = 0; m < M; m++) {
       float p = (float)pos[m];
       for (int i = 0; i < half; i++) {
-        float a = p * inv[i];
-        c[i] = (float)cos((double)a);
-        s[i] = (float)sin((double)a);
+        float a = p * inv_freq[i];
+        c[i] = (float)cos((double)a) * scale;
+        s[i] = (float)sin((double)a) * scale;
       }
       for (int h = 0; h < heads; h++) {
         float *xh = x + ((size_t)m * heads + h) * E;
@@ -116,7 +112,6 @@ static int rope_forward(float *x, int M, int heads, int E, int rotDim, const int
       }
     }
   }
-  free(inv);
   free(cs);
   return 0;
 }
@@ -717,19 +712,20 @@ static napi_value js_rmsnorm(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* rope(x, M, heads, E, rotDim, pos, theta) */
+/* rope(x, M, heads, E, rotDim, pos, invFreq, scale) */
 static napi_value js_rope(napi_env env, napi_callback_info info) {
   const char *fn = "rope";
   napi_value a[MAX_ARGS];
-  view x, pos;
+  view x, pos, inv;
   int M, heads, E, rotDim;
-  double theta;
-  if (!get_args(env, info, 7, a)) return NULL;
+  double scale;
+  if (!get_args(env, info, 8, a)) return NULL;
   if (!get_view(env, a[0], napi_float32_array, fn, "x", false, &x) || !get_int(env, a[1], fn, "M", 0, &M) ||
       !get_int(env, a[2], fn, "heads", 1, &heads) || !get_int(env, a[3], fn, "E", 1, &E) ||
       !get_int(env, a[4], fn, "rotDim", 2, &rotDim) ||
       !get_view(env, a[5], napi_int32_array, fn, "pos", false, &pos) ||
-      !get_finite(env, a[6], fn, "theta", &theta))
+      !get_view(env, a[6], napi_float32_array, fn, "invFreq", false, &inv) ||
+      !get_finite(env, a[7], fn, "scale", &scale))
     return NULL;
   if (rotDim % 2 != 0 || rotDim > E) {
     char msg[160];
@@ -737,13 +733,19 @@ static napi_value js_rope(napi_env env, napi_callback_info info) {
     throw_range(env, msg);
     return NULL;
   }
-  if (!(theta > 0)) {
-    throw_range(env, "rope: theta must be > 0");
+  if (!check_len(env, fn, "x", &x, "M*heads*E", M, heads, E) || !check_len(env, fn, "pos", &pos, "M", M, 1, 1) ||
+      !check_len(env, fn, "invFreq", &inv, "rotDim/2", rotDim / 2, 1, 1) ||
+      !check_no_overlap(env, fn, "x", &x, (size_t)M * heads * E, "invFreq", &inv, (size_t)rotDim / 2, false))
     return NULL;
+  for (int i = 0; i < rotDim / 2; i++) {
+    if (!isfinite(((const float *)inv.data)[i])) {
+      char msg[160];
+      snprintf(msg, sizeof msg, "rope: invFreq[%d] must be finite, got %g", i, ((const float *)inv.data)[i]);
+      throw_range(env, msg);
+      return NULL;
+    }
   }
-  if (!check_len(env, fn, "x", &x, "M*heads*E", M, heads, E) || !check_len(env, fn, "pos", &pos, "M", M, 1, 1))
-    return NULL;
-  if (M > 0 && rope_forward(x.data, M, heads, E, rotDim, pos.data, (float)theta) != 0) throw_oom(env, fn);
+  if (M > 0 && rope_forward(x.data, M, heads, E, rotDim, pos.data, inv.data, (float)scale) != 0) throw_oom(env, fn);
   return NULL;
 }
 
