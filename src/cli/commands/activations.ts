@@ -139,6 +139,7 @@ export const activationsCommand = command(
     };
     process.on('SIGINT', onSigint);
     try {
+      for (const d of run.dropped) out.warn(`not resuming ${d}; computing it again`);
       if (run.resumed) out.info(`resuming: ${run.completed} of ${texts.length} prompts were already done`);
       const startedAt = performance.now();
       const progress = new Progress({
