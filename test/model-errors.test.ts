@@ -1,12 +1,15 @@
 /**
  * Bad model inputs fail with errors that name the file and the field: unsupported architectures
- * (both formats), missing or misshapen tensors, truncated weights.
+ * (both formats), missing or misshapen tensors, truncated weights; a NaN weight, which loads but
+ * must make generation and activation runs fail rather than give empty replies or NaN rows.
  */
 import assert from 'node:assert/strict';
 import {
   copyFileSync,
+  existsSync,
   mkdirSync,
   mkdtempSync,
+  readdirSync,
   readFileSync,
   rmSync,
   truncateSync,
@@ -15,7 +18,9 @@ import {
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import { FormatError } from '../src/formats/errors.js';
+import { ActivationRun, partialDir } from '../src/activations/store.js';
+import { extractLastToken } from '../src/concepts/activations.js';
+import { FormatError, SteerguardError } from '../src/formats/errors.js';
 import { GgmlType, writeGguf } from '../src/formats/gguf.js';
 import {
   readSafetensorsHeader,
@@ -97,4 +102,63 @@ test('truncated weights are reported, not read past the end', async () => {
 test('a config with inconsistent heads names the field', async () => {
   const dir = tinyCopy('heads', (c) => (c.num_key_value_heads = 3));
   await rejects(dir, /config\.json$/, /^num_key_value_heads$/);
+});
+
+test('a model with a NaN weight: generation and activations refuse it, nothing is written', async () => {
+  const dir = tinyCopy('nan-weight');
+  const st = readSafetensorsHeader(path.join(tiny, 'model.safetensors'));
+  const poisoned = 'model.layers.0.mlp.down_proj.weight';
+  writeSafetensors(
+    path.join(dir, 'model.safetensors'),
+    [...st.tensors.values()].map((t) => {
+      const data = readSafetensorsTensorF32(t);
+      if (t.name === poisoned) data[7] = NaN;
+      return { name: t.name, dtype: 'F32' as const, shape: t.shape, data };
+    }),
+  );
+  const model = await Model.load(dir);
+  const prompt = { tokens: [1, 5, 9, 12] };
+  await assert.rejects(
+    model.generate([prompt], { maxNewTokens: 4 }),
+    (e: unknown) => e instanceof SteerguardError && /non-finite logit \(NaN\)/.test((e as Error).message),
+  );
+  await assert.rejects(
+    model.generate([prompt], { maxNewTokens: 4, temperature: 0.7, seed: 1 }),
+    /non-finite logit/,
+  );
+
+  const cacheDir = path.join(tmp, 'nan-cache');
+  await assert.rejects(
+    extractLastToken(model, [prompt], { cacheDir }),
+    /prompt 0 gives a non-finite activation .* blocks\.0\.hook_resid_post/,
+  );
+  assert.equal(existsSync(cacheDir) ? readdirSync(cacheDir, { recursive: true }).length : 0, 0);
+
+  // The activation store, fed as `steerguard activations` feeds it.
+  const out = path.join(tmp, 'nan-acts.safetensors');
+  const hook = 'blocks.1.hook_resid_post';
+  const run = await ActivationRun.open(
+    out,
+    {
+      model: { fingerprint: model.identity.fingerprint },
+      hooks: [hook],
+      positions: 'last',
+      rowsPerPrompt: 1,
+      template: '',
+      promptFile: 'tokens',
+      column: '',
+      promptsHash: 'x',
+      nPrompts: 1,
+      dtype: 'F32',
+    },
+    { promptIds: ['p0'] },
+  );
+  const res = model.run([prompt], { cache: { names: [hook], positions: 'last' }, logits: 'none' });
+  await assert.rejects(
+    run.writeChunk({ start: 0, count: 1, activations: { [hook]: res.cache.get(hook)![0] } }),
+    /hook blocks\.1\.hook_resid_post has a non-finite value \(NaN\) for prompt 0/,
+  );
+  run.release();
+  assert.equal(existsSync(out), false);
+  assert.equal(existsSync(partialDir(out)), false);
 });
