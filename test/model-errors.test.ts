@@ -4,6 +4,7 @@
  * must make generation and activation runs fail rather than give empty replies or NaN rows.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import {
   copyFileSync,
   existsSync,
@@ -161,4 +162,39 @@ test('a model with a NaN weight: generation and activations refuse it, nothing i
   run.release();
   assert.equal(existsSync(out), false);
   assert.equal(existsSync(partialDir(out)), false);
+});
+
+test('a named pipe given as a model, config.json, concept or prompt file is refused at once', () => {
+  const fifoDir = path.join(tmp, 'fifo');
+  mkdirSync(fifoDir);
+  const fifo = path.join(fifoDir, 'model.gguf');
+  const made = spawnSync('mkfifo', [fifo]);
+  assert.equal(made.status, 0, 'mkfifo is needed for this test');
+  const hfDir = tinyCopy('fifo-config');
+  rmSync(path.join(hfDir, 'config.json'));
+  spawnSync('mkfifo', [path.join(hfDir, 'config.json')]);
+  // Opening a pipe blocks the whole process, so the attempts run in a child with a time limit.
+  const url = (rel: string): string => JSON.stringify(new URL(rel, import.meta.url).href);
+  const script = `
+    const { Model } = await import(${url('../src/model/model.js')});
+    const { Concept } = await import(${url('../src/concepts/concept.js')});
+    const { loadPromptFile } = await import(${url('../src/data/prompts.js')});
+    const [fifo, hfDir] = process.argv.slice(1);
+    const out = [];
+    const attempt = async (f) => { try { await f(); out.push('no error'); } catch (e) { out.push(e.name + ': ' + e.message); } };
+    await attempt(() => Model.load(fifo));
+    await attempt(() => Model.load(hfDir));
+    await attempt(() => Concept.load(fifo));
+    await attempt(() => loadPromptFile(fifo));
+    console.log(JSON.stringify(out));`;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script, fifo, hfDir], {
+    encoding: 'utf8',
+    timeout: 30_000,
+  });
+  assert.equal(r.signal, null, 'timed out: a pipe was opened and waited on');
+  const messages = JSON.parse(r.stdout) as string[];
+  assert.equal(messages.length, 4, r.stderr);
+  const pipe = /^FormatError: .*: is a named pipe \(FIFO\), not a regular file; give a file$/;
+  for (const m of messages) assert.match(m, pipe);
+  assert.ok(messages[0].includes(fifo) && messages[1].includes(path.join(hfDir, 'config.json')));
 });

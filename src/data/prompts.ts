@@ -11,6 +11,7 @@ import { readFileSync } from 'node:fs';
 import { extname } from 'node:path';
 
 import { FormatError, OptionError } from '../formats/errors.js';
+import { requireRegularFile } from '../formats/files.js';
 
 /** One prompt of a prompt file. */
 export interface PromptRecord {
@@ -123,6 +124,7 @@ export function loadPromptFile(path: string, options: LoadPromptOptions = {}): P
 }
 
 function readText(path: string): string {
+  requireRegularFile(path);
   let bytes: Buffer;
   try {
     bytes = readFileSync(path);
