@@ -8,16 +8,7 @@
  * edited) is refused with a message that says how to clear it, rather than guessed about.
  */
 import { randomBytes } from 'node:crypto';
-import {
-  closeSync,
-  fsyncSync,
-  openSync,
-  readFileSync,
-  renameSync,
-  rmSync,
-  writeFileSync,
-  writeSync,
-} from 'node:fs';
+import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 
 import { SteerguardError } from '../formats/errors.js';
@@ -71,18 +62,6 @@ function isAlive(pid: number): boolean {
   }
 }
 
-function writeLockAtomic(lockPath: string, text: string): void {
-  const tmp = `${lockPath}.tmp-${process.pid}`;
-  const fd = openSync(tmp, 'w');
-  try {
-    writeSync(fd, text);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, lockPath);
-}
-
 /**
  * Takes the lock at `lockPath` for writing `what` (a path, for messages) and returns its token.
  * Throws SteerguardError when another live process holds it, when it is held from another host,
@@ -117,7 +96,10 @@ export function acquireLock(lockPath: string, what: string): string {
       );
     }
   }
-  writeLockAtomic(lockPath, mine);
+  // Replaced by rename, so a reader never sees half a lock.
+  const tmp = `${lockPath}.tmp-${process.pid}`;
+  writeFileSync(tmp, mine);
+  renameSync(tmp, lockPath);
   // Two processes taking over the same stale lock at once: only the last rename wins.
   if (!ownsLock(lockPath, token)) {
     throw new SteerguardError(`${what} was claimed by another process at the same moment`);

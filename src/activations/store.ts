@@ -662,7 +662,11 @@ function usableChunks(work: string, m: Manifest): { good: ChunkEntry[]; dropped:
     };
     if (c.start !== next) break;
     try {
-      if (typeof c.sha256 !== 'string' || fileSha256(join(work, c.file)) !== c.sha256) {
+      if (typeof c.sha256 !== 'string') {
+        drop('the manifest has no checksum for it (written by an older steerguard)');
+        break;
+      }
+      if (fileSha256(join(work, c.file)) !== c.sha256) {
         drop('its checksum does not match the manifest');
         break;
       }
