@@ -182,7 +182,9 @@ function describeColumns(columns: readonly string[], fromFirstLine: boolean): st
       `the first line does not look like a header row (its ${columns.length} field${columns.length === 1 ? ' is' : 's are'} ` +
       'not column names), so the file seems to have no header: add a first line naming the columns, e.g. prompt'
     );
-  return `the file has ${columns.length === 1 ? 'column' : 'columns'} ${columns.map((c) => JSON.stringify(c)).join(', ')}`;
+  // JSON keys are names, not data, but may be long.
+  const shown = columns.map((c) => JSON.stringify(c.length <= 40 ? c : `${c.slice(0, 40)}…`));
+  return `the file has ${columns.length === 1 ? 'column' : 'columns'} ${shown.join(', ')}`;
 }
 
 function chooseColumn(path: string, table: RawTable, requested: string | undefined): string {
