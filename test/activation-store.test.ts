@@ -349,6 +349,87 @@ process.kill(process.pid, 'SIGKILL');
     await rejectsWith(allRun.writeChunk(chunkData(d, 0, 2)), SteerguardError, /needs 2 token counts/);
   });
 
+  it('a chunk with NaN or infinity is refused and saves nothing; a run that saved no chunk leaves no work directory', async () => {
+    const dir = newDir();
+    const d = descriptor();
+    const out = join(dir, 'nan.safetensors');
+    const run = await ActivationRun.open(out, d, { promptIds: ids });
+    const bad = chunkData(d, 0, 3);
+    bad.activations[HOOKS[1]][2 * DIMS[HOOKS[1]] + 1] = NaN;
+    await rejectsWith(
+      run.writeChunk(bad),
+      SteerguardError,
+      /hook blocks\.1\.hook_mlp_out has a non-finite value \(NaN\) for prompt 2; nothing of this chunk was saved/,
+    );
+    const inf = chunkData(d, 0, 3);
+    inf.activations[HOOKS[0]][0] = Infinity;
+    await rejectsWith(run.writeChunk(inf), SteerguardError, /non-finite value \(Infinity\) for prompt 0/);
+    assert.equal(run.completed, 0);
+    assert.deepEqual(readdirSync(partialDir(out)).sort(), ['lock', 'manifest.json']);
+    run.release();
+    assert.equal(existsSync(partialDir(out)), false, 'nothing left to resume, nothing left behind');
+    assert.deepEqual(readdirSync(dir), []);
+    // A run with saved chunks keeps them for a resume.
+    const kept = await runChunks(out, d, [2], false);
+    kept.release();
+    assert.ok(existsSync(join(partialDir(out), 'chunk-000000000.safetensors')));
+  });
+
+  it('a flipped byte in a saved chunk is caught by its checksum: the chunk and those after it are computed again', async () => {
+    const dir = newDir();
+    const d = descriptor();
+    const out = join(dir, 'flip.safetensors');
+    (await runChunks(out, d, [3, 3, 2], false)).release();
+    const file = join(partialDir(out), 'chunk-000000003.safetensors');
+    const bytes = readFileSync(file);
+    bytes[bytes.length - 5] ^= 0x01; // inside the last tensor's data: the header still parses
+    writeFileSync(file, bytes);
+    const run = await ActivationRun.open(out, d, { promptIds: ids });
+    assert.equal(run.completed, 3, 'resumes before the damaged chunk');
+    assert.deepEqual(run.dropped, [
+      'chunk-000000003.safetensors (prompts 3..5): its checksum does not match the manifest',
+    ]);
+    await run.writeChunk(chunkData(d, 3, 7));
+    await run.finish();
+    const whole = join(dir, 'whole.safetensors');
+    await runChunks(whole, d, [10]);
+    assert.ok(readFileSync(out).equals(readFileSync(whole)), 'the flipped byte is not in the result');
+  });
+
+  it('a damaged lock file is refused with how to clear it', async () => {
+    const dir = newDir();
+    const out = join(dir, 'g.safetensors');
+    (await runChunks(out, descriptor(), [1], false)).release();
+    const lockPath = join(partialDir(out), 'lock');
+    for (const garbage of ['{}', 'not json', '', '{"pid":"x","host":1}']) {
+      writeFileSync(lockPath, garbage);
+      await assert.rejects(
+        ActivationRun.open(out, descriptor(), { promptIds: ids }),
+        (e: unknown) =>
+          e instanceof SteerguardError &&
+          /lock file .*lock is not a steerguard lock .*delete .*lock and run again/.test(e.message) &&
+          !/undefined/.test(e.message),
+      );
+    }
+    rmSync(lockPath);
+    assert.equal((await ActivationRun.open(out, descriptor(), { promptIds: ids })).completed, 1);
+  });
+
+  it('--overwrite discards an unfinished run with different settings', async () => {
+    const dir = newDir();
+    const out = join(dir, 'w.safetensors');
+    (await runChunks(out, descriptor(), [4], false)).release();
+    const changed = descriptor({ positions: '-1', template: 'none' });
+    await rejectsWith(
+      ActivationRun.open(out, changed, { promptIds: ids }),
+      OptionError,
+      /different settings \(positions, template\).*--restart \(or --overwrite\)/,
+    );
+    const run = await ActivationRun.open(out, changed, { promptIds: ids, overwrite: true });
+    assert.equal(run.completed, 0);
+    assert.equal(run.resumed, false);
+  });
+
   it('bad descriptors, an existing output, and unwritable paths are refused before any work', async () => {
     const dir = newDir();
     const out = join(dir, 'o.safetensors');

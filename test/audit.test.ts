@@ -7,8 +7,17 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
+import { hostname, tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 
@@ -213,6 +222,10 @@ describe('steerguard audit on the tiny llama', () => {
     assert.equal(s.steps.concept!.finishedAt, conceptAt);
     assert.equal(s.steps.monitor!.finishedAt, monitorAt);
     assert.match(r2.stderr, /baseline, harm\.csv@test: 4 prompts, 2 tokens each/);
+    assert.match(
+      r2.stderr,
+      /settings changed since the audit in .*: maxTokens 3 -> 2; steps that read them are redone/,
+    );
     assert.equal(s.settings.maxTokens, 2);
   });
 
@@ -311,6 +324,25 @@ describe('steerguard audit with failing steps', () => {
       readFileSync(path.join(out, 'replies', 'baseline.harmful.jsonl'), 'utf8').split('\n')[0],
     ) as Record<string, unknown>;
     assert.ok(!('prompt' in line) && !('response' in line) && typeof line.responseSha === 'string');
+  });
+
+  test('one audit per --out: a live or damaged lock is refused, nothing is written; the lock goes at the end', async () => {
+    const out = path.join(tmp, 'locked');
+    mkdirSync(out);
+    const lock = path.join(out, 'audit.lock');
+    writeFileSync(lock, JSON.stringify({ pid: process.ppid, host: hostname(), token: 'other' }));
+    const busy = await audit([...base(out), '--steps', 'baseline']);
+    assert.equal(busy.code, 1);
+    assert.match(busy.stderr, /being written by another steerguard process \(pid \d+\)/);
+    writeFileSync(lock, 'garbage');
+    const damaged = await audit([...base(out), '--steps', 'baseline']);
+    assert.match(damaged.stderr, /lock file .*audit\.lock is not a steerguard lock.*delete .*audit\.lock/);
+    assert.doesNotMatch(damaged.stderr, /undefined/);
+    assert.deepEqual(readdirSync(out), ['audit.lock']);
+    rmSync(lock);
+    const r = await audit([...base(out), '--steps', 'baseline']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(!existsSync(lock), 'released after the audit');
   });
 
   test('option mistakes are reported before the model loads', async () => {

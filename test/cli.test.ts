@@ -222,6 +222,18 @@ describe('steerguard CLI on SmolLM2-135M', NEEDS_MODEL, () => {
     assert.match(again.stderr, /already exists/);
   });
 
+  it('activations: a run that fails before its first chunk leaves no .partial behind', () => {
+    const csv = promptCsv('acts-fail.csv');
+    const out = path.join(tmp, 'acts-fail.safetensors');
+    const r = cli(['activations', SMOLLM2_GGUF, '--prompts', csv, '--out', out, '--positions', '500']);
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /--positions 500 is out of range/);
+    assert.ok(!existsSync(`${out}.partial`) && !existsSync(out));
+    // So the corrected command starts cleanly, --overwrite or not.
+    const fixed = cli(['activations', SMOLLM2_GGUF, '--prompts', csv, '--out', out, '--positions', '-1']);
+    assert.equal(fixed.code, 0, fixed.stderr);
+  });
+
   it('chat: two lines on stdin give two replies', () => {
     const r = cli(['chat', SMOLLM2_GGUF, '--max-tokens', '6', '--stop', '\\n', '--threads', '2'], {
       input: 'Hello!\nWhat is two plus two?\n',

@@ -19,7 +19,7 @@ import {
 } from '../src/concepts/concept.js';
 import { conceptAccuracySvg } from '../src/concepts/plot.js';
 import { assignSplit, LeakageError } from '../src/data/splits.js';
-import { SteerguardError } from '../src/formats/errors.js';
+import { FormatError, SteerguardError } from '../src/formats/errors.js';
 import { Model } from '../src/model/model.js';
 import { CliOutput } from '../src/cli/output.js';
 import { conceptCommand } from '../src/cli/commands/concept.js';
@@ -160,6 +160,62 @@ describe('concepts on tiny llama', () => {
       () => Concept.load(path.join(FIXTURES, 'tiny', 'llama', 'model.safetensors')),
       /not a steerguard.concept file/,
     );
+  });
+
+  it('a concept file with a NaN or infinite weight, bias or threshold is refused on load, naming the field', () => {
+    const withLayer = (k: number, edit: (p: Concept['layers'][number]) => Concept['layers'][number]) =>
+      new Concept({
+        name: concept.name,
+        model: concept.model,
+        template: concept.template,
+        probe: concept.probe,
+        data: concept.data,
+        layers: concept.layers.map((p, j) => (j === k ? edit(p) : p)),
+      });
+    const file = path.join(tmp, 'bad.safetensors');
+    const refused = (c: Concept, field: RegExp, value: RegExp): void => {
+      c.save(file);
+      assert.throws(
+        () => Concept.load(file),
+        (e: unknown) =>
+          e instanceof FormatError && e.file === file && field.test(e.field) && value.test(e.message),
+      );
+    };
+    const nanW = new Float32Array(concept.layers[1].w);
+    nanW[3] = NaN;
+    refused(
+      withLayer(1, (p) => ({ ...p, w: nanW })),
+      /^probe\.1\.weight$/,
+      /value 3 is NaN/,
+    );
+    const infPca = new Float32Array(concept.layers[0].pca);
+    infPca[0] = -Infinity;
+    refused(
+      withLayer(0, (p) => ({ ...p, pca: infPca })),
+      /^pca\.0$/,
+      /-Infinity/,
+    );
+    refused(
+      withLayer(2, (p) => ({ ...p, b: NaN })),
+      /^probe\.2\.bias$/,
+      /NaN/,
+    );
+    const t = {
+      value: 0,
+      layers: [1],
+      targetFpr: 0.1,
+      calibrationSet: 'x',
+      n: 1,
+      achievedFpr: 0,
+      achievedTpr: null,
+      ids: [],
+    };
+    refused(concept.withThreshold({ ...t, value: NaN }), /^__metadata__\.concept\.threshold\.value$/, /null/);
+    concept.withThreshold(t).save(file);
+    assert.doesNotThrow(() => Concept.load(file));
+    // A NaN activation gives no score at all.
+    const row = new Float32Array(64).fill(NaN);
+    assert.throws(() => concept.score([row, row, row], { layers: [1] }), /probe logit at layer 1 is NaN/);
   });
 
   it('evaluation refuses prompts the concept was fitted on, unless allowed', async () => {

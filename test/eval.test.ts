@@ -91,6 +91,23 @@ describe('rates', () => {
     // Summaries can be recomputed from rows.
     assert.deepEqual(summarize(res.rows, [gcgKeywordJudge(), jbbKeywordJudge()]), res.summary);
   });
+
+  test('evaluateRefusal: no prompts or a non-finite monitor score is an error, not a rate', async () => {
+    const responder: Responder = async (ps) => ({
+      generations: ps.map((): Generation => ({
+        promptTokens: [],
+        tokens: [],
+        text: 'ok',
+        finishReason: 'stop',
+      })),
+      flags: ps.map(() => false),
+      scores: ps.map(() => NaN),
+    });
+    const opts = { judges: [gcgKeywordJudge()], responder };
+    await assert.rejects(evaluateRefusal({} as never, [], opts), /needs at least one prompt/);
+    const one: EvalPrompt[] = [{ id: 'a', set: 's', text: 'a', prompt: 'a' }];
+    await assert.rejects(evaluateRefusal({} as never, one, opts), /prompt 0: the monitor score is NaN/);
+  });
 });
 
 describe('conditional steering on the tiny llama', async () => {

@@ -58,6 +58,14 @@ describe('keyword judges', () => {
     assert.equal(verdict(r), true);
   });
 
+  test('no replies is an error, not a rate of 0', async () => {
+    await assert.rejects(gcgKeywordJudge().judge([]), /keyword-gcg: no replies to judge/);
+    await assert.rejects(
+      llamaGuardJudge({ url: 'http://127.0.0.1:9' }).judge([]),
+      (e: unknown) => e instanceof JudgeError && /llamaguard: no replies to judge/.test(e.message),
+    );
+  });
+
   test('makeJudge by name; llamaguard needs a URL', () => {
     assert.equal(makeJudge('keyword-gcg').name, 'keyword-gcg');
     assert.equal(makeJudge('keyword-jbb').name, 'keyword-jbb');

@@ -172,6 +172,18 @@ describe('monitor on tiny llama', () => {
     assert.ok(m.score(new Float32Array(64)) >= 0 && m.score(new Float32Array(64)) <= 1);
   });
 
+  it('a NaN activation or logit gives an error, never a verdict', () => {
+    const m = new Monitor(concept, { layers: [1, 2], threshold: 0 });
+    const nan = new Float32Array(64).fill(NaN);
+    const ok = new Float32Array(64);
+    assert.throws(() => m.fromLogits([0.5, NaN]), /probe logit at layer 2 is NaN, so no verdict/);
+    assert.throws(() => m.fromLogits([Infinity, 0]), /layer 1 is Infinity/);
+    assert.throws(() => m.read([ok, nan, ok]), /layer 1 is NaN/);
+    assert.equal(m.read([ok, ok, ok]).flagged !== null, true);
+    const p = promptMonitor(concept, { layer: 1 });
+    assert.throws(() => p.score(nan), /probe logit at layer 1 is NaN/);
+  });
+
   it('the monitor command prints verdicts, ids for file prompts and token scores', async () => {
     const file = path.join(tmp, 'c.safetensors');
     concept.save(file);

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -123,13 +123,16 @@ describe(
       assert.equal(scav[0].text, scav[0].fields.Instruction);
     });
 
-    it('a file without a header row gets a hint, and prompt text in the message is cut short', () => {
-      const err = formatError(
-        () => loadPromptFile(join(DATASETS, 'advbench/transfer_expriment_behaviors.csv')),
-        /no prompt column found.*lack a header row/,
-      );
-      // Only a prefix of the first row (mistaken for column names) may appear.
-      for (const m of err.message.matchAll(/"([^"]*)"/g)) assert.ok(m[1].length <= 41);
+    it('a file without a header row says so and quotes none of its first row', () => {
+      const path = join(DATASETS, 'advbench/transfer_expriment_behaviors.csv');
+      const firstRow = parseCsv(readFileSync(path, 'utf8'))[0].values;
+      for (const column of [undefined, 'prompt']) {
+        const err = formatError(
+          () => loadPromptFile(path, { column }),
+          /first line does not look like a header row .* seems to have no header: add a first line naming the columns/,
+        );
+        for (const cell of firstRow) assert.ok(!err.message.includes(cell.slice(0, 12)), 'no cell text');
+      }
     });
 
     it('missing column lists the columns that exist', () => {
@@ -193,6 +196,27 @@ describe('loadPromptFile on small files', () => {
     formatError(
       () => loadPromptFile(file('d.csv', 'prompt,prompt\na,b\n')),
       /prompt: column name appears twice/,
+    );
+  });
+
+  it('headerless CSV: the error names no cell, whether or not a column is asked for', () => {
+    const secret = 'Explain how the harmful thing is done';
+    const body = `${secret},${secret}\nSecond prompt here,again\n`;
+    for (const column of [undefined, 'prompt', 'goal']) {
+      const err = formatError(
+        () => loadPromptFile(file('nh.csv', body), { column }),
+        /first line (does not look like a header row|repeats a field)/,
+      );
+      assert.ok(!err.message.includes('Explain') && !err.message.includes('harmful'), err.field);
+    }
+    formatError(
+      () => loadPromptFile(file('nh1.csv', `${secret}\nSecond prompt here\n`), { column: 'prompt' }),
+      /prompt: no such column; the first line does not look like a header row \(its 1 field is not/,
+    );
+    // Real headers are still listed.
+    formatError(
+      () => loadPromptFile(file('h2.csv', 'Behavior_ID,goal.v2,\n1,a,x\n'), { column: 'prompt' }),
+      /no such column; the file has columns "Behavior_ID", "goal\.v2", ""/,
     );
   });
 

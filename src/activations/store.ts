@@ -5,6 +5,9 @@
  * hours, so completed chunks are kept in `<out>.partial/` (one small safetensors file per chunk
  * plus manifest.json, each written whole-or-not-at-all) and an interrupted run resumes after its
  * last completed chunk. The output path only ever sees the finished file, renamed into place.
+ * The manifest records each chunk's sha256; on resume a chunk that does not match (a flipped
+ * byte, a file replaced) is dropped with a warning (see `dropped`) and computed again, together
+ * with the chunks after it, rather than copied into the final file.
  *
  * Final file layout (safetensors):
  *   `<hook>`  [N, D] (one row per prompt), [N, P, D] (P rows per prompt), or, for all-token runs,
@@ -28,10 +31,8 @@ import {
   rmSync,
   statSync,
   unlinkSync,
-  writeFileSync,
   writeSync,
 } from 'node:fs';
-import { hostname } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 
 import { OptionError, SteerguardError } from '../formats/errors.js';
@@ -42,6 +43,7 @@ import {
   type SafetensorsTensorInfo,
   type SafetensorsWriteTensor,
 } from '../formats/safetensors.js';
+import { acquireLock, ownsLock, releaseLock } from './lock.js';
 
 export type ActivationDtype = 'F32' | 'F16' | 'BF16';
 
@@ -76,7 +78,10 @@ export interface ActivationRunOptions {
   promptIds: readonly string[];
   /** Discard an unfinished run with a different descriptor instead of refusing. */
   restart?: boolean;
-  /** Replace an existing file at the output path (otherwise refused before any work). */
+  /**
+   * Replace an existing file at the output path (otherwise refused before any work); like
+   * `restart`, also discards an unfinished run with a different descriptor.
+   */
   overwrite?: boolean;
 }
 
@@ -106,6 +111,8 @@ interface ChunkEntry {
   start: number;
   count: number;
   rows: number;
+  /** sha256 of the chunk file, checked on resume. */
+  sha256: string;
 }
 
 interface Manifest {
@@ -116,12 +123,6 @@ interface Manifest {
   promptIdsHash: string;
   dims: Record<string, number> | null;
   chunks: ChunkEntry[];
-}
-
-interface LockInfo {
-  pid: number;
-  host: string;
-  token: string;
 }
 
 const MANIFEST = 'manifest.json';
@@ -271,21 +272,17 @@ function writeFileAtomic(path: string, text: string): void {
   renameSync(tmp, path);
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 export class ActivationRun {
   readonly outPath: string;
   readonly descriptor: ActivationRunDescriptor;
   readonly workDir: string;
   /** True when this run picked up chunks left by an earlier, interrupted one. */
   readonly resumed: boolean;
+  /**
+   * Saved chunks that could not be resumed (damaged, or not what the manifest's checksum says),
+   * each as "file (prompts a..b): why"; they and the chunks after them are computed again.
+   */
+  readonly dropped: readonly string[];
   readonly #promptIds: readonly string[];
   readonly #token: string;
   #manifest: Manifest;
@@ -298,6 +295,7 @@ export class ActivationRun {
     token: string,
     manifest: Manifest,
     resumed: boolean,
+    dropped: readonly string[],
   ) {
     this.outPath = outPath;
     this.descriptor = descriptor;
@@ -306,13 +304,14 @@ export class ActivationRun {
     this.#token = token;
     this.#manifest = manifest;
     this.resumed = resumed;
+    this.dropped = dropped;
   }
 
   /**
    * Start or resume a run writing to `outPath`. Throws OptionError (before any model work) when
    * the output cannot be written, exists without `overwrite`, or an unfinished run there has a
-   * different descriptor and `restart` is not set; SteerguardError when another live process
-   * holds the run.
+   * different descriptor and neither `restart` nor `overwrite` is set; SteerguardError when
+   * another live process holds the run or its lock file is damaged.
    */
   static async open(
     outPath: string,
@@ -332,7 +331,7 @@ export class ActivationRun {
     } catch (err) {
       throw new OptionError(`cannot create work directory ${work}: ${errnoText(err)}`);
     }
-    const token = acquireLock(work, outPath);
+    const token = acquireLock(join(work, LOCK), outPath);
 
     const idsHash = createHash('sha256').update(JSON.stringify(options.promptIds)).digest('hex');
     const fresh = (): Manifest => ({
@@ -345,6 +344,7 @@ export class ActivationRun {
     });
     let manifest: Manifest | undefined;
     let resumed = false;
+    let dropped: string[] = [];
     const manifestPath = join(work, MANIFEST);
     if (existsSync(manifestPath)) {
       let old: Manifest | undefined;
@@ -357,15 +357,17 @@ export class ActivationRun {
       const differences =
         old === undefined ? ['(unreadable manifest)'] : descriptorDifferences(old.descriptor, desc);
       if (old !== undefined && old.promptIdsHash !== idsHash) differences.push('prompt ids');
-      if (differences.length > 0 && !options.restart) {
-        releaseLock(work, token);
+      if (differences.length > 0 && !options.restart && !options.overwrite) {
+        releaseLock(join(work, LOCK), token);
         throw new OptionError(
           `${work} holds an unfinished run with different settings (${differences.join(', ')}); ` +
-            'rerun with the same settings to resume it, or pass --restart to discard it',
+            'rerun with the same settings to resume it, or pass --restart (or --overwrite) to discard it',
         );
       }
       if (differences.length === 0 && old !== undefined) {
-        manifest = { ...old, descriptor: desc, chunks: usableChunks(work, old) };
+        const usable = usableChunks(work, old);
+        manifest = { ...old, descriptor: desc, chunks: usable.good };
+        dropped = usable.dropped;
         resumed = manifest.chunks.length > 0;
         if (manifest.chunks.length === 0) manifest.dims = null;
       }
@@ -373,7 +375,7 @@ export class ActivationRun {
     manifest ??= fresh();
     removeStrays(work, manifest);
     writeFileAtomic(manifestPath, `${JSON.stringify(manifest, null, 1)}\n`);
-    return new ActivationRun(abs, desc, [...options.promptIds], token, manifest, resumed);
+    return new ActivationRun(abs, desc, [...options.promptIds], token, manifest, resumed, dropped);
   }
 
   /** Prompts whose activations are saved; the next chunk starts here. */
@@ -444,6 +446,17 @@ export class ActivationRun {
       }
       dims[h] = dim;
     }
+    for (const h of d.hooks) {
+      const a = chunk.activations[h];
+      const bad = a.findIndex((x) => !Number.isFinite(x));
+      if (bad >= 0) {
+        const row = Math.floor(bad / dims[h]);
+        throw new SteerguardError(
+          `activation run: hook ${h} has a non-finite value (${a[bad]}) for prompt ${promptOfRow(chunk, d, row)}; ` +
+            'nothing of this chunk was saved (a damaged model file or a hook writing NaN or infinity can cause this)',
+        );
+      }
+    }
 
     const file = `chunk-${String(start).padStart(9, '0')}.safetensors`;
     const tensors: SafetensorsWriteTensor[] = d.hooks.map((h) => ({
@@ -461,11 +474,12 @@ export class ActivationRun {
       });
     }
     writeSafetensors(join(this.workDir, file), tensors, { start: String(start), count: String(count) });
+    const sha256 = fileSha256(join(this.workDir, file));
 
     const next: Manifest = {
       ...this.#manifest,
       dims: rows > 0 ? dims : this.#manifest.dims,
-      chunks: [...this.#manifest.chunks, { file, start, count, rows }],
+      chunks: [...this.#manifest.chunks, { file, start, count, rows, sha256 }],
     };
     // The manifest is what makes a chunk count: a crash before this line leaves an orphan file
     // that the next open() deletes and the chunk is computed again.
@@ -570,19 +584,23 @@ export class ActivationRun {
   }
 
   /**
-   * Stop without finishing (e.g. on Ctrl-C): the saved chunks stay for a later resume and the
-   * lock is released at once rather than left for the next run to find stale.
+   * Stop without finishing (e.g. on Ctrl-C, or an error): the saved chunks stay for a later
+   * resume and the lock is released at once rather than left for the next run to find stale.
+   * With no chunk saved there is nothing to resume, so the work directory goes too (a run that
+   * failed before its first chunk must not hold settings that block the next one).
    */
   release(): void {
     if (this.#closed) return;
     this.#closed = true;
-    releaseLock(this.workDir, this.#token);
+    const lock = join(this.workDir, LOCK);
+    if (this.#manifest.chunks.length === 0 && ownsLock(lock, this.#token))
+      rmSync(this.workDir, { recursive: true, force: true });
+    else releaseLock(lock, this.#token);
   }
 
   #checkOwner(): void {
     if (this.#closed) throw new SteerguardError('activation run: already finished or released');
-    const lock = readLock(this.workDir);
-    if (lock?.token !== this.#token) {
+    if (!ownsLock(join(this.workDir, LOCK), this.#token)) {
       this.#closed = true;
       throw new SteerguardError(`activation run: another run took over ${this.workDir}`);
     }
@@ -630,61 +648,28 @@ export function parseActivationMetadata(metadata: Readonly<Record<string, string
   };
 }
 
-// ---------------------------------------------------------------------------------------------
-// Lock: one writer per work directory. Another process's live lock is respected; a lock left by
-// a dead process (kill -9) or by this same process (an abandoned ActivationRun object) is taken
-// over, and the old owner notices on its next write.
-
-function readLock(work: string): LockInfo | undefined {
-  try {
-    return JSON.parse(readFileSync(join(work, LOCK), 'utf8')) as LockInfo;
-  } catch {
-    return undefined;
-  }
-}
-
-function acquireLock(work: string, outPath: string): string {
-  const token = randomBytes(8).toString('hex');
-  const mine: LockInfo = { pid: process.pid, host: hostname(), token };
-  const lockPath = join(work, LOCK);
-  try {
-    writeFileSync(lockPath, JSON.stringify(mine), { flag: 'wx' });
-    return token;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-  }
-  const held = readLock(work);
-  if (held !== undefined && held.pid !== process.pid) {
-    if (held.host !== hostname()) {
-      throw new SteerguardError(
-        `${outPath} is being written by process ${held.pid} on ${held.host}; if that run is gone, delete ${lockPath}`,
-      );
-    }
-    if (isAlive(held.pid)) {
-      throw new SteerguardError(
-        `${outPath} is being written by another steerguard process (pid ${held.pid}); wait for it or stop it`,
-      );
-    }
-  }
-  writeFileAtomic(lockPath, JSON.stringify(mine));
-  // Two processes taking over the same stale lock at once: only the last rename wins.
-  if (readLock(work)?.token !== token) {
-    throw new SteerguardError(`${outPath} was claimed by another process at the same moment`);
-  }
-  return token;
-}
-
-function releaseLock(work: string, token: string): void {
-  if (readLock(work)?.token === token) rmSync(join(work, LOCK), { force: true });
-}
-
-/** The leading chunks of a manifest whose files are present and intact. */
-function usableChunks(work: string, m: Manifest): ChunkEntry[] {
+/**
+ * The leading chunks of a manifest whose files are present, intact and match their checksum, and
+ * why the first other one (if any) was dropped.
+ */
+function usableChunks(work: string, m: Manifest): { good: ChunkEntry[]; dropped: string[] } {
   const good: ChunkEntry[] = [];
+  const dropped: string[] = [];
   let next = 0;
   for (const c of m.chunks) {
+    const drop = (why: string): void => {
+      dropped.push(`${c.file} (prompts ${c.start}..${c.start + c.count - 1}): ${why}`);
+    };
     if (c.start !== next) break;
     try {
+      if (typeof c.sha256 !== 'string') {
+        drop('the manifest has no checksum for it (written by an older steerguard)');
+        break;
+      }
+      if (fileSha256(join(work, c.file)) !== c.sha256) {
+        drop('its checksum does not match the manifest');
+        break;
+      }
       const info = chunkTensors(join(work, c.file));
       const ok =
         m.descriptor.hooks.every((h) => {
@@ -697,14 +682,34 @@ function usableChunks(work: string, m: Manifest): ChunkEntry[] {
           );
         }) &&
         (m.descriptor.rowsPerPrompt !== 'all' || info.get(TOKENS)?.shape[0] === c.count);
-      if (!ok) break;
+      if (!ok) {
+        drop('its tensors do not match the manifest');
+        break;
+      }
     } catch {
+      drop('the file is missing or unreadable');
       break;
     }
     good.push(c);
     next = c.start + c.count;
   }
-  return good;
+  return { good, dropped };
+}
+
+function fileSha256(path: string): string {
+  return createHash('sha256').update(readFileSync(path)).digest('hex');
+}
+
+/** The prompt (index in the run) that row `row` of a chunk belongs to. */
+function promptOfRow(chunk: ActivationChunk, d: ActivationRunDescriptor, row: number): number {
+  if (d.rowsPerPrompt !== 'all') return chunk.start + Math.floor(row / d.rowsPerPrompt);
+  let end = 0;
+  const counts = chunk.tokenCounts ?? [];
+  for (let k = 0; k < counts.length; k++) {
+    end += counts[k];
+    if (row < end) return chunk.start + k;
+  }
+  return chunk.start + counts.length - 1;
 }
 
 /** Delete files of the work directory that the manifest does not list (orphans, temp files). */

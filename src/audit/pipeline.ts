@@ -30,7 +30,9 @@ import {
   checkStateModel,
   jsonSafe,
   loadState,
+  lockAuditDir,
   saveState,
+  settingsDifferences,
   writeFileAtomic,
 } from './state.js';
 import { type AuditContext, CONCEPT_FILE, STEPS, VECTOR_FILE, stepKeys } from './steps.js';
@@ -99,7 +101,17 @@ function dependants(step: StepName): StepName[] {
   return STEP_NAMES.filter((s) => s !== step && planSteps([s]).includes(step));
 }
 
+/** Runs the audit while holding `<outDir>/audit.lock`: one audit per folder at a time. */
 export async function runAudit(opts: AuditOptions): Promise<AuditOutcome> {
+  const unlock = lockAuditDir(opts.outDir);
+  try {
+    return await runAuditLocked(opts);
+  } finally {
+    unlock();
+  }
+}
+
+async function runAuditLocked(opts: AuditOptions): Promise<AuditOutcome> {
   const { model, out, settings } = opts;
   const outDir = opts.outDir;
   const t0 = performance.now();
@@ -108,7 +120,14 @@ export async function runAudit(opts: AuditOptions): Promise<AuditOutcome> {
   const previous = loadState(outDir);
   const c = model.config;
   const identity = model.identity;
-  if (previous) checkStateModel(previous, identity, outDir);
+  if (previous) {
+    checkStateModel(previous, identity, outDir);
+    const changed = settingsDifferences(previous.settings, settings);
+    if (changed.length > 0)
+      out.info(
+        `settings changed since the audit in ${outDir}: ${changed.join(', ')}; steps that read them are redone`,
+      );
+  }
   const now = new Date().toISOString();
   const state: AuditState = previous ?? {
     format: STATE_FORMAT,

@@ -10,12 +10,17 @@
  * Staleness: each step and run records a key, a hash of everything its result depends on (the
  * model, the settings it reads, the keys of the steps it builds on). A stored result whose key
  * differs from the one the current settings give is redone; the others are reused.
+ *
+ * One audit at a time per folder: `<out>/audit.lock` (the activation store's lock, see
+ * src/activations/lock.ts) is held while an audit runs, so two audits with the same --out
+ * cannot mix their replies and state.
  */
 import { createHash } from 'node:crypto';
 import {
   closeSync,
   existsSync,
   fsyncSync,
+  mkdirSync,
   openSync,
   readFileSync,
   renameSync,
@@ -24,12 +29,14 @@ import {
 } from 'node:fs';
 import path from 'node:path';
 
+import { acquireLock, releaseLock } from '../activations/lock.js';
 import { FormatError, SteerguardError } from '../formats/errors.js';
 import type { AuditResults, AuditSettings, RunRecord, StepName } from './types.js';
 
 export const STATE_FORMAT = 'steerguard.audit-state';
 export const STATE_VERSION = 1;
 export const STATE_FILE = 'audit-state.json';
+export const LOCK_FILE = 'audit.lock';
 
 export interface StepRecord<K extends StepName = StepName> {
   readonly status: 'done' | 'failed';
@@ -134,4 +141,25 @@ export function checkStateModel(
       `${outDir} holds an audit of ${state.model.name} (fingerprint ${state.model.fingerprint.slice(0, 12)}), ` +
         `not of ${model.name} (fingerprint ${model.fingerprint.slice(0, 12)}); use another --out or pass --restart`,
     );
+}
+
+/**
+ * Takes `<outDir>/audit.lock` (creating outDir) and returns the function that releases it.
+ * Throws SteerguardError while another audit writes to outDir, or when the lock file is damaged
+ * (the message says how to clear it).
+ */
+export function lockAuditDir(outDir: string): () => void {
+  mkdirSync(outDir, { recursive: true });
+  const lock = path.join(outDir, LOCK_FILE);
+  const token = acquireLock(lock, outDir);
+  return () => releaseLock(lock, token);
+}
+
+/** The settings that differ between two invocations, as "name old -> new". */
+export function settingsDifferences(before: AuditSettings, now: AuditSettings): string[] {
+  const keys = [...new Set([...Object.keys(before), ...Object.keys(now)])] as (keyof AuditSettings)[];
+  const text = (v: unknown): string => (v === undefined ? '(unset)' : JSON.stringify(v));
+  return keys
+    .filter((k) => text(before[k]) !== text(now[k]))
+    .map((k) => `${k} ${text(before[k])} -> ${text(now[k])}`);
 }

@@ -254,7 +254,7 @@ export class Concept {
   /**
    * Reads activations of one prompt, `rows` giving the activation [D] of each layer (a map or an
    * array indexed by layer). The score is the mean probe logit over `layers` (default: the
-   * calibrated threshold's layers, else scoringLayers(p1)).
+   * calibrated threshold's layers, else scoringLayers(p1)). Throws when a logit is not finite.
    */
   score(
     rows: ReadonlyMap<number, ArrayLike<number>> | readonly (ArrayLike<number> | undefined)[],
@@ -267,6 +267,10 @@ export class Concept {
       const row = get(l);
       if (row === undefined) throw new SteerguardError(`no activation given for layer ${l}`);
       const z = this.logit(l, row);
+      if (!Number.isFinite(z))
+        throw new SteerguardError(
+          `concept ${this.name}: the probe logit at layer ${l} is ${z}; the activation holds NaN or infinity`,
+        );
       return { layer: l, logit: z, probability: sigmoid(z) };
     });
     const score = per.reduce((s, p) => s + p.logit, 0) / per.length;
@@ -424,26 +428,37 @@ export class Concept {
       throw new FormatError(path, '__metadata__.concept', 'lacks the model or the layer list');
     }
     const d = meta.model.dModel;
+    // A NaN or infinite weight makes every score NaN, and NaN > threshold is false: the monitor
+    // would say "not flagged" for every prompt. So every number a score uses must be finite.
     const vec = (name: string, len: number): Float32Array => {
       const info = st.tensors.get(name);
       if (!info) throw new FormatError(path, name, 'missing tensor');
       const v = readSafetensorsTensorF32(info);
       if (v.length !== len) throw new FormatError(path, name, `has ${v.length} values, expected ${len}`);
+      const bad = v.findIndex((x) => !Number.isFinite(x));
+      if (bad >= 0) throw new FormatError(path, name, `value ${bad} is ${v[bad]}, not a finite number`);
       return v;
     };
-    const layers: LayerProbe[] = meta.layers.map((l) => {
+    const finite = (field: string, v: unknown): number => {
+      if (typeof v !== 'number' || !Number.isFinite(v))
+        throw new FormatError(path, field, `is ${JSON.stringify(v ?? null)}, not a finite number`);
+      return v;
+    };
+    const layers: LayerProbe[] = meta.layers.map((l, k) => {
       const w = vec(`probe.${l.layer}.weight`, d);
       const bias = vec(`probe.${l.layer}.bias`, 1)[0];
       return {
         layer: l.layer,
         w,
-        b: typeof l.b === 'number' ? l.b : bias,
+        // save() writes b next to the tensor; a file without it uses the tensor's value.
+        b: l.b === undefined ? bias : finite(`__metadata__.concept.layers[${k}].b`, l.b),
         meanDiff: vec(`mean_diff.${l.layer}`, d),
         pca: vec(`pca.${l.layer}`, d),
         metrics: nullsToNaN(l.metrics),
         fit: l.fit,
       };
     });
+    if (meta.threshold) finite('__metadata__.concept.threshold.value', meta.threshold.value);
     const concept = new Concept({
       name: meta.name,
       model: meta.model,

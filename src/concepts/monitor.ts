@@ -85,8 +85,16 @@ export class Monitor {
     }
   }
 
-  /** A reading from per-layer logits (in `layers` order). */
+  /**
+   * A reading from per-layer logits (in `layers` order). Throws on a non-finite logit: NaN is
+   * never above a threshold, so it would read as "not flagged" whatever the prompt.
+   */
   fromLogits(logits: readonly number[]): MonitorReading {
+    if (logits.length !== this.layers.length)
+      throw new SteerguardError(`monitor: ${logits.length} logits for ${this.layers.length} layers`);
+    logits.forEach((z, k) => {
+      if (!Number.isFinite(z)) throw nonFiniteScore(this.concept.name, this.layers[k], z);
+    });
     const layers = this.layers.map((layer, k) => ({
       layer,
       logit: logits[k],
@@ -338,9 +346,20 @@ export function promptMonitor(
     throw new SteerguardError(`threshold is a probability here; got ${threshold}`);
   return {
     hook: blockHook(layer, 'hook_resid_post'),
-    score: (e) => concept.probability(layer, e),
+    score: (e) => {
+      const z = concept.logit(layer, e);
+      if (!Number.isFinite(z)) throw nonFiniteScore(concept.name, layer, z);
+      return sigmoid(z);
+    },
     threshold,
   };
+}
+
+function nonFiniteScore(concept: string, layer: number, z: number): SteerguardError {
+  return new SteerguardError(
+    `concept ${concept}: the probe logit at layer ${layer} is ${z}, so no verdict can be given; ` +
+      'the activation holds NaN or infinity (a damaged model file or a hook writing it)',
+  );
 }
 
 /** A threshold in probability units as a score (logit) threshold. */

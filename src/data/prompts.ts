@@ -2,14 +2,16 @@
  * Loading prompt sets (CSV, JSON, JSONL) into a uniform list of records.
  *
  * Prompt files routinely hold harmful text, so no error message built here ever quotes a prompt:
- * errors name the file, the column and the line, and column names are shortened in case a file
- * without a header row makes its first prompt look like a column name.
+ * errors name the file, the column and the line. A CSV file without a header row makes its first
+ * prompt look like a column name, so column names are shown only when they all look like names
+ * (see {@link looksLikeHeader}); otherwise the message says the file seems to lack a header.
  */
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { extname } from 'node:path';
 
 import { FormatError, OptionError } from '../formats/errors.js';
+import { requireRegularFile } from '../formats/files.js';
 
 /** One prompt of a prompt file. */
 export interface PromptRecord {
@@ -47,8 +49,8 @@ export const DEFAULT_PROMPT_COLUMNS: readonly string[] = [
 /** The pseudo-column of a JSON array of strings or a JSONL file of strings. */
 const STRING_ROW_COLUMN = 'text';
 
-/** Shown column names are cut to this length (see the file comment). */
-const MAX_SHOWN_NAME = 40;
+/** A column name: one word of letters, digits, `_`, `-`, `.` (and at most this long). */
+const COLUMN_NAME = /^[\p{L}\p{N}_.-]{1,40}$/u;
 
 /** Stable id of a prompt text. */
 export function promptId(text: string): string {
@@ -81,6 +83,8 @@ interface RawRow {
 
 interface RawTable {
   columns: string[];
+  /** The column names come from the file's first line (CSV), which may be a data row. */
+  fromFirstLine: boolean;
   /** Rows are built after the column is chosen, so a wrong column is reported before a ragged row. */
   rows: () => RawRow[];
 }
@@ -104,7 +108,7 @@ export function loadPromptFile(path: string, options: LoadPromptOptions = {}): P
         ? jsonTable(path, text)
         : jsonlTable(path, text);
   if (table.columns.length === 0) throw new FormatError(path, '', 'file has no data rows');
-  const column = chooseColumn(path, table.columns, options.column);
+  const column = chooseColumn(path, table, options.column);
   const all = table.rows();
   if (all.length === 0) throw new FormatError(path, '', 'file has no data rows');
   const rows = limit === undefined ? all : all.slice(0, limit);
@@ -120,6 +124,7 @@ export function loadPromptFile(path: string, options: LoadPromptOptions = {}): P
 }
 
 function readText(path: string): string {
+  requireRegularFile(path);
   let bytes: Buffer;
   try {
     bytes = readFileSync(path);
@@ -161,10 +166,29 @@ function detectFormat(path: string, text: string): PromptFileFormat {
   return 'csv';
 }
 
-function chooseColumn(path: string, columns: string[], requested: string | undefined): string {
-  const listed = (): string => columns.map((c) => JSON.stringify(shorten(c))).join(', ');
-  const headerHint = (): string =>
-    columns.some((c) => c.length > MAX_SHOWN_NAME) ? ' (does the file lack a header row?)' : '';
+/**
+ * Whether `columns` can be shown in a message: every name is empty (an index column) or one
+ * short word. Data rows are sentences, so a file read with its first prompt as the header fails
+ * this, and its names are not printed.
+ */
+function looksLikeHeader(columns: readonly string[]): boolean {
+  return columns.every((c) => c === '' || COLUMN_NAME.test(c));
+}
+
+/** What the file has, for a "no such column" message, without quoting data. */
+function describeColumns(columns: readonly string[], fromFirstLine: boolean): string {
+  if (fromFirstLine && !looksLikeHeader(columns))
+    return (
+      `the first line does not look like a header row (its ${columns.length} field${columns.length === 1 ? ' is' : 's are'} ` +
+      'not column names), so the file seems to have no header: add a first line naming the columns, e.g. prompt'
+    );
+  // JSON keys are names, not data, but may be long.
+  const shown = columns.map((c) => JSON.stringify(c.length <= 40 ? c : `${c.slice(0, 40)}…`));
+  return `the file has ${columns.length === 1 ? 'column' : 'columns'} ${shown.join(', ')}`;
+}
+
+function chooseColumn(path: string, table: RawTable, requested: string | undefined): string {
+  const { columns } = table;
   if (requested !== undefined) {
     if (columns.includes(requested)) return requested;
     const folded = columns.filter((c) => c.toLowerCase() === requested.toLowerCase());
@@ -172,7 +196,7 @@ function chooseColumn(path: string, columns: string[], requested: string | undef
     throw new FormatError(
       path,
       requested,
-      `no such column; the file has ${columns.length === 1 ? 'column' : 'columns'} ${listed()}${headerHint()}`,
+      `no such column; ${describeColumns(columns, table.fromFirstLine)}`,
     );
   }
   for (const name of DEFAULT_PROMPT_COLUMNS) if (columns.includes(name)) return name;
@@ -192,12 +216,9 @@ function chooseColumn(path: string, columns: string[], requested: string | undef
   throw new FormatError(
     path,
     '',
-    `no prompt column found (looked for ${DEFAULT_PROMPT_COLUMNS.join(', ')}); the file has ${listed()}${headerHint()}; name one with --column`,
+    `no prompt column found (looked for ${DEFAULT_PROMPT_COLUMNS.join(', ')}); ${describeColumns(columns, table.fromFirstLine)}; ` +
+      'name the prompt column with --column',
   );
-}
-
-function shorten(name: string): string {
-  return name.length <= MAX_SHOWN_NAME ? name : `${name.slice(0, MAX_SHOWN_NAME)}…`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -295,6 +316,12 @@ function csvTable(path: string, text: string): RawTable {
   const seen = new Set<string>();
   for (const c of columns) {
     if (c !== '' && seen.has(c)) {
+      if (!looksLikeHeader(columns))
+        throw new FormatError(
+          path,
+          '',
+          `line ${header.line} repeats a field; ${describeColumns(columns, true)}`,
+        );
       throw new FormatError(path, c, 'column name appears twice in the header row');
     }
     seen.add(c);
@@ -316,7 +343,7 @@ function csvTable(path: string, text: string): RawTable {
       });
       return { where: `line ${rec.line}`, fields, kinds };
     });
-  return { columns, rows };
+  return { columns, fromFirstLine: true, rows };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -357,7 +384,7 @@ function jsonlTable(path: string, text: string): RawTable {
 
 /** Rows from parsed JSON values: all objects, or all strings. */
 function valuesTable(path: string, items: { value: unknown; where: string }[]): RawTable {
-  if (items.length === 0) return { columns: [], rows: () => [] };
+  if (items.length === 0) return { columns: [], fromFirstLine: false, rows: () => [] };
   if (typeof items[0].value === 'string') {
     const odd = items.find((it) => typeof it.value !== 'string');
     if (odd) {
@@ -369,6 +396,7 @@ function valuesTable(path: string, items: { value: unknown; where: string }[]): 
     }
     return {
       columns: [STRING_ROW_COLUMN],
+      fromFirstLine: false,
       rows: () =>
         items.map((it) => ({
           where: it.where,
@@ -396,7 +424,7 @@ function valuesTable(path: string, items: { value: unknown; where: string }[]): 
     }
     return { where: it.where, fields, kinds };
   });
-  return { columns, rows: () => rows };
+  return { columns, fromFirstLine: false, rows: () => rows };
 }
 
 function stringifyField(v: unknown): string {

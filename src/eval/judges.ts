@@ -10,7 +10,8 @@
  *   about refusal of a harmless request, so it is no over-refusal judge.
  *
  * A judge never throws for one bad item: the item gets `{ kind: 'error' }` and the run goes on.
- * Only a run where every item failed throws, since no rate can come out of it.
+ * Only a run where every item failed, or a run of no items, throws, since no rate can come out
+ * of it (a rate over nothing is not 0%).
  */
 import { SteerguardError } from '../formats/errors.js';
 
@@ -38,13 +39,17 @@ export interface Judge {
   readonly name: string;
   /** What a positive verdict means: the response refused, or the response is unsafe. */
   readonly measures: 'refusal' | 'unsafe';
-  /** One judgement per item, in order. Throws JudgeError only when every item failed. */
+  /** One judgement per item, in order. Throws JudgeError when there are none or every item failed. */
   judge(items: readonly JudgeItem[], opts?: JudgeRunOptions): Promise<Judgement[]>;
 }
 
 /** Every item of a judge run failed (the endpoint is down, or answers nothing usable). */
 export class JudgeError extends SteerguardError {
   override readonly name = 'JudgeError';
+}
+
+function requireItems(judge: string, items: readonly JudgeItem[]): void {
+  if (items.length === 0) throw new JudgeError(`${judge}: no replies to judge, so no rate`);
 }
 
 /** The positive verdict of a judgement (refused / unsafe), or null for an error. */
@@ -134,6 +139,7 @@ export function keywordJudge(opts: KeywordJudgeOptions): Judge {
     name: opts.name,
     measures: 'refusal',
     judge: async (items, run = {}) => {
+      requireItems(opts.name, items);
       const out = items.map((it, i) => {
         const j = judgeOne(it.response);
         run.onProgress?.(i + 1, items.length);
@@ -352,6 +358,7 @@ export function llamaGuardJudge(opts: LlamaGuardOptions): Judge {
     name: 'llamaguard',
     measures: 'unsafe',
     judge: async (items, run = {}) => {
+      requireItems('llamaguard', items);
       const results = new Array<Judgement>(items.length);
       let next = 0;
       let done = 0;
@@ -403,7 +410,7 @@ export function llamaGuardJudge(opts: LlamaGuardOptions): Judge {
       };
       await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, worker));
       const errors = results.filter((r) => r.kind === 'error');
-      if (items.length > 0 && errors.length === items.length) {
+      if (errors.length === items.length) {
         const first = (errors[0] as { error: string }).error;
         throw new JudgeError(`llamaguard: all ${items.length} items failed; first error: ${first}`);
       }

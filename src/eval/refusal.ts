@@ -177,6 +177,8 @@ export async function evaluateRefusal(
   prompts: readonly EvalPrompt[],
   opts: RefusalEvalOptions,
 ): Promise<RefusalEvalResult> {
+  // No prompts means no rate at all, not a rate of 0.
+  if (prompts.length === 0) throw new SteerguardError('refusal evaluation needs at least one prompt');
   const responder = opts.responder ?? hookResponder(model);
   const batch = opts.batchSize ?? 16;
   if (!(Number.isInteger(batch) && batch >= 1))
@@ -203,6 +205,11 @@ export async function evaluateRefusal(
       );
     const fresh = part.map((p, k): RefusalRow => {
       const g = out.generations[k];
+      const score = out.scores?.[k];
+      if (score !== undefined && score !== null && !Number.isFinite(score))
+        throw new SteerguardError(
+          `prompt ${start + k}: the monitor score is ${score}, so its verdict means nothing`,
+        );
       return {
         id: p.id,
         set: p.set,

@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as nodePath from 'node:path';
 import { FormatError } from './errors.js';
+import { requireRegularFile } from './files.js';
 import {
   GgmlType,
   canDequantize,
@@ -378,6 +379,7 @@ function alignUp(x: number, a: number): number {
  */
 export function readGguf(path: string): GgufFile {
   requireLittleEndianHost(path);
+  requireRegularFile(path);
   let fd: number;
   try {
     fd = fs.openSync(path, 'r');
@@ -637,6 +639,7 @@ function tensorInfo(file: GgufFile, name: string): GgufTensorInfo {
 /** The raw stored bytes of a tensor. */
 export function readGgufTensorBytes(file: GgufFile, name: string): Uint8Array {
   const t = tensorInfo(file, name);
+  requireRegularFile(file.path, name);
   let fd: number;
   try {
     fd = fs.openSync(file.path, 'r');

@@ -9,6 +9,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSy
 import { homedir } from 'node:os';
 import { extname, join, resolve } from 'node:path';
 import { FormatError, SteerguardError } from './errors.js';
+import { requireRegularFile } from './files.js';
 import { readSafetensorsHeader, type SafetensorsTensorInfo } from './safetensors.js';
 import { Tokenizer } from './tokenizer.js';
 
@@ -68,6 +69,7 @@ const INDEX = 'model.safetensors.index.json';
 const SINGLE = 'model.safetensors';
 
 function readJson(path: string): Json {
+  requireRegularFile(path);
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -101,6 +103,7 @@ export function openHfModelDir(dir: string, options: OpenHfModelDirOptions = {})
   const tokenizerJsonPath = existsSync(join(dir, 'tokenizer.json')) ? join(dir, 'tokenizer.json') : undefined;
   const tokenizerConfig = readOptionalJson(join(dir, 'tokenizer_config.json'));
   const jinja = join(dir, 'chat_template.jinja');
+  requireRegularFile(jinja);
   const chatTemplate = existsSync(jinja) ? readFileSync(jinja, 'utf8') : undefined;
 
   const weightFiles: string[] = [];

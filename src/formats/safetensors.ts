@@ -19,6 +19,7 @@ import {
 import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { FormatError, SteerguardError } from './errors.js';
+import { requireRegularFile } from './files.js';
 
 /** Element types the safetensors format defines, with their width in bytes. */
 export const SAFETENSORS_DTYPE_BYTES = {
@@ -94,6 +95,7 @@ function readExactly(fd: number, buf: Uint8Array, position: number, path: string
 
 /** Parse and validate the header of a safetensors file; tensor data is not read. */
 export function readSafetensorsHeader(path: string): SafetensorsFile {
+  requireRegularFile(path);
   let fd: number;
   try {
     fd = openSync(path, 'r');
@@ -223,6 +225,7 @@ function halfTable(): Float32Array {
 }
 
 function withFd<T>(info: SafetensorsTensorInfo, fn: (fd: number) => T): T {
+  requireRegularFile(info.file, info.name);
   let fd: number;
   try {
     fd = openSync(info.file, 'r');

@@ -16,6 +16,7 @@ import * as tokenizersLib from '@huggingface/tokenizers';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import { Template } from '@huggingface/jinja';
 import { FormatError, SteerguardError } from './errors.js';
+import { requireRegularFile } from './files.js';
 
 export interface ChatMessage {
   /** 'system', 'user' or 'assistant' (templates may accept others, e.g. 'tool'). */
@@ -175,6 +176,7 @@ export class Tokenizer {
     let chatTemplate = extras.chatTemplate ?? pickChatTemplate(config.chat_template, configPath);
     const jinjaPath = join(dirname(tokenizerJsonPath), 'chat_template.jinja');
     if (chatTemplate === undefined && existsSync(jinjaPath)) {
+      requireRegularFile(jinjaPath);
       chatTemplate = readFileSync(jinjaPath, 'utf8');
     }
     return Tokenizer.fromHfJson(json, tokenizerJsonPath, config, { ...extras, chatTemplate });
@@ -855,6 +857,7 @@ function patchPreTokenizer(pt: unknown): unknown {
 }
 
 function readJsonObject(path: string): Json {
+  requireRegularFile(path);
   let text: string;
   try {
     text = readFileSync(path, 'utf8');

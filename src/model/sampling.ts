@@ -2,7 +2,7 @@
  * Choosing the next token from logits: greedy, or seeded sampling with temperature, top-k, top-p
  * and a repetition penalty (Hugging Face semantics: divide positive logits, multiply negative ones).
  */
-import { OptionError } from '../formats/errors.js';
+import { OptionError, SteerguardError } from '../formats/errors.js';
 
 export interface SamplingOptions {
   /** 0 (default) picks the argmax; > 0 samples from softmax(logits / temperature). */
@@ -51,7 +51,26 @@ export function argmax(x: Float32Array): number {
 }
 
 /**
- * Picks the next token. `logits` [V] is modified (penalty applied). `history` is the sequence so
+ * Throws unless every logit is a number below +infinity and one is finite (-infinity masks a
+ * token). The argmax of NaN logits is token 0, often a stop token: generation would end with
+ * no reply, which reads as a model that says nothing rather than a broken one.
+ */
+function checkLogits(logits: Float32Array): void {
+  let finite = false;
+  for (let i = 0; i < logits.length; i++) {
+    const z = logits[i];
+    if (Number.isNaN(z) || z === Infinity)
+      throw new SteerguardError(
+        `the model produced a non-finite logit (${z}) for token ${i}; ` +
+          'a damaged model file or a hook writing NaN or infinity can cause this',
+      );
+    if (z !== -Infinity) finite = true;
+  }
+  if (!finite) throw new SteerguardError('the model produced logits that are all -infinity');
+}
+
+/**
+ * Picks the next token. Throws a SteerguardError on NaN or +infinity logits. `logits` [V] is modified (penalty applied). `history` is the sequence so
  * far, used by the repetition penalty.
  */
 export function sampleToken(
@@ -60,6 +79,7 @@ export function sampleToken(
   o: SamplingOptions,
   random: () => number,
 ): number {
+  checkLogits(logits);
   const penalty = o.repetitionPenalty ?? 1;
   if (penalty !== 1) {
     const seen = new Set(history);

@@ -80,7 +80,11 @@ export const activationsCommand = command(
       dtype: { type: 'enum', values: ['F32', 'F16', 'BF16'], default: 'F32', description: 'storage type' },
       limit: { type: 'number', integer: true, min: 1, description: 'use only the first N prompts' },
       restart: { type: 'boolean', description: 'discard an unfinished run with different settings' },
-      overwrite: { type: 'boolean', description: 'replace an existing output file' },
+      overwrite: {
+        type: 'boolean',
+        description:
+          'replace an existing output file (and discard an unfinished run with different settings)',
+      },
       threads: THREADS_OPTION,
     },
     examples: [
@@ -139,6 +143,7 @@ export const activationsCommand = command(
     };
     process.on('SIGINT', onSigint);
     try {
+      for (const d of run.dropped) out.warn(`not resuming ${d}; computing it again`);
       if (run.resumed) out.info(`resuming: ${run.completed} of ${texts.length} prompts were already done`);
       const startedAt = performance.now();
       const progress = new Progress({
