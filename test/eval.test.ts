@@ -155,6 +155,59 @@ describe('conditional steering on the tiny llama', async () => {
     );
   });
 
+  test('two-sided gate: flagged prompts get one steering, clearly benign ones the other, uncertain ones none', async () => {
+    const sorted = [...scores].sort((a, b) => a - b);
+    // One prompt below the benign bound, one between the bounds, two above the threshold.
+    const benignBelow = (sorted[0] + sorted[1]) / 2;
+    const threshold = (sorted[1] + sorted[2]) / 2;
+    const toward = [
+      addVector(
+        hook,
+        Float32Array.from({ length: D }, (_, i) => (i % 2 ? 5 : -5)),
+      ),
+    ];
+    const away = [
+      addVector(
+        hook,
+        Float32Array.from({ length: D }, (_, i) => (i % 3 ? -4 : 4)),
+      ),
+    ];
+    const res = await conditionalGenerate(model, prompts, {
+      monitor: { hook, score: (e) => e[0], threshold, benignBelow },
+      steer: toward,
+      steerBenign: away,
+      maxNewTokens: 5,
+    });
+    const expected = scores.map((s) =>
+      s > threshold ? 'flagged' : s < benignBelow ? 'benign' : 'uncertain',
+    );
+    assert.deepEqual(
+      res.flags.map((f) => f.verdict),
+      expected,
+    );
+    assert.deepEqual([...expected].sort(), ['benign', 'flagged', 'flagged', 'uncertain']);
+    const byVerdict = {
+      flagged: await model.generate(prompts, { maxNewTokens: 5, hooks: toward }),
+      benign: await model.generate(prompts, { maxNewTokens: 5, hooks: away }),
+      uncertain: await model.generate(prompts, { maxNewTokens: 5 }),
+    };
+    res.flags.forEach((f, i) => assert.deepEqual(res.generations[i].tokens, byVerdict[f.verdict][i].tokens));
+    const b = res.flags.find((f) => f.verdict === 'benign')!.index;
+    assert.notDeepEqual(
+      byVerdict.benign[b].tokens,
+      byVerdict.uncertain[b].tokens,
+      'the benign steering must matter',
+    );
+    assert.throws(
+      () => monitorPrompts(model, prompts, { hook, score: (e) => e[0], threshold: 0, benignBelow: 1 }),
+      /benign bound must be a finite number at most the threshold/,
+    );
+    assert.throws(
+      () => monitorPrompts(model, prompts, { hook, score: () => NaN, threshold: 0 }),
+      /non-finite score/,
+    );
+  });
+
   test('a steering function is called per flagged prompt; equal arrays share a batch', async () => {
     const seen: number[] = [];
     const shared = [addVector(hook, new Float32Array(D))];

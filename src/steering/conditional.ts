@@ -1,6 +1,15 @@
 /**
  * Conditional steering: steer only the requests a monitor flags (the remedy O'Brien et al. name for
- * the over-refusal that always-on refusal steering causes).
+ * the over-refusal that always-on refusal steering causes), and optionally steer the other way the
+ * requests it judges clearly benign (two-sided gating: a model that over-refuses is steered away
+ * from refusal only where the monitor is confident that the request is harmless).
+ *
+ * Each prompt gets one verdict from its score s:
+ *   flagged    s > threshold             -> `steer` (e.g. add the refusal direction)
+ *   benign     s < benignBelow           -> `steerBenign` (e.g. ablate the refusal direction)
+ *   uncertain  benignBelow <= s <= threshold -> left alone
+ * Without `benignBelow` every unflagged prompt is benign, and without `steerBenign` benign prompts
+ * are left alone: one-sided gating.
  *
  * A hook cannot decide after the prompt pass that the prompt pass itself should have been
  * steered, so the work is done in two steps:
@@ -25,10 +34,17 @@ export interface PromptMonitor {
   score(e: Float32Array): number;
   /** Flag when score > threshold. */
   readonly threshold: number;
+  /** Clearly benign when score < benignBelow (at most `threshold`; default `threshold`). */
+  readonly benignBelow?: number;
 }
+
+/** What the monitor made of a prompt (see the file comment). */
+export type PromptVerdict = 'flagged' | 'benign' | 'uncertain';
 
 export interface PromptFlag {
   readonly index: number;
+  readonly verdict: PromptVerdict;
+  /** verdict === 'flagged'. */
   readonly flagged: boolean;
   readonly score: number;
 }
@@ -42,7 +58,10 @@ export type SteerSpec = readonly Hook[] | ((flag: PromptFlag) => readonly Hook[]
 
 export interface ConditionalOptions extends Omit<GenerateOptions, 'hooks'> {
   readonly monitor: PromptMonitor;
+  /** Steering for flagged prompts. */
   readonly steer: SteerSpec;
+  /** Steering for clearly benign prompts (default none). */
+  readonly steerBenign?: SteerSpec;
   /**
    * Hooks on every prompt, in the verdict pass too (e.g. an attack the defence must see through).
    * They run before the steering hooks.
@@ -64,6 +83,11 @@ export function monitorPrompts(
 ): PromptFlag[] {
   if (!Number.isFinite(monitor.threshold))
     throw new OptionError(`monitor threshold must be finite, got ${monitor.threshold}`);
+  const benignBelow = monitor.benignBelow ?? monitor.threshold;
+  if (!(Number.isFinite(benignBelow) && benignBelow <= monitor.threshold))
+    throw new OptionError(
+      `the benign bound must be a finite number at most the threshold ${monitor.threshold}, got ${benignBelow}`,
+    );
   const res = model.run(prompts, {
     hooks: opts.hooks,
     cache: { names: [monitor.hook], positions: 'last' },
@@ -73,7 +97,11 @@ export function monitorPrompts(
   const rows = res.cache.get(monitor.hook)!;
   return rows.map((e, index) => {
     const score = monitor.score(e);
-    return { index, flagged: score > monitor.threshold, score };
+    if (!Number.isFinite(score))
+      throw new OptionError(`the monitor gave prompt ${index} a non-finite score (${score}): no verdict`);
+    const verdict: PromptVerdict =
+      score > monitor.threshold ? 'flagged' : score < benignBelow ? 'benign' : 'uncertain';
+    return { index, verdict, flagged: verdict === 'flagged', score };
   });
 }
 
@@ -86,14 +114,17 @@ export async function conditionalGenerate(
   prompts: readonly Prompt[],
   opts: ConditionalOptions,
 ): Promise<ConditionalResult> {
-  const { monitor, steer, baseHooks = [], ...gen } = opts;
+  const { monitor, steer, steerBenign, baseHooks = [], ...gen } = opts;
   const flags = monitorPrompts(model, prompts, monitor, { hooks: baseHooks });
 
-  // Group prompts by the hooks they get; unflagged prompts share the empty group.
+  // Group prompts by the hooks they get; prompts left alone share the empty group.
   const groups = new Map<readonly Hook[], number[]>();
   const none: readonly Hook[] = [];
+  const hooksFor = (spec: SteerSpec | undefined, f: PromptFlag): readonly Hook[] =>
+    spec === undefined ? none : typeof spec === 'function' ? spec(f) : spec;
   for (const f of flags) {
-    const hooks = !f.flagged ? none : typeof steer === 'function' ? steer(f) : steer;
+    const hooks =
+      f.verdict === 'flagged' ? hooksFor(steer, f) : f.verdict === 'benign' ? hooksFor(steerBenign, f) : none;
     const list = groups.get(hooks) ?? [];
     list.push(f.index);
     groups.set(hooks, list);
