@@ -193,7 +193,7 @@ describe('monitor on tiny llama', () => {
       'ids',
       '--token-ids',
       '--threshold',
-      '0',
+      '0.5',
       '--generate',
       '3',
       '--cache-dir',
