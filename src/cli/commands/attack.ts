@@ -18,20 +18,14 @@ import {
   MODEL_OPTION,
   THREADS_OPTION,
   checkInputFile,
+  checkOutPath,
   command,
   loadModel,
   para,
   useChat,
   withInterrupt,
 } from './common.js';
-import {
-  GENERATION_OPTIONS,
-  JUDGE_OPTIONS,
-  OUTPUT_OPTIONS,
-  SET_OPTIONS,
-  checkOutPath,
-  writeRows,
-} from './eval.js';
+import { GENERATION_OPTIONS, JUDGE_OPTIONS, OUTPUT_OPTIONS, SET_OPTIONS, writeRows } from './eval.js';
 
 const METHODS = ['none', 'scav', 'ablate', 'subtract'] as const;
 type Method = (typeof METHODS)[number];

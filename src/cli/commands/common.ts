@@ -250,6 +250,18 @@ export function checkInputFile(flag: string, file: string | undefined): void {
 }
 
 /**
+ * Refuses to clobber an output file unless --overwrite, and checks its folder exists, so that
+ * no work is lost at the end.
+ */
+export function checkOutPath(file: string | undefined, overwrite: boolean): void {
+  if (file === undefined) return;
+  if (existsSync(file) && !overwrite)
+    throw new OptionError(`${file} already exists; remove it or pass --overwrite`);
+  const dir = path.dirname(path.resolve(file));
+  if (!existsSync(dir)) throw new OptionError(`folder ${dir} (of ${file}) does not exist`);
+}
+
+/**
  * Runs `work` with a signal that the first Ctrl-C aborts (`onInterrupt` says so); a second
  * Ctrl-C exits at once with 130.
  */

@@ -6,7 +6,7 @@
  * text is never printed, only counts and ids. Checks that need no model (sets, output path, split)
  * run before the model loads.
  */
-import { existsSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { basename } from 'node:path';
 
 import { OptionError } from '../../formats/errors.js';
@@ -24,6 +24,7 @@ import {
   SPLIT_OPTIONS,
   THREADS_OPTION,
   TOKEN_IDS_OPTION,
+  checkOutPath,
   command,
   loadModel,
   para,
@@ -43,6 +44,25 @@ export const CONCEPT_SET_OPTIONS = {
     description: 'first N prompts of each set (before any split)',
   },
   tokenIds: TOKEN_IDS_OPTION,
+} as const satisfies Record<string, OptionSpec>;
+
+/** The layers a monitor's score averages (monitor.ts uses them too). */
+export const SCORING_OPTIONS = {
+  p1: {
+    type: 'number',
+    min: 0,
+    max: 1,
+    default: 0.9,
+    description: 'layers above this probe accuracy make the score',
+  },
+  layers: {
+    type: 'list',
+    of: 'number',
+    integer: true,
+    min: 0,
+    placeholder: 'l1,l2',
+    description: 'score these layers instead',
+  },
 } as const satisfies Record<string, OptionSpec>;
 
 export const CACHE_OPTIONS = {
@@ -74,11 +94,6 @@ export function cacheSetting(o: { cacheDir?: string; noCache: boolean }): string
   if (o.noCache && o.cacheDir !== undefined)
     throw new OptionError('--cache-dir and --no-cache contradict each other');
   return o.noCache ? false : o.cacheDir;
-}
-
-function checkOut(path: string, overwrite: boolean): void {
-  if (existsSync(path) && !overwrite)
-    throw new OptionError(`${path} already exists; remove it or pass --overwrite`);
 }
 
 function ci(c: readonly [number, number]): string {
@@ -221,8 +236,8 @@ const trainCommand = command(TRAIN_SPEC, async (args, out) => {
   const o = args.options;
   const { parseSplit } = await import('../../data/splits.js');
   const split = parseSplit(o.split);
-  checkOut(o.out, o.overwrite);
-  if (o.svg !== undefined) checkOut(o.svg, o.overwrite);
+  checkOutPath(o.out, o.overwrite);
+  if (o.svg !== undefined) checkOutPath(o.svg, o.overwrite);
   const cacheDir = cacheSetting(o);
   const setOpts = { dataDir: o.dataDir, column: o.column, limit: o.limit, tokenIds: o.tokenIds };
   const pos = loadExamples(o.positive, setOpts);
@@ -397,7 +412,7 @@ const EVAL_SPEC = {
 const evalCommand = command(EVAL_SPEC, async (args, out) => {
   const o = args.options;
   const cacheDir = cacheSetting(o);
-  if (o.svg !== undefined) checkOut(o.svg, o.overwrite);
+  if (o.svg !== undefined) checkOutPath(o.svg, o.overwrite);
   const { Concept, evaluateConcept } = await import('../../concepts/concept.js');
   const peek = Concept.load(o.concept);
   const setOpts = { dataDir: o.dataDir, column: o.column, limit: o.limit, tokenIds: o.tokenIds };
@@ -510,21 +525,7 @@ const CALIBRATE_SPEC = {
     },
     ...CONCEPT_SET_OPTIONS,
     ...PART_OPTIONS,
-    p1: {
-      type: 'number',
-      min: 0,
-      max: 1,
-      default: 0.9,
-      description: 'layers above this probe accuracy make the score',
-    },
-    layers: {
-      type: 'list',
-      of: 'number',
-      integer: true,
-      min: 0,
-      placeholder: 'l1,l2',
-      description: 'score these layers instead',
-    },
+    ...SCORING_OPTIONS,
     ...CACHE_OPTIONS,
     overwrite: { type: 'boolean', description: 'replace an existing --out file (other than --concept)' },
     threads: THREADS_OPTION,
@@ -538,7 +539,7 @@ const CALIBRATE_SPEC = {
 const calibrateCommand = command(CALIBRATE_SPEC, async (args, out) => {
   const o = args.options;
   const cacheDir = cacheSetting(o);
-  if (o.out !== o.concept) checkOut(o.out, o.overwrite);
+  if (o.out !== o.concept) checkOutPath(o.out, o.overwrite);
   const { Concept } = await import('../../concepts/concept.js');
   const { calibrate } = await import('../../concepts/monitor.js');
   const peek = Concept.load(o.concept);
@@ -600,7 +601,7 @@ const SHOW_SPEC = {
 
 const showCommand = command(SHOW_SPEC, async (args, out) => {
   const o = args.options;
-  if (o.svg !== undefined) checkOut(o.svg, o.overwrite);
+  if (o.svg !== undefined) checkOutPath(o.svg, o.overwrite);
   const { Concept } = await import('../../concepts/concept.js');
   const concept = Concept.load(o.concept);
   if (o.svg !== undefined) {

@@ -18,8 +18,7 @@ import type { RefusalDirectionResult } from '../../steering/refusal-direction.js
 import { type CliOutput, formatNumber, formatTable } from '../output.js';
 import { Progress } from '../progress.js';
 import { fittedIdsOf } from '../../eval/steering.js';
-import { CHAT_OPTIONS, THREADS_OPTION, command, loadModel, para, useChat } from './common.js';
-import { checkOutPath } from './eval.js';
+import { CHAT_OPTIONS, THREADS_OPTION, checkOutPath, command, loadModel, para, useChat } from './common.js';
 
 /** Prompt ids of a fit, kept in the artefact (ids only: hashes of the normalised text). */
 const FITTED_IDS_KEY = 'steerguard.fitted_ids';

@@ -7,9 +7,6 @@
  * Prompts and replies are never printed: they go to the --out JSONL only (and not even there
  * with --redact).
  */
-import { existsSync } from 'node:fs';
-import path from 'node:path';
-
 import { OptionError, SteerguardError } from '../../formats/errors.js';
 import { checkLeakage } from '../../data/splits.js';
 import { buildJudges, runEvaluation } from '../../eval/evaluation.js';
@@ -29,6 +26,7 @@ import {
   THREADS_OPTION,
   TOKEN_IDS_OPTION,
   checkInputFile,
+  checkOutPath,
   command,
   loadModel,
   para,
@@ -111,15 +109,6 @@ export const OUTPUT_OPTIONS = {
 
 // ---------------------------------------------------------------------------------------------
 // Output
-
-/** Refuses to clobber --out unless --overwrite, and checks its folder exists, before any work. */
-export function checkOutPath(file: string | undefined, overwrite: boolean): void {
-  if (file === undefined) return;
-  if (existsSync(file) && !overwrite)
-    throw new OptionError(`${file} already exists; remove it or pass --overwrite`);
-  const dir = path.dirname(path.resolve(file));
-  if (!existsSync(dir)) throw new OptionError(`--out: folder ${dir} does not exist`);
-}
 
 const pct = (x: number) => (Number.isFinite(x) ? `${(100 * x).toFixed(1)}%` : '-');
 

@@ -11,7 +11,7 @@ import { checkTokenIds, loadExamples } from '../../eval/prompt-sets.js';
 import { formatNumber, formatTable } from '../output.js';
 import { cliReporter } from '../reporter.js';
 import { MODEL_OPTION, THREADS_OPTION, checkInputFile, command, loadModel, para } from './common.js';
-import { CACHE_OPTIONS, CONCEPT_SET_OPTIONS, cacheSetting } from './concept.js';
+import { CACHE_OPTIONS, CONCEPT_SET_OPTIONS, SCORING_OPTIONS, cacheSetting } from './concept.js';
 
 interface Row {
   /** Shown text: the prompt itself when typed, else `#index id`. */
@@ -52,21 +52,7 @@ export const monitorCommand = command(
         description:
           "flag when P = sigmoid(score) is above this probability, strictly between 0 and 1 (default: the concept's calibrated threshold)",
       },
-      p1: {
-        type: 'number',
-        min: 0,
-        max: 1,
-        default: 0.9,
-        description: 'layers above this probe accuracy make the score',
-      },
-      layers: {
-        type: 'list',
-        of: 'number',
-        integer: true,
-        min: 0,
-        placeholder: 'l1,l2',
-        description: 'score these layers instead',
-      },
+      ...SCORING_OPTIONS,
       generate: {
         type: 'number',
         integer: true,
