@@ -50,8 +50,16 @@ export type {
   PullOptions,
   PullProgress,
 } from './formats/hf.js';
-export { Tokenizer } from './formats/tokenizer.js';
-export type { ChatMessage, ChatTemplateOptions, EncodeOptions, DecodeOptions } from './formats/tokenizer.js';
+export { Tokenizer, StreamDecoder } from './formats/tokenizer.js';
+export type {
+  ChatMessage,
+  ChatTemplateOptions,
+  FormatPromptOptions,
+  EncodeOptions,
+  DecodeOptions,
+  HfTokenizerConfig,
+  GgufMetadataLike,
+} from './formats/tokenizer.js';
 
 // Engine --------------------------------------------------------------------------------------
 export type { Backend } from './engine/backend.js';
@@ -89,6 +97,10 @@ export type { SplitFractions, SplitName, Splits } from './data/splits.js';
 export { Concept, trainConcept, evaluateConcept } from './concepts/concept.js';
 export type {
   ConceptExample,
+  ConceptInit,
+  ConceptModel,
+  ConceptData,
+  ConceptScore,
   ConceptThreshold,
   ConceptEvaluation,
   TrainConceptOptions,
@@ -106,12 +118,19 @@ export type {
   CalibrateOptions,
 } from './concepts/monitor.js';
 export { scavHooks, scavStep } from './concepts/scav.js';
-export type { ScavOptions, ScavTarget } from './concepts/scav.js';
+export type { ScavOptions, ScavTarget, ScavMove } from './concepts/scav.js';
 
 // Methods: steering ---------------------------------------------------------------------------
 export { ControlVector } from './steering/control-vector.js';
+export type { ModelShape, ControlVectorMetadata } from './steering/control-vector.js';
 export { computeRefusalDirection, ablationHooks, additionHooks } from './steering/refusal-direction.js';
-export type { RefusalDirectionOptions, RefusalDirectionResult } from './steering/refusal-direction.js';
+export type {
+  RefusalDirectionOptions,
+  RefusalDirectionResult,
+  PromptSplit,
+  DirectionCandidate,
+  SelectionRules,
+} from './steering/refusal-direction.js';
 export { conditionalGenerate } from './steering/conditional.js';
 export type {
   PromptMonitor,
@@ -133,9 +152,9 @@ export type {
   RateSummary,
 } from './eval/refusal.js';
 export { gcgKeywordJudge, jbbKeywordJudge, llamaGuardJudge } from './eval/judges.js';
-export type { Judge, Judgement, JudgeItem, LlamaGuardOptions } from './eval/judges.js';
+export type { Judge, Judgement, JudgeItem, JudgeRunOptions, LlamaGuardOptions } from './eval/judges.js';
 export { languageFlaws } from './eval/flaws.js';
-export type { FlawOptions, FlawReport } from './eval/flaws.js';
+export type { FlawOptions, FlawReport, FlawReason, FlawMetrics, FlawThresholds } from './eval/flaws.js';
 export { silentReporter } from './eval/reporter.js';
 export type { Reporter, ProgressReporter } from './eval/reporter.js';
 
@@ -143,5 +162,21 @@ export type { Reporter, ProgressReporter } from './eval/reporter.js';
 export { runAudit, checkAuditInputs } from './audit/pipeline.js';
 export type { AuditOptions, AuditOutcome } from './audit/pipeline.js';
 export { STEP_NAMES } from './audit/types.js';
-export type { AuditSettings, StepName } from './audit/types.js';
-export type { AuditReport } from './audit/report.js';
+export type {
+  AuditSettings,
+  StepName,
+  AuditResults,
+  ConceptResult,
+  LayerResult,
+  MonitorResult,
+  BaselineResult,
+  SteeringResult,
+  SteeringPoint,
+  AttackResult,
+  AttackRun,
+  EvalSetsInfo,
+  Rate,
+  SetRates,
+  RunRecord,
+} from './audit/types.js';
+export type { AuditReport, StepStatus, Goal, MachineInfo } from './audit/report.js';
