@@ -113,9 +113,9 @@ function dependants(step: StepName): StepName[] {
 }
 
 /**
- * Loads every prompt set the settings name (files, columns, set names, token ids) and the
- * judges' names, and throws on the first problem: run before a model is
- * loaded or the output folder is made, so that a typo costs nothing.
+ * Loads every prompt set the settings name (files, columns, set names, token ids) and checks the
+ * judges' names, throwing on the first problem. runAudit calls it before it makes the output
+ * folder, and the CLI before it loads the model, so that a typo costs nothing.
  */
 export function checkAuditInputs(settings: AuditSettings, dataDir?: string): void {
   const s = settings;
