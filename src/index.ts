@@ -1,12 +1,76 @@
 /**
- * steerguard's library API. The whole surface fits on a page:
+ * steerguard's library API, on one page. Grouped by layer, lowest first (docs/ARCHITECTURE.md);
+ * every value here comes with the types its callers need to write down its options and results.
+ * Nothing here loads the command line (src/cli/) or node-llama-cpp (src/reference/).
  *
- * - `Model`: load a checkpoint (GGUF or Hugging Face safetensors), `run` prompts while caching any
- *   hook's activations, `generate` with hooks applied, `addHook` for persistent ones.
- * - Hooks: `HookName` (TransformerLens names), and the interventions `addVector`,
- *   `ablateDirection`, `replaceWith`, `mapRows` that return plain `Hook` values.
- * - Files: GGUF and safetensors readers/writers, prompt files, tokenizer.
+ * - Files: GGUF and safetensors readers and writers, Hugging Face folders and hub cache, the
+ *   tokenizer with chat templates, and the error types every layer throws.
+ * - Model: `Model.load` a checkpoint (GGUF or safetensors), `run` prompts while caching any hook's
+ *   activations, `generate` with hooks, `addHook` for persistent ones.
+ * - Hooks: TransformerLens names (`HookName`, `blockHook`), and the interventions `addVector`,
+ *   `ablateDirection`, `replaceWith`, `mapRows`, which return plain `Hook` values.
+ * - Data: prompt files and named prompt sets, seeded splits, the leakage guard.
+ * - Methods: SCAV concepts (train, evaluate, calibrate, monitor, attack), control vectors, the
+ *   refusal direction, conditional steering.
+ * - Evaluation: judges, language flaws, the refusal evaluation, and the `Reporter` interface that
+ *   long calls report progress through.
+ * - Audit: `runAudit`, the whole pipeline with its HTML and JSON report.
  */
+
+// Files ---------------------------------------------------------------------------------------
+export { SteerguardError, FormatError, OptionError } from './formats/errors.js';
+export {
+  readGguf,
+  readGgufTensorF32,
+  readGgufTensorBytes,
+  ggufMetadataEntries,
+  writeGguf,
+} from './formats/gguf.js';
+export type {
+  GgufFile,
+  GgufTensorInfo,
+  GgufValue,
+  GgufMetadataEntry,
+  GgufTensorInput,
+  GgufWriteInput,
+} from './formats/gguf.js';
+export { readSafetensorsHeader, readSafetensorsTensorF32, writeSafetensors } from './formats/safetensors.js';
+export type {
+  SafetensorsFile,
+  SafetensorsTensorInfo,
+  SafetensorsDtype,
+  SafetensorsWriteDtype,
+  SafetensorsWriteTensor,
+} from './formats/safetensors.js';
+export { openHfModelDir, openHfTokenizer, resolveModelSource, pullModel } from './formats/hf.js';
+export type {
+  HfModelDir,
+  OpenHfModelDirOptions,
+  ModelSource,
+  PullOptions,
+  PullProgress,
+} from './formats/hf.js';
+export { Tokenizer, StreamDecoder } from './formats/tokenizer.js';
+export type {
+  ChatMessage,
+  ChatTemplateOptions,
+  FormatPromptOptions,
+  EncodeOptions,
+  DecodeOptions,
+  HfTokenizerConfig,
+  GgufMetadataLike,
+} from './formats/tokenizer.js';
+
+// Engine --------------------------------------------------------------------------------------
+export type { Backend } from './engine/backend.js';
+
+// Hooks ---------------------------------------------------------------------------------------
+export { allHookNames, blockHook, parseHookName, BLOCK_HOOKS } from './hooks/hooks.js';
+export type { Hook, HookFn, HookContext, HookName, Positions, BlockHookKind } from './hooks/hooks.js';
+export { addVector, ablateDirection, replaceWith, mapRows } from './hooks/interventions.js';
+export type { RowInfo } from './hooks/interventions.js';
+
+// Model ---------------------------------------------------------------------------------------
 export { Model } from './model/model.js';
 export type {
   Prompt,
@@ -18,29 +82,101 @@ export type {
   HookHandle,
 } from './model/model.js';
 export type { ModelConfig, Architecture } from './model/config.js';
-export type { ModelIdentity } from './model/load.js';
+export type { ModelIdentity, LoadOptions } from './model/load.js';
 export type { SamplingOptions } from './model/sampling.js';
-export type { Hook, HookFn, HookContext, HookName, Positions, BlockHookKind } from './hooks/hooks.js';
-export { allHookNames, blockHook, parseHookName, BLOCK_HOOKS } from './hooks/hooks.js';
-export { addVector, ablateDirection, replaceWith, mapRows } from './hooks/interventions.js';
-export type { RowInfo } from './hooks/interventions.js';
-export type { Backend } from './engine/backend.js';
-export { SteerguardError, FormatError, OptionError } from './formats/errors.js';
 
-// Methods: safety concepts (SCAV), monitoring, steering, evaluation.
-export { Concept, trainConcept, evaluateConcept } from './concepts/concept.js';
-export type { TrainConceptOptions, LayerProbe, ProbeMetrics } from './concepts/concept.js';
-export { Monitor, calibrate, promptMonitor } from './concepts/monitor.js';
-export { scavHooks, scavStep } from './concepts/scav.js';
-export type { ScavOptions, ScavTarget } from './concepts/scav.js';
+// Data ----------------------------------------------------------------------------------------
+export { loadPromptFile } from './data/prompts.js';
+export type { PromptRecord, LoadPromptOptions } from './data/prompts.js';
 export { loadPromptSet, knownPromptSets } from './data/datasets.js';
-export type { PromptSet, SetPrompt } from './data/datasets.js';
-export { checkLeakage, LeakageError, splitItems } from './data/splits.js';
+export type { PromptSet, SetPrompt, LoadSetOptions } from './data/datasets.js';
+export { checkLeakage, LeakageError, splitItems, parseSplit } from './data/splits.js';
+export type { SplitFractions, SplitName, Splits } from './data/splits.js';
+
+// Methods: concepts ---------------------------------------------------------------------------
+export { Concept, trainConcept, evaluateConcept } from './concepts/concept.js';
+export type {
+  ConceptExample,
+  ConceptInit,
+  ConceptModel,
+  ConceptData,
+  ConceptScore,
+  ConceptThreshold,
+  ConceptEvaluation,
+  TrainConceptOptions,
+  TrainReport,
+  LayerProbe,
+  ProbeMetrics,
+} from './concepts/concept.js';
+export { Monitor, calibrate, promptMonitor } from './concepts/monitor.js';
+export type {
+  MonitorOptions,
+  MonitorReading,
+  TokenReading,
+  LayerReading,
+  MonitorGenerateOptions,
+  CalibrateOptions,
+} from './concepts/monitor.js';
+export { scavHooks, scavStep } from './concepts/scav.js';
+export type { ScavOptions, ScavTarget, ScavMove } from './concepts/scav.js';
+
+// Methods: steering ---------------------------------------------------------------------------
 export { ControlVector } from './steering/control-vector.js';
+export type { ModelShape, ControlVectorMetadata } from './steering/control-vector.js';
 export { computeRefusalDirection, ablationHooks, additionHooks } from './steering/refusal-direction.js';
+export type {
+  RefusalDirectionOptions,
+  RefusalDirectionResult,
+  PromptSplit,
+  DirectionCandidate,
+  SelectionRules,
+} from './steering/refusal-direction.js';
 export { conditionalGenerate } from './steering/conditional.js';
-export { evaluateRefusal } from './eval/refusal.js';
+export type {
+  PromptMonitor,
+  PromptFlag,
+  SteerSpec,
+  ConditionalOptions,
+  ConditionalResult,
+} from './steering/conditional.js';
+
+// Evaluation ----------------------------------------------------------------------------------
+export { evaluateRefusal, hookResponder } from './eval/refusal.js';
+export type {
+  EvalPrompt,
+  Responder,
+  ResponderOutput,
+  RefusalEvalOptions,
+  RefusalEvalResult,
+  RefusalRow,
+  RateSummary,
+} from './eval/refusal.js';
 export { gcgKeywordJudge, jbbKeywordJudge, llamaGuardJudge } from './eval/judges.js';
-export type { Judge, Judgement } from './eval/judges.js';
+export type { Judge, Judgement, JudgeItem, JudgeRunOptions, LlamaGuardOptions } from './eval/judges.js';
 export { languageFlaws } from './eval/flaws.js';
-export { runAudit } from './audit/pipeline.js';
+export type { FlawOptions, FlawReport, FlawReason, FlawMetrics, FlawThresholds } from './eval/flaws.js';
+export { silentReporter } from './eval/reporter.js';
+export type { Reporter, ProgressReporter } from './eval/reporter.js';
+
+// Audit ---------------------------------------------------------------------------------------
+export { runAudit, checkAuditInputs } from './audit/pipeline.js';
+export type { AuditOptions, AuditOutcome } from './audit/pipeline.js';
+export { STEP_NAMES } from './audit/types.js';
+export type {
+  AuditSettings,
+  StepName,
+  AuditResults,
+  ConceptResult,
+  LayerResult,
+  MonitorResult,
+  BaselineResult,
+  SteeringResult,
+  SteeringPoint,
+  AttackResult,
+  AttackRun,
+  EvalSetsInfo,
+  Rate,
+  SetRates,
+  RunRecord,
+} from './audit/types.js';
+export type { AuditReport, StepStatus, Goal, MachineInfo } from './audit/report.js';

@@ -1,8 +1,8 @@
 /**
  * `steerguard audit` end to end on the tiny llama with token-id prompt files: the report files
- * and their sections, resuming after a partial run without redoing the concept, a failing step
- * recorded while the others complete (unknown prompt set, judge server down), settings changes
- * redoing only what they touch, --show-text, and a Chromium screenshot of the page when a
+ * and their sections, resuming after a partial run without redoing the concept, bad inputs
+ * refused before any work, a failing step recorded while the others complete (judge server
+ * down), settings changes redoing only what they touch, --show-text, and a Chromium screenshot of the page when a
  * browser is installed. The prompts are token ids, so no text here is harmful.
  */
 import assert from 'node:assert/strict';
@@ -271,33 +271,21 @@ describe('steerguard audit on the tiny llama', () => {
 });
 
 describe('steerguard audit with failing steps', () => {
-  test('an unknown prompt set fails the steps that read it; the others complete, and a fixed rerun resumes', async () => {
-    const out = path.join(tmp, 'b');
-    const r = await audit(base(out, { 'borderline-safe': 'no-such-set' }));
-    assert.equal(r.code, 1);
-    assert.match(r.stderr, /3 of the audit's steps failed \(monitor, baseline, steering\)/);
-    const s = state(out);
-    assert.equal(s.steps.concept?.status, 'done');
-    assert.equal(s.steps.attack?.status, 'done');
-    assert.match(s.steps.monitor!.error!, /unknown prompt set 'no-such-set'/);
-    assert.match(s.steps.baseline!.error!, /unknown prompt set 'no-such-set'/);
-    assert.match(s.steps.steering!.error!, /skipped: the monitor step failed/);
-    const page = html(out);
-    assert.match(page, /id="failures"/);
-    assert.match(page, /unknown prompt set/);
-    assert.deepEqual(statuses(out), {
-      concept: 'done',
-      monitor: 'failed',
-      baseline: 'failed',
-      steering: 'failed',
-      attack: 'done',
-    });
-
-    const conceptAt = s.steps.concept!.finishedAt;
-    const fixed = await audit(base(out));
-    assert.equal(fixed.code, 0, fixed.stderr);
-    assert.equal(state(out).steps.concept!.finishedAt, conceptAt);
-    assert.ok(Object.values(statuses(out)).every((x) => x === 'done'));
+  test('a bad prompt set, column or judge is refused before the model loads and before --out is made', async () => {
+    const cases: [Record<string, string>, RegExp][] = [
+      [{ 'borderline-safe': 'no-such-set' }, /unknown prompt set 'no-such-set'/],
+      [{ harmful: `${HARM}#missing` }, /missing/],
+      [{ harmless: path.join(tmp, 'absent.csv') }, /absent\.csv/],
+      [{ judge: 'keyword-gcg,no-such-judge' }, /unknown judge 'no-such-judge'/],
+    ];
+    for (const [over, message] of cases) {
+      const out = path.join(tmp, 'refused');
+      const r = await audit(base(out, over));
+      assert.notEqual(r.code, 0, JSON.stringify(over));
+      assert.match(r.stderr, message);
+      assert.doesNotMatch(r.stderr, /loaded /, 'the model was loaded first');
+      assert.equal(existsSync(out), false, 'the output folder was made');
+    }
   });
 
   test('a judge server that is down fails the judging steps, not the concept or the monitor', async () => {

@@ -22,7 +22,8 @@ import {
   wantsJson,
   type TextSink,
 } from '../src/cli/output.js';
-import { formatDuration, formatRate, Progress } from '../src/cli/progress.js';
+import { formatRate, Progress } from '../src/cli/progress.js';
+import { formatDuration } from '../src/eval/reporter.js';
 import { FormatError, OptionError } from '../src/formats/errors.js';
 
 const demo = defineCommand({

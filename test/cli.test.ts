@@ -150,6 +150,64 @@ describe('steerguard CLI: activations checks before loading', () => {
   });
 });
 
+describe('steerguard CLI: concept, monitor and eval checks before loading', () => {
+  // As above: the model does not exist, so an error naming it means the model came first.
+  const noModel = path.join(tmp, 'no-such-model.gguf');
+  const missing = path.join(tmp, 'missing.safetensors');
+
+  it('monitor with a missing concept file says so before loading the model', () => {
+    const r = cli(['monitor', '-c', missing, '-m', noModel, 'How do plants grow?']);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /^error: --concept: .*missing\.safetensors does not exist$/m);
+    assert.doesNotMatch(r.stderr, /no-such-model|ENOENT/);
+  });
+
+  it('eval and attack with a missing vector, concept or prompt column say so before loading', () => {
+    const csv = promptCsv('eval.csv');
+    const cases: [string[], RegExp][] = [
+      [
+        ['eval', 'refusal', '--sets', csv, '--steer', 'add', '--vector', missing],
+        /--vector: .*does not exist/,
+      ],
+      [
+        ['eval', 'refusal', '--sets', csv, '--steer', 'conditional', '--concept', missing],
+        /--concept: .*does not exist/,
+      ],
+      [['eval', 'refusal', '--sets', `${csv}#goal`], /goal/],
+      [
+        ['attack', 'scav', '--prompts', csv, '--methods', 'scav', '--concept', missing],
+        /--concept: .*does not exist/,
+      ],
+    ];
+    for (const [args, message] of cases) {
+      const r = cli([...args, '-m', noModel]);
+      assert.notEqual(r.code, 0, args.join(' '));
+      assert.match(r.stderr, message);
+      assert.doesNotMatch(r.stderr, /no-such-model/);
+    }
+  });
+
+  it('--threshold is a probability in monitor and in eval, and says so', () => {
+    for (const value of ['0', '1', '1.5', '-2']) {
+      const r = cli(['monitor', '-c', missing, '-m', noModel, '--threshold', value, 'hi']);
+      assert.equal(r.code, 2, value);
+      assert.match(r.stderr, /--threshold/);
+    }
+    for (const name of ['monitor', 'eval']) {
+      const help = cli([name, '--help']).stdout;
+      const line = help.split('\n').find((l) => /^\s+--threshold </.test(l));
+      assert.match(line ?? '', /probability/, `${name} --help`);
+    }
+  });
+
+  it('help examples name concept files as concept train writes them (safetensors)', () => {
+    for (const c of COMMANDS)
+      for (const e of c.spec.examples)
+        for (const m of e.matchAll(/(?:--concept|-c) (\S+)/g))
+          assert.match(m[1], /\.safetensors$/, `${c.spec.name}: ${e}`);
+  });
+});
+
 describe('steerguard CLI on SmolLM2-135M', NEEDS_MODEL, () => {
   it('info --json has 30 layers and every hook name', () => {
     const r = cli(['info', SMOLLM2_GGUF, '--json', '--threads', '2']);

@@ -757,7 +757,8 @@ test('other malformed headers', () => {
   const a = tensorInfoAt('tensor.a');
   const b = tensorInfoAt('tensor.b');
   const cases: [string, (x: Buffer) => void, string | RegExp, RegExp][] = [
-    ['bad magic', (x) => x.write('GGML', 0), 'magic', /not a GGUF file/],
+    // The bytes as they are in the file, not the little-endian u32 (which reads them backwards).
+    ['bad magic', (x) => x.write('GGML', 0), 'magic', /not a GGUF file \(first bytes 47 47 4d 4c "GGML"/],
     ['version 1', (x) => x.writeUInt32LE(1, 4), 'version', /unsupported GGUF version 1/],
     ['version 4', (x) => x.writeUInt32LE(4, 4), 'version', /unsupported GGUF version 4/],
     ['big-endian', (x) => x.writeUInt32BE(3, 4), 'version', /big-endian/],

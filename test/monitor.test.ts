@@ -205,7 +205,7 @@ describe('monitor on tiny llama', () => {
       'ids',
       '--token-ids',
       '--threshold',
-      '0',
+      '0.5',
       '--generate',
       '3',
       '--cache-dir',

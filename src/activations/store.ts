@@ -36,6 +36,7 @@ import {
 import { basename, dirname, join, resolve } from 'node:path';
 
 import { OptionError, SteerguardError } from '../formats/errors.js';
+import { syncDirectory } from '../formats/files.js';
 import {
   readSafetensorsHeader,
   readSafetensorsTensorI32,
@@ -571,7 +572,7 @@ export class ActivationRun {
     }
     this.#checkOwner();
     renameSync(tmp, this.outPath);
-    syncDir(dirname(this.outPath));
+    syncDirectory(dirname(this.outPath));
     this.#closed = true;
     rmSync(this.workDir, { recursive: true, force: true });
     return {
@@ -722,20 +723,6 @@ function removeStrays(work: string, m: Manifest): void {
 function writeAll(fd: number, buf: Uint8Array): void {
   let off = 0;
   while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
-}
-
-/** Make a rename durable across power loss; not possible everywhere, so best effort. */
-function syncDir(dir: string): void {
-  try {
-    const fd = openSync(dir, 'r');
-    try {
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-  } catch {
-    // Some platforms and file systems refuse fsync on a directory.
-  }
 }
 
 // ---------------------------------------------------------------------------------------------

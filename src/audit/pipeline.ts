@@ -4,21 +4,22 @@
  * are still valid, recording a failed step with its error and carrying on with the others, and
  * ends by writing `report.json` and `report.html` (both atomically), failures included.
  *
- * Ctrl-C stops after the running batch: the state keeps every finished step and generation run,
- * the report is written for what is there, and the same command resumes. A second Ctrl-C exits
- * at once.
+ * Aborting the `signal` (the CLI does on Ctrl-C) stops after the running batch: the state keeps
+ * every finished step and generation run, the report is written for what is there, and the same
+ * call resumes.
  *
- * The pipeline drives the same pieces as the CLI commands (prompt sets, judges, progress bars,
- * SCAV hooks), so it takes the CLI's output object for messages and progress.
+ * The pipeline composes the same pieces as the CLI commands (src/eval/: prompt sets, judges,
+ * evaluations, SCAV hooks) and tells its caller what it does through a Reporter.
  */
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 
 import { SteerguardError } from '../formats/errors.js';
+import { buildJudges, checkJudgeNames } from '../eval/evaluation.js';
 import type { Judge } from '../eval/judges.js';
+import { loadExamples } from '../eval/prompt-sets.js';
+import { type Reporter, formatDuration, silentReporter } from '../eval/reporter.js';
 import type { Model } from '../model/model.js';
-import { type CliOutput, isDebug } from '../cli/output.js';
-import { formatDuration } from '../cli/progress.js';
 import { renderReportHtml } from './html.js';
 import { type AuditReport, buildReport, machineInfo } from './report.js';
 import { REPLIES_DIR, type ReplyRecord, readReplies } from './runs.js';
@@ -41,8 +42,10 @@ import { type AuditSettings, STEP_NAMES, STEP_NEEDS, STEP_TITLES, type StepName 
 export const REPORT_HTML = 'report.html';
 export const REPORT_JSON = 'report.json';
 
+/** What `runAudit` audits, where it writes, and how. */
 export interface AuditOptions {
   readonly model: Model;
+  /** Folder for the state, the report and the replies; created when missing. */
   readonly outDir: string;
   readonly settings: AuditSettings;
   /** Steps asked for; the steps they need run first when not done. Default: all. */
@@ -51,27 +54,37 @@ export interface AuditOptions {
   readonly restart?: boolean;
   /** Put prompts and replies on the HTML page (under a warning). */
   readonly showText?: boolean;
+  /** Folder of the named prompt sets (default: $STEERGUARD_DATA). */
   readonly dataDir?: string;
   /** Activation cache (undefined: the default folder; false: none). */
   readonly cacheDir?: string | false;
+  /** Tokens per forward pass when reading activations (default 2048). */
   readonly batchTokens?: number;
+  /** How to reach a Llama Guard server when `settings.judges` has 'llamaguard'. */
   readonly judge?: {
     readonly judgeUrl?: string;
+    /** Seconds per request (default 60). */
     readonly judgeTimeout?: number;
+    /** Requests in flight (default 4). */
     readonly judgeConcurrency?: number;
   };
-  readonly out: CliOutput;
+  /** Status lines, warnings and progress (default: none). */
+  readonly reporter?: Reporter;
+  /** Aborting it stops the audit after the running batch; the state keeps what is finished. */
+  readonly signal?: AbortSignal;
   /** steerguard version and command line, for the report. */
   readonly version?: string;
   readonly command?: string;
 }
 
+/** What `runAudit` did: the report, its files, and which steps ran, were reused or failed. */
 export interface AuditOutcome {
   readonly report: AuditReport;
   readonly files: { readonly html: string; readonly json: string; readonly state: string };
   readonly ran: readonly StepName[];
   readonly reused: readonly StepName[];
   readonly failed: readonly StepName[];
+  /** The signal was aborted: some asked-for steps did not run. */
   readonly interrupted: boolean;
   readonly seconds: number;
 }
@@ -101,8 +114,25 @@ function dependants(step: StepName): StepName[] {
   return STEP_NAMES.filter((s) => s !== step && planSteps([s]).includes(step));
 }
 
-/** Runs the audit while holding `<outDir>/audit.lock`: one audit per folder at a time. */
+/**
+ * Loads every prompt set the settings name (files, columns, set names, token ids) and checks the
+ * judges' names, throwing on the first problem. runAudit calls it before it makes the output
+ * folder, and the CLI before it loads the model, so that a typo costs nothing.
+ */
+export function checkAuditInputs(settings: AuditSettings, dataDir?: string): void {
+  const s = settings;
+  const source = { dataDir, tokenIds: s.tokenIds };
+  for (const spec of [s.harmful, s.harmless]) loadExamples(spec, { ...source, limit: s.limit });
+  for (const spec of [s.borderlineSafe, s.borderlineUnsafe]) loadExamples(spec, source);
+  checkJudgeNames({ judge: s.judges });
+}
+
+/**
+ * Runs the audit (see the top of this file) and writes its report, holding `<outDir>/audit.lock`
+ * throughout: one audit per folder at a time.
+ */
 export async function runAudit(opts: AuditOptions): Promise<AuditOutcome> {
+  checkAuditInputs(opts.settings, opts.dataDir);
   const unlock = lockAuditDir(opts.outDir);
   try {
     return await runAuditLocked(opts);
@@ -112,7 +142,10 @@ export async function runAudit(opts: AuditOptions): Promise<AuditOutcome> {
 }
 
 async function runAuditLocked(opts: AuditOptions): Promise<AuditOutcome> {
-  const { model, out, settings } = opts;
+  const { model, settings } = opts;
+  const reporter = opts.reporter ?? silentReporter;
+  const signal = opts.signal ?? new AbortController().signal;
+  const interrupted = (): boolean => signal.aborted;
   const outDir = opts.outDir;
   const t0 = performance.now();
   mkdirSync(outDir, { recursive: true });
@@ -124,7 +157,7 @@ async function runAuditLocked(opts: AuditOptions): Promise<AuditOutcome> {
     checkStateModel(previous, identity, outDir);
     const changed = settingsDifferences(previous.settings, settings);
     if (changed.length > 0)
-      out.info(
+      reporter.info(
         `settings changed since the audit in ${outDir}: ${changed.join(', ')}; steps that read them are redone`,
       );
   }
@@ -150,46 +183,34 @@ async function runAuditLocked(opts: AuditOptions): Promise<AuditOutcome> {
   saveState(outDir, state);
 
   const keys = stepKeys(settings, identity.fingerprint);
-  const controller = new AbortController();
-  let interrupted = false;
-  const onSigint = (): void => {
-    if (interrupted) process.exit(130);
-    interrupted = true;
-    controller.abort();
-    out.warn('interrupted: stopping after the current batch (Ctrl-C again to quit at once)');
-  };
-  process.on('SIGINT', onSigint);
 
   let judges: Promise<Judge[]> | undefined;
   const ctx: AuditContext = {
     model,
     outDir,
     state,
-    out,
+    reporter,
     maxTokens: settings.maxTokens,
     batch: settings.batch,
     redact: settings.redact,
     judgeNames: settings.judges,
     judges: () => {
-      judges ??= (async () => {
-        const { buildJudges } = await import('../cli/commands/eval.js');
-        return buildJudges(
-          {
-            judge: [...settings.judges],
-            judgeUrl: opts.judge?.judgeUrl,
-            judgeTimeout: opts.judge?.judgeTimeout ?? 60,
-            judgeConcurrency: opts.judge?.judgeConcurrency ?? 4,
-          },
-          out,
-        );
-      })();
+      judges ??= buildJudges(
+        {
+          judge: settings.judges,
+          judgeUrl: opts.judge?.judgeUrl,
+          judgeTimeout: opts.judge?.judgeTimeout ?? 60,
+          judgeConcurrency: opts.judge?.judgeConcurrency ?? 4,
+        },
+        reporter,
+      );
       return judges;
     },
     settings,
     dataDir: opts.dataDir,
     cacheDir: opts.cacheDir,
     batchTokens: opts.batchTokens ?? 2048,
-    signal: controller.signal,
+    signal,
     keys,
     memo: new Map(),
   };
@@ -204,61 +225,56 @@ async function runAuditLocked(opts: AuditOptions): Promise<AuditOutcome> {
     if ((s === 'concept' || s === 'monitor') && !existsSync(path.join(outDir, CONCEPT_FILE))) return false;
     return true;
   };
-  try {
-    for (const [i, step] of plan.entries()) {
-      if (interrupted) break;
-      const banner = `[${i + 1}/${plan.length}] ${step}: ${STEP_TITLES[step]}`;
-      if (valid(step)) {
-        out.info(`${banner}: done earlier (${state.steps[step]!.finishedAt}), reusing it`);
-        reused.push(step);
-        continue;
-      }
-      out.info(`\n== ${banner} ==`);
-      const started = new Date();
-      const s0 = performance.now();
-      const record = (status: 'done' | 'failed', extra: { result?: unknown; error?: string }): void => {
-        (state.steps as Record<string, unknown>)[step] = {
-          status,
-          key: keys[step],
-          startedAt: started.toISOString(),
-          finishedAt: new Date().toISOString(),
-          seconds: (performance.now() - s0) / 1000,
-          ...extra,
-        };
-      };
-      const missing = STEP_NEEDS[step].filter((d) => !valid(d));
-      if (missing.length > 0) {
-        const why = missing
-          .map(
-            (d) =>
-              `the ${d} step ${state.steps[d]?.status === 'failed' && state.steps[d]?.key === keys[d] ? 'failed' : 'did not run'}`,
-          )
-          .join(' and ');
-        record('failed', { error: `skipped: ${why}` });
-        failed.push(step);
-        out.warn(`${step}: skipped, ${why}`);
-        saveState(outDir, state);
-        continue;
-      }
-      // Whatever built on the old result of this step no longer holds.
-      for (const d of dependants(step)) delete state.steps[d];
-      try {
-        const result = await STEPS[step](ctx);
-        record('done', { result });
-        ran.push(step);
-        out.info(`${step}: done in ${formatDuration((performance.now() - s0) / 1000)}`);
-      } catch (e) {
-        if (interrupted) break;
-        const message = e instanceof Error ? e.message || e.name : String(e);
-        record('failed', { error: message });
-        failed.push(step);
-        out.warn(`${step} failed: ${message}`);
-        if (isDebug() && e instanceof Error && e.stack) out.stderr.write(`${e.stack}\n`);
-      }
-      saveState(outDir, state);
+  for (const [i, step] of plan.entries()) {
+    if (interrupted()) break;
+    const banner = `[${i + 1}/${plan.length}] ${step}: ${STEP_TITLES[step]}`;
+    if (valid(step)) {
+      reporter.info(`${banner}: done earlier (${state.steps[step]!.finishedAt}), reusing it`);
+      reused.push(step);
+      continue;
     }
-  } finally {
-    process.off('SIGINT', onSigint);
+    reporter.info(`\n== ${banner} ==`);
+    const started = new Date();
+    const s0 = performance.now();
+    const record = (status: 'done' | 'failed', extra: { result?: unknown; error?: string }): void => {
+      (state.steps as Record<string, unknown>)[step] = {
+        status,
+        key: keys[step],
+        startedAt: started.toISOString(),
+        finishedAt: new Date().toISOString(),
+        seconds: (performance.now() - s0) / 1000,
+        ...extra,
+      };
+    };
+    const missing = STEP_NEEDS[step].filter((d) => !valid(d));
+    if (missing.length > 0) {
+      const why = missing
+        .map(
+          (d) =>
+            `the ${d} step ${state.steps[d]?.status === 'failed' && state.steps[d]?.key === keys[d] ? 'failed' : 'did not run'}`,
+        )
+        .join(' and ');
+      record('failed', { error: `skipped: ${why}` });
+      failed.push(step);
+      reporter.warn(`${step}: skipped, ${why}`);
+      saveState(outDir, state);
+      continue;
+    }
+    // Whatever built on the old result of this step no longer holds.
+    for (const d of dependants(step)) delete state.steps[d];
+    try {
+      const result = await STEPS[step](ctx);
+      record('done', { result });
+      ran.push(step);
+      reporter.info(`${step}: done in ${formatDuration((performance.now() - s0) / 1000)}`);
+    } catch (e) {
+      if (interrupted()) break;
+      const message = e instanceof Error ? e.message || e.name : String(e);
+      record('failed', { error: message });
+      failed.push(step);
+      reporter.warn(`${step} failed: ${message}`, e);
+    }
+    saveState(outDir, state);
   }
   saveState(outDir, state);
 
@@ -286,9 +302,9 @@ async function runAuditLocked(opts: AuditOptions): Promise<AuditOutcome> {
   };
   writeFileAtomic(files.json, `${JSON.stringify(report, jsonSafe, 1)}\n`);
   writeFileAtomic(files.html, renderReportHtml(report, { replies }));
-  if (interrupted)
-    out.warn(`interrupted; finished steps are kept in ${files.state}: run the same command to resume`);
-  return { report, files, ran, reused, failed, interrupted, seconds };
+  if (interrupted())
+    reporter.warn(`interrupted; finished steps are kept in ${files.state}: run the same command to resume`);
+  return { report, files, ran, reused, failed, interrupted: interrupted(), seconds };
 }
 
 /** Throws unless every name is a step. */

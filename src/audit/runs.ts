@@ -20,9 +20,9 @@ import type { Judge, Judgement } from '../eval/judges.js';
 import { verdict } from '../eval/judges.js';
 import type { EvalPrompt, Responder } from '../eval/refusal.js';
 import { AtomicJsonl, rowRecord } from '../eval/refusal.js';
+import { runEvaluation } from '../eval/evaluation.js';
+import type { Reporter } from '../eval/reporter.js';
 import type { Model } from '../model/model.js';
-import type { CliOutput } from '../cli/output.js';
-import { runEvaluation } from '../cli/commands/eval.js';
 import { type AuditState, saveState } from './state.js';
 import type { Rate, RunRecord, SetRates } from './types.js';
 
@@ -136,7 +136,7 @@ export interface RunContext {
   readonly model: Model;
   readonly outDir: string;
   readonly state: AuditState;
-  readonly out: CliOutput;
+  readonly reporter: Reporter;
   readonly maxTokens: number;
   readonly batch: number;
   readonly redact: boolean;
@@ -164,7 +164,7 @@ export async function ensureRun(ctx: RunContext, spec: RunSpec): Promise<ReplyRe
   if (prev && prev.key === spec.key && existsSync(file)) {
     const rows = readReplies(file);
     if (rows.length === spec.prompts.length) {
-      ctx.out.info(`${spec.label}: reusing ${rows.length} replies from ${rel}`);
+      ctx.reporter.info(`${spec.label}: reusing ${rows.length} replies from ${rel}`);
       return rows;
     }
   }
@@ -176,7 +176,7 @@ export async function ensureRun(ctx: RunContext, spec: RunSpec): Promise<ReplyRe
     judges,
     { label: spec.label, responder: spec.responder, fittedIds: [] },
     { maxTokens: ctx.maxTokens, batch: ctx.batch, repetitionPenalty: 1 },
-    ctx.out,
+    { reporter: ctx.reporter, signal: ctx.signal },
   );
   if (res.judgeFailures.length > 0)
     throw new SteerguardError(

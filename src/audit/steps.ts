@@ -19,8 +19,16 @@ import { blockHook } from '../hooks/hooks.js';
 import { addVector } from '../hooks/interventions.js';
 import type { EvalPrompt, Responder } from '../eval/refusal.js';
 import { hookResponder } from '../eval/refusal.js';
-import { type LoadedExamples, checkTokenIds, loadExamples, progressFor } from '../cli/commands/concept.js';
-import { loadSets, scavAttackHooks, toEvalPrompts } from '../cli/commands/eval.js';
+import {
+  type LoadedExamples,
+  checkTokenIds,
+  hasChatTemplate,
+  loadExamples,
+  loadSets,
+  toEvalPrompts,
+} from '../eval/prompt-sets.js';
+import type { ProgressReporter, Reporter } from '../eval/reporter.js';
+import { scavAttackHooks } from '../eval/steering.js';
 import {
   type ReplyRecord,
   type RunContext,
@@ -118,7 +126,7 @@ function memo<T>(ctx: AuditContext, key: string, f: () => Promise<T>): Promise<T
 
 function examples(ctx: AuditContext, spec: string, limit?: number): Promise<LoadedExamples> {
   return memo(ctx, `examples\u0000${spec}\u0000${limit ?? ''}`, async () => {
-    const set = await loadExamples(spec, { dataDir: ctx.dataDir, limit, tokenIds: ctx.settings.tokenIds });
+    const set = loadExamples(spec, { dataDir: ctx.dataDir, limit, tokenIds: ctx.settings.tokenIds });
     checkTokenIds(ctx.model, [set]);
     return set;
   });
@@ -153,10 +161,9 @@ function evalSet(ctx: AuditContext, which: Which): Promise<EvalSet> {
       split: `${s.split.train},${s.split.val},${s.split.test}`,
       seed: s.seed,
       tokenIds: s.tokenIds,
-      chat: false,
-      noChat: false,
+      chat: hasChatTemplate(ctx.model),
     };
-    const [set] = await loadSets([which === 'harmful' ? s.harmful : s.borderlineSafe], o);
+    const [set] = loadSets([which === 'harmful' ? s.harmful : s.borderlineSafe], o);
     const prompts = toEvalPrompts(ctx.model, [set], o).slice(0, s.nEval);
     return { prompts, info: { set: set.name, available: set.prompts.length, used: prompts.length } };
   });
@@ -182,10 +189,10 @@ const finite = (x: number): number | null => (Number.isFinite(x) ? x : null);
  * prompts, then the positives): a new bar, with the next label, whenever the count starts over.
  */
 function phasedProgress(
-  out: AuditContext['out'],
+  reporter: Reporter,
   labels: readonly string[],
 ): { onProgress: (done: number, total: number) => void; finish: () => void } {
-  let bar: ReturnType<typeof progressFor> | undefined;
+  let bar: ProgressReporter | undefined;
   let phase = -1;
   let last = { done: -1, total: -1 };
   return {
@@ -193,10 +200,10 @@ function phasedProgress(
       if (!bar || total !== last.total || done < last.done) {
         bar?.finish();
         phase++;
-        bar = progressFor(out, labels[Math.min(phase, labels.length - 1)]);
+        bar = reporter.progress(labels[Math.min(phase, labels.length - 1)], 'prompts');
       }
       last = { done, total };
-      bar.onProgress(done, total);
+      bar.update(done, total);
     },
     finish: () => bar?.finish(),
   };
@@ -212,7 +219,7 @@ export async function conceptStep(ctx: AuditContext): Promise<ConceptResult> {
   const { defaultTemplate } = await import('../concepts/activations.js');
   const { trainConcept } = await import('../concepts/concept.js');
   const template = s.tokenIds ? 'raw' : defaultTemplate(ctx.model);
-  const progress = progressFor(ctx.out, 'concept: activations');
+  const progress = ctx.reporter.progress('concept: activations', 'prompts');
   const { concept, report } = await trainConcept({
     model: ctx.model,
     positive: pos.examples,
@@ -223,7 +230,7 @@ export async function conceptStep(ctx: AuditContext): Promise<ConceptResult> {
     seed: s.seed,
     cacheDir: ctx.cacheDir,
     batchTokens: ctx.batchTokens,
-    onProgress: progress.onProgress,
+    onProgress: (done, total) => progress.update(done, total),
     signal: ctx.signal,
   });
   progress.finish();
@@ -241,7 +248,7 @@ export async function conceptStep(ctx: AuditContext): Promise<ConceptResult> {
   }));
   const best = concept.bestLayer();
   const bl = concept.layer(best).metrics;
-  ctx.out.info(
+  ctx.reporter.info(
     `concept: best layer ${best}, held-out accuracy ${(100 * bl.accuracy).toFixed(1)}%, AUROC ${bl.auroc.toFixed(3)}`,
   );
   return {
@@ -289,7 +296,7 @@ export async function monitorStep(ctx: AuditContext): Promise<MonitorResult> {
       `the concept's test split has ${pos.length} harmful and ${neg.length} harmless prompts; the monitor needs both`,
     );
   const scoring = concept.scoringLayers(s.p1);
-  const progress = progressFor(ctx.out, 'monitor: held-out activations');
+  const progress = ctx.reporter.progress('monitor: held-out activations', 'prompts');
   const acts = await extractLastToken(
     ctx.model,
     [...pos, ...neg].map((e) => e.prompt),
@@ -298,7 +305,7 @@ export async function monitorStep(ctx: AuditContext): Promise<MonitorResult> {
       layers: [...new Set([layer, ...scoring])],
       cacheDir: ctx.cacheDir,
       batchTokens: ctx.batchTokens,
-      onProgress: progress.onProgress,
+      onProgress: (done, total) => progress.update(done, total),
       signal: ctx.signal,
     },
   );
@@ -327,7 +334,7 @@ export async function monitorStep(ctx: AuditContext): Promise<MonitorResult> {
   if (calibrationSet.length === 0)
     throw new SteerguardError(`${safeAll.name} has no prompts in the train/validation parts to calibrate on`);
   const unsafe = await examples(ctx, s.borderlineUnsafe);
-  const cal = phasedProgress(ctx.out, [
+  const cal = phasedProgress(ctx.reporter, [
     `monitor: ${safeAll.name} calibration activations`,
     `monitor: ${unsafe.name} activations`,
   ]);
@@ -382,7 +389,7 @@ export async function monitorStep(ctx: AuditContext): Promise<MonitorResult> {
     },
   };
   const pct = (r: Rate): string => (r.rate === null ? '-' : `${(100 * r.rate).toFixed(1)}%`);
-  ctx.out.info(
+  ctx.reporter.info(
     `monitor: layer ${layer}, held-out AUROC ${au.auroc.toFixed(3)}, TPR ${(100 * tprAt5).toFixed(1)}% at 5% FPR; ` +
       `threshold P > ${result.calibrated.probability.toFixed(3)} flags ${pct(result.atThreshold.borderlineUnsafe)} of ${unsafe.name}`,
   );
@@ -435,7 +442,7 @@ export async function steeringStep(ctx: AuditContext): Promise<SteeringResult> {
 
   const gate = promptMonitor(concept);
   const gateLayer = concept.threshold.layers[0];
-  ctx.out.info(`steering: monitor verdicts (layer ${gateLayer}, P > ${gate.threshold.toFixed(3)})`);
+  ctx.reporter.info(`steering: monitor verdicts (layer ${gateLayer}, P > ${gate.threshold.toFixed(3)})`);
   const verdicts = monitorPrompts(
     ctx.model,
     prompts.map((p) => p.prompt),
@@ -529,7 +536,7 @@ export async function steeringStep(ctx: AuditContext): Promise<SteeringResult> {
   if (s.scavDefence) {
     const hooks = scavHooks(concept, { target: 'malicious', p1: s.p1 });
     if (hooks.length === 0) {
-      ctx.out.warn(`steering: no probe beats p1 = ${s.p1}, so there is no SCAV defence to run`);
+      ctx.reporter.warn(`steering: no probe beats p1 = ${s.p1}, so there is no SCAV defence to run`);
       notes.push(`SCAV defence skipped: no probe is more accurate than p1 = ${s.p1}`);
     } else {
       addPoints(

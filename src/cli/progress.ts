@@ -3,6 +3,7 @@
  * a file or pipe (redrawing would fill a log with carriage returns); nothing in --json mode unless
  * asked, so that scripts capturing stderr stay quiet.
  */
+import { formatDuration } from '../eval/reporter.js';
 import type { TextSink } from './output.js';
 
 export interface ProgressOptions {
@@ -155,14 +156,4 @@ export function formatRate(perSecond: number, unit = 'it'): string {
   if (perSecond >= 1 || perSecond === 0) return `${perSecond.toFixed(perSecond >= 100 ? 0 : 2)} ${unit}/s`;
   const singular = unit.endsWith('s') && unit !== 'it' ? unit.slice(0, -1) : unit;
   return `${(1 / perSecond).toFixed(1)} s/${singular}`;
-}
-
-/** '45s', '3m05s', '1h02m'. */
-export function formatDuration(seconds: number): string {
-  if (!Number.isFinite(seconds)) return '?';
-  const s = Math.round(seconds);
-  if (s < 60) return `${s}s`;
-  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
-  const m = Math.floor(s / 60);
-  return `${Math.floor(m / 60)}h${String(m % 60).padStart(2, '0')}m`;
 }

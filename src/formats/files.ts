@@ -1,9 +1,11 @@
 /**
+ * File helpers the readers and writers share.
+ *
  * Inputs must be plain files. Opening a named pipe blocks until something writes to it (the
  * command hangs with no message), and a device can be endless, so every model, tokenizer,
  * concept or prompt file is checked before it is opened.
  */
-import { type Stats, statSync } from 'node:fs';
+import { type Stats, closeSync, fsyncSync, openSync, readFileSync, statSync } from 'node:fs';
 
 import { FormatError } from './errors.js';
 
@@ -29,4 +31,42 @@ function kindOf(st: Stats): string {
   if (st.isCharacterDevice()) return 'a character device';
   if (st.isBlockDevice()) return 'a block device';
   return 'not a plain file';
+}
+
+/** A JSON file that must hold an object; a FormatError naming the file otherwise. */
+export function readJsonObject(path: string): Record<string, unknown> {
+  requireRegularFile(path);
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new FormatError(path, '', `cannot read: ${(e as Error).message}`);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    throw new FormatError(path, '', `not valid JSON: ${(e as Error).message}`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw new FormatError(path, '', 'must be a JSON object');
+  }
+  return value as Record<string, unknown>;
+}
+
+/**
+ * Makes a rename into `dir` durable across a crash. Best effort: some platforms and file systems
+ * refuse fsync on a directory, and the file itself is already complete and in place.
+ */
+export function syncDirectory(dir: string): void {
+  try {
+    const fd = openSync(dir, 'r');
+    try {
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    // Durability of the rename is not guaranteed here; the data is still correct.
+  }
 }

@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as nodePath from 'node:path';
 import { FormatError } from './errors.js';
-import { requireRegularFile } from './files.js';
+import { requireRegularFile, syncDirectory } from './files.js';
 import {
   GgmlType,
   canDequantize,
@@ -110,6 +110,14 @@ export interface GgufFile {
 }
 
 const GGUF_MAGIC = 0x46554747; // "GGUF" read as a little-endian u32
+
+/** The first four bytes, in file order, as hex and (when printable) as text: `47 47 4d 4c "GGML"`. */
+function describeMagic(magic: number): string {
+  const bytes = [0, 8, 16, 24].map((shift) => (magic >>> shift) & 0xff);
+  const hex = bytes.map((b) => b.toString(16).padStart(2, '0')).join(' ');
+  const printable = bytes.every((b) => b >= 0x20 && b < 0x7f);
+  return printable ? `${hex} ${JSON.stringify(String.fromCharCode(...bytes))}` : hex;
+}
 const DEFAULT_ALIGNMENT = 32;
 const MAX_DIMS = 4;
 const MAX_NESTING = 16;
@@ -407,7 +415,7 @@ function asFormatError(e: unknown, file: string, field: string, doing: string): 
 function parse(c: Cursor): GgufFile {
   const magic = c.u32('magic', 'magic');
   if (magic !== GGUF_MAGIC) {
-    c.fail('magic', `not a GGUF file (first bytes ${magic.toString(16).padStart(8, '0')}, expected "GGUF")`);
+    c.fail('magic', `not a GGUF file (first bytes ${describeMagic(magic)}, expected "GGUF")`);
   }
   const version = c.u32('version', 'version');
   if (version !== 2 && version !== 3) {
@@ -1069,7 +1077,7 @@ export function writeGguf(path: string, input: GgufWriteInput): void {
     fs.closeSync(fd);
     fd = undefined;
     fs.renameSync(tmp, path);
-    syncDirectory(path);
+    syncDirectory(nodePath.dirname(path));
   } catch (e) {
     if (fd !== undefined) {
       try {
@@ -1084,18 +1092,5 @@ export function writeGguf(path: string, input: GgufWriteInput): void {
       // Nothing was created (e.g. the directory does not exist); the original error says why.
     }
     throw asFormatError(e, path, '', 'cannot write');
-  }
-}
-
-// Makes the rename itself durable; best effort, as some filesystems refuse fsync on directories.
-function syncDirectory(file: string): void {
-  let fd: number | undefined;
-  try {
-    fd = fs.openSync(nodePath.dirname(file), 'r');
-    fs.fsyncSync(fd);
-  } catch {
-    // The file is complete and in place; only durability across a crash is not guaranteed.
-  } finally {
-    if (fd !== undefined) fs.closeSync(fd);
   }
 }

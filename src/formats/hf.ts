@@ -9,7 +9,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSy
 import { homedir } from 'node:os';
 import { extname, join, resolve } from 'node:path';
 import { FormatError, SteerguardError } from './errors.js';
-import { requireRegularFile } from './files.js';
+import { readJsonObject, requireRegularFile } from './files.js';
 import { readSafetensorsHeader, type SafetensorsTensorInfo } from './safetensors.js';
 import { Tokenizer } from './tokenizer.js';
 
@@ -68,28 +68,8 @@ const CONFIG = 'config.json';
 const INDEX = 'model.safetensors.index.json';
 const SINGLE = 'model.safetensors';
 
-function readJson(path: string): Json {
-  requireRegularFile(path);
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (e) {
-    throw new FormatError(path, '', `cannot read: ${(e as Error).message}`);
-  }
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (e) {
-    throw new FormatError(path, '', `not valid JSON: ${(e as Error).message}`);
-  }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new FormatError(path, '', 'must be a JSON object');
-  }
-  return value as Json;
-}
-
 function readOptionalJson(path: string): Json | undefined {
-  return existsSync(path) ? readJson(path) : undefined;
+  return existsSync(path) ? readJsonObject(path) : undefined;
 }
 
 /** Open a Hugging Face model directory: configs, tokenizer files and the safetensors headers. */
@@ -98,7 +78,7 @@ export function openHfModelDir(dir: string, options: OpenHfModelDirOptions = {})
   if (!existsSync(configPath)) {
     throw new FormatError(configPath, '', 'missing: a Hugging Face model directory needs config.json');
   }
-  const config = readJson(configPath);
+  const config = readJsonObject(configPath);
   const generationConfig = readOptionalJson(join(dir, 'generation_config.json'));
   const tokenizerJsonPath = existsSync(join(dir, 'tokenizer.json')) ? join(dir, 'tokenizer.json') : undefined;
   const tokenizerConfig = readOptionalJson(join(dir, 'tokenizer_config.json'));
@@ -110,7 +90,7 @@ export function openHfModelDir(dir: string, options: OpenHfModelDirOptions = {})
   const tensors = new Map<string, SafetensorsTensorInfo>();
   const indexPath = join(dir, INDEX);
   if (existsSync(indexPath)) {
-    const index = readJson(indexPath);
+    const index = readJsonObject(indexPath);
     const weightMap = index.weight_map;
     if (typeof weightMap !== 'object' || weightMap === null || Array.isArray(weightMap)) {
       throw new FormatError(indexPath, 'weight_map', 'missing or not an object');
@@ -398,7 +378,7 @@ export async function pullModel(repo: string, options: PullOptions = {}): Promis
       // Sharded weights: fetch exactly the shards the index names (repos often also carry
       // consolidated or differently-split copies that would double the download).
       const indexPath = await hub.downloadFileToCacheDir({ ...common, path: INDEX, revision: sha, cacheDir });
-      const weightMap = readJson(indexPath).weight_map;
+      const weightMap = readJsonObject(indexPath).weight_map;
       const shards = new Set(
         typeof weightMap === 'object' && weightMap !== null ? Object.values(weightMap) : [],
       );

@@ -19,7 +19,7 @@ import {
 import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { FormatError, SteerguardError } from './errors.js';
-import { requireRegularFile } from './files.js';
+import { requireRegularFile, syncDirectory } from './files.js';
 
 /** Element types the safetensors format defines, with their width in bytes. */
 export const SAFETENSORS_DTYPE_BYTES = {
@@ -466,19 +466,5 @@ function describeWriteError(err: NodeJS.ErrnoException, path: string): string {
       return 'a directory is in the way';
     default:
       return err.message;
-  }
-}
-
-/** Persist the rename itself; best effort, as some filesystems refuse fsync on directories. */
-function syncDirectory(dir: string): void {
-  try {
-    const fd = openSync(dir, 'r');
-    try {
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-  } catch {
-    // not fatal: the data itself is already on disk
   }
 }

@@ -16,7 +16,7 @@ import * as tokenizersLib from '@huggingface/tokenizers';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import { Template } from '@huggingface/jinja';
 import { FormatError, SteerguardError } from './errors.js';
-import { requireRegularFile } from './files.js';
+import { readJsonObject, requireRegularFile } from './files.js';
 
 export interface ChatMessage {
   /** 'system', 'user' or 'assistant' (templates may accept others, e.g. 'tool'). */
@@ -854,26 +854,6 @@ function patchPreTokenizer(pt: unknown): unknown {
     default:
       return p;
   }
-}
-
-function readJsonObject(path: string): Json {
-  requireRegularFile(path);
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (e) {
-    throw new FormatError(path, '', `cannot read: ${(e as Error).message}`);
-  }
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (e) {
-    throw new FormatError(path, '', `not valid JSON: ${(e as Error).message}`);
-  }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new FormatError(path, '', 'must be a JSON object');
-  }
-  return value as Json;
 }
 
 /** tokenizer_config.json spells special tokens as strings or as {content: ...} objects. */

@@ -3,29 +3,29 @@
  * its baselines (no attack, refusal-direction ablation, negative activation addition), scored by
  * keyword attack success rate and language flaws. Every reply goes to --out; none is printed.
  */
-import { existsSync } from 'node:fs';
-
 import { OptionError } from '../../formats/errors.js';
 import type { Hook } from '../../hooks/hooks.js';
 import type { Model } from '../../model/model.js';
-import type { RefusalEvalResult, RefusalRow } from '../../eval/refusal.js';
+import { checkLeakage } from '../../data/splits.js';
+import { buildJudges, runEvaluation } from '../../eval/evaluation.js';
+import { loadSets, toEvalPrompts } from '../../eval/prompt-sets.js';
+import { type RefusalEvalResult, type RefusalRow, hookResponder } from '../../eval/refusal.js';
+import { type Steering, fittedIdsOf, scavAttackHooks } from '../../eval/steering.js';
 import { type CliOutput, formatTable } from '../output.js';
-import { CHAT_OPTIONS, THREADS_OPTION, command, loadModel, para } from './common.js';
+import { cliReporter } from '../reporter.js';
 import {
-  GENERATION_OPTIONS,
-  JUDGE_OPTIONS,
-  OUTPUT_OPTIONS,
-  SET_OPTIONS,
-  type Steering,
-  buildJudges,
+  CHAT_OPTIONS,
+  MODEL_OPTION,
+  THREADS_OPTION,
+  checkInputFile,
   checkOutPath,
-  fittedIdsOf,
-  loadSets,
-  runEvaluation,
-  scavAttackHooks,
-  toEvalPrompts,
-  writeRows,
-} from './eval.js';
+  command,
+  loadModel,
+  para,
+  useChat,
+  withInterrupt,
+} from './common.js';
+import { GENERATION_OPTIONS, JUDGE_OPTIONS, OUTPUT_OPTIONS, SET_OPTIONS, writeRows } from './eval.js';
 
 const METHODS = ['none', 'scav', 'ablate', 'subtract'] as const;
 type Method = (typeof METHODS)[number];
@@ -47,13 +47,7 @@ export const attackCommand = command(
     ),
     positionals: [{ name: 'which', description: "the attack: 'scav'" }],
     options: {
-      model: {
-        type: 'string',
-        short: 'm',
-        required: true,
-        placeholder: 'model',
-        description: '.gguf file, HF folder or cached repo id',
-      },
+      model: MODEL_OPTION,
       concept: {
         type: 'string',
         placeholder: 'file',
@@ -100,9 +94,9 @@ export const attackCommand = command(
       threads: THREADS_OPTION,
     },
     examples: [
-      'steerguard attack scav -m smollm2.gguf --concept safety.concept --prompts advbench --limit 50 --out scav.jsonl',
-      'steerguard attack scav -m smollm2.gguf --concept c.concept --methods none,scav --p0 0.01 --repetition-penalty 1.2',
-      'steerguard attack scav -m smollm2.gguf --concept c.concept --direction refusal.gguf --out runs.jsonl --redact',
+      'steerguard attack scav -m smollm2.gguf --concept harmful.concept.safetensors --prompts advbench --limit 50 --out scav.jsonl',
+      'steerguard attack scav -m smollm2.gguf --concept harmful.concept.safetensors --methods none,scav --p0 0.01 --repetition-penalty 1.2',
+      'steerguard attack scav -m smollm2.gguf --concept harmful.concept.safetensors --direction refusal.gguf --out runs.jsonl --redact',
     ],
   },
   async (args, out) => {
@@ -115,15 +109,14 @@ export const attackCommand = command(
         throw new OptionError(`--methods: unknown method '${m.slice(0, 40)}' (known: ${METHODS.join(', ')})`);
     if (methods.includes('scav') && o.concept === undefined)
       throw new OptionError('the scav method needs --concept FILE');
-    if (o.direction !== undefined && !existsSync(o.direction))
-      throw new OptionError(`--direction: ${o.direction} does not exist`);
+    checkInputFile('--direction', o.direction);
+    checkInputFile('--concept', o.concept);
     checkOutPath(o.out, o.overwrite);
-    const sets = await loadSets(o.prompts, o);
-    const judges = await buildJudges(o, out);
+    const sets = loadSets(o.prompts, o);
+    const reporter = cliReporter(out);
+    const judges = await buildJudges(o, reporter);
     const model = await loadModel(o.model, out, { threads: o.threads });
-    const prompts = toEvalPrompts(model, sets, o);
-    const { checkLeakage } = await import('../../data/splits.js');
-    const { hookResponder } = await import('../../eval/refusal.js');
+    const prompts = toEvalPrompts(model, sets, { ...o, chat: o.tokenIds ? false : useChat(model, o) });
 
     const needDirection = methods.includes('ablate') || methods.includes('subtract');
     const direction = needDirection ? await refusalDirection(model, o, out) : undefined;
@@ -150,7 +143,10 @@ export const attackCommand = command(
       });
       if (overlap.length > 0)
         out.warn(`${method}: ${overlap.length} attacked prompts were used to fit its artefact`);
-      runs.push({ method, result: await runEvaluation(model, prompts, judges, steering, o, out) });
+      const result = await withInterrupt((signal) =>
+        runEvaluation(model, prompts, judges, steering, o, { reporter, signal }),
+      );
+      runs.push({ method, result });
     }
 
     if (o.out !== undefined) {

@@ -7,7 +7,20 @@ import path from 'node:path';
 import { OptionError, SteerguardError } from '../../formats/errors.js';
 import { STEP_NAMES } from '../../audit/types.js';
 import type { AuditReport } from '../../audit/report.js';
-import { THREADS_OPTION, command, loadModel, packageVersion, para } from './common.js';
+import type { AuditSettings } from '../../audit/types.js';
+import { cliReporter } from '../reporter.js';
+import {
+  DATA_DIR_OPTION,
+  MODEL_OPTION,
+  SPLIT_OPTIONS,
+  THREADS_OPTION,
+  TOKEN_IDS_OPTION,
+  command,
+  loadModel,
+  packageVersion,
+  para,
+  withInterrupt,
+} from './common.js';
 import { CACHE_OPTIONS, cacheSetting } from './concept.js';
 import { JUDGE_OPTIONS } from './eval.js';
 
@@ -32,24 +45,14 @@ export const auditCommand = command(
         'shows them only with --show-text.',
     ),
     options: {
-      model: {
-        type: 'string',
-        short: 'm',
-        required: true,
-        placeholder: 'model',
-        description: '.gguf file, HF folder or cached repo id',
-      },
+      model: MODEL_OPTION,
       out: {
         type: 'string',
         short: 'o',
         placeholder: 'dir',
         description: 'folder for the state, report and replies (default: audit-<model name>)',
       },
-      dataDir: {
-        type: 'string',
-        placeholder: 'dir',
-        description: 'folder of the named prompt sets (default: $STEERGUARD_DATA)',
-      },
+      dataDir: DATA_DIR_OPTION,
       harmful: setOption('harmful prompts (concept positives, held-out refusal and attack)', 'advbench'),
       harmless: setOption('harmless prompts (concept negatives)', 'alpaca'),
       borderlineSafe: setOption(
@@ -108,13 +111,7 @@ export const auditCommand = command(
         type: 'boolean',
         description: 'keep prompt and reply texts out of <out>/replies (hashes only)',
       },
-      split: {
-        type: 'string',
-        placeholder: 'train,val,test',
-        default: '0.7,0.1,0.2',
-        description: 'fractions of the seeded split',
-      },
-      seed: { type: 'number', integer: true, default: 0, description: 'seed of the split' },
+      ...SPLIT_OPTIONS,
       targetFpr: {
         type: 'number',
         min: 0,
@@ -137,10 +134,7 @@ export const auditCommand = command(
         default: 16,
         description: 'prompts generated together',
       },
-      tokenIds: {
-        type: 'boolean',
-        description: 'prompt columns hold token ids ("1 52 7"), for models without a tokenizer',
-      },
+      tokenIds: TOKEN_IDS_OPTION,
       ...JUDGE_OPTIONS,
       ...CACHE_OPTIONS,
       threads: THREADS_OPTION,
@@ -155,9 +149,7 @@ export const auditCommand = command(
   async (args, out) => {
     const o = args.options;
     const { parseSplit } = await import('../../data/splits.js');
-    const { parseSteps } = await import('../../audit/pipeline.js');
-    const { JUDGE_NAMES } = await import('../../eval/judges.js');
-    const { isPromptSetName, resolveDataDir } = await import('../../data/datasets.js');
+    const { checkAuditInputs, parseSteps, runAudit } = await import('../../audit/pipeline.js');
     const split = parseSplit(o.split);
     let steps;
     try {
@@ -166,62 +158,59 @@ export const auditCommand = command(
       throw new OptionError(`--steps: ${(e as Error).message}`);
     }
     const judges = [...new Set(o.judge)];
-    for (const j of judges)
-      if (!(JUDGE_NAMES as readonly string[]).includes(j))
-        throw new OptionError(
-          `--judge: unknown judge '${j.slice(0, 40)}' (known: ${JUDGE_NAMES.join(', ')})`,
-        );
-    if (o.judgeUrl !== undefined && !judges.includes('llamaguard'))
-      throw new OptionError('--judge-url is only used by --judge llamaguard');
     if (judges.includes('llamaguard') && o.judgeUrl === undefined)
       throw new OptionError('--judge llamaguard needs --judge-url');
+    if (o.judgeUrl !== undefined && !judges.includes('llamaguard'))
+      throw new OptionError('--judge-url is only used by --judge llamaguard');
     if (o.showText && o.redact)
       throw new OptionError(
         '--show-text and --redact contradict each other (redacted replies have no text to show)',
       );
-    const coefficients = [...new Set(o.coefficients)];
-    const specs = [o.harmful, o.harmless, o.borderlineSafe, o.borderlineUnsafe];
-    if (specs.some((s) => isPromptSetName(s))) resolveDataDir(o.dataDir);
+    const settings: AuditSettings = {
+      harmful: o.harmful,
+      harmless: o.harmless,
+      borderlineSafe: o.borderlineSafe,
+      borderlineUnsafe: o.borderlineUnsafe,
+      limit: o.limit,
+      nEval: o.nEval,
+      maxTokens: o.maxTokens,
+      coefficients: [...new Set(o.coefficients)],
+      scavDefence: o.scavDefence,
+      seed: o.seed,
+      split,
+      targetFpr: o.targetFpr,
+      p0: o.p0,
+      p1: o.p1,
+      judges,
+      tokenIds: o.tokenIds,
+      batch: o.batch,
+      redact: o.redact,
+    };
+    checkAuditInputs(settings, o.dataDir);
     const cacheDir = cacheSetting(o);
 
     const model = await loadModel(o.model, out, { threads: o.threads });
     const base = path.basename(model.identity.path).replace(/\.(gguf|safetensors)$/i, '');
-    const outDir = o.out ?? `audit-${base}`;
-    const { runAudit } = await import('../../audit/pipeline.js');
-    const outcome = await runAudit({
-      model,
-      outDir,
-      settings: {
-        harmful: o.harmful,
-        harmless: o.harmless,
-        borderlineSafe: o.borderlineSafe,
-        borderlineUnsafe: o.borderlineUnsafe,
-        limit: o.limit,
-        nEval: o.nEval,
-        maxTokens: o.maxTokens,
-        coefficients,
-        scavDefence: o.scavDefence,
-        seed: o.seed,
-        split,
-        targetFpr: o.targetFpr,
-        p0: o.p0,
-        p1: o.p1,
-        judges,
-        tokenIds: o.tokenIds,
-        batch: o.batch,
-        redact: o.redact,
-      },
-      steps,
-      restart: o.restart,
-      showText: o.showText,
-      dataDir: o.dataDir,
-      cacheDir,
-      batchTokens: o.batchTokens,
-      judge: { judgeUrl: o.judgeUrl, judgeTimeout: o.judgeTimeout, judgeConcurrency: o.judgeConcurrency },
-      out,
-      version: packageVersion(),
-      command: commandLine(process.argv) ?? undefined,
-    });
+    const outcome = await withInterrupt(
+      (signal) =>
+        runAudit({
+          model,
+          outDir: o.out ?? `audit-${base}`,
+          settings,
+          steps,
+          restart: o.restart,
+          showText: o.showText,
+          dataDir: o.dataDir,
+          cacheDir,
+          batchTokens: o.batchTokens,
+          judge: { judgeUrl: o.judgeUrl, judgeTimeout: o.judgeTimeout, judgeConcurrency: o.judgeConcurrency },
+          reporter: cliReporter(out),
+          signal,
+          version: packageVersion(),
+          command: commandLine(process.argv) ?? undefined,
+        }),
+      () => out.warn('interrupted: stopping after the current batch (Ctrl-C again to quit at once)'),
+    );
     const { report, files } = outcome;
     out.result(report, () => humanSummary(report, files.html, outcome.seconds));
     if (outcome.interrupted) {

@@ -7,6 +7,7 @@ import { createInterface } from 'node:readline';
 
 import { SteerguardError } from '../../formats/errors.js';
 import type { ChatMessage } from '../../formats/tokenizer.js';
+import { hasChatTemplate } from '../../eval/prompt-sets.js';
 import type { Model } from '../../model/model.js';
 import {
   DECODE_WEIGHTS_OPTION,
@@ -14,7 +15,6 @@ import {
   THREADS_OPTION,
   command,
   para,
-  hasChatTemplate,
   loadModel,
   unescape,
 } from './common.js';

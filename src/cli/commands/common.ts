@@ -5,11 +5,12 @@
  * The model code is imported lazily (`await import`) so that `--help`, option errors and the
  * checks done before loading answer at once, without the native engine or the tokenizer library.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { OptionError, SteerguardError } from '../../formats/errors.js';
+import { hasChatTemplate } from '../../eval/prompt-sets.js';
 import type { Model } from '../../model/model.js';
 import {
   type CommandSpec,
@@ -56,6 +57,47 @@ export function command<const O extends Record<string, OptionSpec>>(
     },
   };
 }
+
+export const MODEL_OPTION = {
+  type: 'string',
+  short: 'm',
+  required: true,
+  placeholder: 'model',
+  description: '.gguf file, Hugging Face model folder, or cached repo id',
+} as const satisfies OptionSpec;
+
+export const DATA_DIR_OPTION = {
+  type: 'string',
+  placeholder: 'dir',
+  description: 'folder of the named prompt sets (default: $STEERGUARD_DATA)',
+} as const satisfies OptionSpec;
+
+export const COLUMN_OPTION = {
+  type: 'string',
+  placeholder: 'name',
+  description: 'prompt column of file sets (a file#column suffix wins)',
+} as const satisfies OptionSpec;
+
+export const TOKEN_IDS_OPTION = {
+  type: 'boolean',
+  description: 'the prompt column holds token ids ("1 52 7"), used as they are',
+} as const satisfies OptionSpec;
+
+/** The seeded train/val/test split of prompt sets (data/splits.ts). */
+export const SPLIT_OPTIONS = {
+  split: {
+    type: 'string',
+    placeholder: 'train,val,test',
+    default: '0.7,0.1,0.2',
+    description: 'fractions of the seeded split',
+  },
+  seed: { type: 'number', integer: true, default: 0, description: 'seed of the split' },
+} as const satisfies Record<string, OptionSpec>;
+
+export const OVERWRITE_OPTION = {
+  type: 'boolean',
+  description: 'replace an existing --out file',
+} as const satisfies OptionSpec;
 
 export const THREADS_OPTION = {
   type: 'number',
@@ -153,14 +195,6 @@ export function useChat(model: Model, flags: { chat: boolean; noChat: boolean })
   return flags.noChat ? false : has;
 }
 
-export function hasChatTemplate(model: Model): boolean {
-  try {
-    return model.tokenizer.chatTemplate !== undefined;
-  } catch {
-    return false;
-  }
-}
-
 /**
  * `--chat` and `--no-chat` are two switches rather than one boolean because the parser cannot
  * tell an absent boolean from `--no-chat`, and absent means "decide from the model".
@@ -208,6 +242,45 @@ export function formatBytes(n: number): string {
     u++;
   }
   return `${v.toFixed(v >= 100 ? 0 : 1)} ${units[u]}`;
+}
+
+/** Refuses a file option whose file is not there, so that the slip shows before a model loads. */
+export function checkInputFile(flag: string, file: string | undefined): void {
+  if (file !== undefined && !existsSync(file)) throw new OptionError(`${flag}: ${file} does not exist`);
+}
+
+/**
+ * Refuses to clobber an output file unless --overwrite, and checks its folder exists, so that
+ * no work is lost at the end.
+ */
+export function checkOutPath(file: string | undefined, overwrite: boolean): void {
+  if (file === undefined) return;
+  if (existsSync(file) && !overwrite)
+    throw new OptionError(`${file} already exists; remove it or pass --overwrite`);
+  const dir = path.dirname(path.resolve(file));
+  if (!existsSync(dir)) throw new OptionError(`folder ${dir} (of ${file}) does not exist`);
+}
+
+/**
+ * Runs `work` with a signal that the first Ctrl-C aborts (`onInterrupt` says so); a second
+ * Ctrl-C exits at once with 130.
+ */
+export async function withInterrupt<T>(
+  work: (signal: AbortSignal) => Promise<T>,
+  onInterrupt?: () => void,
+): Promise<T> {
+  const controller = new AbortController();
+  const onSigint = (): void => {
+    if (controller.signal.aborted) process.exit(130);
+    controller.abort();
+    onInterrupt?.();
+  };
+  process.on('SIGINT', onSigint);
+  try {
+    return await work(controller.signal);
+  } finally {
+    process.off('SIGINT', onSigint);
+  }
 }
 
 /** Resolves after pending I/O and signals have had a turn (synchronous model calls block them). */

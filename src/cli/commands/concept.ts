@@ -6,19 +6,25 @@
  * text is never printed, only counts and ids. Checks that need no model (sets, output path, split)
  * run before the model loads.
  */
-import { existsSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { basename } from 'node:path';
 
 import { OptionError } from '../../formats/errors.js';
-import type { Concept, ConceptExample, ConceptEvaluation, TrainReport } from '../../concepts/concept.js';
-import type { Model } from '../../model/model.js';
+import type { Concept, ConceptEvaluation, TrainReport } from '../../concepts/concept.js';
+import { type LoadedExamples, checkTokenIds, loadExamples } from '../../eval/prompt-sets.js';
 import { type CommandSpec, type OptionSpec, formatHelp } from '../args.js';
 import { type CliOutput, formatNumber, formatTable } from '../output.js';
-import { Progress } from '../progress.js';
+import { cliReporter } from '../reporter.js';
 import {
   CHAT_OPTIONS,
+  COLUMN_OPTION,
   type CliCommand,
+  DATA_DIR_OPTION,
+  MODEL_OPTION,
+  SPLIT_OPTIONS,
   THREADS_OPTION,
+  TOKEN_IDS_OPTION,
+  checkOutPath,
   command,
   loadModel,
   para,
@@ -29,25 +35,33 @@ import {
 // Shared options and helpers (monitor.ts uses them too)
 
 export const CONCEPT_SET_OPTIONS = {
-  dataDir: {
-    type: 'string',
-    placeholder: 'dir',
-    description: 'folder of the named prompt sets (default: $STEERGUARD_DATA)',
-  },
-  column: {
-    type: 'string',
-    placeholder: 'name',
-    description: 'prompt column of file sets (a file#column suffix wins)',
-  },
+  dataDir: DATA_DIR_OPTION,
+  column: COLUMN_OPTION,
   limit: {
     type: 'number',
     integer: true,
     min: 1,
     description: 'first N prompts of each set (before any split)',
   },
-  tokenIds: {
-    type: 'boolean',
-    description: 'the prompt column holds token ids ("1 52 7"), used as they are',
+  tokenIds: TOKEN_IDS_OPTION,
+} as const satisfies Record<string, OptionSpec>;
+
+/** The layers a monitor's score averages (monitor.ts uses them too). */
+export const SCORING_OPTIONS = {
+  p1: {
+    type: 'number',
+    min: 0,
+    max: 1,
+    default: 0.9,
+    description: 'layers above this probe accuracy make the score',
+  },
+  layers: {
+    type: 'list',
+    of: 'number',
+    integer: true,
+    min: 0,
+    placeholder: 'l1,l2',
+    description: 'score these layers instead',
   },
 } as const satisfies Record<string, OptionSpec>;
 
@@ -67,14 +81,6 @@ export const CACHE_OPTIONS = {
   },
 } as const satisfies Record<string, OptionSpec>;
 
-const MODEL_OPTION = {
-  type: 'string',
-  short: 'm',
-  required: true,
-  placeholder: 'model',
-  description: '.gguf file, Hugging Face model folder, or cached repo id',
-} as const satisfies OptionSpec;
-
 const CONCEPT_OPTION = {
   type: 'string',
   short: 'c',
@@ -83,71 +89,11 @@ const CONCEPT_OPTION = {
   description: 'concept file (from concept train)',
 } as const satisfies OptionSpec;
 
-export interface LoadedExamples {
-  readonly name: string;
-  readonly examples: ConceptExample[];
-  readonly duplicatesRemoved: number;
-}
-
-/** Loads a set as examples (text, or token ids with --token-ids). No model needed. */
-export async function loadExamples(
-  spec: string,
-  o: { dataDir?: string; column?: string; limit?: number; tokenIds?: boolean },
-): Promise<LoadedExamples> {
-  const { loadPromptSet } = await import('../../data/datasets.js');
-  const set = loadPromptSet(spec, { dataDir: o.dataDir, column: o.column, limit: o.limit });
-  if (set.prompts.length === 0) throw new OptionError(`prompt set ${set.name} is empty`);
-  const examples = set.prompts.map((p, i): ConceptExample => {
-    if (!o.tokenIds) return { id: p.id, prompt: p.text };
-    const parts = p.text.trim().split(/[\s,]+/);
-    const ids = parts.map(Number);
-    if (ids.some((x) => !Number.isInteger(x) || x < 0)) {
-      throw new OptionError(
-        `${set.name}, prompt ${i}: --token-ids needs whole numbers separated by spaces or commas`,
-      );
-    }
-    return { id: p.id, prompt: { tokens: ids } };
-  });
-  return { name: set.name, examples, duplicatesRemoved: set.duplicatesRemoved };
-}
-
-/** Refuses token ids the model's vocabulary does not have. */
-export function checkTokenIds(model: Model, sets: readonly LoadedExamples[]): void {
-  const V = model.config.vocabSize;
-  for (const s of sets)
-    s.examples.forEach((e, i) => {
-      const p = e.prompt;
-      if (typeof p !== 'string' && 'tokens' in p && p.tokens.some((t) => t >= V)) {
-        throw new OptionError(`${s.name}, prompt ${i}: token id out of range for a vocabulary of ${V}`);
-      }
-    });
-}
-
 /** The cache setting from --cache-dir / --no-cache. */
 export function cacheSetting(o: { cacheDir?: string; noCache: boolean }): string | false | undefined {
   if (o.noCache && o.cacheDir !== undefined)
     throw new OptionError('--cache-dir and --no-cache contradict each other');
   return o.noCache ? false : o.cacheDir;
-}
-
-export function progressFor(
-  out: CliOutput,
-  label: string,
-): { bar: () => Progress; onProgress: (done: number, total: number) => void; finish: () => void } {
-  let bar: Progress | undefined;
-  return {
-    bar: () => bar!,
-    onProgress: (done, total) => {
-      bar ??= new Progress({ total, label, unit: 'prompts', json: out.json, stream: out.stderr });
-      bar.update(done);
-    },
-    finish: () => bar?.finish(),
-  };
-}
-
-function checkOut(path: string, overwrite: boolean): void {
-  if (existsSync(path) && !overwrite)
-    throw new OptionError(`${path} already exists; remove it or pass --overwrite`);
 }
 
 function ci(c: readonly [number, number]): string {
@@ -250,13 +196,7 @@ const TRAIN_SPEC = {
       description: 'concept name (default: <positive>-vs-<negative>)',
     },
     ...CONCEPT_SET_OPTIONS,
-    split: {
-      type: 'string',
-      placeholder: 'train,val,test',
-      default: '0.7,0.1,0.2',
-      description: 'split fractions',
-    },
-    seed: { type: 'number', integer: true, default: 0, description: 'seed of the split' },
+    ...SPLIT_OPTIONS,
     ...CHAT_OPTIONS,
     layers: {
       type: 'list',
@@ -296,20 +236,20 @@ const trainCommand = command(TRAIN_SPEC, async (args, out) => {
   const o = args.options;
   const { parseSplit } = await import('../../data/splits.js');
   const split = parseSplit(o.split);
-  checkOut(o.out, o.overwrite);
-  if (o.svg !== undefined) checkOut(o.svg, o.overwrite);
+  checkOutPath(o.out, o.overwrite);
+  if (o.svg !== undefined) checkOutPath(o.svg, o.overwrite);
   const cacheDir = cacheSetting(o);
   const setOpts = { dataDir: o.dataDir, column: o.column, limit: o.limit, tokenIds: o.tokenIds };
-  const pos = await loadExamples(o.positive, setOpts);
-  const neg = await loadExamples(o.negative, setOpts);
-  const tpos = o.testPositive !== undefined ? await loadExamples(o.testPositive, setOpts) : undefined;
-  const tneg = o.testNegative !== undefined ? await loadExamples(o.testNegative, setOpts) : undefined;
+  const pos = loadExamples(o.positive, setOpts);
+  const neg = loadExamples(o.negative, setOpts);
+  const tpos = o.testPositive !== undefined ? loadExamples(o.testPositive, setOpts) : undefined;
+  const tneg = o.testNegative !== undefined ? loadExamples(o.testNegative, setOpts) : undefined;
 
   const model = await loadModel(o.model, out, { threads: o.threads });
   checkTokenIds(model, [pos, neg, ...(tpos ? [tpos] : []), ...(tneg ? [tneg] : [])]);
   const chat = o.tokenIds ? false : useChat(model, o);
   const { trainConcept } = await import('../../concepts/concept.js');
-  const progress = progressFor(out, 'activations');
+  const progress = cliReporter(out).progress('activations', 'prompts');
   const { concept, report } = await trainConcept({
     model,
     positive: pos.examples,
@@ -326,7 +266,7 @@ const trainCommand = command(TRAIN_SPEC, async (args, out) => {
     layers: o.layers,
     cacheDir,
     batchTokens: o.batchTokens,
-    onProgress: progress.onProgress,
+    onProgress: progress.update,
   });
   progress.finish();
   concept.save(o.out);
@@ -472,24 +412,24 @@ const EVAL_SPEC = {
 const evalCommand = command(EVAL_SPEC, async (args, out) => {
   const o = args.options;
   const cacheDir = cacheSetting(o);
-  if (o.svg !== undefined) checkOut(o.svg, o.overwrite);
+  if (o.svg !== undefined) checkOutPath(o.svg, o.overwrite);
   const { Concept, evaluateConcept } = await import('../../concepts/concept.js');
   const peek = Concept.load(o.concept);
   const setOpts = { dataDir: o.dataDir, column: o.column, limit: o.limit, tokenIds: o.tokenIds };
-  let pos = await partOf(await loadExamples(o.positive, setOpts), o, peek);
-  let neg = await partOf(await loadExamples(o.negative, setOpts), o, peek);
+  let pos = await partOf(loadExamples(o.positive, setOpts), o, peek);
+  let neg = await partOf(loadExamples(o.negative, setOpts), o, peek);
   if (o.dropOverlap) [pos, neg] = dropFitted([pos, neg], peek, out);
   const model = await loadModel(o.model, out, { threads: o.threads });
   const concept = Concept.load(o.concept, model, { allowOtherModel: o.allowOtherModel });
   checkTokenIds(model, [pos, neg]);
-  const progress = progressFor(out, 'activations');
+  const progress = cliReporter(out).progress('activations', 'prompts');
   const res = await withLeakageHint(() =>
     evaluateConcept(concept, model, pos.examples, neg.examples, {
       allowOverlap: o.allowOverlap,
       p1: o.p1,
       cacheDir,
       batchTokens: o.batchTokens,
-      onProgress: progress.onProgress,
+      onProgress: progress.update,
     }),
   );
   progress.finish();
@@ -585,21 +525,7 @@ const CALIBRATE_SPEC = {
     },
     ...CONCEPT_SET_OPTIONS,
     ...PART_OPTIONS,
-    p1: {
-      type: 'number',
-      min: 0,
-      max: 1,
-      default: 0.9,
-      description: 'layers above this probe accuracy make the score',
-    },
-    layers: {
-      type: 'list',
-      of: 'number',
-      integer: true,
-      min: 0,
-      placeholder: 'l1,l2',
-      description: 'score these layers instead',
-    },
+    ...SCORING_OPTIONS,
     ...CACHE_OPTIONS,
     overwrite: { type: 'boolean', description: 'replace an existing --out file (other than --concept)' },
     threads: THREADS_OPTION,
@@ -613,14 +539,13 @@ const CALIBRATE_SPEC = {
 const calibrateCommand = command(CALIBRATE_SPEC, async (args, out) => {
   const o = args.options;
   const cacheDir = cacheSetting(o);
-  if (o.out !== o.concept) checkOut(o.out, o.overwrite);
+  if (o.out !== o.concept) checkOutPath(o.out, o.overwrite);
   const { Concept } = await import('../../concepts/concept.js');
   const { calibrate } = await import('../../concepts/monitor.js');
   const peek = Concept.load(o.concept);
   const setOpts = { dataDir: o.dataDir, column: o.column, limit: o.limit, tokenIds: o.tokenIds };
-  let neg = await partOf(await loadExamples(o.negative, setOpts), o, peek);
-  let pos =
-    o.positive !== undefined ? await partOf(await loadExamples(o.positive, setOpts), o, peek) : undefined;
+  let neg = await partOf(loadExamples(o.negative, setOpts), o, peek);
+  let pos = o.positive !== undefined ? await partOf(loadExamples(o.positive, setOpts), o, peek) : undefined;
   if (o.dropOverlap) {
     [neg] = dropFitted([neg], peek, out);
     if (pos) [pos] = dropFitted([pos], peek, out);
@@ -628,7 +553,7 @@ const calibrateCommand = command(CALIBRATE_SPEC, async (args, out) => {
   const model = await loadModel(o.model, out, { threads: o.threads });
   const concept = Concept.load(o.concept, model);
   checkTokenIds(model, [neg, ...(pos ? [pos] : [])]);
-  const progress = progressFor(out, 'activations');
+  const progress = cliReporter(out).progress('activations', 'prompts');
   const calibrated = await withLeakageHint(() =>
     calibrate(concept, model, neg.examples, o.targetFpr, {
       layers: o.layers,
@@ -638,7 +563,7 @@ const calibrateCommand = command(CALIBRATE_SPEC, async (args, out) => {
       allowOverlap: o.allowOverlap,
       cacheDir,
       batchTokens: o.batchTokens,
-      onProgress: progress.onProgress,
+      onProgress: progress.update,
     }),
   );
   progress.finish();
@@ -676,7 +601,7 @@ const SHOW_SPEC = {
 
 const showCommand = command(SHOW_SPEC, async (args, out) => {
   const o = args.options;
-  if (o.svg !== undefined) checkOut(o.svg, o.overwrite);
+  if (o.svg !== undefined) checkOutPath(o.svg, o.overwrite);
   const { Concept } = await import('../../concepts/concept.js');
   const concept = Concept.load(o.concept);
   if (o.svg !== undefined) {
@@ -855,11 +780,11 @@ export const benchProbesCommand = command(
     const { parseSplit } = await import('../../data/splits.js');
     const split = parseSplit(o.split);
     const setOpts = { dataDir: o.dataDir, column: o.column, limit: o.limit, tokenIds: o.tokenIds };
-    const pos = await loadExamples(o.positive, setOpts);
-    const neg = await loadExamples(o.negative, setOpts);
+    const pos = loadExamples(o.positive, setOpts);
+    const neg = loadExamples(o.negative, setOpts);
     const model = await loadModel(o.model, out, { threads: o.threads });
     const chat = o.tokenIds ? false : useChat(model, o);
-    const progress = progressFor(out, 'activations');
+    const progress = cliReporter(out).progress('activations', 'prompts');
     const { concept, report } = await trainConcept({
       model,
       positive: pos.examples,
@@ -870,7 +795,7 @@ export const benchProbesCommand = command(
       seed: o.seed,
       cacheDir: cacheSetting(o),
       batchTokens: o.batchTokens,
-      onProgress: progress.onProgress,
+      onProgress: progress.update,
       useEngine: !o.noEngine,
     });
     progress.finish();

@@ -17,8 +17,19 @@ import type { ControlVector } from '../../steering/control-vector.js';
 import type { RefusalDirectionResult } from '../../steering/refusal-direction.js';
 import { type CliOutput, formatNumber, formatTable } from '../output.js';
 import { Progress } from '../progress.js';
-import { CHAT_OPTIONS, THREADS_OPTION, command, loadModel, para, useChat } from './common.js';
-import { checkOutPath, fittedIdsOf } from './eval.js';
+import { fittedIdsOf } from '../../eval/steering.js';
+import {
+  CHAT_OPTIONS,
+  COLUMN_OPTION,
+  DATA_DIR_OPTION,
+  SPLIT_OPTIONS,
+  THREADS_OPTION,
+  checkOutPath,
+  command,
+  loadModel,
+  para,
+  useChat,
+} from './common.js';
 
 /** Prompt ids of a fit, kept in the artefact (ids only: hashes of the normalised text). */
 const FITTED_IDS_KEY = 'steerguard.fitted_ids';
@@ -84,19 +95,9 @@ export const directionCommand = command(
         placeholder: 'set',
         description: 'harmless prompt set (name or file)',
       },
-      column: { type: 'string', placeholder: 'name', description: 'prompt column of file sets' },
-      dataDir: {
-        type: 'string',
-        placeholder: 'dir',
-        description: 'folder of the named sets (default: $STEERGUARD_DATA)',
-      },
-      split: {
-        type: 'string',
-        default: '0.7,0.1,0.2',
-        placeholder: 'train,val,test',
-        description: 'seeded split fractions',
-      },
-      seed: { type: 'number', integer: true, default: 0, description: 'seed of the split' },
+      column: COLUMN_OPTION,
+      dataDir: DATA_DIR_OPTION,
+      ...SPLIT_OPTIONS,
       nTrain: {
         type: 'number',
         integer: true,

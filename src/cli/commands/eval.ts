@@ -1,63 +1,54 @@
 /**
  * `steerguard eval refusal`: refusal rate on harmful sets and over-refusal on benign ones, with
- * or without steering or an attack, judged by keyword lists and/or Llama Guard.
+ * or without steering or an attack, judged by keyword lists and/or Llama Guard. The work is done
+ * by src/eval/ (prompt sets, steering from files, judges, the evaluation); this file holds the
+ * options and the output, and the option groups attack.ts and direction.ts share.
  *
- * Also home of the pieces attack.ts and direction.ts share: prompt-set options, judges, steering
- * from files, the summary table. Prompts and replies are never printed: they go to the --out
- * JSONL only (and not even there with --redact).
+ * Prompts and replies are never printed: they go to the --out JSONL only (and not even there
+ * with --redact).
  */
-import { existsSync } from 'node:fs';
-import path from 'node:path';
-
 import { OptionError, SteerguardError } from '../../formats/errors.js';
-import type { Hook } from '../../hooks/hooks.js';
-import type { Model, Prompt } from '../../model/model.js';
-import type { Judge, JudgeName } from '../../eval/judges.js';
-import type { PromptMonitor } from '../../steering/conditional.js';
-import type {
-  EvalPrompt,
-  RateSummary,
-  RefusalEvalResult,
-  RefusalRow,
-  Responder,
-} from '../../eval/refusal.js';
+import { checkLeakage } from '../../data/splits.js';
+import { buildJudges, runEvaluation } from '../../eval/evaluation.js';
+import { type LoadedSet, loadSets, toEvalPrompts } from '../../eval/prompt-sets.js';
+import { buildSteering } from '../../eval/steering.js';
+import type { RateSummary, RefusalEvalResult, RefusalRow } from '../../eval/refusal.js';
 import type { OptionSpec } from '../args.js';
 import { type CliOutput, formatTable } from '../output.js';
-import { Progress } from '../progress.js';
-import { CHAT_OPTIONS, THREADS_OPTION, command, loadModel, para, useChat } from './common.js';
+import { cliReporter } from '../reporter.js';
+import {
+  CHAT_OPTIONS,
+  COLUMN_OPTION,
+  DATA_DIR_OPTION,
+  MODEL_OPTION,
+  OVERWRITE_OPTION,
+  SPLIT_OPTIONS,
+  THREADS_OPTION,
+  TOKEN_IDS_OPTION,
+  checkInputFile,
+  checkOutPath,
+  command,
+  loadModel,
+  para,
+  useChat,
+  withInterrupt,
+} from './common.js';
 
 // ---------------------------------------------------------------------------------------------
 // Shared option groups
 
 export const SET_OPTIONS = {
-  column: {
-    type: 'string',
-    placeholder: 'name',
-    description: 'prompt column of file sets (a file#column suffix wins)',
-  },
-  dataDir: {
-    type: 'string',
-    placeholder: 'dir',
-    description: 'folder of the named sets (default: $STEERGUARD_DATA)',
-  },
+  column: COLUMN_OPTION,
+  dataDir: DATA_DIR_OPTION,
   part: {
     type: 'enum',
     values: ['all', 'train', 'val', 'test'],
     default: 'all',
     description: 'use one part of the seeded split of each set (held-out evaluation: test)',
   },
-  split: {
-    type: 'string',
-    placeholder: 'train,val,test',
-    default: '0.7,0.1,0.2',
-    description: 'fractions of the seeded split used by --part',
-  },
-  seed: { type: 'number', integer: true, default: 0, description: 'seed of the split' },
+  ...SPLIT_OPTIONS,
   limit: { type: 'number', integer: true, min: 1, description: 'first N prompts of each set (after --part)' },
-  tokenIds: {
-    type: 'boolean',
-    description: 'the prompt column holds token ids ("1 52 7"), fed as they are',
-  },
+  tokenIds: TOKEN_IDS_OPTION,
   system: { type: 'string', placeholder: 'text', description: 'system message (chat template only)' },
   allowOverlap: {
     type: 'boolean',
@@ -113,137 +104,11 @@ export const OUTPUT_OPTIONS = {
     description: 'write every reply and judgement here (written whole, atomically)',
   },
   redact: { type: 'boolean', description: 'leave prompt and reply text out of --out (hashes only)' },
-  overwrite: { type: 'boolean', description: 'replace an existing --out file' },
+  overwrite: OVERWRITE_OPTION,
 } as const satisfies Record<string, OptionSpec>;
 
 // ---------------------------------------------------------------------------------------------
-// Prompt sets
-
-export interface SetOptionValues {
-  column?: string;
-  dataDir?: string;
-  part: 'all' | 'train' | 'val' | 'test';
-  split: string;
-  seed: number;
-  limit?: number;
-  tokenIds: boolean;
-  system?: string;
-}
-
-/** A set's prompts with ids and a display name, before they are turned into model prompts. */
-export interface LoadedSet {
-  readonly name: string;
-  readonly harmful: boolean | undefined;
-  readonly prompts: readonly { readonly id: string; readonly text: string }[];
-}
-
-/** Loads the sets (no model needed), applying --part and --limit. */
-export async function loadSets(specs: readonly string[], o: SetOptionValues): Promise<LoadedSet[]> {
-  const { loadPromptSet } = await import('../../data/datasets.js');
-  const { parseSplit, splitItems } = await import('../../data/splits.js');
-  const fractions = parseSplit(o.split);
-  return specs.map((spec) => {
-    const set = loadPromptSet(spec, { dataDir: o.dataDir, column: o.column });
-    let prompts = [...set.prompts];
-    if (o.part !== 'all') prompts = splitItems(prompts, { seed: o.seed, fractions })[o.part];
-    if (o.limit !== undefined) prompts = prompts.slice(0, o.limit);
-    if (prompts.length === 0) throw new OptionError(`set ${set.name} has no prompts in part '${o.part}'`);
-    const name = o.part === 'all' ? set.name : `${set.name}@${o.part}`;
-    return { name, harmful: set.harmful, prompts: prompts.map((p) => ({ id: p.id, text: p.text })) };
-  });
-}
-
-/** "1 52 7" or "1,52,7" → ids; OptionError naming the set and row otherwise (never the text). */
-export function parseTokenIds(text: string, where: string, vocabSize: number): number[] {
-  const parts = text.trim().split(/[\s,]+/);
-  const ids = parts.map(Number);
-  if (parts.length === 0 || ids.some((x) => !Number.isInteger(x) || x < 0 || x >= vocabSize))
-    throw new OptionError(
-      `${where}: --token-ids needs whole numbers in 0..${vocabSize - 1} separated by spaces or commas`,
-    );
-  return ids;
-}
-
-/** Model prompts for the loaded sets: chat messages, raw text or token ids. */
-export function toEvalPrompts(
-  model: Model,
-  sets: readonly LoadedSet[],
-  o: SetOptionValues & { chat: boolean; noChat: boolean },
-): EvalPrompt[] {
-  const chat = o.tokenIds ? false : useChat(model, o);
-  if (o.system !== undefined && !chat) throw new OptionError('--system needs the chat template');
-  const out: EvalPrompt[] = [];
-  for (const set of sets)
-    set.prompts.forEach((p, i) => {
-      let prompt: Prompt;
-      let text = p.text;
-      if (o.tokenIds) {
-        const tokens = parseTokenIds(p.text, `${set.name} row ${i + 1}`, model.config.vocabSize);
-        prompt = { tokens };
-        try {
-          text = model.tokenizer.decode(tokens);
-        } catch {
-          text = '';
-        }
-      } else if (chat) {
-        prompt = {
-          messages: [
-            ...(o.system !== undefined ? [{ role: 'system', content: o.system }] : []),
-            { role: 'user', content: p.text },
-          ],
-        };
-      } else prompt = p.text;
-      out.push({ id: p.id, set: set.name, text, prompt });
-    });
-  return out;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Judges
-
-export interface JudgeOptionValues {
-  judge: string[];
-  judgeUrl?: string;
-  judgeTimeout: number;
-  judgeConcurrency: number;
-}
-
-/** Judges from the options; a Llama Guard server is asked one benign question first. */
-export async function buildJudges(o: JudgeOptionValues, out: CliOutput): Promise<Judge[]> {
-  const { JUDGE_NAMES, makeJudge } = await import('../../eval/judges.js');
-  const names = [...new Set(o.judge)];
-  for (const n of names)
-    if (!(JUDGE_NAMES as readonly string[]).includes(n))
-      throw new OptionError(`--judge: unknown judge '${n.slice(0, 40)}' (known: ${JUDGE_NAMES.join(', ')})`);
-  if (o.judgeUrl !== undefined && !names.includes('llamaguard'))
-    throw new OptionError('--judge-url is only used by --judge llamaguard');
-  const judges = names.map((n) =>
-    makeJudge(n as JudgeName, {
-      url: o.judgeUrl,
-      timeoutMs: o.judgeTimeout * 1000,
-      concurrency: o.judgeConcurrency,
-    }),
-  );
-  const lg = judges.find((j) => j.measures === 'unsafe');
-  if (lg) {
-    // Minutes of generation should not end in "the judge server is down".
-    out.info(`checking the judge server at ${o.judgeUrl} ...`);
-    await lg.judge([{ prompt: 'What is the capital of France?', response: 'Paris.' }]);
-  }
-  return judges;
-}
-
-// ---------------------------------------------------------------------------------------------
 // Output
-
-/** Refuses to clobber --out unless --overwrite, and checks its folder exists, before any work. */
-export function checkOutPath(file: string | undefined, overwrite: boolean): void {
-  if (file === undefined) return;
-  if (existsSync(file) && !overwrite)
-    throw new OptionError(`${file} already exists; remove it or pass --overwrite`);
-  const dir = path.dirname(path.resolve(file));
-  if (!existsSync(dir)) throw new OptionError(`--out: folder ${dir} does not exist`);
-}
 
 const pct = (x: number) => (Number.isFinite(x) ? `${(100 * x).toFixed(1)}%` : '-');
 
@@ -290,100 +155,6 @@ export async function writeRows(
   }
 }
 
-/** Progress bars for the generation and judging stages of an evaluation. */
-export function evalProgress(
-  out: CliOutput,
-  label: string,
-): {
-  onProgress: (stage: 'generate' | 'judge', done: number, total: number) => void;
-  finish: () => void;
-} {
-  let gen: Progress | undefined;
-  let judge: Progress | undefined;
-  return {
-    onProgress: (stage, done, total) => {
-      if (stage === 'generate') {
-        gen ??= new Progress({
-          total,
-          label: `${label}: generate`,
-          unit: 'prompts',
-          json: out.json,
-          stream: out.stderr,
-        });
-        gen.update(done);
-      } else {
-        gen?.finish();
-        judge ??= new Progress({
-          total,
-          label: `${label}: judge`,
-          unit: 'replies',
-          json: out.json,
-          stream: out.stderr,
-        });
-        judge.update(done);
-      }
-    },
-    finish: () => {
-      gen?.finish();
-      judge?.finish();
-    },
-  };
-}
-
-// ---------------------------------------------------------------------------------------------
-// Steering from files
-
-/** What a run steers with, and the prompt ids the artefacts were fitted on (leakage guard). */
-export interface Steering {
-  readonly label: string;
-  readonly responder: Responder;
-  readonly fittedIds: readonly string[];
-}
-
-/** Prompt ids stored in a steerguard artefact's metadata (`steerguard.fitted_ids`). */
-export function fittedIdsOf(meta: ReadonlyMap<string, unknown>): string[] {
-  const v = meta.get('steerguard.fitted_ids');
-  return Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
-}
-
-export interface SteerOptionValues {
-  steer: 'none' | 'add' | 'ablate' | 'conditional';
-  vector?: string;
-  layer?: number;
-  coeff: number;
-  concept?: string;
-  threshold?: number;
-  monitorLayer?: number;
-  attack: 'none' | 'scav';
-  p0: number;
-  p1: number;
-}
-
-/** Static hooks of `--steer add|ablate` from a control-vector or refusal-direction file. */
-export async function vectorHooks(
-  model: Model,
-  o: Pick<SteerOptionValues, 'steer' | 'vector' | 'layer' | 'coeff'>,
-): Promise<{
-  hooks: Hook[];
-  label: string;
-  fittedIds: string[];
-}> {
-  if (o.vector === undefined) throw new OptionError(`--steer ${o.steer} needs --vector FILE`);
-  const { ControlVector } = await import('../../steering/control-vector.js');
-  const { ablationHooks, refusalDirectionFromControlVector } =
-    await import('../../steering/refusal-direction.js');
-  const cv = ControlVector.load(o.vector);
-  cv.checkModel(model.config);
-  const fittedIds = fittedIdsOf(cv.metadata);
-  const base = path.basename(o.vector);
-  if (o.steer === 'ablate') {
-    const rd = refusalDirectionFromControlVector(cv, o.layer);
-    return { hooks: ablationHooks(rd.direction, model.config.nLayers), label: `ablate ${base}`, fittedIds };
-  }
-  const used = o.layer !== undefined ? cv.restrict([o.layer]) : cv;
-  return { hooks: used.hooks(o.coeff), label: `add ${o.coeff} × ${base}`, fittedIds };
-}
-
 // ---------------------------------------------------------------------------------------------
 // The command
 
@@ -403,13 +174,7 @@ export const evalCommand = command(
     ),
     positionals: [{ name: 'what', description: "what to evaluate: 'refusal'" }],
     options: {
-      model: {
-        type: 'string',
-        short: 'm',
-        required: true,
-        placeholder: 'model',
-        description: '.gguf file, HF folder or cached repo id',
-      },
+      model: MODEL_OPTION,
       sets: {
         type: 'list',
         required: true,
@@ -446,7 +211,8 @@ export const evalCommand = command(
         type: 'number',
         min: 0,
         max: 1,
-        description: "monitor threshold (default: the concept's calibrated one)",
+        description:
+          "conditional steering: steer prompts whose monitor probability P(concept) is above this (default: the concept's calibrated threshold, else 0.5)",
       },
       monitorLayer: {
         type: 'number',
@@ -484,11 +250,12 @@ export const evalCommand = command(
       'steerguard eval refusal -m smollm2.gguf --sets advbench --part test --steer ablate --vector refusal.gguf',
       'steerguard eval refusal -m smollm2.gguf --sets xstest-safe --steer add --vector refusal.gguf --coeff 1',
       'steerguard eval refusal -m smollm2.gguf --sets advbench --judge llamaguard --judge-url http://127.0.0.1:8080',
-      'steerguard eval refusal -m smollm2.gguf --sets advbench,xstest-safe --steer conditional --concept c.json',
+      'steerguard eval refusal -m smollm2.gguf --sets advbench,xstest-safe --steer conditional --concept harmful.concept.safetensors',
     ],
   },
   async (args, out) => {
     const o = args.options;
+    const reporter = cliReporter(out);
     const what = args.positionals[0];
     if (what !== 'refusal')
       throw new OptionError(`unknown evaluation '${what.slice(0, 40)}'; known: refusal`);
@@ -501,14 +268,14 @@ export const evalCommand = command(
         `${o.attack === 'scav' ? '--attack scav' : '--steer conditional'} needs --concept FILE`,
       );
     checkOutPath(o.out, o.overwrite);
-    const sets = await loadSets(o.sets, o);
-    const judges = await buildJudges(o, out);
-
+    checkInputFile('--vector', o.vector);
+    checkInputFile('--concept', o.concept);
+    const sets = loadSets(o.sets, o);
+    const judges = await buildJudges(o, reporter);
     const model = await loadModel(o.model, out, { threads: o.threads });
-    const prompts = toEvalPrompts(model, sets, o);
+    const prompts = toEvalPrompts(model, sets, { ...o, chat: o.tokenIds ? false : useChat(model, o) });
     const steering = await buildSteering(model, o);
     if (steering.fittedIds.length > 0) {
-      const { checkLeakage } = await import('../../data/splits.js');
       const overlap = checkLeakage(steering.fittedIds, prompts, {
         allow: o.allowOverlap,
         what: 'the steering artefact',
@@ -516,7 +283,9 @@ export const evalCommand = command(
       if (overlap.length > 0)
         out.warn(`${overlap.length} evaluated prompts were used to fit the steering artefact`);
     }
-    const result = await runEvaluation(model, prompts, judges, steering, o, out);
+    const result = await withInterrupt((signal) =>
+      runEvaluation(model, prompts, judges, steering, o, { reporter, signal }),
+    );
     if (o.out !== undefined) {
       await writeRows(o.out, result.rows, { redact: o.redact, extra: () => ({ run: steering.label }) });
       out.info(`wrote ${result.rows.length} rows to ${o.out}`);
@@ -524,40 +293,6 @@ export const evalCommand = command(
     reportEvaluation(out, result, steering.label, sets, o.out);
   },
 );
-
-/** Runs the evaluation with progress bars and Ctrl-C handling. */
-export async function runEvaluation(
-  model: Model,
-  prompts: readonly EvalPrompt[],
-  judges: readonly Judge[],
-  steering: Steering,
-  o: { maxTokens: number; batch: number; repetitionPenalty: number },
-  out: CliOutput,
-): Promise<RefusalEvalResult> {
-  const { evaluateRefusal } = await import('../../eval/refusal.js');
-  const controller = new AbortController();
-  const onSigint = (): void => {
-    if (controller.signal.aborted) process.exit(130);
-    controller.abort();
-  };
-  process.on('SIGINT', onSigint);
-  const progress = evalProgress(out, steering.label);
-  out.info(`${steering.label}: ${prompts.length} prompts, ${o.maxTokens} tokens each, batches of ${o.batch}`);
-  try {
-    return await evaluateRefusal(model, prompts, {
-      judges,
-      responder: steering.responder,
-      maxNewTokens: o.maxTokens,
-      batchSize: o.batch,
-      repetitionPenalty: o.repetitionPenalty,
-      onProgress: progress.onProgress,
-      signal: controller.signal,
-    });
-  } finally {
-    progress.finish();
-    process.off('SIGINT', onSigint);
-  }
-}
 
 /** Prints the summary (and, in --json mode, the whole result without texts); fails on judge failure. */
 export function reportEvaluation(
@@ -589,102 +324,4 @@ export function reportEvaluation(
       result.judgeFailures.map((f) => `judge ${f.judge} failed on every reply: ${f.message}`).join('; ') +
         (file ? ` (the replies are in ${file})` : ''),
     );
-}
-
-/** The responder of --steer / --attack. */
-export async function buildSteering(model: Model, o: SteerOptionValues): Promise<Steering> {
-  const { hookResponder } = await import('../../eval/refusal.js');
-  const attack = o.attack === 'scav' ? await scavAttackHooks(model, o) : undefined;
-  const base = attack?.hooks ?? [];
-  const prefix = attack ? `${attack.label} + ` : '';
-  const fitted = attack?.fittedIds ?? [];
-  if (o.steer === 'none')
-    return {
-      label: attack ? attack.label : 'baseline',
-      responder: hookResponder(model, base),
-      fittedIds: fitted,
-    };
-  if (o.steer === 'add' || o.steer === 'ablate') {
-    const v = await vectorHooks(model, o);
-    return {
-      label: `${prefix}${v.label}`,
-      responder: hookResponder(model, [...base, ...v.hooks]),
-      fittedIds: [...fitted, ...v.fittedIds],
-    };
-  }
-  return conditionalSteering(model, o, base, prefix, fitted);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Concept-based pieces (SCAV attack, conditional steering)
-
-/** SCAV attack hooks from a concept file. */
-export async function scavAttackHooks(
-  model: Model,
-  o: Pick<SteerOptionValues, 'concept' | 'p0' | 'p1'>,
-): Promise<{ hooks: Hook[]; label: string; fittedIds: string[] }> {
-  const concept = await loadConceptFor(o.concept!, model);
-  const hooks = await scavFor(concept, { target: 'safe', p0: o.p0, p1: o.p1 });
-  if (hooks.length === 0)
-    throw new SteerguardError(
-      `no probe of ${o.concept} is more accurate than --p1 ${o.p1}: SCAV has no layer to move`,
-    );
-  return { hooks, label: `scav p0=${o.p0}`, fittedIds: concept.fittedIds };
-}
-
-async function conditionalSteering(
-  model: Model,
-  o: SteerOptionValues,
-  base: readonly Hook[],
-  prefix: string,
-  fitted: readonly string[],
-): Promise<Steering> {
-  const { conditionalGenerate } = await import('../../steering/conditional.js');
-  const concept = await loadConceptFor(o.concept!, model);
-  const monitor = await monitorFor(concept, { layer: o.monitorLayer, threshold: o.threshold });
-  let steer: Hook[];
-  let what: string;
-  const ids = [...fitted, ...concept.fittedIds];
-  if (o.vector !== undefined) {
-    const v = await vectorHooks(model, { steer: 'add', vector: o.vector, layer: o.layer, coeff: o.coeff });
-    steer = v.hooks;
-    what = v.label;
-    ids.push(...v.fittedIds);
-  } else {
-    steer = await scavFor(concept, { target: 'malicious', p0: o.p0, p1: o.p1 });
-    what = 'scav defence';
-  }
-  const responder: Responder = async (prompts, gen) => {
-    const r = await conditionalGenerate(model, prompts, { ...gen, monitor, steer, baseHooks: base });
-    return {
-      generations: r.generations,
-      flags: r.flags.map((f) => f.flagged),
-      scores: r.flags.map((f) => f.score),
-    };
-  };
-  return { label: `${prefix}conditional ${what}`, responder, fittedIds: ids };
-}
-
-type Concept = import('../../concepts/concept.js').Concept;
-
-async function loadConceptFor(file: string, model: Model): Promise<Concept> {
-  const { Concept } = await import('../../concepts/concept.js');
-  return Concept.load(file, model);
-}
-
-/** SCAV hooks; the defence ('malicious') keeps scavHooks' own target probability (0.999). */
-async function scavFor(
-  concept: Concept,
-  o: { target: 'safe' | 'malicious'; p0: number; p1: number },
-): Promise<Hook[]> {
-  const { scavHooks } = await import('../../concepts/scav.js');
-  return scavHooks(concept, { target: o.target, p0: o.target === 'safe' ? o.p0 : undefined, p1: o.p1 });
-}
-
-async function monitorFor(
-  concept: Concept,
-  o: { layer?: number; threshold?: number },
-): Promise<PromptMonitor> {
-  const { promptMonitor } = await import('../../concepts/monitor.js');
-  return promptMonitor(concept, o);
 }

@@ -4,7 +4,8 @@ import { statSync } from 'node:fs';
 import { BLOCK_HOOKS } from '../../hooks/hooks.js';
 import type { Model } from '../../model/model.js';
 import { formatNumber } from '../output.js';
-import { THREADS_OPTION, command, para, formatBytes, hasChatTemplate, loadModel } from './common.js';
+import { hasChatTemplate } from '../../eval/prompt-sets.js';
+import { THREADS_OPTION, command, para, formatBytes, loadModel } from './common.js';
 
 export const infoCommand = command(
   {

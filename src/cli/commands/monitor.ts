@@ -7,16 +7,11 @@
 import { OptionError } from '../../formats/errors.js';
 import type { MonitorReading, TokenReading } from '../../concepts/monitor.js';
 import type { ConceptExample } from '../../concepts/concept.js';
+import { checkTokenIds, loadExamples } from '../../eval/prompt-sets.js';
 import { formatNumber, formatTable } from '../output.js';
-import { THREADS_OPTION, command, loadModel, para } from './common.js';
-import {
-  CACHE_OPTIONS,
-  CONCEPT_SET_OPTIONS,
-  cacheSetting,
-  checkTokenIds,
-  loadExamples,
-  progressFor,
-} from './concept.js';
+import { cliReporter } from '../reporter.js';
+import { MODEL_OPTION, THREADS_OPTION, checkInputFile, command, loadModel, para } from './common.js';
+import { CACHE_OPTIONS, CONCEPT_SET_OPTIONS, SCORING_OPTIONS, cacheSetting } from './concept.js';
 
 interface Row {
   /** Shown text: the prompt itself when typed, else `#index id`. */
@@ -31,8 +26,8 @@ export const monitorCommand = command(
     summary: "read a concept (e.g. 'malicious request') from a model on prompts, optionally token by token",
     description: para(
       'Scores each prompt at its last token: the probe logit at every scoring layer (probe accuracy above ' +
-        "--p1, or the calibrated threshold's layers), their mean (score), and a verdict against the concept's " +
-        'calibrated threshold (concept calibrate) or --threshold. With --generate N it also generates N tokens ' +
+        "--p1, or the calibrated threshold's layers), their mean (score) and P = sigmoid(score), and a verdict: " +
+        "flagged when P is above the concept's calibrated threshold (concept calibrate) or --threshold. With --generate N it also generates N tokens " +
         'per prompt and scores every generated token (read where the model chose it). Prompts from --prompts ' +
         'and their generations are never printed; prompts typed as arguments are.',
     ),
@@ -47,34 +42,17 @@ export const monitorCommand = command(
         placeholder: 'file',
         description: 'concept file',
       },
-      model: {
-        type: 'string',
-        short: 'm',
-        required: true,
-        placeholder: 'model',
-        description: '.gguf file, model folder or repo id',
-      },
+      model: MODEL_OPTION,
       prompts: { type: 'string', placeholder: 'set', description: 'prompt set name or CSV/JSON/JSONL file' },
       ...CONCEPT_SET_OPTIONS,
       threshold: {
         type: 'number',
-        description: 'flag when the score (mean logit) is above this (default: calibrated)',
-      },
-      p1: {
-        type: 'number',
         min: 0,
         max: 1,
-        default: 0.9,
-        description: 'layers above this probe accuracy make the score',
+        description:
+          "flag when P = sigmoid(score) is above this probability, strictly between 0 and 1 (default: the concept's calibrated threshold)",
       },
-      layers: {
-        type: 'list',
-        of: 'number',
-        integer: true,
-        min: 0,
-        placeholder: 'l1,l2',
-        description: 'score these layers instead',
-      },
+      ...SCORING_OPTIONS,
       generate: {
         type: 'number',
         integer: true,
@@ -97,6 +75,9 @@ export const monitorCommand = command(
   async (args, out) => {
     const o = args.options;
     const cacheDir = cacheSetting(o);
+    if (o.threshold !== undefined && !(o.threshold > 0 && o.threshold < 1))
+      throw new OptionError(`--threshold is a probability strictly between 0 and 1, got ${o.threshold}`);
+    checkInputFile('--concept', o.concept);
     if (args.positionals.length > 0 && o.prompts !== undefined)
       throw new OptionError('give prompts as arguments or with --prompts, not both');
     if (args.positionals.length === 0 && o.prompts === undefined)
@@ -105,7 +86,7 @@ export const monitorCommand = command(
     let rows: Row[];
     let setName: string | undefined;
     if (o.prompts !== undefined) {
-      const set = await loadExamples(o.prompts, {
+      const set = loadExamples(o.prompts, {
         dataDir: o.dataDir,
         column: o.column,
         limit: o.limit,
@@ -121,20 +102,26 @@ export const monitorCommand = command(
     }
     const { Concept } = await import('../../concepts/concept.js');
     const { Monitor } = await import('../../concepts/monitor.js');
+    const { logit, sigmoid } = await import('../../concepts/probe.js');
     const model = await loadModel(o.model, out, { threads: o.threads });
     const concept = Concept.load(o.concept, model, { allowOtherModel: o.allowOtherModel });
     if (o.prompts !== undefined) checkTokenIds(model, [{ name: setName!, examples, duplicatesRemoved: 0 }]);
-    const monitor = new Monitor(concept, { p1: o.p1, layers: o.layers, threshold: o.threshold });
+    const monitor = new Monitor(concept, {
+      p1: o.p1,
+      layers: o.layers,
+      // The concept file keeps its threshold as a score (a logit); the option is a probability.
+      threshold: o.threshold === undefined ? undefined : logit(o.threshold),
+    });
     if (monitor.threshold === undefined)
       out.warn(
         'the concept has no calibrated threshold and none was given: no verdicts (run concept calibrate)',
       );
 
-    const progress = progressFor(out, 'prompts');
+    const progress = cliReporter(out).progress('prompts', 'prompts');
     const readings = await monitor.check(
       model,
       examples.map((e) => e.prompt),
-      { cacheDir, batchTokens: o.batchTokens, onProgress: progress.onProgress },
+      { cacheDir, batchTokens: o.batchTokens, onProgress: progress.update },
     );
     progress.finish();
 
@@ -154,7 +141,8 @@ export const monitorCommand = command(
       concept: o.concept,
       set: setName ?? null,
       layers: monitor.layers,
-      threshold: monitor.threshold ?? null,
+      threshold: monitor.threshold === undefined ? null : sigmoid(monitor.threshold),
+      thresholdLogit: monitor.threshold ?? null,
       prompts: rows.map((r, i) => ({
         index: i,
         id: r.id,

@@ -1,0 +1,174 @@
+/**
+ * Steering and attacks from files, as responders an evaluation generates with: a control vector
+ * or refusal direction added or ablated, the SCAV attack from a concept file, and conditional
+ * steering gated by a concept's monitor. Each also names the prompt ids its artefacts were fitted
+ * on, so that the caller can refuse to evaluate on them (data/splits.ts `checkLeakage`).
+ *
+ * The method modules are imported when a steering is built, not with this module, so that the
+ * CLI's `--help` and option checks stay free of them.
+ */
+import path from 'node:path';
+
+import type { Concept } from '../concepts/concept.js';
+import { OptionError, SteerguardError } from '../formats/errors.js';
+import type { Hook } from '../hooks/hooks.js';
+import type { Model } from '../model/model.js';
+import type { PromptMonitor } from '../steering/conditional.js';
+import { type Responder, hookResponder } from './refusal.js';
+
+/** What a run steers with, and the prompt ids the artefacts were fitted on (leakage guard). */
+export interface Steering {
+  readonly label: string;
+  readonly responder: Responder;
+  readonly fittedIds: readonly string[];
+}
+
+/** Hooks with a label and the ids their artefact was fitted on. */
+export interface LabelledHooks {
+  readonly hooks: Hook[];
+  readonly label: string;
+  readonly fittedIds: string[];
+}
+
+/** Prompt ids stored in a steerguard artefact's metadata (`steerguard.fitted_ids`). */
+export function fittedIdsOf(meta: ReadonlyMap<string, unknown>): string[] {
+  const v = meta.get('steerguard.fitted_ids');
+  return Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : [];
+}
+
+/** A steering (the CLI's `--steer` and `--attack` options). */
+export interface SteeringSpec {
+  readonly steer: 'none' | 'add' | 'ablate' | 'conditional';
+  /** Control vector or refusal direction (GGUF) for add, ablate and (optionally) conditional. */
+  readonly vector?: string;
+  /** Use only the vector of this layer (block output, as in llama.cpp). */
+  readonly layer?: number;
+  /** Coefficient of add (negative removes). */
+  readonly coeff: number;
+  /** Concept file for conditional steering and the SCAV attack. */
+  readonly concept?: string;
+  /** Monitor threshold of conditional steering, a probability (default: the concept's). */
+  readonly threshold?: number;
+  /** Layer the monitor reads (default: the concept's). */
+  readonly monitorLayer?: number;
+  readonly attack: 'none' | 'scav';
+  /** SCAV: target P(malicious) after the move. */
+  readonly p0: number;
+  /** SCAV: only layers whose probe test accuracy is above this. */
+  readonly p1: number;
+}
+
+/** Static hooks of steer add / ablate from a control-vector or refusal-direction file. */
+export async function vectorHooks(
+  model: Model,
+  o: Pick<SteeringSpec, 'steer' | 'vector' | 'layer' | 'coeff'>,
+): Promise<LabelledHooks> {
+  if (o.vector === undefined) throw new OptionError(`--steer ${o.steer} needs --vector FILE`);
+  const { ControlVector } = await import('../steering/control-vector.js');
+  const { ablationHooks, refusalDirectionFromControlVector } =
+    await import('../steering/refusal-direction.js');
+  const cv = ControlVector.load(o.vector);
+  cv.checkModel(model.config);
+  const fittedIds = fittedIdsOf(cv.metadata);
+  const base = path.basename(o.vector);
+  if (o.steer === 'ablate') {
+    const rd = refusalDirectionFromControlVector(cv, o.layer);
+    return { hooks: ablationHooks(rd.direction, model.config.nLayers), label: `ablate ${base}`, fittedIds };
+  }
+  const used = o.layer !== undefined ? cv.restrict([o.layer]) : cv;
+  return { hooks: used.hooks(o.coeff), label: `add ${o.coeff} × ${base}`, fittedIds };
+}
+
+/** The responder of a steering spec. */
+export async function buildSteering(model: Model, o: SteeringSpec): Promise<Steering> {
+  const attack = o.attack === 'scav' ? await scavAttackHooks(model, o) : undefined;
+  const base = attack?.hooks ?? [];
+  const prefix = attack ? `${attack.label} + ` : '';
+  const fitted = attack?.fittedIds ?? [];
+  if (o.steer === 'none')
+    return {
+      label: attack ? attack.label : 'baseline',
+      responder: hookResponder(model, base),
+      fittedIds: fitted,
+    };
+  if (o.steer === 'add' || o.steer === 'ablate') {
+    const v = await vectorHooks(model, o);
+    return {
+      label: `${prefix}${v.label}`,
+      responder: hookResponder(model, [...base, ...v.hooks]),
+      fittedIds: [...fitted, ...v.fittedIds],
+    };
+  }
+  return conditionalSteering(model, o, base, prefix, fitted);
+}
+
+/** SCAV attack hooks from a concept file. */
+export async function scavAttackHooks(
+  model: Model,
+  o: Pick<SteeringSpec, 'concept' | 'p0' | 'p1'>,
+): Promise<LabelledHooks> {
+  if (o.concept === undefined) throw new OptionError('the SCAV attack needs --concept FILE');
+  const concept = await loadConcept(o.concept, model);
+  const hooks = await scavFor(concept, { target: 'safe', p0: o.p0, p1: o.p1 });
+  if (hooks.length === 0)
+    throw new SteerguardError(
+      `no probe of ${o.concept} is more accurate than --p1 ${o.p1}: SCAV has no layer to move`,
+    );
+  return { hooks, label: `scav p0=${o.p0}`, fittedIds: concept.fittedIds };
+}
+
+async function conditionalSteering(
+  model: Model,
+  o: SteeringSpec,
+  base: readonly Hook[],
+  prefix: string,
+  fitted: readonly string[],
+): Promise<Steering> {
+  if (o.concept === undefined) throw new OptionError('--steer conditional needs --concept FILE');
+  const { conditionalGenerate } = await import('../steering/conditional.js');
+  const concept = await loadConcept(o.concept, model);
+  const monitor = await monitorFor(concept, { layer: o.monitorLayer, threshold: o.threshold });
+  let steer: Hook[];
+  let what: string;
+  const ids = [...fitted, ...concept.fittedIds];
+  if (o.vector !== undefined) {
+    const v = await vectorHooks(model, { steer: 'add', vector: o.vector, layer: o.layer, coeff: o.coeff });
+    steer = v.hooks;
+    what = v.label;
+    ids.push(...v.fittedIds);
+  } else {
+    steer = await scavFor(concept, { target: 'malicious', p0: o.p0, p1: o.p1 });
+    what = 'scav defence';
+  }
+  const responder: Responder = async (prompts, gen) => {
+    const r = await conditionalGenerate(model, prompts, { ...gen, monitor, steer, baseHooks: base });
+    return {
+      generations: r.generations,
+      flags: r.flags.map((f) => f.flagged),
+      scores: r.flags.map((f) => f.score),
+    };
+  };
+  return { label: `${prefix}conditional ${what}`, responder, fittedIds: ids };
+}
+
+async function loadConcept(file: string, model: Model): Promise<Concept> {
+  const { Concept } = await import('../concepts/concept.js');
+  return Concept.load(file, model);
+}
+
+/** SCAV hooks; the defence ('malicious') keeps scavHooks' own target probability (0.999). */
+async function scavFor(
+  concept: Concept,
+  o: { target: 'safe' | 'malicious'; p0: number; p1: number },
+): Promise<Hook[]> {
+  const { scavHooks } = await import('../concepts/scav.js');
+  return scavHooks(concept, { target: o.target, p0: o.target === 'safe' ? o.p0 : undefined, p1: o.p1 });
+}
+
+async function monitorFor(
+  concept: Concept,
+  o: { layer?: number; threshold?: number },
+): Promise<PromptMonitor> {
+  const { promptMonitor } = await import('../concepts/monitor.js');
+  return promptMonitor(concept, o);
+}
