@@ -119,6 +119,23 @@ export type {
 } from './concepts/monitor.js';
 export { scavHooks, scavStep } from './concepts/scav.js';
 export type { ScavOptions, ScavTarget, ScavMove } from './concepts/scav.js';
+export { leaveOneSourceOut, fitSourceReading, scoreWithReading } from './concepts/sources.js';
+export type {
+  LabelledSource,
+  ReadingMethod,
+  SourceValidationOptions,
+  SourceValidation,
+  HeldOutSourceResult,
+  ReadingCandidate,
+  SourceReading,
+} from './concepts/sources.js';
+export { measureGeneralization } from './concepts/generalization.js';
+export type {
+  SourceGroups,
+  GeneralizationOptions,
+  GeneralizationReport,
+  ReadingReport,
+} from './concepts/generalization.js';
 
 // Methods: steering ---------------------------------------------------------------------------
 export { ControlVector } from './steering/control-vector.js';
@@ -135,6 +152,7 @@ export { conditionalGenerate } from './steering/conditional.js';
 export type {
   PromptMonitor,
   PromptFlag,
+  PromptVerdict,
   SteerSpec,
   ConditionalOptions,
   ConditionalResult,

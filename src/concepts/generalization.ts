@@ -47,14 +47,12 @@ export interface GeneralizationOptions
   readonly onProgress?: (stage: 'activations' | 'folds', done: number, total: number) => void;
 }
 
-/** One test source against the other class's test rows, at the dev-chosen threshold. */
-export type TestSourceResult = HeldOutSourceResult;
-
 export interface ReadingReport {
   /** The reading's best candidate on the dev sources (validation figures). */
   readonly dev: ReadingCandidate;
   /** Its figures on the test sources (headline figures). */
-  readonly test: readonly TestSourceResult[];
+  /** Each test source against the other class's test rows, at the dev-chosen threshold. */
+  readonly test: readonly HeldOutSourceResult[];
   readonly testWorstAuroc: number;
   /** All test rows pooled, harmful against benign. */
   readonly testPooled: {
@@ -109,7 +107,7 @@ function testFigures(
     const fp = neg.filter((v) => v > reading.threshold).length;
     return { au, tp, fp };
   };
-  const test = sources.map((s, k): TestSourceResult => {
+  const test = sources.map((s, k): HeldOutSourceResult => {
     const mine = rowsOf((j) => j === k);
     const [pos, neg] = s.label === 1 ? [mine, benign] : [harmful, mine];
     const { au, tp, fp } = figures(pos, neg);
