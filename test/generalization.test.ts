@@ -3,14 +3,15 @@
  * on development sources, report on test sources that took part in nothing.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { measureGeneralization } from '../src/concepts/generalization.js';
 import { loadPromptSet } from '../src/data/datasets.js';
 import { Model } from '../src/model/model.js';
-import { SHARED, SMOLLM2_GGUF, missingModel } from './util/fixtures.js';
+import { ROOT, SHARED, SMOLLM2_GGUF, missingModel } from './util/fixtures.js';
 
 const DATA = path.join(SHARED, 'datasets');
 const set = (name: string, limit = 12) => loadPromptSet(name, { dataDir: DATA, limit });
@@ -72,5 +73,53 @@ describe('generalization to held-out sources (SmolLM2)', { skip: missingModel(SM
       }),
       /test source advbench shares 12 prompt\(s\) with dev source advbench/,
     );
+  });
+
+  const cli = (args: string[]) =>
+    spawnSync(
+      process.execPath,
+      [path.join(ROOT, 'dist', 'src', 'cli', 'main.js'), 'concept', 'generalize', ...args],
+      {
+        encoding: 'utf8',
+        env: { ...process.env, STEERGUARD_DATA: DATA },
+        timeout: 120_000,
+      },
+    );
+  const sources = [
+    ...['--harmful', 'advbench,scav-malicious', '--benign', 'alpaca:train,xstest-safe:homonyms'],
+    ...['--test-harmful', 'harmbench', '--test-benign', 'xstest-safe:privacy_public', '--limit', '12'],
+  ];
+
+  it('the CLI prints the test table, writes --out, and never prints a prompt', () => {
+    const outFile = path.join(cacheDir, 'gen.json');
+    const r = cli([
+      '-m',
+      SMOLLM2_GGUF,
+      ...sources,
+      '--layers',
+      '3,10',
+      '--cache-dir',
+      cacheDir,
+      '--out',
+      outFile,
+    ]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /TEST SOURCES \(used for nothing else; the headline\)/);
+    assert.match(r.stdout, /harmbench +harmful +12/);
+    const report = JSON.parse(readFileSync(outFile, 'utf8')) as { byMethod: { method: string }[] };
+    assert.deepEqual(
+      report.byMethod.map((m) => m.method),
+      ['probe', 'mean-diff', 'pca'],
+    );
+    for (const name of ['harmbench', 'advbench', 'xstest-safe:privacy_public'])
+      for (const p of set(name).prompts)
+        assert.ok(!(r.stdout + r.stderr).includes(p.text), `${name} text printed`);
+  });
+
+  it('the CLI refuses too few sources before loading the model', () => {
+    const r = cli(['-m', '/nonexistent/model.gguf', ...sources.slice(0, 1), 'advbench', ...sources.slice(2)]);
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /at least 2 harmful sources, got 1/);
+    assert.doesNotMatch(r.stderr, /nonexistent/);
   });
 });

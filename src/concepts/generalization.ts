@@ -25,6 +25,7 @@ import {
   type SourceReading,
   type SourceValidation,
   type SourceValidationOptions,
+  checkSources,
   fitSourceReading,
   leaveOneSourceOut,
   scoreWithReading,
@@ -135,13 +136,19 @@ function testFigures(
   };
 }
 
-/** Runs the protocol of the file comment on `model`. */
-export async function measureGeneralization(
-  model: Model,
-  opts: GeneralizationOptions,
-): Promise<GeneralizationReport> {
-  const dev = labelled(opts.dev);
-  const test = labelled(opts.test);
+/**
+ * Checks the sources before any activation is computed: the development sources as
+ * leaveOneSourceOut needs them, at least one test source of each class, and no test prompt among
+ * the development prompts (a test figure on prompts used for fitting or choosing is not one).
+ */
+export function checkGeneralizationSources(
+  devGroups: SourceGroups,
+  testGroups: SourceGroups,
+  minPerSource?: number,
+): { dev: LabelledSource[]; test: LabelledSource[] } {
+  const dev = labelled(devGroups);
+  const test = labelled(testGroups);
+  checkSources(dev, minPerSource);
   for (const label of [1, 0] as const)
     if (!test.some((s) => s.label === label))
       throw new SteerguardError(`the test sources need at least one ${label ? 'harmful' : 'benign'} source`);
@@ -155,6 +162,15 @@ export async function measureGeneralization(
           'a test figure on prompts the reading was fitted or chosen on is not a test figure',
       );
   }
+  return { dev, test };
+}
+
+/** Runs the protocol of the file comment on `model`. */
+export async function measureGeneralization(
+  model: Model,
+  opts: GeneralizationOptions,
+): Promise<GeneralizationReport> {
+  const { dev, test } = checkGeneralizationSources(opts.dev, opts.test, opts.minPerSource);
   const sets = [...opts.dev.harmful, ...opts.dev.benign, ...opts.test.harmful, ...opts.test.benign];
   const prompts = sets.flatMap((s) => s.prompts.map((p) => p.text));
   const acts = await extractLastToken(model, prompts, {

@@ -134,9 +134,22 @@ export interface SourceReading {
 
 type Acts = Pick<LayerActivations, 'layers' | 'n' | 'd' | 'data'>;
 
+/**
+ * Checks that `sources` can be validated source by source (2 or more of each class, `minPerSource`
+ * prompts each after duplicates, no prompt in both classes) before any activation is computed;
+ * returns the warnings leaveOneSourceOut will give.
+ */
+export function checkSources(sources: readonly LabelledSource[], minPerSource = 10): string[] {
+  return assignRows(
+    sources.reduce((s, src) => s + src.ids.length, 0),
+    sources,
+    minPerSource,
+  ).warnings;
+}
+
 /** Checks the sources against the rows and each other; returns each row's source index (-1: dropped). */
 function assignRows(
-  acts: Acts,
+  rows: number,
   sources: readonly LabelledSource[],
   minPerSource: number,
 ): {
@@ -144,8 +157,8 @@ function assignRows(
   warnings: string[];
 } {
   const total = sources.reduce((s, src) => s + src.ids.length, 0);
-  if (total !== acts.n)
-    throw new SteerguardError(`the sources have ${total} prompts but the activations have ${acts.n} rows`);
+  if (total !== rows)
+    throw new SteerguardError(`the sources have ${total} prompts but the activations have ${rows} rows`);
   const names = new Set<string>();
   for (const s of sources) {
     if (names.has(s.name)) throw new SteerguardError(`source ${s.name} is given twice`);
@@ -160,7 +173,7 @@ function assignRows(
       );
   }
   const seen = new Map<string, number>();
-  const rowSource = new Int32Array(acts.n);
+  const rowSource = new Int32Array(rows);
   const warnings: string[] = [];
   let row = 0;
   sources.forEach((s, k) => {
@@ -333,7 +346,7 @@ export function leaveOneSourceOut(
   for (const k of combine)
     if (!(Number.isInteger(k) && k >= 1))
       throw new SteerguardError(`layer counts must be positive integers, got ${k}`);
-  const { rowSource, warnings } = assignRows(acts, sources, opts.minPerSource ?? 10);
+  const { rowSource, warnings } = assignRows(acts.n, sources, opts.minPerSource ?? 10);
   const { d, n } = acts;
   const labels = Uint8Array.from(rowSource, (r) => (r >= 0 ? sources[r].label : 0));
 
@@ -431,7 +444,7 @@ export function fitSourceReading(
   chosen: Pick<ReadingCandidate, 'method' | 'layers' | 'threshold'>,
   opts: SourceValidationOptions = {},
 ): SourceReading {
-  const { rowSource } = assignRows(acts, sources, opts.minPerSource ?? 10);
+  const { rowSource } = assignRows(acts.n, sources, opts.minPerSource ?? 10);
   const labels = Uint8Array.from(rowSource, (r) => (r >= 0 ? sources[r].label : 0));
   const rows = Array.from({ length: acts.n }, (_, i) => i).filter((i) => rowSource[i] >= 0);
   const directions = chosen.layers.map((layer) => {
