@@ -10,8 +10,8 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { blockHook, type HookName } from '../src/hooks/hooks.js';
-import { Model } from '../src/model/model.js';
+import { blockHook, type HookName } from '../../src/hooks/hooks.js';
+import { Model } from '../../src/model/model.js';
 import {
   FIXTURES,
   GEMMA3_GGUF,
@@ -20,7 +20,7 @@ import {
   missingModel,
   readFixture,
   relMaxDiff,
-} from './util/fixtures.js';
+} from '../util/fixtures.js';
 
 const TOL = 1e-3;
 /**

@@ -21,8 +21,8 @@ import { dirname, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
-import { llamaCppAvailable, loadLlamaCpp } from '../src/reference/llamacpp.js';
-import type { LlamaCppHandle, LlamaCppLoadOptions } from '../src/reference/llamacpp.js';
+import { llamaCppAvailable, loadLlamaCpp } from '../../src/reference/llamacpp.js';
+import type { LlamaCppHandle, LlamaCppLoadOptions } from '../../src/reference/llamacpp.js';
 
 /**
  * Logit margin under which two llama.cpp builds may pick different tokens: its int8 activation
