@@ -61,7 +61,10 @@ test('unsupported architecture in config.json names it', async () => {
 test('unsupported architecture in GGUF metadata names the key', async () => {
   const file = path.join(tmp, 'bert.gguf');
   writeGguf(file, {
-    metadata: [{ key: 'general.architecture', value: 'bert' }],
+    metadata: [
+      { key: 'general.architecture', value: 'bert' },
+      { key: 'bert.block_count', value: 12 },
+    ],
     tensors: [{ name: 'token_embd.weight', dims: [4, 8], type: GgmlType.F32, data: new Float32Array(32) }],
   });
   const err = await rejects(file, /bert\.gguf$/, /^general\.architecture$/);

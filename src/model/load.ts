@@ -9,7 +9,7 @@ import { type GgufFile, readGguf, readGgufTensorF32 } from '../formats/gguf.js';
 import { type HfModelDir, openHfModelDir, openHfTokenizer, resolveModelSource } from '../formats/hf.js';
 import { readSafetensorsTensorF32 } from '../formats/safetensors.js';
 import { Tokenizer } from '../formats/tokenizer.js';
-import { type ModelConfig, configFromGguf, configFromHf } from './config.js';
+import { type ModelConfig, SUPPORTED_ARCHITECTURES, configFromGguf, configFromHf } from './config.js';
 import {
   type ModelWeights,
   type TensorSource,
@@ -201,18 +201,14 @@ export function loadModelFiles(nameOrPath: string, opts: LoadOptions = {}): Load
     const file = readGguf(source.path);
     const embed = file.tensors.get('token_embd.weight');
     if (!embed) throw new FormatError(file.path, 'token_embd.weight', 'missing tensor');
+    // An unsupported architecture is reported by the config reader, whatever its counts say.
     const arch = file.metadata.get('general.architecture');
-    if (typeof arch === 'string' && file.metadata.has(`${arch}.block_count`))
-      checkLayerCount(
-        file.path,
-        `${arch}.block_count`,
-        file.metadata.get(`${arch}.block_count`),
-        file.tensors.keys(),
-        (name) => {
-          const m = /^blk\.(\d+)\./.exec(name);
-          return m ? Number(m[1]) : undefined;
-        },
-      );
+    const blockCount = `${String(arch)}.block_count`;
+    if (SUPPORTED_ARCHITECTURES.some((a) => a === arch) && file.metadata.has(blockCount))
+      checkLayerCount(file.path, blockCount, file.metadata.get(blockCount), file.tensors.keys(), (name) => {
+        const m = /^blk\.(\d+)\./.exec(name);
+        return m ? Number(m[1]) : undefined;
+      });
     const base = configFromGguf(metadataReader(file), file.path, embed.dims[1]);
     const config: ModelConfig = {
       ...base,
