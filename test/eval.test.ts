@@ -2,7 +2,8 @@
  * Refusal evaluation: rates and Wilson intervals on crafted replies, conditional steering on the
  * tiny llama (flagged prompts steered, the others untouched), and `steerguard eval refusal` end
  * to end on the tiny llama with a token-id prompt file, keyword judges and the Llama Guard stub.
- * Every text here is benign.
+ * The run on the real SmolLM2 model is in acceptance/eval-smollm2.test.ts. Every text here is
+ * benign.
  */
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -11,9 +12,8 @@ import path from 'node:path';
 import { after, describe, test } from 'node:test';
 
 import { attackCommand } from '../src/cli/commands/attack.js';
-import { directionCommand } from '../src/cli/commands/direction.js';
+import type { CliCommand } from '../src/cli/commands/common.js';
 import { evalCommand } from '../src/cli/commands/eval.js';
-import { CliOutput } from '../src/cli/output.js';
 import { gcgKeywordJudge, jbbKeywordJudge } from '../src/eval/judges.js';
 import {
   type EvalPrompt,
@@ -29,7 +29,8 @@ import { Model } from '../src/model/model.js';
 import { conditionalGenerate, monitorPrompts } from '../src/steering/conditional.js';
 import { ControlVector } from '../src/steering/control-vector.js';
 import { STUB_MARKER, deadUrl, startLlamaGuardStub } from './support/llamaguard-stub.js';
-import { FIXTURES, ROOT, SMOLLM2_GGUF, missingModel } from './util/fixtures.js';
+import { runCommand } from './util/cli.js';
+import { FIXTURES } from './util/fixtures.js';
 
 const tmp = mkdtempSync(path.join(tmpdir(), 'steerguard-eval-'));
 after(() => rmSync(tmp, { recursive: true, force: true }));
@@ -229,24 +230,7 @@ describe('conditional steering on the tiny llama', async () => {
 });
 
 /** Runs the eval (or attack) command in-process, as main.ts would. */
-async function evalCli(
-  args: string[],
-  cmd = evalCommand,
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const out = new CliOutput({
-    json: args.includes('--json'),
-    stdout: { write: (s: string) => (stdout += s) },
-    stderr: { write: (s: string) => (stderr += s) },
-  });
-  try {
-    await cmd.run(args, out);
-    return { code: 0, stdout, stderr };
-  } catch (e) {
-    return { code: 1, stdout, stderr: stderr + String((e as Error).message) };
-  }
-}
+const evalCli = (args: string[], cmd: CliCommand = evalCommand) => runCommand(cmd, args);
 
 describe('steerguard eval refusal on the tiny llama', () => {
   const file = path.join(tmp, 'ids.csv');
@@ -513,89 +497,5 @@ describe('steerguard attack scav on the tiny llama', async () => {
     assert.match(c.stderr, /does not exist/);
     const d = await evalCli(['gcg', '--model', TINY], attackCommand);
     assert.match(d.stderr, /unknown attack/);
-  });
-});
-
-const DATA = process.env.STEERGUARD_DATA ?? path.join(ROOT, '..', 'shared', 'datasets');
-const REAL_SKIP =
-  missingModel(SMOLLM2_GGUF) ??
-  (existsSync(path.join(DATA, 'advbench')) ? undefined : `no datasets at ${DATA}`);
-
-// Small sizes keep this to seconds; the full-size numbers are in docs/EVALUATION.md.
-describe('SmolLM2: direction compute, then eval on held-out and fitted prompts', { skip: REAL_SKIP }, () => {
-  const dir = path.join(tmp, 'smol-refusal.gguf');
-  const common = ['--data-dir', DATA, '--threads', '2'];
-
-  test('direction compute writes a control vector with scores and fitted ids', async () => {
-    const r = await evalCli(
-      [
-        'compute',
-        '-m',
-        SMOLLM2_GGUF,
-        '--out',
-        dir,
-        '--n-train',
-        '4',
-        '--n-val',
-        '2',
-        '--layers',
-        '10,12',
-        '--positions',
-        '-1',
-        '--json',
-        ...common,
-      ],
-      directionCommand,
-    );
-    assert.equal(r.code, 0, r.stderr);
-    const rep = JSON.parse(r.stdout) as {
-      chosen: { layer: number; controlVectorLayer: number };
-      candidates: unknown[];
-    };
-    assert.equal(rep.candidates.length, 2);
-    assert.ok([10, 12].includes(rep.chosen.layer));
-    const cv = ControlVector.load(dir);
-    assert.deepEqual(cv.layers, [rep.chosen.controlVectorLayer]);
-    assert.equal((cv.metadata.get('steerguard.fitted_ids') as string[]).length, 12);
-    assert.equal(cv.modelHint, 'llama');
-  });
-
-  test('eval on the held-out part runs with the chat template; on fitted prompts it refuses to score', async () => {
-    const out = path.join(tmp, 'smol.jsonl');
-    const args = [
-      'refusal',
-      '-m',
-      SMOLLM2_GGUF,
-      '--sets',
-      'advbench',
-      '--limit',
-      '2',
-      '--max-tokens',
-      '6',
-      ...common,
-    ];
-    const ok = await evalCli([
-      ...args,
-      '--part',
-      'test',
-      '--steer',
-      'ablate',
-      '--vector',
-      dir,
-      '--out',
-      out,
-      '--redact',
-      '--json',
-    ]);
-    assert.equal(ok.code, 0, ok.stderr);
-    const rows = readFileSync(out, 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as Record<string, unknown>);
-    assert.equal(rows.length, 2);
-    assert.ok(rows.every((x) => !('response' in x) && (x.responseTokens as number) > 0));
-    const leak = await evalCli([...args, '--part', 'train', '--steer', 'ablate', '--vector', dir]);
-    assert.equal(leak.code, 1);
-    assert.match(leak.stderr, /were used to fit the steering artefact/);
   });
 });

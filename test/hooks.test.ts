@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { type Hook, type HookName, blockHook } from '../src/hooks/hooks.js';
-import { ablateDirection, addVector, mapRows, replaceWith } from '../src/hooks/interventions.js';
+import { ablateDirection, addVector, replaceWith } from '../src/hooks/interventions.js';
 import { Model } from '../src/model/model.js';
 import { FIXTURES, relMaxDiff } from './util/fixtures.js';
 
@@ -207,18 +207,40 @@ for (const name of ['llama', 'gemma3']) {
         await greedy([ablateDirection(name, d), check]);
         assert.ok(worst <= 1e-5, `component left: ${worst}`);
 
-        const rowsSeen: boolean[] = [];
-        const spy = mapRows(name, (_row, info) => void rowsSeen.push(info.generated), {
-          positions: 'prompt',
+        // Prompt-only replacement at block 0's output: the prompt rows become zero, while a
+        // generated row's block-0 output depends only on block-0 keys and values, which the
+        // replacement does not reach. So generated rows must equal an unhooked forward pass over
+        // the same tokens, and must not be zero.
+        const at = blockHook(0, 'hook_resid_post');
+        const promptRows: Float32Array[] = [];
+        const generatedRows: Float32Array[] = [];
+        const recorder: Hook = {
+          name: at,
+          fn: (act, ctx) => {
+            for (let r = 0; r < ctx.rows; r++)
+              (ctx.pos[r] < ctx.promptLength[ctx.seq[r]] ? promptRows : generatedRows).push(
+                act.slice(r * D, (r + 1) * D),
+              );
+          },
+        };
+        const [g] = await model.generate([prompts[0]], {
+          maxNewTokens: N,
+          stopTokens: [],
+          hooks: [replaceWith(at, new Float32Array(D), { positions: 'prompt' }), recorder],
         });
-        await greedy([
-          replaceWith(blockHook(0, 'hook_resid_post'), new Float32Array(D), { positions: 'prompt' }),
-          spy,
-        ]);
-        assert.ok(
-          rowsSeen.length > 0 && rowsSeen.every((g) => !g),
-          'prompt-only hook touched a generated row',
-        );
+        const T0 = prompts[0].tokens.length;
+        assert.equal(promptRows.length, T0);
+        for (const row of promptRows) assert.ok(norm(row) === 0, 'prompt rows are replaced');
+        const plain = model.run([{ tokens: [...prompts[0].tokens, ...g.tokens.slice(0, -1)] }], {
+          cache: { names: [at], positions: 'all' },
+        });
+        const all = plain.cache.get(at)![0];
+        assert.equal(generatedRows.length, N - 1);
+        generatedRows.forEach((row, s) => {
+          assert.ok(norm(row) > 0, `generated row ${s} was replaced`);
+          const want = all.subarray((T0 + s) * D, (T0 + s + 1) * D);
+          assert.ok(relMaxDiff(row, want) < 1e-5, `generated row ${s} differs from the unhooked pass`);
+        });
       });
 
       test('a permanent hook applies until removed', async () => {

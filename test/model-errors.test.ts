@@ -1,8 +1,9 @@
 /**
  * Bad model inputs fail with errors that name the file and the field: unsupported architectures
  * (both formats), missing or misshapen tensors, tensors the loader does not know, truncated weights,
- * rotary scaling it cannot follow; a NaN weight, which loads but must make generation and activation
- * runs fail rather than give empty replies or NaN rows.
+ * rotary scaling it cannot follow, and sizes (layer count, width, heads, MLP width) that disagree with
+ * the tensors, caught before anything is allocated; a NaN weight, which loads but must make
+ * generation and activation runs fail rather than give empty replies or NaN rows.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -23,7 +24,14 @@ import { after, test } from 'node:test';
 import { ActivationRun, partialDir } from '../src/activations/store.js';
 import { extractLastToken } from '../src/concepts/activations.js';
 import { FormatError, SteerguardError } from '../src/formats/errors.js';
-import { GgmlType, readGguf, readGgufTensorF32, writeGguf } from '../src/formats/gguf.js';
+import {
+  GgmlType,
+  type GgufMetadataEntry,
+  GgufValueType,
+  readGguf,
+  readGgufTensorF32,
+  writeGguf,
+} from '../src/formats/gguf.js';
 import {
   readSafetensorsHeader,
   readSafetensorsTensorF32,
@@ -68,7 +76,10 @@ test('unsupported architecture in config.json names it', async () => {
 test('unsupported architecture in GGUF metadata names the key', async () => {
   const file = path.join(tmp, 'bert.gguf');
   writeGguf(file, {
-    metadata: [{ key: 'general.architecture', value: 'bert' }],
+    metadata: [
+      { key: 'general.architecture', value: 'bert' },
+      { key: 'bert.block_count', value: 12 },
+    ],
     tensors: [{ name: 'token_embd.weight', dims: [4, 8], type: GgmlType.F32, data: new Float32Array(32) }],
   });
   const err = await rejects(file, /bert\.gguf$/, /^general\.architecture$/);
@@ -92,9 +103,20 @@ test('a missing tensor is named', async () => {
 });
 
 test('a tensor whose shape disagrees with the config is named', async () => {
-  const dir = tinyCopy('shape', (c) => (c.intermediate_size = 96));
-  const err = await rejects(dir, /model\.safetensors$/, /^model\.layers\.0\.mlp\.gate_proj\.weight$/);
-  assert.match(err.message, /expected \[96, 64\]/);
+  const dir = tinyCopy('shape');
+  const st = readSafetensorsHeader(path.join(tiny, 'model.safetensors'));
+  const bad = 'model.layers.2.mlp.up_proj.weight';
+  writeSafetensors(
+    path.join(dir, 'model.safetensors'),
+    [...st.tensors.values()].map((t) => {
+      const data = readSafetensorsTensorF32(t);
+      return t.name === bad
+        ? { name: t.name, dtype: 'F32' as const, shape: [64, 64], data: data.subarray(0, 64 * 64) }
+        : { name: t.name, dtype: 'F32' as const, shape: t.shape, data };
+    }),
+  );
+  const err = await rejects(dir, /model\.safetensors$/, /^model\.layers\.2\.mlp\.up_proj\.weight$/);
+  assert.match(err.message, /expected \[128, 64\]/);
 });
 
 test('truncated weights are reported, not read past the end', async () => {
@@ -339,3 +361,106 @@ test('a named pipe given as a model, config.json, concept or prompt file is refu
   for (const m of messages) assert.match(m, pipe);
   assert.ok(messages[0].includes(fifo) && messages[1].includes(path.join(hfDir, 'config.json')));
 });
+
+/**
+ * Loads must fail fast on sizes that lie about the tensors: a layer count of 1e8 or 2^32 - 1 used
+ * to allocate per-layer arrays until the process ran out of memory, and 0 crashed on
+ * `layers[0].wq`. Each case must fail before allocating anything, naming the file and the key; the
+ * time bound is far above what a refusal takes and far below what the old allocation took.
+ */
+async function rejectsQuickly(source: string, file: RegExp, field: RegExp, message: RegExp): Promise<void> {
+  const t0 = performance.now();
+  const err = await rejects(source, file, field);
+  assert.match(err.message, message);
+  assert.ok(performance.now() - t0 < 15_000, `took ${performance.now() - t0} ms`);
+}
+
+function lyingGguf(name: string, key: string, value: number | bigint): string {
+  const file = path.join(tmp, `${name}.gguf`);
+  hfToGguf(tiny, file, GgmlType.F32, (entries) =>
+    entries.map((e): GgufMetadataEntry =>
+      e.key === `llama.${key}`
+        ? { key: e.key, type: typeof value === 'bigint' ? GgufValueType.UINT64 : GgufValueType.UINT32, value }
+        : e,
+    ),
+  );
+  return file;
+}
+
+for (const [count, message] of [
+  [1e8, /says 100000000 layers, but the file has tensors for 3 blocks/],
+  [2 ** 32 - 1, /says 4294967295 layers/],
+  [0, /says 0 layers/],
+  [2, /says 2 layers, but the file has tensors for 3 blocks/],
+] as const) {
+  test(`GGUF block_count ${count} (the file has 3 blocks) is refused before allocating`, async () => {
+    await rejectsQuickly(
+      lyingGguf(`blocks-${count}`, 'block_count', count),
+      /\.gguf$/,
+      /^llama\.block_count$/,
+      message,
+    );
+  });
+  test(`config.json num_hidden_layers ${count} (the file has 3 blocks) is refused before allocating`, async () => {
+    const dir = tinyCopy(`layers-${count}`, (c) => (c.num_hidden_layers = count));
+    await rejectsQuickly(dir, /config\.json$/, /^num_hidden_layers$/, message);
+  });
+}
+
+test('a uint64 GGUF block_count of 2^63 is refused', async () => {
+  await rejectsQuickly(
+    lyingGguf('blocks-u64', 'block_count', 2n ** 63n),
+    /\.gguf$/,
+    /^llama\.block_count$/,
+    /says 9223372036854775808 layers/,
+  );
+});
+
+test('a gap in the blocks names the missing one', async () => {
+  const dir = tinyCopy('gap');
+  const st = readSafetensorsHeader(path.join(tiny, 'model.safetensors'));
+  writeSafetensors(
+    path.join(dir, 'model.safetensors'),
+    [...st.tensors.values()]
+      .filter((t) => !t.name.startsWith('model.layers.1.'))
+      .map((t) => ({
+        name: t.name,
+        dtype: 'F32' as const,
+        shape: t.shape,
+        data: readSafetensorsTensorF32(t),
+      })),
+  );
+  const config = JSON.parse(readFileSync(path.join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
+  config.num_hidden_layers = 2;
+  writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
+  await rejectsQuickly(dir, /config\.json$/, /^num_hidden_layers$/, /block 1 has no tensors/);
+});
+
+for (const [key, value, message] of [
+  ['embedding_length', 1e8, /model width is 100000000, but token_embd\.weight has 64/],
+  ['attention.head_count', 1e6, /1000000 heads × head dim 16/],
+  ['attention.head_count_kv', 1, /1 heads × head dim 16 = 16, but blk\.0\.attn_k\.weight has 32/],
+  ['feed_forward_length', 2 ** 32 - 1, /MLP width is 4294967295, but blk\.0\.ffn_gate\.weight has 128/],
+  ['feed_forward_length', 0, /expected a positive integer, got 0/],
+] as const) {
+  test(`GGUF ${key} ${value} that disagrees with the tensors is named`, async () => {
+    await rejectsQuickly(
+      lyingGguf(`${key}-${value}`, key, value),
+      /\.gguf$/,
+      new RegExp(`^llama\\.${key.replace('.', '\\.')}$`),
+      message,
+    );
+  });
+}
+
+for (const [key, value, message] of [
+  ['hidden_size', 1024, /model width is 1024/],
+  ['vocab_size', 1e9, /vocabulary size is 1000000000, but model\.embed_tokens\.weight has 256/],
+  ['intermediate_size', 96, /MLP width is 96, but model\.layers\.0\.mlp\.gate_proj\.weight has 128/],
+  ['num_attention_heads', 8, /8 heads × head dim 16 = 128/],
+] as const) {
+  test(`config.json ${key} ${value} that disagrees with the tensors is named`, async () => {
+    const dir = tinyCopy(`${key}-${value}`, (c) => (c[key] = value));
+    await rejectsQuickly(dir, /config\.json$/, new RegExp(`^${key}$`), message);
+  });
+}

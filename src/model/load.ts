@@ -9,13 +9,14 @@ import { type GgufFile, readGguf, readGgufTensorF32 } from '../formats/gguf.js';
 import { type HfModelDir, openHfModelDir, openHfTokenizer, resolveModelSource } from '../formats/hf.js';
 import { readSafetensorsTensorF32 } from '../formats/safetensors.js';
 import { Tokenizer } from '../formats/tokenizer.js';
-import { type ModelConfig, configFromGguf, configFromHf } from './config.js';
+import { type ModelConfig, SUPPORTED_ARCHITECTURES, configFromGguf, configFromHf } from './config.js';
 import {
   type ModelWeights,
   type TensorSource,
   ggufTensorNamer,
   hfSandwichNamer,
   hfTensorNamer,
+  type TensorNamer,
   loadWeights,
   unpermuteRotaryRows,
 } from './weights.js';
@@ -168,6 +169,81 @@ function metadataReader(file: GgufFile) {
 /** llama.cpp's llama3 rotary scaling: per-dimension divisors of the frequencies (config.ts). */
 const ROPE_FREQS = 'rope_freqs.weight';
 
+/**
+ * Checks a declared layer count against the blocks that have tensors in the file (`blockIndex`
+ * extracts a tensor's block index). Runs before the config is built: the count sizes per-layer
+ * arrays and caches, so a lying `block_count` of 1e8 would exhaust memory before any tensor is
+ * found missing, and 0 would leave the model without blocks. A non-number is left to the config
+ * reader, which names it.
+ */
+function checkLayerCount(
+  file: string,
+  key: string,
+  declared: unknown,
+  tensorNames: Iterable<string>,
+  blockIndex: (name: string) => number | undefined,
+): void {
+  const count = typeof declared === 'bigint' ? Number(declared) : declared;
+  if (typeof count !== 'number') return;
+  const present = new Set<number>();
+  for (const name of tensorNames) {
+    const l = blockIndex(name);
+    if (l !== undefined) present.add(l);
+  }
+  const found = present.size === 0 ? 'no block tensors' : `tensors for ${present.size} blocks`;
+  if (count !== present.size || present.size === 0)
+    throw new FormatError(file, key, `says ${String(declared)} layers, but the file has ${found}`);
+  for (let l = 0; l < count; l++)
+    if (!present.has(l))
+      throw new FormatError(file, key, `says ${count} layers, but block ${l} has no tensors`);
+}
+
+/** The config keys each checked dimension comes from, for error messages. */
+interface DimensionKeys {
+  readonly dModel: string;
+  readonly vocabSize: string;
+  readonly nHeads: string;
+  readonly nKvHeads: string;
+  readonly headDim: string;
+  readonly ffnDim: string;
+}
+
+/**
+ * Checks the config's sizes against the shapes of the token embedding and block 0's tensors
+ * (`shapeOf` gives a tensor's shape outermost first, or undefined when absent: the weight loader
+ * names missing tensors), so that a wrong count is reported by its config key.
+ */
+function checkDimensions(
+  file: string,
+  c: ModelConfig,
+  keys: DimensionKeys,
+  name: TensorNamer,
+  shapeOf: (tensor: string) => readonly number[] | undefined,
+): void {
+  const dims: [keyof DimensionKeys, number][] = [
+    ['dModel', c.dModel],
+    ['vocabSize', c.vocabSize],
+    ['nHeads', c.nHeads],
+    ['nKvHeads', c.nKvHeads],
+    ['headDim', c.headDim],
+    ['ffnDim', c.ffnDim],
+  ];
+  for (const [dim, value] of dims)
+    if (!(Number.isSafeInteger(value) && value > 0))
+      throw new FormatError(file, keys[dim], `expected a positive integer, got ${value}`);
+  const expect = (tensor: string, axis: number, want: number, key: string, what: string) => {
+    const got = shapeOf(tensor)?.[axis];
+    if (got !== undefined && got !== want)
+      throw new FormatError(file, key, `${what}, but ${tensor} has ${got} along that axis`);
+  };
+  const heads = (n: number) => `${n} heads × head dim ${c.headDim} = ${n * c.headDim}`;
+  expect(name('embed'), 1, c.dModel, keys.dModel, `the model width is ${c.dModel}`);
+  expect(name('embed'), 0, c.vocabSize, keys.vocabSize, `the vocabulary size is ${c.vocabSize}`);
+  expect(name('q', 0), 0, c.nHeads * c.headDim, keys.nHeads, heads(c.nHeads));
+  expect(name('k', 0), 0, c.nKvHeads * c.headDim, keys.nKvHeads, heads(c.nKvHeads));
+  expect(name('gate', 0), 0, c.ffnDim, keys.ffnDim, `the MLP width is ${c.ffnDim}`);
+}
+
 /** Loads a model named by a local path (.gguf file or Hugging Face directory) or a cached repo id. */
 export function loadModelFiles(nameOrPath: string, opts: LoadOptions = {}): LoadedModel {
   const source = resolveModelSource(nameOrPath);
@@ -175,6 +251,14 @@ export function loadModelFiles(nameOrPath: string, opts: LoadOptions = {}): Load
     const file = readGguf(source.path);
     const embed = file.tensors.get('token_embd.weight');
     if (!embed) throw new FormatError(file.path, 'token_embd.weight', 'missing tensor');
+    // An unsupported architecture is reported by the config reader, whatever its counts say.
+    const arch = file.metadata.get('general.architecture');
+    const blockCount = `${String(arch)}.block_count`;
+    if (SUPPORTED_ARCHITECTURES.some((a) => a === arch) && file.metadata.has(blockCount))
+      checkLayerCount(file.path, blockCount, file.metadata.get(blockCount), file.tensors.keys(), (name) => {
+        const m = /^blk\.(\d+)\./.exec(name);
+        return m ? Number(m[1]) : undefined;
+      });
     const ropeFreqs = file.tensors.has(ROPE_FREQS) ? readGgufTensorF32(file, ROPE_FREQS) : undefined;
     const base = configFromGguf(metadataReader(file), file.path, embed.dims[1], ropeFreqs);
     const config: ModelConfig = {
@@ -182,6 +266,24 @@ export function loadModelFiles(nameOrPath: string, opts: LoadOptions = {}): Load
       tiedEmbeddings: base.arch === 'gemma3' || !file.tensors.has('output.weight'),
       attnBias: base.attnBias || file.tensors.has('blk.0.attn_q.bias'),
     };
+    const key = (k: string) => `${config.arch}.${k}`;
+    checkDimensions(
+      file.path,
+      config,
+      {
+        dModel: key('embedding_length'),
+        vocabSize: 'token_embd.weight',
+        nHeads: key('attention.head_count'),
+        nKvHeads: key('attention.head_count_kv'),
+        headDim: key('attention.key_length'),
+        ffnDim: key('feed_forward_length'),
+      },
+      ggufTensorNamer,
+      (name) => {
+        const dims = file.tensors.get(name)?.dims;
+        return dims && [...dims].reverse();
+      },
+    );
     const tensors = ggufSource(file, () => config);
     const weights = loadWeights(config, tensors, ggufTensorNamer, {
       normPlusOne: false,
@@ -206,13 +308,45 @@ export function loadModelFiles(nameOrPath: string, opts: LoadOptions = {}): Load
     };
   }
   const dir = openHfModelDir(source.dir);
-  const config = configFromHf(dir.config, path.join(dir.dir, 'config.json'));
+  const configFile = path.join(dir.dir, 'config.json');
   const prefix = ['model.', 'model.language_model.', 'language_model.model.'].find((p) =>
     dir.tensors.has(`${p}embed_tokens.weight`),
   );
   if (prefix === undefined)
     throw new FormatError(dir.dir, 'model.embed_tokens.weight', 'missing tensor (no token embedding found)');
+  // Multimodal checkpoints keep the language model's sizes under text_config.
+  const textConfig = dir.config.text_config;
+  const sizes =
+    !('num_hidden_layers' in dir.config) && typeof textConfig === 'object' && textConfig !== null
+      ? { at: 'text_config.', cfg: textConfig as Record<string, unknown> }
+      : { at: '', cfg: dir.config };
+  checkLayerCount(
+    configFile,
+    `${sizes.at}num_hidden_layers`,
+    sizes.cfg.num_hidden_layers,
+    dir.tensors.keys(),
+    (name) => {
+      if (!name.startsWith(prefix)) return undefined;
+      const m = /^layers\.(\d+)\./.exec(name.slice(prefix.length));
+      return m ? Number(m[1]) : undefined;
+    },
+  );
+  const config = configFromHf(dir.config, configFile);
   const namer = config.sandwichNorms ? hfSandwichNamer(prefix) : hfTensorNamer(prefix);
+  checkDimensions(
+    configFile,
+    config,
+    {
+      dModel: `${sizes.at}hidden_size`,
+      vocabSize: `${sizes.at}vocab_size`,
+      nHeads: `${sizes.at}num_attention_heads`,
+      nKvHeads: `${sizes.at}num_key_value_heads`,
+      headDim: `${sizes.at}head_dim`,
+      ffnDim: `${sizes.at}intermediate_size`,
+    },
+    namer,
+    (name) => dir.tensors.get(name)?.shape,
+  );
   const tensors = hfSource(dir);
   const weights = loadWeights(config, tensors, namer, {
     normPlusOne: config.arch === 'gemma3',

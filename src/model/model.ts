@@ -14,7 +14,14 @@ import type { Backend } from '../engine/backend.js';
 import { loadNativeBackend } from '../engine/native.js';
 import { OptionError } from '../formats/errors.js';
 import type { ChatMessage } from '../formats/tokenizer.js';
-import { type Hook, type HookName, type Positions, allHookNames, rowSelected } from '../hooks/hooks.js';
+import {
+  BLOCK_HOOKS,
+  type Hook,
+  type HookName,
+  type Positions,
+  allHookNames,
+  rowSelected,
+} from '../hooks/hooks.js';
 import type { ModelConfig } from './config.js';
 import { type LoadOptions, type LoadedModel, type ModelIdentity, loadModelFiles } from './load.js';
 import { type SamplingOptions, checkSampling, sampleToken, seededRandom } from './sampling.js';
@@ -57,9 +64,15 @@ export interface RunResult {
 }
 
 export interface GenerateOptions extends SamplingOptions {
-  /** Default 128. */
+  /**
+   * Default 128. Each prompt's tokens plus `maxNewTokens` must fit the model's context
+   * (`config.maxContext`); otherwise `generate` throws before any compute.
+   */
   readonly maxNewTokens?: number;
-  /** Stop when the text contains one of these (the stop string is cut off). */
+  /**
+   * Stop when the text contains one of these (the stop string is cut off). `onText` holds back
+   * text that could be the start of a stop string, so it never emits text that is later cut.
+   */
   readonly stop?: readonly string[];
   /** Stop at these token ids (default: the tokenizer's end-of-sequence and end-of-turn tokens). */
   readonly stopTokens?: readonly number[];
@@ -68,6 +81,10 @@ export interface GenerateOptions extends SamplingOptions {
   readonly onText?: (index: number, text: string) => void;
   /** Called with each generated token id as it is chosen (`position` counts from 0 per prompt). */
   readonly onToken?: (index: number, token: number, position: number) => void;
+  /**
+   * Checked before each step: once aborted, `generate` resolves (it does not throw) with the
+   * tokens chosen so far and `finishReason: 'aborted'`; text still held back is not emitted.
+   */
   readonly signal?: AbortSignal;
 }
 
@@ -86,6 +103,7 @@ export interface HookHandle {
 
 export class Model {
   private readonly permanentHooks: Hook[] = [];
+  private knownHookNames: Set<string> | undefined;
 
   constructor(
     private readonly loaded: LoadedModel,
@@ -133,8 +151,27 @@ export class Model {
     return allHookNames(this.config.nLayers);
   }
 
+  /**
+   * Throws an OptionError unless `name` is a hook point of this model: a block index past the
+   * last block would otherwise never fire, silently doing nothing.
+   */
+  checkHookName(name: string): asserts name is HookName {
+    if (this.hookNameSet.has(name)) return;
+    const L = this.config.nLayers;
+    throw new OptionError(
+      `unknown hook ${JSON.stringify(name)}: this model has ${L} blocks, so hook names are ` +
+        `hook_embed, blocks.L.{${BLOCK_HOOKS.join(',')}} for L in 0..${L - 1}, hook_final_norm and logits`,
+    );
+  }
+
+  private get hookNameSet(): ReadonlySet<string> {
+    this.knownHookNames ??= new Set(this.hookNames());
+    return this.knownHookNames;
+  }
+
   /** Attaches a hook to every later call until the handle's remove(). */
   addHook(hook: Hook): HookHandle {
+    this.checkHookName(hook.name);
     this.permanentHooks.push(hook);
     return {
       remove: () => {
@@ -153,7 +190,25 @@ export class Model {
   }
 
   private hooksFor(extra: readonly Hook[] | undefined): Hook[] {
+    for (const h of extra ?? []) this.checkHookName(h.name);
     return extra ? [...this.permanentHooks, ...extra] : [...this.permanentHooks];
+  }
+
+  /**
+   * Throws unless prompt `index` (`length` tokens) plus `newTokens` generated ones fit the model's
+   * context: past it, rotary positions leave the trained range, and a huge prompt would otherwise
+   * allocate its whole KV cache before anything fails.
+   */
+  private checkFits(index: number, length: number, newTokens: number): void {
+    const context = this.config.maxContext;
+    if (length === 0) throw new OptionError(`prompt ${index} has no tokens`);
+    if (length > context)
+      throw new OptionError(`prompt ${index} has ${length} tokens; the model's context is ${context}`);
+    if (length + newTokens > context)
+      throw new OptionError(
+        `prompt ${index} has ${length} tokens and maxNewTokens is ${newTokens}: ${length + newTokens} ` +
+          `tokens do not fit the model's context of ${context} (use maxNewTokens <= ${context - length})`,
+      );
   }
 
   /** One forward pass over each prompt, keeping the requested activations and logits. */
@@ -163,13 +218,7 @@ export class Model {
     const logitsMode = opts.logits ?? 'last';
     const maxBatch = opts.maxBatchTokens ?? 1024;
     if (!(maxBatch >= 1)) throw new OptionError(`maxBatchTokens must be >= 1, got ${maxBatch}`);
-    tokens.forEach((t, i) => {
-      if (t.length === 0) throw new OptionError(`prompt ${i} has no tokens`);
-      if (t.length > this.config.maxContext)
-        throw new OptionError(
-          `prompt ${i} has ${t.length} tokens; the model's context is ${this.config.maxContext}`,
-        );
-    });
+    tokens.forEach((t, i) => this.checkFits(i, t.length, 0));
 
     const cache = new Map<HookName, Float32Array[]>();
     const cachedPositions: Int32Array[] = [];
@@ -181,10 +230,10 @@ export class Model {
         })
       : [];
     if (opts.cache && typeof opts.cache.names !== 'function')
-      for (const n of opts.cache.names)
-        if (!wanted.includes(n)) throw new OptionError(`unknown hook ${JSON.stringify(n)} for this model`);
+      for (const n of opts.cache.names) this.checkHookName(n);
     for (const n of wanted) cache.set(n, new Array<Float32Array>(tokens.length));
     const logits = new Array<Float32Array>(tokens.length);
+    const hooks = this.hooksFor(opts.hooks);
 
     for (let start = 0; start < tokens.length;) {
       // Pack prompts into one call up to maxBatch tokens (always at least one prompt).
@@ -220,7 +269,7 @@ export class Model {
       }));
       // Readers go last so they see the activation after every intervention.
       const res = forward(this.config, this.weights, this.backend, steps, {
-        hooks: [...this.hooksFor(opts.hooks), ...readers],
+        hooks: [...hooks, ...readers],
         logits: logitsMode,
         step: 0,
       });
@@ -247,24 +296,22 @@ export class Model {
     if (!(Number.isInteger(maxNew) && maxNew >= 0))
       throw new OptionError(`maxNewTokens must be an integer >= 0, got ${maxNew}`);
     const promptTokens = prompts.map((p) => this.tokenize(p));
+    promptTokens.forEach((t, i) => this.checkFits(i, t.length, maxNew));
     const stopTokens = new Set(opts.stopTokens ?? this.loaded.tokenizer?.eosTokenIds ?? []);
     const stops = opts.stop ?? [];
     const hooks = this.hooksFor(opts.hooks);
     const V = this.config.vocabSize;
     const n = prompts.length;
-    const seqs = promptTokens.map((t, i) => {
-      if (t.length === 0) throw new OptionError(`prompt ${i} has no tokens`);
-      return {
-        index: i,
-        history: [...t],
-        generated: [] as number[],
-        text: '',
-        emitted: 0,
-        done: undefined as Generation['finishReason'] | undefined,
-        random: seededRandom((opts.seed ?? 0) + i * 7919),
-        cache: new KvCache(this.config.nLayers, this.config.nKvHeads * this.config.headDim),
-      };
-    });
+    const seqs = promptTokens.map((t, i) => ({
+      index: i,
+      history: [...t],
+      generated: [] as number[],
+      text: '',
+      emitted: 0,
+      done: undefined as Generation['finishReason'] | undefined,
+      random: seededRandom((opts.seed ?? 0) + i * 7919),
+      cache: new KvCache(this.config.nLayers, this.config.nKvHeads * this.config.headDim),
+    }));
     let active = seqs.filter(() => maxNew > 0);
     if (maxNew === 0) seqs.forEach((s) => (s.done = 'length'));
     let pending: number[][] = promptTokens;

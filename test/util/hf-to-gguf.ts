@@ -49,7 +49,16 @@ function permuteRotaryRows(w: Float32Array, heads: number, E: number, K: number)
   return out;
 }
 
-export function hfToGguf(dir: string, out: string, type: GgmlType = GgmlType.F32): void {
+/**
+ * Writes `out`. `editMetadata` may change the metadata entries before writing (tests use it to
+ * add a tokenizer or to make a key lie).
+ */
+export function hfToGguf(
+  dir: string,
+  out: string,
+  type: GgmlType = GgmlType.F32,
+  editMetadata: (entries: GgufMetadataEntry[]) => GgufMetadataEntry[] = (entries) => entries,
+): void {
   const rawConfig = JSON.parse(readFileSync(path.join(dir, 'config.json'), 'utf8')) as Record<
     string,
     unknown
@@ -117,5 +126,5 @@ export function hfToGguf(dir: string, out: string, type: GgmlType = GgmlType.F32
       u32('attention.sliding_window_pattern', period),
     );
   }
-  writeGguf(out, { metadata, tensors });
+  writeGguf(out, { metadata: editMetadata(metadata), tensors });
 }

@@ -8,10 +8,10 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { measureGeneralization } from '../src/concepts/generalization.js';
-import { loadPromptSet } from '../src/data/datasets.js';
-import { Model } from '../src/model/model.js';
-import { ROOT, SHARED, SMOLLM2_GGUF, missingModel } from './util/fixtures.js';
+import { measureGeneralization } from '../../src/concepts/generalization.js';
+import { loadPromptSet } from '../../src/data/datasets.js';
+import { Model } from '../../src/model/model.js';
+import { ROOT, SHARED, SMOLLM2_GGUF, missingModel } from '../util/fixtures.js';
 
 const DATA = path.join(SHARED, 'datasets');
 const set = (name: string, limit = 12) => loadPromptSet(name, { dataDir: DATA, limit });

@@ -3,14 +3,15 @@
  * sides). Reference: test/fixtures/parity/<model>.{json,safetensors}, made by
  * scripts/reference/make_parity_fixtures.py. Tolerance: max|diff| / ||ref|| <= 1e-3 per layer and
  * for the logits; the same top-1 token for every prompt; greedy continuations identical to HF's
- * except after a near-tie (top-2 margin < 1e-3 in the reference), which is reported.
+ * except after a near-tie (top-2 margin < 1e-3 in the reference), which is reported. llama.cpp's
+ * recorded greedy runs are a tolerance-based cross-check (see LLAMACPP_LOGIT_GAP).
  */
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { blockHook, type HookName } from '../src/hooks/hooks.js';
-import { Model } from '../src/model/model.js';
+import { blockHook, type HookName } from '../../src/hooks/hooks.js';
+import { Model } from '../../src/model/model.js';
 import {
   FIXTURES,
   GEMMA3_GGUF,
@@ -20,11 +21,17 @@ import {
   missingModel,
   readFixture,
   relMaxDiff,
-} from './util/fixtures.js';
+} from '../util/fixtures.js';
 
 const TOL = 1e-3;
-/** Top-2 logit margin under which llama.cpp's int8-activation arithmetic may flip its choice. */
-const LLAMACPP_NEAR_TIE = 0.5;
+/**
+ * How far below steerguard's best logit a token llama.cpp chose may be: llama.cpp rounds
+ * activations to int8 for its quantized dot products, which moves its logits by a few tenths
+ * (the worst gap seen on these fixtures is 0.44).
+ */
+const LLAMACPP_LOGIT_GAP = 1;
+/** llama.cpp cases longer than this are left out: their [T, V] logits would take too much memory. */
+const LLAMACPP_MAX_TOKENS = 256;
 
 interface ParityJson {
   /** `user`: the chat message the ids were rendered from (chat models). */
@@ -91,29 +98,39 @@ for (const [name, file] of [
     const llamacppFixture = path.join(FIXTURES, 'llamacpp', `${name}.json`);
     const noLlamacpp = existsSync(llamacppFixture) ? false : `no llama.cpp fixture for ${name}`;
     test(
-      'greedy continuations vs llama.cpp: equal, or diverging only where llama.cpp is near a tie',
+      'llama.cpp cross-check: each token of its recorded greedy run is near the best logit',
       { skip: noLlamacpp },
-      async () => {
-        // llama.cpp rounds activations to int8 for its quantized dot products, so its logits differ
-        // from an exact fp32 forward pass by a few tenths; where its own top-2 margin is that small
-        // the two may pick different tokens. Each divergence is reported with its position.
+      () => {
+        // Teacher-forced on llama.cpp's recording (test/fixtures/llamacpp/), so one near-tie cannot
+        // derail the rest of a comparison, and no step depends on how llama.cpp rounds on the CPU
+        // that runs the tests: steerguard scores each recorded token given the recorded prefix.
         const llama = JSON.parse(readFileSync(llamacppFixture, 'utf8')) as {
-          cases: { promptIds: number[]; greedyIds: number[]; margins: number[] }[];
+          cases: { promptIds: number[]; greedyIds: number[] }[];
         };
-        const gens = await model.generate(
-          llama.cases.map((c) => ({ tokens: c.promptIds })),
-          { maxNewTokens: 32, stopTokens: [] },
+        const V = model.config.vocabSize;
+        const cases = llama.cases.filter(
+          (c) => c.promptIds.length + c.greedyIds.length <= LLAMACPP_MAX_TOKENS,
         );
-        const report = llama.cases.map((c, i) => {
-          const at = gens[i].tokens.findIndex((t, j) => t !== c.greedyIds[j]);
-          if (at >= 0)
+        assert.ok(cases.length >= 5, 'enough llama.cpp cases to compare');
+        const gaps = cases.map((c, i) => {
+          const [logits] = model.run([{ tokens: [...c.promptIds, ...c.greedyIds.slice(0, -1)] }], {
+            logits: 'all',
+          }).logits;
+          let worst = 0;
+          c.greedyIds.forEach((token, step) => {
+            const row = logits.subarray((c.promptIds.length - 1 + step) * V, (c.promptIds.length + step) * V);
+            const gap = row[argmaxOf(row)] - row[token];
             assert.ok(
-              c.margins[at] < LLAMACPP_NEAR_TIE,
-              `prompt ${i}: diverges at ${at}, llama.cpp margin ${c.margins[at]}`,
+              gap <= LLAMACPP_LOGIT_GAP,
+              `case ${i} step ${step}: llama.cpp's token is ${gap.toFixed(3)} below steerguard's best`,
             );
-          return at < 0 ? 'equal' : `from token ${at} (llama.cpp margin ${c.margins[at].toFixed(3)})`;
+            worst = Math.max(worst, gap);
+          });
+          return worst;
         });
-        console.log(`# ${name} vs llama.cpp greedy (32 tokens): ${report.join('; ')}`);
+        console.log(
+          `# ${name}: worst logit gap to llama.cpp's choices per case: ${gaps.map((g) => g.toFixed(3)).join(' ')}`,
+        );
       },
     );
 

