@@ -267,8 +267,8 @@ function report(e) {
   if (ifPossible) {
     console.warn(
       `\nsteerguard: WARNING: the native engine was not built: ${e.message}.${detail} ` +
-        'steerguard still works, on its plain TypeScript reference backend, which is about 100x slower ' +
-        '(README.md, "Set-up on a fresh machine"). For the fast path install a C compiler with OpenMP and ' +
+        'steerguard still works, on its plain TypeScript reference backend, which is much slower (prompts ~50x, ' +
+        'generation ~4x; README.md, "Set-up on a fresh machine"). For the fast path install a C compiler with OpenMP and ' +
         `OpenBLAS (${FIX}) and run \`npm rebuild steerguard\` (in a checkout: node scripts/build-native.mjs).\n`,
     );
     process.exit(0);

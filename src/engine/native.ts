@@ -82,7 +82,7 @@ interface BuildManifest {
 /** A built addon chosen for this CPU. */
 interface AddonFile {
   file: string;
-  /** The CPU level it was compiled for ("x86-64-v3", "x86-64", "portable", "custom"), or "given". */
+  /** The CPU level it was compiled for ("x86-64-v3", "x86-64", "portable", "custom"), or the file name of an explicit path. */
   level: string;
 }
 
@@ -165,7 +165,7 @@ function readManifest(file: string): BuildManifest {
 }
 
 function findAddon(explicit: string | undefined): AddonFile {
-  if (explicit) return { file: path.resolve(explicit), level: 'given' };
+  if (explicit) return { file: path.resolve(explicit), level: path.basename(explicit) };
   const dir = buildDir();
   const { variants } = readManifest(path.join(dir, MANIFEST));
   const flags = cpuFlags();
@@ -229,7 +229,7 @@ export class NativeBackend implements Backend, Kernels {
   /** @internal use loadNativeBackend() */
   constructor(
     private readonly addon: NativeAddon,
-    /** The CPU level of the loaded build, e.g. "x86-64-v3"; "given" for an explicit addonPath. */
+    /** The CPU level of the loaded build, e.g. "x86-64-v3"; the file name for an explicit addonPath. */
     readonly level: string,
   ) {
     // The addon's functions are the kernels themselves (they ignore `this`), so no wrapper restates them.

@@ -52,7 +52,7 @@ export function loadBackend(options: BackendOptions = {}): Backend {
       noticeShown = true;
       process.stderr.write(
         `steerguard: native engine unavailable (${e.reason}); running on the TypeScript reference backend, ` +
-          'about 100x slower. Fast path: apt-get install build-essential libopenblas-dev, then ' +
+          'much slower (prompts ~50x, generation ~4x). Fast path: apt-get install build-essential libopenblas-dev, then ' +
           '`npm rebuild steerguard` (in a checkout: node scripts/build-native.mjs). ' +
           'STEERGUARD_BACKEND=reference hides this line.\n',
       );
