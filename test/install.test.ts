@@ -15,6 +15,7 @@ import {
   mkdirSync,
   mkdtempSync,
   readFileSync,
+  readdirSync,
   rmSync,
   writeFileSync,
 } from 'node:fs';
@@ -192,6 +193,36 @@ describe('portable builds, one per CPU level', () => {
     assert.match(custom.stdout, /cc -O1 /);
     assert.doesNotMatch(custom.stdout, /is up to date/, 'changed flags rebuild');
   });
+
+  it(
+    'at install time a level the compiler rejects is left out, with a warning; by hand it fails',
+    {
+      skip: process.arch === 'x64' ? undefined : 'the levels are x86-64 ones',
+    },
+    () => {
+      const cc = path.join(tmp, 'cc-without-v3');
+      writeFileSync(
+        cc,
+        '#!/bin/sh\ncase "$*" in *x86-64-v3*) echo "cc: error: bad value for -march" >&2; exit 1;; esac\nexec cc "$@"\n',
+        { mode: 0o755 },
+      );
+      const dir = path.join(tmp, 'build-old-compiler');
+      const byHand = sh('node scripts/build-native.mjs', { STEERGUARD_BUILD_DIR: dir, STEERGUARD_CC: cc });
+      assert.equal(byHand.code, 1);
+      assert.match(byHand.stderr, /status 1 building the x86-64-v3 level/);
+      assert.deepEqual(readdirSync(dir), [], 'no half-done build is left behind');
+      const r = sh(INSTALL_SCRIPT, { STEERGUARD_BUILD_DIR: dir, STEERGUARD_CC: cc });
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stderr, /WARNING: .*x86-64-v3 level\. Built only x86-64:/);
+      const manifest = JSON.parse(readFileSync(path.join(dir, 'steerguard-native.json'), 'utf8')) as {
+        variants: { level: string }[];
+      };
+      assert.deepEqual(
+        manifest.variants.map((v) => v.level),
+        ['x86-64'],
+      );
+    },
+  );
 
   /** A build folder listing `variants` (each a copy of a built binary) in preference order. */
   function fakeBuild(name: string, variants: { level: string; requires: string[] }[]): string {
