@@ -128,16 +128,20 @@ function buildDir(): string {
   return path.join(root, 'build');
 }
 
-/** The CPU's feature flags from /proc/cpuinfo (x86 "flags" line); empty where there is none. */
+let cpuFlagsRead: Set<string> | undefined;
+
+/** The CPU's feature flags from /proc/cpuinfo (x86 "flags" line, read once); empty where there is none. */
 function cpuFlags(): Set<string> {
-  let text: string;
+  if (cpuFlagsRead) return cpuFlagsRead;
+  let text = '';
   try {
     text = readFileSync('/proc/cpuinfo', 'utf8');
   } catch {
-    return new Set();
+    // not Linux: only the builds that need no flag qualify
   }
   const line = /^flags\s*:(.*)$/m.exec(text);
-  return new Set(line ? line[1].trim().split(/\s+/) : []);
+  cpuFlagsRead = new Set(line ? line[1].trim().split(/\s+/) : []);
+  return cpuFlagsRead;
 }
 
 function readManifest(file: string): BuildManifest {
