@@ -135,7 +135,7 @@ describe('install without the native build tools', () => {
     () => {
       const r = cli(['info', SMOLLM2_GGUF], { STEERGUARD_BUILD_DIR: buildDir, STEERGUARD_BACKEND: 'native' });
       assert.notEqual(r.code, 0);
-      assert.match(r.stderr, /native engine: not built .*build-native/);
+      assert.match(r.stderr, /native engine: not built: .*build-native/);
       assert.equal(r.stdout, '');
     },
   );
@@ -274,6 +274,24 @@ describe('portable builds, one per CPU level', () => {
       assert.throws(
         () => loadNativeBackend({ threads: 1 }),
         (e: unknown) => e instanceof NativeUnavailableError && /none of the built levels/.test(e.message),
+      );
+      assert.ok(loadBackend({ choice: 'auto', threads: 1 }) instanceof ReferenceBackend);
+    });
+  });
+
+  it('a build that does not load: native is unavailable, and auto falls back', () => {
+    const dir = path.join(tmp, 'build-broken');
+    mkdirSync(dir);
+    writeFileSync(path.join(dir, 'steerguard-any.node'), 'not a shared library');
+    writeFileSync(
+      path.join(dir, 'steerguard-native.json'),
+      JSON.stringify({ variants: [{ file: 'steerguard-any.node', level: 'any', requires: [] }] }),
+    );
+    withBuildDir(dir, () => {
+      assert.throws(
+        () => loadNativeBackend({ threads: 1 }),
+        (e: unknown) =>
+          e instanceof NativeUnavailableError && /cannot load .*steerguard-any\.node/.test(e.message),
       );
       assert.ok(loadBackend({ choice: 'auto', threads: 1 }) instanceof ReferenceBackend);
     });

@@ -150,7 +150,7 @@ function readManifest(file: string): BuildManifest {
     parsed = JSON.parse(readFileSync(file, 'utf8'));
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new NativeUnavailableError(`not built (${file} is missing)`, BUILD_HINT);
+      throw new NativeUnavailableError(`not built: ${file} is missing`, BUILD_HINT);
     }
     throw new NativeUnavailableError(`${file} is unreadable (${(e as Error).message})`, BUILD_HINT);
   }
@@ -201,7 +201,7 @@ const loaded = new Map<string, NativeAddon>();
 function loadAddon(file: string): NativeAddon {
   const cached = loaded.get(file);
   if (cached) return cached;
-  if (!existsSync(file)) throw new NativeUnavailableError(`not built (${file} is missing)`, BUILD_HINT);
+  if (!existsSync(file)) throw new NativeUnavailableError(`not built: ${file} is missing`, BUILD_HINT);
   // OpenBLAS keeps its own thread pool next to OpenMP's. Under libgomp's default wait policy idle
   // OpenMP threads spin after each kernel and fight OpenBLAS's threads for the cores: on the shared
   // 2-core machine, one run in ten of a decode-like kernel sequence took ~35x longer (docs/ENGINE.md).

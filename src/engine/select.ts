@@ -51,7 +51,7 @@ export function loadBackend(options: BackendOptions = {}): Backend {
     if (!noticeShown) {
       noticeShown = true;
       process.stderr.write(
-        `steerguard: native engine unavailable (${e.reason}); running on the TypeScript reference backend, ` +
+        `steerguard: native engine unavailable (${e.reason.replace(/\s+/g, ' ')}); running on the TypeScript reference backend, ` +
           'much slower (prompts ~50x, generation ~4x). Fast path: apt-get install build-essential libopenblas-dev, then ' +
           '`npm rebuild steerguard` (in a checkout: node scripts/build-native.mjs). ' +
           'STEERGUARD_BACKEND=reference hides this line.\n',
