@@ -29,7 +29,7 @@ type Kernels = Pick<Backend, 'matmul' | 'rmsnorm' | 'rope' | 'attention' | 'gate
   matmulQ8: NonNullable<Backend['matmulQ8']>;
 };
 
-/** What build/steerguard.node exports (see the bindings at the bottom of steerguard.c). */
+/** What each build/steerguard-<level>.node exports (see the bindings at the bottom of steerguard.c). */
 interface NativeAddon extends Kernels {
   setThreads(n: number): void;
   info(): NativeInfo;
