@@ -11,7 +11,7 @@
  * handle's `remove()`; such hooks run before the per-call ones.
  */
 import type { Backend } from '../engine/backend.js';
-import { loadNativeBackend } from '../engine/native.js';
+import { loadBackend } from '../engine/select.js';
 import { OptionError } from '../formats/errors.js';
 import type { ChatMessage } from '../formats/tokenizer.js';
 import {
@@ -114,12 +114,13 @@ export class Model {
    * Loads a checkpoint: a .gguf file, a Hugging Face directory, or a repo id in the local hub cache.
    * `decodeWeights: 'q8'` keeps an extra Q8_0 copy of the matrices for generation steps (faster
    * decoding with llama.cpp-like rounding; prompt passes and cached activations stay exact fp32).
+   * Without `backend`, loadBackend() picks one: the native engine, else (with a notice) the reference.
    */
   static async load(
     nameOrPath: string,
     opts: LoadOptions & { threads?: number; backend?: Backend; decodeWeights?: 'f32' | 'q8' } = {},
   ): Promise<Model> {
-    const backend = opts.backend ?? loadNativeBackend({ threads: opts.threads });
+    const backend = opts.backend ?? loadBackend({ threads: opts.threads });
     if (opts.decodeWeights !== undefined && opts.decodeWeights !== 'f32' && opts.decodeWeights !== 'q8')
       throw new OptionError(`decodeWeights must be 'f32' or 'q8', got ${JSON.stringify(opts.decodeWeights)}`);
     if (opts.decodeWeights === 'q8' && !backend.matmulQ8)
