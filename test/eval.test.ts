@@ -15,6 +15,8 @@ import { attackCommand } from '../src/cli/commands/attack.js';
 import type { CliCommand } from '../src/cli/commands/common.js';
 import { evalCommand } from '../src/cli/commands/eval.js';
 import { gcgKeywordJudge, jbbKeywordJudge } from '../src/eval/judges.js';
+import { runEvaluation } from '../src/eval/evaluation.js';
+import { silentReporter } from '../src/eval/reporter.js';
 import {
   type EvalPrompt,
   type Responder,
@@ -91,6 +93,46 @@ describe('rates', () => {
     assert.deepEqual(res.judgeFailures, []);
     // Summaries can be recomputed from rows.
     assert.deepEqual(summarize(res.rows, [gcgKeywordJudge(), jbbKeywordJudge()]), res.summary);
+  });
+
+  test('runEvaluation warns when the gate flags every prompt, and only then', async () => {
+    const prompts: EvalPrompt[] = ['h1', 'h2', 's1', 's2'].map((id) => ({
+      id,
+      set: id[0] === 'h' ? 'harm' : 'safe',
+      text: id,
+      prompt: id,
+    }));
+    const gate =
+      (flagged: (id: string) => boolean): Responder =>
+      async (ps) => ({
+        generations: ps.map((): Generation => ({
+          promptTokens: [],
+          tokens: [],
+          text: 'ok',
+          finishReason: 'stop',
+        })),
+        flags: ps.map((p) => flagged(p as string)),
+        scores: ps.map(() => 0.5),
+      });
+    const warnings = async (responder: Responder) => {
+      const seen: string[] = [];
+      const reporter = { ...silentReporter, warn: (m: string) => seen.push(m) };
+      await runEvaluation(
+        {} as never,
+        prompts,
+        [gcgKeywordJudge()],
+        { label: 'gated', responder, fittedIds: [] },
+        {
+          maxTokens: 4,
+          batch: 4,
+          repetitionPenalty: 1,
+        },
+        { reporter },
+      );
+      return seen;
+    };
+    assert.match((await warnings(gate(() => true))).join('\n'), /flagged all 4 prompts.*flags everything/);
+    assert.deepEqual(await warnings(gate((id) => id[0] === 'h')), []);
   });
 
   test('evaluateRefusal: no prompts or a non-finite monitor score is an error, not a rate', async () => {

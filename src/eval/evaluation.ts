@@ -73,7 +73,7 @@ export async function runEvaluation(
     `${steering.label}: ${prompts.length} prompts, ${o.maxTokens} tokens each, batches of ${o.batch}`,
   );
   try {
-    return await evaluateRefusal(model, prompts, {
+    const result = await evaluateRefusal(model, prompts, {
       judges,
       responder: steering.responder,
       maxNewTokens: o.maxTokens,
@@ -91,8 +91,24 @@ export async function runEvaluation(
       },
       signal: run.signal,
     });
+    warnIfGateFlagsEverything(result, steering.label, reporter);
+    return result;
   } finally {
     generate?.finish();
     judge?.finish();
   }
+}
+
+/**
+ * A gate that flags every prompt of every set is always-on steering under another name: the run
+ * is valid, but its "conditional" label would mislead, so say so.
+ */
+function warnIfGateFlagsEverything(result: RefusalEvalResult, label: string, reporter: Reporter): void {
+  const flagged = result.summary.filter((r) => r.measures === 'flagged');
+  const n = flagged.reduce((s, r) => s + r.n, 0);
+  if (flagged.length > 0 && n > 1 && flagged.every((r) => r.positives === r.n))
+    reporter.warn(
+      `${label}: the monitor flagged all ${n} prompts, benign ones included, so every prompt was steered: ` +
+        'the threshold flags everything (raise --threshold, or calibrate the concept on benign prompts)',
+    );
 }

@@ -23,11 +23,11 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 
-import { NativeUnavailableError, loadNativeBackend } from '../src/engine/native.js';
-import { ReferenceBackend } from '../src/engine/reference.js';
-import { loadBackend } from '../src/engine/select.js';
-import { SteerguardError } from '../src/formats/errors.js';
-import { ROOT, SMOLLM2_GGUF, missingModel } from './util/fixtures.js';
+import { NativeUnavailableError, loadNativeBackend } from '../../src/engine/native.js';
+import { ReferenceBackend } from '../../src/engine/reference.js';
+import { loadBackend } from '../../src/engine/select.js';
+import { SteerguardError } from '../../src/formats/errors.js';
+import { ROOT, SMOLLM2_GGUF, missingModel } from '../util/fixtures.js';
 
 const MAIN = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
 const INSTALL_SCRIPT = (
