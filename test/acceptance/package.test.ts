@@ -25,7 +25,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 
-import { ROOT } from './util/fixtures.js';
+import { ROOT } from '../util/fixtures.js';
 
 const tmp = mkdtempSync(path.join(tmpdir(), 'steerguard-package-'));
 after(() => rmSync(tmp, { recursive: true, force: true }));
