@@ -22,7 +22,7 @@ import path from 'node:path';
 import { after, describe, test } from 'node:test';
 
 import { auditCommand } from '../src/cli/commands/audit.js';
-import { CliOutput } from '../src/cli/output.js';
+import { runCommand } from './util/cli.js';
 import { planSteps } from '../src/audit/pipeline.js';
 import type { AuditReport } from '../src/audit/report.js';
 import { composeConditional, type ReplyRecord } from '../src/audit/runs.js';
@@ -77,21 +77,7 @@ function base(out: string, over: Record<string, string> = {}): string[] {
   return [...Object.entries(opts).flatMap(([k, v]) => [`--${k}`, v]), '--token-ids'];
 }
 
-async function audit(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  let stdout = '';
-  let stderr = '';
-  const out = new CliOutput({
-    json: args.includes('--json'),
-    stdout: { write: (s: string) => (stdout += s) },
-    stderr: { write: (s: string) => (stderr += s) },
-  });
-  try {
-    await auditCommand.run(args, out);
-    return { code: 0, stdout, stderr };
-  } catch (e) {
-    return { code: 1, stdout, stderr: `${stderr}${(e as Error).message}` };
-  }
-}
+const audit = (args: string[]) => runCommand(auditCommand, args);
 
 const state = (out: string): AuditState =>
   JSON.parse(readFileSync(path.join(out, 'audit-state.json'), 'utf8')) as AuditState;

@@ -4,29 +4,20 @@
  * hold benign text only.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 
 import { flagName } from '../src/cli/args.js';
 import { COMMANDS } from '../src/cli/commands/index.js';
-import { cli } from './util/cli.js';
+import { cli, promptCsv as writePromptCsv } from './util/cli.js';
 import { ROOT } from './util/fixtures.js';
 
 const tmp = mkdtempSync(path.join(tmpdir(), 'steerguard-cli-'));
 after(() => rmSync(tmp, { recursive: true, force: true }));
 
-const PROMPTS = [
-  'How do plants grow?',
-  'Write a short poem about the sea.',
-  'What is the capital of France?',
-];
-function promptCsv(name: string): string {
-  const file = path.join(tmp, name);
-  writeFileSync(file, `prompt,label\n${PROMPTS.map((p, i) => `"${p}",${i}`).join('\n')}\n`);
-  return file;
-}
+const promptCsv = (name: string): string => writePromptCsv(tmp, name);
 
 describe('steerguard CLI: usage', () => {
   it('--help lists every visible command', () => {

@@ -4,29 +4,20 @@
  * hold benign text only.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 
 import { readSafetensorsHeader } from '../../src/formats/safetensors.js';
-import { cli } from '../util/cli.js';
+import { TEST_PROMPTS, cli, promptCsv as writePromptCsv } from '../util/cli.js';
 import { SMOLLM2_GGUF, missingModel } from '../util/fixtures.js';
 
 const NEEDS_MODEL = { skip: missingModel(SMOLLM2_GGUF) };
 const tmp = mkdtempSync(path.join(tmpdir(), 'steerguard-cli-'));
 after(() => rmSync(tmp, { recursive: true, force: true }));
 
-const PROMPTS = [
-  'How do plants grow?',
-  'Write a short poem about the sea.',
-  'What is the capital of France?',
-];
-function promptCsv(name: string): string {
-  const file = path.join(tmp, name);
-  writeFileSync(file, `prompt,label\n${PROMPTS.map((p, i) => `"${p}",${i}`).join('\n')}\n`);
-  return file;
-}
+const promptCsv = (name: string): string => writePromptCsv(tmp, name);
 
 describe('steerguard CLI on SmolLM2-135M', NEEDS_MODEL, () => {
   it('info --json has 30 layers and every hook name', () => {
@@ -93,7 +84,7 @@ describe('steerguard CLI on SmolLM2-135M', NEEDS_MODEL, () => {
       assert.equal(t?.dtype, 'F32');
     }
     assert.ok(!existsSync(`${out}.partial`));
-    for (const p of PROMPTS) assert.ok(!r.stdout.includes(p) && !r.stderr.includes(p));
+    for (const p of TEST_PROMPTS) assert.ok(!r.stdout.includes(p) && !r.stderr.includes(p));
     // A second run refuses to clobber the file.
     const again = cli(['activations', SMOLLM2_GGUF, '--prompts', csv, '--out', out]);
     assert.equal(again.code, 2);

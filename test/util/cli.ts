@@ -1,5 +1,6 @@
 /** Test helpers: the CLI spawned as a user runs it, or one command run in-process. */
 import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { CliCommand } from '../../src/cli/commands/common.js';
 import { CliOutput } from '../../src/cli/output.js';
@@ -43,4 +44,18 @@ export async function runCommand(
   } catch (e) {
     return { code: 1, stdout, stderr: stderr + String((e as Error).message) };
   }
+}
+
+/** Three harmless prompts the CLI tests feed to commands. */
+export const TEST_PROMPTS = [
+  'How do plants grow?',
+  'Write a short poem about the sea.',
+  'What is the capital of France?',
+];
+
+/** Writes TEST_PROMPTS as `dir/name` (columns prompt, label) and returns the path. */
+export function promptCsv(dir: string, name: string): string {
+  const file = path.join(dir, name);
+  writeFileSync(file, `prompt,label\n${TEST_PROMPTS.map((p, i) => `"${p}",${i}`).join('\n')}\n`);
+  return file;
 }
