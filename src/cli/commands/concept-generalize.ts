@@ -7,6 +7,7 @@ import { writeFileSync } from 'node:fs';
 
 import { OptionError } from '../../formats/errors.js';
 import type { GeneralizationReport, ReadingReport } from '../../concepts/generalization.js';
+import { wilsonInterval } from '../../concepts/probe.js';
 import type { HeldOutSourceResult } from '../../concepts/sources.js';
 import type { CommandSpec } from '../args.js';
 import { formatTable } from '../output.js';
@@ -168,7 +169,11 @@ const f3 = (x: number): string => x.toFixed(3);
 const ci = (c: readonly [number, number]): string => `${f3(c[0])}–${f3(c[1])}`;
 const pct = (x: number): string => `${(100 * x).toFixed(1)}%`;
 
-function table(rows: readonly HeldOutSourceResult[], fpr: number): string {
+/**
+ * Development rows: AUROC against the other class's out-of-fold prompts and the harmful TPR at
+ * the threshold that gives `fpr` on this row's benign side (this source, or all benign sources).
+ */
+function devTable(rows: readonly HeldOutSourceResult[], fpr: number): string {
   return formatTable(
     ['source', 'class', 'n', 'AUROC', '95% CI', `TPR @${pct(fpr)} FPR`, '95% CI'],
     rows.map((s) => [
@@ -184,14 +189,35 @@ function table(rows: readonly HeldOutSourceResult[], fpr: number): string {
   );
 }
 
+/** Test rows: AUROC, and the share of this source flagged at the development threshold. */
+function testTable(rows: readonly HeldOutSourceResult[]): string {
+  return formatTable(
+    ['source', 'class', 'n', 'AUROC', '95% CI', 'flagged', '95% CI'],
+    rows.map((s) => {
+      const rate = s.label ? s.tpr : s.fpr;
+      const [lo, hi] = wilsonInterval(Math.round(rate * s.n), s.n);
+      return [
+        s.source,
+        s.label ? 'harmful' : 'benign',
+        s.n,
+        f3(s.auroc),
+        ci(s.aurocCi),
+        pct(rate),
+        `${pct(lo)}–${pct(hi)}`,
+      ];
+    }),
+    [false, false, true, true, true, true, true],
+  );
+}
+
 function formatReport(r: GeneralizationReport, fpr: number): string {
   const c = r.chosen;
   const lines = [
     `chosen on the development sources (leave-one-source-out): ${c.dev.method} on blocks ${c.dev.layers.join(', ')}; ` +
       `worst held-out source AUROC ${f3(c.dev.worstAuroc)}`,
     '',
-    'TEST SOURCES (used for nothing else; the headline):',
-    table(c.test, fpr).trimEnd(),
+    'TEST SOURCES (used for nothing else; the headline). flagged: share above the development threshold',
+    testTable(c.test).trimEnd(),
     `pooled: AUROC ${f3(c.testPooled.auroc)} (${ci(c.testPooled.aurocCi)}), TPR ${pct(c.testPooled.tpr)} at FPR ${pct(c.testPooled.fpr)}`,
     '',
     'each reading on the same test sources (its own best layers on the development sources):',
@@ -218,7 +244,7 @@ function formatReport(r: GeneralizationReport, fpr: number): string {
     ).trimEnd(),
     '',
     'development sources, each held out in turn (validation figures: they chose the reading):',
-    table(c.dev.perSource, fpr).trimEnd(),
+    devTable(c.dev.perSource, fpr).trimEnd(),
     '',
     `a random split pooling the development sources would pick block ${r.validation.inSplit.layer} ` +
       `(probe accuracy ${pct(r.validation.inSplit.accuracy)} in-split; worst held-out source AUROC ` +
