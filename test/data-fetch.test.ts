@@ -244,6 +244,19 @@ describe('steerguard data fetch from a local mirror', { skip }, () => {
     );
   });
 
+  it("after the README's data step the audit finds every set it reads by default", async () => {
+    const fetched = await cli(['data', 'fetch', '--mirror', mirror.url], cache);
+    assert.equal(fetched.code, 0, fetched.stderr);
+    // The audit checks its prompt sets before it loads the model, so with a model that does not
+    // exist the only error left is the model's: every default set resolved from the cache.
+    const noModel = path.join(tmp, 'no-such-model.gguf');
+    const r = await cli(['audit', '--model', noModel, '--out', path.join(tmp, 'audit-out')], cache);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /no-such-model\.gguf/);
+    assert.doesNotMatch(r.stderr, /data fetch|prompt set|data directory/);
+    assert.ok(!existsSync(path.join(tmp, 'audit-out')));
+  });
+
   it('a corrupted mirror file is a checksum error naming both hashes, and leaves nothing', async () => {
     const fresh = path.join(tmp, 'cache-corrupt');
     const rel = 'xstest/xstest_prompts.csv';
