@@ -25,6 +25,7 @@ import {
   type SourceReading,
   type SourceValidation,
   type SourceValidationOptions,
+  bestCandidate,
   checkSources,
   fitSourceReading,
   leaveOneSourceOut,
@@ -204,11 +205,7 @@ export async function measureGeneralization(
   };
   const methods = [...new Set(validation.candidates.map((c) => c.method))] as ReadingMethod[];
   const bestOf = (m: ReadingMethod): ReadingCandidate =>
-    validation.candidates
-      .filter((c) => c.method === m)
-      .reduce((a, b) =>
-        b.worstAuroc > a.worstAuroc || (b.worstAuroc === a.worstAuroc && b.meanAuroc > a.meanAuroc) ? b : a,
-      );
+    bestCandidate(validation.candidates.filter((c) => c.method === m));
   const chosen = reportFor(validation.selection);
   const byMethod = methods.map((m) => (m === validation.selection.method ? chosen : reportFor(bestOf(m))));
   return {

@@ -323,6 +323,12 @@ function candidate(
   };
 }
 
+/** The candidate with the best worst-source AUROC, then the best mean, then the fewest layers. */
+export function bestCandidate(candidates: readonly ReadingCandidate[]): ReadingCandidate {
+  if (candidates.length === 0) throw new SteerguardError('no candidate to choose from');
+  return candidates.reduce((a, b) => (better(b, a) ? b : a));
+}
+
 function better(a: ReadingCandidate, b: ReadingCandidate): boolean {
   if (a.worstAuroc !== b.worstAuroc) return a.worstAuroc > b.worstAuroc;
   if (a.meanAuroc !== b.meanAuroc) return a.meanAuroc > b.meanAuroc;
@@ -394,7 +400,7 @@ export function leaveOneSourceOut(
       candidates.push(candidate(m, layers, mean, rowSource, sources, targetFpr));
     }
   }
-  const best = candidates.reduce((a, b) => (better(b, a) ? b : a));
+  const best = bestCandidate(candidates);
 
   return {
     sources: sources.map((s, k) => ({
