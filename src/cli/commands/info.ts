@@ -3,6 +3,7 @@ import { statSync } from 'node:fs';
 
 import { BLOCK_HOOKS } from '../../hooks/hooks.js';
 import type { Model } from '../../model/model.js';
+import { type WeightMatrix, matrixSize } from '../../model/weights.js';
 import { formatNumber } from '../output.js';
 import { THREADS_OPTION, command, para, formatBytes, hasChatTemplate, loadModel } from './common.js';
 
@@ -95,9 +96,9 @@ export function describeModel(model: Model) {
 /** Number of weights the forward pass uses, tied embeddings counted once. */
 export function countParameters(model: Model): number {
   const w = model.weights;
-  let n = w.embed.length + w.finalNorm.length + (w.lmHead === w.embed ? 0 : w.lmHead.length);
+  let n = matrixSize(w.embed) + w.finalNorm.length + (w.lmHead === w.embed ? 0 : matrixSize(w.lmHead));
   for (const layer of w.layers)
-    for (const v of Object.values(layer) as (Float32Array | undefined)[]) n += v?.length ?? 0;
+    for (const v of Object.values(layer) as (WeightMatrix | undefined)[]) n += v ? matrixSize(v) : 0;
   return n;
 }
 
