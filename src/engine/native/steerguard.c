@@ -622,12 +622,6 @@ static inline int32_t hsum_i32(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
-/* Σ over 32 values of u·x as one int32. */
-static inline int32_t dot32_u8(__m256i u, const int8_t *x) {
-  __m256i p = mul_u8_i8(u, _mm256_loadu_si256((const __m256i *)x));
-  return hsum_i32(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
-}
-
 /* The 32 nibbles of 16 bytes in value order: low nibbles first, then high. */
 static inline __m256i nibbles16(const uint8_t *p) {
   __m128i v = _mm_loadu_si128((const __m128i *)p);
@@ -646,22 +640,9 @@ static inline __m256i bit4_of(uint32_t bits) {
 }
 #endif
 
+#if !(defined(__AVX2__) && defined(__FMA__))
 /* Σu·x over the 32 values of a 32-block, u the unsigned quants (offset not applied). */
 static inline int32_t dot_block32(int type, const uint8_t *blk, const int8_t *x) {
-#if defined(__AVX2__)
-  switch (type) {
-    case Q4_0: return dot32_u8(nibbles16(blk + 2), x);
-    case Q4_1: return dot32_u8(nibbles16(blk + 4), x);
-    case Q5_0: return dot32_u8(_mm256_or_si256(nibbles16(blk + 6), bit4_of(u32_at(blk + 2))), x);
-    case Q5_1: return dot32_u8(_mm256_or_si256(nibbles16(blk + 8), bit4_of(u32_at(blk + 4))), x);
-    default: { /* Q8_0: signed weights; maddubs needs an unsigned operand, so move w's sign onto x */
-      __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 2));
-      __m256i xv = _mm256_loadu_si256((const __m256i *)x);
-      __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
-      return hsum_i32(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
-    }
-  }
-#else
   int32_t s = 0;
   switch (type) {
     case Q4_0:
@@ -685,11 +666,53 @@ static inline int32_t dot_block32(int type, const uint8_t *blk, const int8_t *x)
     }
   }
   return s;
-#endif
 }
+#endif
+
+#if defined(__AVX2__) && defined(__FMA__)
+/* One row of 32-blocks of a fixed type: the block's int32 products are scaled and summed in fp32
+ * vectors, one horizontal sum per row. Inlined once per type so the type tests fold away. */
+static inline __attribute__((always_inline)) float dot_row32_avx2(const int type, const uint8_t *w,
+                                                                   size_t bbytes, int nb, const qrow *x) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc = _mm256_setzero_ps();
+  float mins = 0.0f; /* Q4_1/Q5_1: Σ m·dx·Σxq */
+  for (int b = 0; b < nb; b++, w += bbytes) {
+    __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + (size_t)b * QK));
+    __m256i p;
+    if (type == Q4_1 || type == Q5_1) {
+      __m256i u = type == Q4_1 ? nibbles16(w + 4) : _mm256_or_si256(nibbles16(w + 8), bit4_of(u32_at(w + 4)));
+      p = mul_u8_i8(u, xv);
+      mins += half_at(w + 2) * x->d[b] * (float)x->sum[b];
+    } else {
+      /* signed weights (q-8, q-16, int8): maddubs needs an unsigned operand, so |w| and x with w's sign */
+      __m256i q = type == Q4_0   ? _mm256_sub_epi8(nibbles16(w + 2), _mm256_set1_epi8(8))
+                  : type == Q5_0 ? _mm256_sub_epi8(_mm256_or_si256(nibbles16(w + 6), bit4_of(u32_at(w + 2))),
+                                                   _mm256_set1_epi8(16))
+                                 : _mm256_loadu_si256((const __m256i *)(w + 2));
+      p = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q));
+    }
+    __m256 pf = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(half_at(w) * x->d[b]), pf, acc);
+  }
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+  return _mm_cvtss_f32(s4) + mins;
+}
+#endif
 
 /* Σw·x for a row of 32-blocks against activations quantised per 32 (sums per 32). */
 static float dot_row32(int type, const uint8_t *w, size_t bbytes, int nb, const qrow *x) {
+#if defined(__AVX2__) && defined(__FMA__)
+  switch (type) {
+    case Q4_0: return dot_row32_avx2(Q4_0, w, bbytes, nb, x);
+    case Q4_1: return dot_row32_avx2(Q4_1, w, bbytes, nb, x);
+    case Q5_0: return dot_row32_avx2(Q5_0, w, bbytes, nb, x);
+    case Q5_1: return dot_row32_avx2(Q5_1, w, bbytes, nb, x);
+    default: return dot_row32_avx2(Q8_0, w, bbytes, nb, x);
+  }
+#else
   float acc = 0.0f;
   for (int b = 0; b < nb; b++, w += bbytes) {
     const int8_t *xq = x->q + (size_t)b * QK;
@@ -704,6 +727,7 @@ static float dot_row32(int type, const uint8_t *w, size_t bbytes, int nb, const 
     }
   }
   return acc;
+#endif
 }
 
 /* Q4_K / Q5_K block: Σ_j sc_j·Σu·x over the eight 32-value sub-blocks, as an int32. */
