@@ -191,8 +191,8 @@ describe('matmulQuant on random blocks', () => {
     });
   }
 
-  it('more rows than one dequantized tile (4 MiB of fp32)', () => {
-    const [M, K, N] = [9, 256, 4100];
+  it('more rows than one dequantized tile (16 MiB of fp32)', () => {
+    const [M, K, N] = [8, 256, 16403];
     checkMatmul(GgmlType.Q4_K, randomBlocks(GgmlType.Q4_K, N, K, 7), M, K, N, 7);
   });
 
