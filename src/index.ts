@@ -18,7 +18,7 @@ export type {
   HookHandle,
 } from './model/model.js';
 export type { ModelConfig, Architecture } from './model/config.js';
-export type { ModelIdentity } from './model/load.js';
+export type { ModelIdentity, WeightStorage } from './model/load.js';
 export type { SamplingOptions } from './model/sampling.js';
 export type { Hook, HookFn, HookContext, HookName, Positions, BlockHookKind } from './hooks/hooks.js';
 export { allHookNames, blockHook, parseHookName, BLOCK_HOOKS } from './hooks/hooks.js';

@@ -406,9 +406,9 @@ static void gated_act_forward(float *out, const float *gate, const float *up, si
 //   Q4_K 144 B per 256: d, dmin, scales[12] (eight 6-bit scale/min pairs), qs[128]
 //   Q5_K 176 B per 256: d, dmin, scales[12], qh[32], qs[128]
 //   Q6_K 210 B per 256: ql[128], qh[64], scales[16] (int8), d
-// Every kernel below reduces a weight block to small unsigned integers u (0..63) and an affine map
-// w = a·u + b per group, so the integer dot Σu·xq and the activation sums Σxq give Σw·x exactly up to
-// the rounding of x.
+// The integer kernels take the quants as stored (4-6-bit unsigned values, or int8) and apply each
+// group's affine map w = a·q + b afterwards: Σw·x = dx·(a·Σq·xq + b·Σxq), with the activation sums
+// Σxq computed once per row, so the only rounding is that of x and of the per-group fp32 scaling.
 
 #define QK 32
 #define QK_K 256
