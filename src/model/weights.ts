@@ -68,7 +68,6 @@ export function sameMatrix(a: WeightMatrix, b: WeightMatrix, cols: number): bool
   for (let r = 0; r < rows; r++) {
     const x = matrixRow(a, r, cols, ra);
     const y = matrixRow(b, r, cols, rb);
-    // Object.is would tell -0 from 0; the fp32 comparison above does not either.
     for (let i = 0; i < cols; i++) if (x[i] !== y[i]) return false;
   }
   return true;
