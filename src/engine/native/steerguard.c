@@ -413,6 +413,11 @@ static void gated_act_forward(float *out, const float *gate, const float *up, si
 #define QK 32
 #define QK_K 256
 
+/* Every kernel here has a portable scalar version, the reference, and an AVX2 one where it matters,
+ * each its own function so that either can be picked at run time; the plain-named function picks at
+ * compile time for now. In an AVX2 build the scalar versions are compiled but unused. */
+#define SCALAR_REFERENCE __attribute__((unused))
+
 enum qtype { Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
 
 typedef struct {
@@ -489,8 +494,7 @@ static inline void k_scale_min(const uint8_t *p, uint8_t *sc, uint8_t *mn) {
 
 /* ---- dequantisation: one row of K values, bit-identical to ggml's dequantize_row_* ---- */
 
-#if !(defined(__AVX2__) && defined(__FMA__))
-static void dequant_row(int type, const uint8_t *src, float *y, int K) {
+SCALAR_REFERENCE static void dequant_row_scalar(int type, const uint8_t *src, float *y, int K) {
   qtraits t;
   qtype_traits(type, &t);
   int nb = K / t.block;
@@ -582,7 +586,6 @@ static void dequant_row(int type, const uint8_t *src, float *y, int K) {
     }
   }
 }
-#endif
 
 /* ---- activations rounded to int8 ---- */
 
@@ -657,7 +660,7 @@ static inline void store_scaled32(float *y, __m256i q, __m256 d, __m256 m, bool 
 }
 
 /* The same values as the scalar dequantiser, eight lanes at a time. */
-static void dequant_row(int type, const uint8_t *src, float *y, int K) {
+static void dequant_row_avx2(int type, const uint8_t *src, float *y, int K) {
   qtraits t;
   qtype_traits(type, &t);
   const int nb = K / t.block;
@@ -747,7 +750,14 @@ static void dequant_row(int type, const uint8_t *src, float *y, int K) {
 }
 #endif
 
-#if !(defined(__AVX2__) && defined(__FMA__))
+static void dequant_row(int type, const uint8_t *src, float *y, int K) {
+#if defined(__AVX2__) && defined(__FMA__)
+  dequant_row_avx2(type, src, y, K);
+#else
+  dequant_row_scalar(type, src, y, K);
+#endif
+}
+
 /* Σu·x over the 32 values of a 32-block, u the unsigned quants (offset not applied). */
 static inline int32_t dot_block32(int type, const uint8_t *blk, const int8_t *x) {
   int32_t s = 0;
@@ -774,7 +784,6 @@ static inline int32_t dot_block32(int type, const uint8_t *blk, const int8_t *x)
   }
   return s;
 }
-#endif
 
 #if defined(__AVX2__) && defined(__FMA__)
 /* One row of 32-blocks of a fixed type: the block's int32 products are scaled and summed in fp32
@@ -809,17 +818,8 @@ static inline __attribute__((always_inline)) float dot_row32_avx2(const int type
 }
 #endif
 
-/* Σw·x for a row of 32-blocks against activations quantised per 32 (sums per 32). */
-static float dot_row32(int type, const uint8_t *w, size_t bbytes, int nb, const qrow *x) {
-#if defined(__AVX2__) && defined(__FMA__)
-  switch (type) {
-    case Q4_0: return dot_row32_avx2(Q4_0, w, bbytes, nb, x);
-    case Q4_1: return dot_row32_avx2(Q4_1, w, bbytes, nb, x);
-    case Q5_0: return dot_row32_avx2(Q5_0, w, bbytes, nb, x);
-    case Q5_1: return dot_row32_avx2(Q5_1, w, bbytes, nb, x);
-    default: return dot_row32_avx2(Q8_0, w, bbytes, nb, x);
-  }
-#else
+SCALAR_REFERENCE static float dot_row32_scalar(int type, const uint8_t *w, size_t bbytes, int nb,
+                                               const qrow *x) {
   float acc = 0.0f;
   for (int b = 0; b < nb; b++, w += bbytes) {
     const int8_t *xq = x->q + (size_t)b * QK;
@@ -834,14 +834,48 @@ static float dot_row32(int type, const uint8_t *w, size_t bbytes, int nb, const 
     }
   }
   return acc;
+}
+
+/* Σw·x for a row of 32-blocks against activations quantised per 32 (sums per 32). */
+static float dot_row32(int type, const uint8_t *w, size_t bbytes, int nb, const qrow *x) {
+#if defined(__AVX2__) && defined(__FMA__)
+  switch (type) {
+    case Q4_0: return dot_row32_avx2(Q4_0, w, bbytes, nb, x);
+    case Q4_1: return dot_row32_avx2(Q4_1, w, bbytes, nb, x);
+    case Q5_0: return dot_row32_avx2(Q5_0, w, bbytes, nb, x);
+    case Q5_1: return dot_row32_avx2(Q5_1, w, bbytes, nb, x);
+    default: return dot_row32_avx2(Q8_0, w, bbytes, nb, x);
+  }
+#else
+  return dot_row32_scalar(type, w, bbytes, nb, x);
 #endif
 }
 
 /* Q4_K / Q5_K block: Σ_j sc_j·Σu·x over the eight 32-value sub-blocks, as an int32. */
-static inline int32_t dot_q45k_block(int type, const uint8_t *blk, const uint8_t *sc, const int8_t *x) {
+static inline int32_t dot_q45k_block_scalar(int type, const uint8_t *blk, const uint8_t *sc, const int8_t *x) {
   const uint8_t *qh = blk + 16;
   const uint8_t *qs = blk + (type == Q4_K ? 16 : 48);
+  int32_t total = 0;
+  for (int c = 0; c < 4; c++) {
+    int32_t slo = 0, shi = 0;
+    for (int l = 0; l < 32; l++) {
+      int lo = qs[c * 32 + l] & 0xf, hi = qs[c * 32 + l] >> 4;
+      if (type == Q5_K) {
+        lo |= ((qh[l] >> (2 * c)) & 1) << 4;
+        hi |= ((qh[l] >> (2 * c + 1)) & 1) << 4;
+      }
+      slo += lo * x[c * 64 + l];
+      shi += hi * x[c * 64 + 32 + l];
+    }
+    total += sc[2 * c] * slo + sc[2 * c + 1] * shi;
+  }
+  return total;
+}
+
 #if defined(__AVX2__)
+static inline int32_t dot_q45k_block_avx2(int type, const uint8_t *blk, const uint8_t *sc, const int8_t *x) {
+  const uint8_t *qh = blk + 16;
+  const uint8_t *qs = blk + (type == Q4_K ? 16 : 48);
   const __m256i m4 = _mm256_set1_epi8(0x0f);
   __m256i acc = _mm256_setzero_si256();
   __m256i hbits = type == Q5_K ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
@@ -861,29 +895,40 @@ static inline int32_t dot_q45k_block(int type, const uint8_t *blk, const uint8_t
     acc = _mm256_add_epi32(acc, _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1])));
   }
   return hsum_i32(acc);
+}
+#endif
+
+static inline int32_t dot_q45k_block(int type, const uint8_t *blk, const uint8_t *sc, const int8_t *x) {
+#if defined(__AVX2__)
+  return dot_q45k_block_avx2(type, blk, sc, x);
 #else
-  int32_t total = 0;
-  for (int c = 0; c < 4; c++) {
-    int32_t slo = 0, shi = 0;
-    for (int l = 0; l < 32; l++) {
-      int lo = qs[c * 32 + l] & 0xf, hi = qs[c * 32 + l] >> 4;
-      if (type == Q5_K) {
-        lo |= ((qh[l] >> (2 * c)) & 1) << 4;
-        hi |= ((qh[l] >> (2 * c + 1)) & 1) << 4;
-      }
-      slo += lo * x[c * 64 + l];
-      shi += hi * x[c * 64 + 32 + l];
-    }
-    total += sc[2 * c] * slo + sc[2 * c + 1] * shi;
-  }
-  return total;
+  return dot_q45k_block_scalar(type, blk, sc, x);
 #endif
 }
 
 /* Q6_K block: Σ_g sc_g·Σu·x over the sixteen 16-value groups (u = q + 32), as an int32. */
-static inline int32_t dot_q6k_block(const uint8_t *blk, const int8_t *x) {
+static inline int32_t dot_q6k_block_scalar(const uint8_t *blk, const int8_t *x) {
   const int8_t *sc = (const int8_t *)(blk + 192);
+  int32_t total = 0;
+  for (int h = 0; h < 2; h++) {
+    const uint8_t *ql = blk + 64 * h, *qh = blk + 128 + 32 * h;
+    const int8_t *xh = x + 128 * h;
+    int32_t s[8] = {0};
+    for (int l = 0; l < 32; l++) {
+      int is = l / 16;
+      s[is] += ((ql[l] & 0xf) | ((qh[l] & 3) << 4)) * xh[l];
+      s[is + 2] += ((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) * xh[l + 32];
+      s[is + 4] += ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) * xh[l + 64];
+      s[is + 6] += ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) * xh[l + 96];
+    }
+    for (int g = 0; g < 8; g++) total += sc[8 * h + g] * s[g];
+  }
+  return total;
+}
+
 #if defined(__AVX2__)
+static inline int32_t dot_q6k_block_avx2(const uint8_t *blk, const int8_t *x) {
+  const int8_t *sc = (const int8_t *)(blk + 192);
   const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x30);
   __m256i acc = _mm256_setzero_si256();
   for (int h = 0; h < 2; h++) {
@@ -907,22 +952,14 @@ static inline int32_t dot_q6k_block(const uint8_t *blk, const int8_t *x) {
     }
   }
   return hsum_i32(acc);
+}
+#endif
+
+static inline int32_t dot_q6k_block(const uint8_t *blk, const int8_t *x) {
+#if defined(__AVX2__)
+  return dot_q6k_block_avx2(blk, x);
 #else
-  int32_t total = 0;
-  for (int h = 0; h < 2; h++) {
-    const uint8_t *ql = blk + 64 * h, *qh = blk + 128 + 32 * h;
-    const int8_t *xh = x + 128 * h;
-    int32_t s[8] = {0};
-    for (int l = 0; l < 32; l++) {
-      int is = l / 16;
-      s[is] += ((ql[l] & 0xf) | ((qh[l] & 3) << 4)) * xh[l];
-      s[is + 2] += ((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) * xh[l + 32];
-      s[is + 4] += ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) * xh[l + 64];
-      s[is + 6] += ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) * xh[l + 96];
-    }
-    for (int g = 0; g < 8; g++) total += sc[8 * h + g] * s[g];
-  }
-  return total;
+  return dot_q6k_block_scalar(blk, x);
 #endif
 }
 
