@@ -2,7 +2,7 @@
 /**
  * Matmul throughput of the native engine against plain JavaScript loops, in the same process.
  *
- *   npx tsc -p tsconfig.json && node scripts/bench-matmul.mjs [--threads N] [--no-js] [--kernels]
+ *   npx tsc -p tsconfig.json && node scripts/bench-matmul.mjs [--threads N] [--no-js] [--kernels | --quant]
  *
  * Shapes are M x K x N: out[M,N] = x[M,K] · w[N,K]ᵀ, the engine's matmul. They are SmolLM2-135M's
  * (d_model 576, MLP 1536, vocab 49152) and Qwen2.5-0.5B's (896, MLP 4864) at decode (M = 1), a small
@@ -11,7 +11,10 @@
  * fewer repeats because it is ~100x slower. Absolute numbers drift with the machine's load, so
  * compare the columns of one run, and repeat the run.
  *
- * --kernels adds the Q8_0 matvec against fp32 at M = 1 and the non-matmul kernels at typical sizes.
+ * --kernels adds the quantized matmul (matmulQuant) against fp32 and the non-matmul kernels at typical
+ * sizes: per block type, M = 1 with int8 activations ('q8', decoding) and with exact fp32 dots, and
+ * M = 512 through the dequantized tiles and sgemm ('f32', prompts), on random blocks. --quant runs
+ * that table alone.
  */
 import os from 'node:os';
 import { performance } from 'node:perf_hooks';
@@ -96,16 +99,18 @@ async function main() {
   const threads = Number(opt('--threads', '2'));
   const withJs = !args.includes('--no-js');
   const withKernels = args.includes('--kernels');
+  const quantOnly = args.includes('--quant');
 
-  let native, reference;
+  let native, quant;
   try {
     native = await import('../dist/src/engine/native.js');
-    reference = await import('../dist/src/engine/reference.js');
+    quant = await import('../dist/src/formats/quant.js');
   } catch (e) {
     console.error(`cannot import dist/: run \`npx tsc -p tsconfig.json\` first (${e.message})`);
     process.exit(1);
   }
   const be = native.loadNativeBackend({ threads });
+  if (quantOnly) return benchQuant(be, quant);
 
   const shapes = [
     [1, 576, 1536],
@@ -182,28 +187,7 @@ async function main() {
 
   if (withKernels) {
     console.log('');
-    console.log(
-      '| M = 1 | fp32 ms (median / best) | fp32 weight GB/s (best) | Q8_0 ms (median / best) | Q8_0 weight GB/s (best) | speed-up (median / best) |',
-    );
-    console.log('|---|---:|---:|---:|---:|---:|');
-    for (const [K, N] of [
-      [576, 1536],
-      [576, 49152],
-      [896, 4864],
-    ]) {
-      const w = new Float32Array(sw, 0, N * K);
-      const wq = reference.quantizeQ8_0(w, N, K);
-      const x = new Float32Array(sx, 0, K);
-      const out = new Float32Array(N);
-      const tf = await timeIt(() => be.matmul(out, x, w, 1, K, N), 400, 200);
-      const tq = await timeIt(() => be.matmulQ8(out, x, wq, 1, K, N), 400, 200);
-      const gbs = (bytes, ms) => (bytes / ms / 1e6).toFixed(1);
-      const both = (t) => `${t.median.toFixed(3)} / ${t.best.toFixed(3)}`;
-      console.log(
-        `| 1x${K}x${N} | ${both(tf)} | ${gbs(N * K * 4, tf.best)} | ${both(tq)} | ${gbs(wq.length, tq.best)} | ` +
-          `${(tf.median / tq.median).toFixed(1)}x / ${(tf.best / tq.best).toFixed(1)}x |`,
-      );
-    }
+    await benchQuant(be, quant);
 
     console.log('');
     console.log('| kernel | shape | ms (median) | ms (best) |');
@@ -246,6 +230,78 @@ async function main() {
       const invFreq = Float32Array.from({ length: 32 }, (_, i) => 10000 ** (-i / 32));
       await row('rope', 'M=512 heads=9 E=64', () => be.rope(xr, 512, 9, 64, 64, pos, invFreq, 1));
     }
+  }
+}
+
+/** The quantized matmul against fp32 on the same (dequantized) weights, per block type. */
+async function benchQuant(be, quant) {
+  console.log(
+    '| type | M x K x N | fp32 matmul ms (median / best) | quantized ms (median / best) | weight bytes: fp32 / quantized | speed-up (median / best) |',
+  );
+  console.log('|---|---|---:|---:|---:|---:|');
+  const { GgmlType } = quant;
+  for (const [name, type] of [
+    ['Q4_0', GgmlType.Q4_0],
+    ['Q4_1', GgmlType.Q4_1],
+    ['Q5_0', GgmlType.Q5_0],
+    ['Q8_0', GgmlType.Q8_0],
+    ['Q4_K', GgmlType.Q4_K],
+    ['Q5_K', GgmlType.Q5_K],
+    ['Q6_K', GgmlType.Q6_K],
+  ]) {
+    // Qwen2.5-0.5B's MLP down projection (4864 = 19 k-quant blocks), and a 1024-wide LM head over
+    // its vocabulary: 622 MB of fp32, far beyond the caches
+    for (const [M, K, N, activations] of [
+      [1, 4864, 896, 'q8'],
+      [1, 4864, 896, 'f32'],
+      [1, 1024, 151936, 'q8'],
+      [512, 4864, 896, 'f32'],
+    ]) {
+      const wq = randomBlocks(quant, type, N * K);
+      const w = quant.dequantize(type, wq, N * K);
+      const x = fillRandom(new Float32Array(M * K), 9);
+      const out = new Float32Array(M * N);
+      const budget = M === 1 ? 400 : 1500;
+      const tf = await timeIt(() => be.matmul(out, x, w, M, K, N), budget, 200);
+      const tq = await timeIt(
+        () => be.matmulQuant(out, x, wq, type, M, K, N, undefined, activations),
+        budget,
+        200,
+      );
+      const both = (t) => `${t.median.toFixed(3)} / ${t.best.toFixed(3)}`;
+      console.log(
+        `| ${name} ${activations} | ${M}x${K}x${N} | ${both(tf)} | ${both(tq)} | ${(w.byteLength / 1e6).toFixed(0)} / ${(wq.length / 1e6).toFixed(0)} MB | ` +
+          `${(tf.median / tq.median).toFixed(1)}x / ${(tf.best / tq.best).toFixed(1)}x |`,
+      );
+    }
+  }
+}
+
+/** `n` values of random blocks of `type` with fp16 scales of 0.01 (d, and m or dmin
+ * where the type has one; d of Q6_K is at byte 208), so no value is an fp16 infinity or NaN. */
+function randomBlocks(quant, type, n) {
+  const bytes = new Uint8Array(quant.ggmlByteLength(type, n));
+  fillRandomBytes(bytes, type);
+  const size = quant.ggmlTypeSize(type);
+  const { Q4_1, Q5_1, Q4_K, Q5_K, Q6_K } = quant.GgmlType;
+  const withMin = [Q4_1, Q5_1, Q4_K, Q5_K].includes(type);
+  const halves = type === Q6_K ? [208] : withMin ? [0, 2] : [0];
+  const h = quant.f32ToF16(0.01);
+  for (let o = 0; o < bytes.length; o += size)
+    for (const f of halves) {
+      bytes[o + f] = h & 0xff;
+      bytes[o + f + 1] = h >>> 8;
+    }
+  return bytes;
+}
+
+function fillRandomBytes(a, seed) {
+  let s = seed >>> 0 || 1;
+  for (let i = 0; i < a.length; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    a[i] = s & 0xff;
   }
 }
 

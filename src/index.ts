@@ -82,7 +82,7 @@ export type {
   HookHandle,
 } from './model/model.js';
 export type { ModelConfig, Architecture } from './model/config.js';
-export type { ModelIdentity, LoadOptions } from './model/load.js';
+export type { ModelIdentity, LoadOptions, WeightStorage } from './model/load.js';
 export type { SamplingOptions } from './model/sampling.js';
 
 // Data ----------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import { describe, it } from 'node:test';
 import { loadNativeBackend, type NativeBackend } from '../src/engine/native.js';
 import { ReferenceBackend } from '../src/engine/reference.js';
 import { layerRopeFrequencies } from '../src/model/rope.js';
-import { GgmlType, dequantize, f16ToF32, quantizeQ8_0 } from '../src/formats/quant.js';
 import { SteerguardError } from '../src/formats/errors.js';
 
 const be: NativeBackend = loadNativeBackend({ threads: 2 });
@@ -275,84 +274,6 @@ describe('gatedAct', () => {
       close(gate, want, 1e-6, act);
     });
   }
-});
-
-/**
- * What matmulQ8 computes, step by step in fp32 where the kernel is: x rounded to int8 per block of
- * 32 (scale max|x|/127, round half to even), integer block dots, scaled by fp16(dw)·dx.
- */
-function refMatmulQ8(x: Float32Array, wq: Uint8Array, M: number, K: number, N: number, bias?: Float32Array) {
-  const f = Math.fround;
-  const nb = K / 32;
-  const view = new DataView(wq.buffer, wq.byteOffset, wq.byteLength);
-  const out = new Float32Array(M * N);
-  const roundEven = (v: number) => {
-    const r = Math.round(v);
-    return Math.abs(v % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
-  };
-  for (let m = 0; m < M; m++) {
-    const xq = new Int8Array(K);
-    const xd = new Float64Array(nb);
-    for (let b = 0; b < nb; b++) {
-      let amax = 0;
-      for (let i = 0; i < 32; i++) amax = Math.max(amax, Math.abs(x[m * K + b * 32 + i]));
-      const d = f(amax / 127);
-      const id = d > 0 ? f(1 / d) : 0;
-      xd[b] = d;
-      for (let i = 0; i < 32; i++) xq[b * 32 + i] = roundEven(f(x[m * K + b * 32 + i] * id));
-    }
-    for (let n = 0; n < N; n++) {
-      let acc = bias ? bias[n] : 0;
-      for (let b = 0; b < nb; b++) {
-        const base = (n * nb + b) * 34;
-        let isum = 0;
-        for (let i = 0; i < 32; i++) isum += view.getInt8(base + 2 + i) * xq[b * 32 + i];
-        acc += f(f16ToF32(view.getUint16(base, true)) * xd[b]) * isum;
-      }
-      out[m * N + n] = acc;
-    }
-  }
-  return out;
-}
-
-describe('matmulQ8', () => {
-  const shapes: [number, number, number][] = [
-    [1, 576, 1536],
-    [1, 32, 1], // one block: the scalar tail only
-    [1, 96, 7], // odd number of blocks
-    [3, 64, 9],
-    [17, 128, 33],
-  ];
-  for (const [M, K, N] of shapes) {
-    it(`${M}x${K}x${N}`, () => {
-      const seed = M + K + N;
-      const x = randn(M * K, seed);
-      const wf = randn(N * K, seed + 1, 0.05);
-      const bias = M > 1 ? randn(N, seed + 2) : undefined;
-      const wq = quantizeQ8_0(wf);
-      const got = new Float32Array(M * N);
-      // an unaligned view of the blocks, as when they are read straight out of a GGUF file
-      const padded = new Uint8Array(wq.length + 1);
-      padded.set(wq, 1);
-      be.matmulQ8(got, x, padded.subarray(1), M, K, N, bias);
-      close(got, refMatmulQ8(x, wq, M, K, N, bias), 1e-5, 'matmulQ8 vs its exact recipe');
-      // and the quantisation error against fp32 on the dequantised weights stays small
-      const full = new Float32Array(M * N);
-      ref.matmul(full, x, dequantize(GgmlType.Q8_0, wq, N * K), M, K, N, bias);
-      close(got, full, 2e-2, 'matmulQ8 vs fp32 matmul');
-    });
-  }
-
-  it('rejects K that is not a multiple of 32 and short wq', () => {
-    assert.throws(
-      () => be.matmulQ8(new Float32Array(2), new Float32Array(48), new Uint8Array(200), 1, 48, 2),
-      /K must be a multiple of 32/,
-    );
-    assert.throws(
-      () => be.matmulQ8(new Float32Array(2), new Float32Array(64), new Uint8Array(135), 1, 64, 2),
-      /wq has 135 elements/,
-    );
-  });
 });
 
 describe('argument checks', () => {

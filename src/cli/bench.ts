@@ -22,6 +22,7 @@ import { fileURLToPath } from 'node:url';
 
 import { OptionError, SteerguardError } from '../formats/errors.js';
 import type { Hook, HookName } from '../hooks/hooks.js';
+import type { WeightStorage } from '../model/load.js';
 import { formatTable } from './output.js';
 
 /** What to measure. */
@@ -36,10 +37,11 @@ export interface BenchSettings {
   /** Also run llama.cpp. */
   readonly llamacpp: boolean;
   /**
-   * Weights steerguard decodes with. 'q8' (Q8_0 copies, as llama.cpp streams quantized weights)
-   * also runs an fp32-decode worker without hooks, so both rows are in one report.
+   * How steerguard holds the weights. 'quantized' (the GGUF's blocks, int8 dot products when
+   * generating, as llama.cpp does) also runs an fp32 worker without hooks, so both rows are in one
+   * report.
    */
-  readonly decodeWeights: 'f32' | 'q8';
+  readonly weights: WeightStorage;
 }
 
 /** Benign text the bench prompts are cut from (any text works; this one is fixed for repeatability). */
@@ -70,8 +72,8 @@ export const HOOK_VARIANT_LABELS: Record<HookVariant, string> = {
 /** What a bench-worker prints (one JSON line on stdout). */
 export interface WorkerResult {
   engine: 'steerguard' | 'llamacpp';
-  /** steerguard only: the weights generation steps used. */
-  decodeWeights?: 'f32' | 'q8';
+  /** steerguard only: how the weights were held. */
+  weights?: WeightStorage;
   loadSeconds: number;
   /** Figures without hooks. */
   throughput: Throughput;
@@ -91,7 +93,7 @@ export interface BenchReport {
   /** SHA-256 prefix of the prompt ids, to show that runs compared the same input. */
   promptIdsHash: string;
   steerguard: WorkerResult;
-  /** fp32-decode figures, when the main run decoded with Q8_0 weights. */
+  /** fp32-weight figures, when the main run kept the weights quantized. */
   steerguardF32: WorkerResult | null;
   llamacpp: WorkerResult | null;
   /** Why llama.cpp has no figures, when it has none. */
@@ -191,13 +193,13 @@ function smallVector(d: number, seed: number): Float32Array {
 export async function steerguardWorker(
   modelPath: string,
   prompts: number[][],
-  s: Pick<BenchSettings, 'threads' | 'genTokens' | 'repeats' | 'hookOverhead' | 'decodeWeights'>,
+  s: Pick<BenchSettings, 'threads' | 'genTokens' | 'repeats' | 'hookOverhead' | 'weights'>,
 ): Promise<WorkerResult> {
   const { Model } = await import('../model/model.js');
   const { addVector } = await import('../hooks/interventions.js');
   const { blockHook } = await import('../hooks/hooks.js');
   const t0 = performance.now();
-  const model = await Model.load(modelPath, { threads: s.threads, decodeWeights: s.decodeWeights });
+  const model = await Model.load(modelPath, { threads: s.threads, weights: s.weights });
   const loadSeconds = (performance.now() - t0) / 1000;
   const residPost: HookName[] = Array.from({ length: model.config.nLayers }, (_, l) =>
     blockHook(l, 'hook_resid_post'),
@@ -290,7 +292,7 @@ export async function steerguardWorker(
   const info = backend.info?.();
   return {
     engine: 'steerguard',
-    decodeWeights: s.decodeWeights,
+    weights: s.weights,
     loadSeconds,
     throughput: summary('none'),
     hooks: s.hookOverhead ? { none: summary('none'), read: summary('read'), add: summary('add') } : null,
@@ -428,8 +430,8 @@ export async function runBench(
       [
         '--engine',
         'steerguard',
-        '--decode-weights',
-        s.decodeWeights,
+        '--weights',
+        s.weights,
         ...common,
         ...(s.hookOverhead ? [] : ['--no-hook-overhead']),
       ],
@@ -437,10 +439,10 @@ export async function runBench(
     );
     const steerguardSeconds = (performance.now() - t) / 1000;
     let steerguardF32: WorkerResult | null = null;
-    if (s.decodeWeights === 'q8') {
-      log('bench: steerguard with fp32 decoding (no hooks)');
+    if (s.weights === 'quantized') {
+      log('bench: steerguard with fp32 weights (no hooks)');
       steerguardF32 = await runWorker(
-        ['--engine', 'steerguard', '--decode-weights', 'f32', ...common, '--no-hook-overhead'],
+        ['--engine', 'steerguard', '--weights', 'f32', ...common, '--no-hook-overhead'],
         (line) => log(`  [steerguard f32] ${line}`),
       );
     }
@@ -517,8 +519,8 @@ function engineRows(r: BenchReport): string[][] {
       w.loadSeconds.toFixed(1),
     ]);
   };
-  add(`steerguard (${r.steerguard.decodeWeights ?? 'f32'} decode)`, r.steerguard);
-  if (r.steerguardF32) add('steerguard (f32 decode)', r.steerguardF32);
+  add(`steerguard (${r.steerguard.weights ?? 'f32'} weights)`, r.steerguard);
+  if (r.steerguardF32) add('steerguard (f32 weights)', r.steerguardF32);
   if (r.llamacpp) {
     add('llama.cpp', r.llamacpp);
     rows.push([

@@ -78,22 +78,28 @@ export interface Backend {
   ): void;
 
   /**
-   * Optional: out[M,N] = x[M,K] · dequant(wq)[N,K]ᵀ (+ bias[N]) with the weights kept in ggml's Q8_0
-   * layout: each row of w is K/32 blocks of 34 bytes (an fp16 scale, then 32 int8), so wq holds
-   * N·K/32·34 bytes and K must be a multiple of 32. Like llama.cpp's q8_0 path, x is rounded to int8
-   * per block of 32 (scale = max|x|/127) and the dot products run on integers, so the result differs
-   * from an fp32 matmul against the dequantised weights by about 0.5% of |x|·|w| per block.
-   * Meant for batch-1 decoding, where reading 1.06 instead of 4 bytes per weight is the whole gain;
-   * used only for decoding when asked for (`decodeWeights: 'q8'`).
+   * Optional: out[M,N] = x[M,K] · dequant(w)[N,K]ᵀ (+ bias[N]) with the weights kept in one of ggml's
+   * block layouts (`type`: a GgmlType id, one of QUANTIZED_MATMUL_TYPES), exactly as a GGUF file
+   * stores them: each row of w is K/blockSize blocks, so K must be a multiple of the block size (32,
+   * or 256 for the k-quants) and w holds N·K/blockSize·blockBytes bytes (unaligned views are fine).
+   * `activations`:
+   * - 'f32': exact; the result is that of `matmul` on the dequantised weights, up to the order of
+   *   the fp32 sums (weights are dequantised a tile of rows at a time, never the whole matrix).
+   * - 'q8': x is rounded to int8 per block (max|x|/127, per 32 values, per 256 for the k-quants) and
+   *   the dot products run on integers, like llama.cpp's CPU kernels: at batch-1 decoding the weight
+   *   stream is 0.56–1.06 bytes per weight instead of 4, and the result differs from 'f32' by
+   *   about 1% of the largest output.
    */
-  matmulQ8?(
+  matmulQuant?(
     out: Float32Array,
     x: Float32Array,
-    wq: Uint8Array,
+    w: Uint8Array,
+    type: number,
     M: number,
     K: number,
     N: number,
-    bias?: Float32Array,
+    bias: Float32Array | undefined,
+    activations: 'f32' | 'q8',
   ): void;
 
   /** Number of threads the kernels use. */

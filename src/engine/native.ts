@@ -26,7 +26,7 @@ import type { Backend } from './backend.js';
 
 /** The kernels every backend has; the addon exports them under the same names and signatures. */
 type Kernels = Pick<Backend, 'matmul' | 'rmsnorm' | 'rope' | 'attention' | 'gatedAct'> & {
-  matmulQ8: NonNullable<Backend['matmulQ8']>;
+  matmulQuant: NonNullable<Backend['matmulQuant']>;
 };
 
 /** What each build/steerguard-<level>.node exports (see the bindings at the bottom of steerguard.c). */
@@ -228,7 +228,7 @@ export class NativeBackend implements Backend, Kernels {
   readonly rope: Kernels['rope'];
   readonly attention: Kernels['attention'];
   readonly gatedAct: Kernels['gatedAct'];
-  readonly matmulQ8: Kernels['matmulQ8'];
+  readonly matmulQuant: Kernels['matmulQuant'];
 
   /** @internal use loadNativeBackend() */
   constructor(
@@ -242,7 +242,7 @@ export class NativeBackend implements Backend, Kernels {
     this.rope = addon.rope;
     this.attention = addon.attention;
     this.gatedAct = addon.gatedAct;
-    this.matmulQ8 = addon.matmulQ8;
+    this.matmulQuant = addon.matmulQuant;
   }
 
   get name(): string {

@@ -92,6 +92,3 @@ export class ReferenceBackend implements Backend {
     }
   };
 }
-
-// ----------------------------------------------------------------------------
-// ggml Q8_0: per 32 values, an fp16 scale d = max|w|/127 then 32 int8 q with w ≈ d·q (34 bytes)

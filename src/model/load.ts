@@ -4,20 +4,26 @@
  */
 import { createHash } from 'node:crypto';
 import path from 'node:path';
-import { FormatError } from '../formats/errors.js';
-import { type GgufFile, readGguf, readGgufTensorF32 } from '../formats/gguf.js';
+import { FormatError, OptionError } from '../formats/errors.js';
+import { type GgufFile, readGguf, readGgufTensorBytes, readGgufTensorF32 } from '../formats/gguf.js';
 import { type HfModelDir, openHfModelDir, openHfTokenizer, resolveModelSource } from '../formats/hf.js';
+import { ggmlBlockSize, ggmlByteLength } from '../formats/quant.js';
 import { readSafetensorsTensorF32 } from '../formats/safetensors.js';
 import { Tokenizer } from '../formats/tokenizer.js';
 import { type ModelConfig, SUPPORTED_ARCHITECTURES, configFromGguf, configFromHf } from './config.js';
 import {
   type ModelWeights,
+  QUANTIZED_MATMUL_TYPES,
   type TensorSource,
+  type WeightMatrix,
   ggufTensorNamer,
   hfSandwichNamer,
   hfTensorNamer,
   type TensorNamer,
   loadWeights,
+  matrixRow,
+  matrixSize,
+  quantizedMatrix,
   unpermuteRotaryRows,
 } from './weights.js';
 
@@ -42,9 +48,20 @@ export interface LoadedModel {
   readonly generationDefaults: Record<string, unknown>;
 }
 
+/**
+ * How weight matrices are held in memory:
+ * - 'f32': every matrix dequantized to fp32 at load (4 bytes per weight).
+ * - 'quantized': matrices of a GGUF file stay in the file's own blocks when their type is one the
+ *   engine multiplies directly (QUANTIZED_MATMUL_TYPES: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
+ *   Q6_K); other types, safetensors checkpoints, norms and biases are fp32 as with 'f32'.
+ */
+export type WeightStorage = 'f32' | 'quantized';
+
 export interface LoadOptions {
   /** Called as layers load, for progress bars. */
   readonly onProgress?: (done: number, total: number) => void;
+  /** How matrices are held; default 'f32' here (Model.load picks its own default, see there). */
+  readonly weights?: WeightStorage;
 }
 
 function sameShape(file: string, name: string, got: readonly number[], want: readonly number[]): void {
@@ -59,41 +76,62 @@ interface TrackedSource extends TensorSource {
   readonly consumed: Set<string>;
 }
 
-function ggufSource(file: GgufFile, cfg: () => ModelConfig | undefined): TrackedSource {
+function ggufSource(
+  file: GgufFile,
+  cfg: () => ModelConfig | undefined,
+  storage: WeightStorage,
+): TrackedSource {
   const consumed = new Set<string>();
+  const info = (name: string, shape: readonly number[]) => {
+    const t = file.tensors.get(name);
+    if (!t) throw new FormatError(file.path, name, 'missing tensor');
+    sameShape(file.path, name, [...t.dims].reverse(), shape);
+    consumed.add(name);
+    return t;
+  };
+  // llama q/k rows come back in Hugging Face order (see unpermuteRotaryRows); rows are whole blocks,
+  // so quantized rows move as bytes.
+  const unpermuted = <T extends Float32Array | Uint8Array>(name: string, data: T, rowLength: number): T => {
+    const c = cfg();
+    if (c?.arch !== 'llama' || !/\.attn_[qk]\.weight$/.test(name)) return data;
+    const heads = name.endsWith('attn_q.weight') ? c.nHeads : c.nKvHeads;
+    return unpermuteRotaryRows(data, heads, c.headDim, rowLength);
+  };
+  const read = (name: string, shape: readonly number[]) => {
+    info(name, shape);
+    return unpermuted(name, readGgufTensorF32(file, name), shape[shape.length - 1]);
+  };
   return {
     file: file.path,
     consumed,
     has: (name) => file.tensors.has(name),
-    read: (name, shape) => {
-      const info = file.tensors.get(name);
-      if (!info) throw new FormatError(file.path, name, 'missing tensor');
-      sameShape(file.path, name, [...info.dims].reverse(), shape);
-      consumed.add(name);
-      const data = readGgufTensorF32(file, name);
-      const c = cfg();
-      if (c?.arch === 'llama' && /\.attn_[qk]\.weight$/.test(name)) {
-        const heads = name.endsWith('attn_q.weight') ? c.nHeads : c.nKvHeads;
-        return unpermuteRotaryRows(data, heads, c.headDim, c.dModel);
-      }
-      return data;
+    read,
+    readMatrix: (name, shape) => {
+      const t = info(name, shape);
+      if (storage === 'f32' || !QUANTIZED_MATMUL_TYPES.has(t.type) || shape[1] % ggmlBlockSize(t.type) !== 0)
+        return read(name, shape);
+      const bytes = unpermuted(name, readGgufTensorBytes(file, name), ggmlByteLength(t.type, shape[1]));
+      return quantizedMatrix(file.path, name, t.type, shape, bytes);
     },
   };
 }
 
 function hfSource(dir: HfModelDir): TrackedSource {
   const consumed = new Set<string>();
+  const read = (name: string, shape: readonly number[]) => {
+    const info = dir.tensors.get(name);
+    if (!info) throw new FormatError(dir.dir, name, 'missing tensor');
+    sameShape(info.file, name, info.shape, shape);
+    consumed.add(name);
+    return readSafetensorsTensorF32(info);
+  };
   return {
     file: dir.dir,
     consumed,
     has: (name) => dir.tensors.has(name),
-    read: (name, shape) => {
-      const info = dir.tensors.get(name);
-      if (!info) throw new FormatError(dir.dir, name, 'missing tensor');
-      sameShape(info.file, name, info.shape, shape);
-      consumed.add(name);
-      return readSafetensorsTensorF32(info);
-    },
+    read,
+    // F16/BF16 checkpoints are widened to fp32: the engine has no 2-byte matmul yet.
+    readMatrix: read,
   };
 }
 
@@ -129,17 +167,41 @@ function refuseUnread(
   }
 }
 
+/** Every `step`-th value of a matrix from the first, as fp32 (quantized rows dequantized one by one). */
+function sampleValues(a: WeightMatrix, cols: number, step: number): Float32Array {
+  const n = matrixSize(a);
+  const sample = new Float32Array(Math.ceil(n / step));
+  if (a instanceof Float32Array) {
+    for (let i = 0, j = 0; i < n; i += step, j++) sample[j] = a[i];
+    return sample;
+  }
+  const row = new Float32Array(cols);
+  let cached = -1;
+  for (let i = 0, j = 0; i < n; i += step, j++) {
+    const r = Math.floor(i / cols);
+    if (r !== cached) matrixRow(a, r, cols, row);
+    cached = r;
+    sample[j] = row[i - r * cols];
+  }
+  return sample;
+}
+
+/** The same for fp32 and quantized storage of one file, since it samples the values, not the bytes. */
 function fingerprint(cfg: ModelConfig, w: ModelWeights): string {
   const h = createHash('sha256');
   // Unscaled rotary leaves the field out, so models that predate it keep their fingerprints (and
   // with them their activation caches and audit folders).
   const { ropeScaling, ...rest } = cfg;
   h.update(JSON.stringify(ropeScaling.every((s) => s.type === 'default') ? rest : cfg));
-  for (const a of [w.embed, w.layers[0].wq, w.layers[w.layers.length - 1].wDown, w.finalNorm]) {
-    const step = Math.max(1, Math.floor(a.length / 4096));
-    const sample = new Float32Array(Math.ceil(a.length / step));
-    for (let i = 0, j = 0; i < a.length; i += step, j++) sample[j] = a[i];
-    h.update(new Uint8Array(sample.buffer));
+  const sampled: [WeightMatrix, number][] = [
+    [w.embed, cfg.dModel],
+    [w.layers[0].wq, cfg.dModel],
+    [w.layers[w.layers.length - 1].wDown, cfg.ffnDim],
+    [w.finalNorm, cfg.dModel],
+  ];
+  for (const [a, cols] of sampled) {
+    const step = Math.max(1, Math.floor(matrixSize(a) / 4096));
+    h.update(new Uint8Array(sampleValues(a, cols, step).buffer));
   }
   return h.digest('hex').slice(0, 16);
 }
@@ -246,6 +308,9 @@ function checkDimensions(
 
 /** Loads a model named by a local path (.gguf file or Hugging Face directory) or a cached repo id. */
 export function loadModelFiles(nameOrPath: string, opts: LoadOptions = {}): LoadedModel {
+  const storage = opts.weights ?? 'f32';
+  if (storage !== 'f32' && storage !== 'quantized')
+    throw new OptionError(`weights must be 'f32' or 'quantized', got ${JSON.stringify(storage)}`);
   const source = resolveModelSource(nameOrPath);
   if (source.kind === 'gguf') {
     const file = readGguf(source.path);
@@ -284,7 +349,7 @@ export function loadModelFiles(nameOrPath: string, opts: LoadOptions = {}): Load
         return dims && [...dims].reverse();
       },
     );
-    const tensors = ggufSource(file, () => config);
+    const tensors = ggufSource(file, () => config, storage);
     const weights = loadWeights(config, tensors, ggufTensorNamer, {
       normPlusOne: false,
       onLayer: opts.onProgress,

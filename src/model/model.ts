@@ -26,7 +26,7 @@ import type { ModelConfig } from './config.js';
 import { type LoadOptions, type LoadedModel, type ModelIdentity, loadModelFiles } from './load.js';
 import { type SamplingOptions, checkSampling, sampleToken, seededRandom } from './sampling.js';
 import { KvCache, type SequenceStep, forward } from './transformer.js';
-import { type ModelWeights, quantizeForDecode } from './weights.js';
+import type { ModelWeights } from './weights.js';
 
 /**
  * A prompt: raw text (tokenized with the model's BOS handling), a chat (rendered with the model's
@@ -112,21 +112,21 @@ export class Model {
 
   /**
    * Loads a checkpoint: a .gguf file, a Hugging Face directory, or a repo id in the local hub cache.
-   * `decodeWeights: 'q8'` keeps an extra Q8_0 copy of the matrices for generation steps (faster
-   * decoding with llama.cpp-like rounding; prompt passes and cached activations stay exact fp32).
+   * `weights` (see WeightStorage): 'quantized', the default when the backend has quantized kernels,
+   * keeps a GGUF file's blocks in memory; prompt passes (and so cached activations) stay exact
+   * against the dequantized weights and generation steps use int8 dot products like llama.cpp.
+   * 'f32' dequantizes everything at load: exact fp32 everywhere, 4 bytes per weight.
    * Without `backend`, loadBackend() picks one: the native engine, else (with a notice) the reference.
    */
   static async load(
     nameOrPath: string,
-    opts: LoadOptions & { threads?: number; backend?: Backend; decodeWeights?: 'f32' | 'q8' } = {},
+    opts: LoadOptions & { threads?: number; backend?: Backend } = {},
   ): Promise<Model> {
     const backend = opts.backend ?? loadBackend({ threads: opts.threads });
-    if (opts.decodeWeights !== undefined && opts.decodeWeights !== 'f32' && opts.decodeWeights !== 'q8')
-      throw new OptionError(`decodeWeights must be 'f32' or 'q8', got ${JSON.stringify(opts.decodeWeights)}`);
-    if (opts.decodeWeights === 'q8' && !backend.matmulQ8)
-      throw new OptionError(`decodeWeights 'q8': the ${backend.name} backend has no Q8 kernel`);
-    const loaded = loadModelFiles(nameOrPath, opts);
-    if (opts.decodeWeights === 'q8') quantizeForDecode(loaded.weights);
+    const weights = opts.weights ?? (backend.matmulQuant ? 'quantized' : 'f32');
+    if (weights === 'quantized' && !backend.matmulQuant)
+      throw new OptionError(`weights 'quantized': the ${backend.name} backend has no quantized kernels`);
+    const loaded = loadModelFiles(nameOrPath, { ...opts, weights });
     return new Model(loaded, backend);
   }
 

@@ -8,10 +8,11 @@
  * G kv heads, E head dim, F MLP width, V vocab, S keys of one sequence so far.
  */
 import type { Backend } from '../engine/backend.js';
+import { ggmlTypeName } from '../formats/quant.js';
 import { type Hook, type HookContext, type HookFn, type HookName, blockHook } from '../hooks/hooks.js';
 import type { ModelConfig } from './config.js';
 import { ropeFrequencies } from './rope.js';
-import type { ModelWeights } from './weights.js';
+import { type ModelWeights, type WeightMatrix, matrixRow } from './weights.js';
 
 /** Keys and values of one sequence for every layer, grown as tokens arrive. */
 export class KvCache {
@@ -105,20 +106,22 @@ export function forward(
     }
   }
 
-  // Generation steps may use the Q8_0 weight copies; prompt passes always run in fp32.
-  const q8 = opts.step > 0 && be.matmulQ8 ? w.q8 : undefined;
+  // Quantized matrices (weights: 'quantized'): prompt passes multiply exactly against the dequantized
+  // blocks; generation steps round the activations to int8 blocks and take integer dot products, as
+  // llama.cpp does, since batch-1 decoding is bound by the weight bytes it reads (docs/ENGINE.md).
+  const activations = opts.step > 0 ? 'q8' : 'f32';
   const mm = (
     out: Float32Array,
     a: Float32Array,
-    m: Float32Array,
+    m: WeightMatrix,
     rows: number,
     K: number,
     N: number,
     bias?: Float32Array,
   ) => {
-    const wq = q8?.get(m);
-    if (wq) be.matmulQ8!(out, a, wq, rows, K, N, bias);
-    else be.matmul(out, a, m, rows, K, N, bias);
+    if (m instanceof Float32Array) be.matmul(out, a, m, rows, K, N, bias);
+    else if (be.matmulQuant) be.matmulQuant(out, a, m.bytes, m.type, rows, K, N, bias, activations);
+    else throw new Error(`the ${be.name} backend cannot multiply ${ggmlTypeName(m.type)} weights`);
   };
 
   const byName = new Map<HookName, HookFn[]>();
@@ -146,13 +149,14 @@ export function forward(
 
   // x [M, D]: the residual stream.
   const x = new Float32Array(M * D);
+  const embedRow = new Float32Array(D);
   for (let b = 0; b < B; b++) {
     const toks = seqs[b].tokens;
     for (let t = 0; t < toks.length; t++) {
       const id = toks[t];
       if (!(id >= 0 && id < V)) throw new Error(`token id ${id} is outside the vocabulary (0..${V - 1})`);
       const row = (rowStart[b] + t) * D;
-      const e = w.embed.subarray(id * D, (id + 1) * D);
+      const e = matrixRow(w.embed, id, D, embedRow);
       for (let i = 0; i < D; i++) x[row + i] = e[i] * cfg.embedScale;
     }
   }

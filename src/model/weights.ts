@@ -1,20 +1,84 @@
 /**
  * Model weights in the layout the forward pass uses, loaded from either file format.
  *
- * Every matrix is fp32, row-major [out, in] (Hugging Face layout). Norm weights are stored as the
+ * Every matrix is row-major [out, in] (Hugging Face layout): fp32, or, when loaded with
+ * `weights: 'quantized'`, the GGUF file's own blocks for the block types the engine multiplies
+ * directly (QUANTIZED_MATMUL_TYPES). Norms and biases are always fp32. Norm weights are stored as the
  * effective multiplier: Gemma's `(1 + w)` is folded in at load, as llama.cpp's converter does, so
  * the forward pass has one RMSNorm. Letters as in config.ts.
  */
 import { FormatError } from '../formats/errors.js';
-import { quantizeQ8_0 } from '../formats/quant.js';
+import { GgmlType, dequantize, ggmlBlockSize, ggmlByteLength, ggmlTypeName } from '../formats/quant.js';
 import type { ModelConfig } from './config.js';
+
+/**
+ * A matrix [rows, cols] kept in a ggml block layout, row-major, exactly as the GGUF file stores it:
+ * each row is cols/blockSize blocks of `type`.
+ */
+export interface QuantizedMatrix {
+  readonly type: GgmlType;
+  readonly rows: number;
+  readonly cols: number;
+  readonly bytes: Uint8Array;
+}
+
+/** A weight matrix as the forward pass multiplies it: fp32, or quantized blocks. */
+export type WeightMatrix = Float32Array | QuantizedMatrix;
+
+/** Block types the engine's quantized matmul (Backend.matmulQuant) works on directly. */
+export const QUANTIZED_MATMUL_TYPES: ReadonlySet<number> = new Set([
+  GgmlType.Q4_0,
+  GgmlType.Q4_1,
+  GgmlType.Q5_0,
+  GgmlType.Q5_1,
+  GgmlType.Q8_0,
+  GgmlType.Q4_K,
+  GgmlType.Q5_K,
+  GgmlType.Q6_K,
+]);
+
+/** Number of values of a matrix. */
+export function matrixSize(m: WeightMatrix): number {
+  return m instanceof Float32Array ? m.length : m.rows * m.cols;
+}
+
+/** Bytes a matrix occupies in memory. */
+export function matrixBytes(m: WeightMatrix): number {
+  return m instanceof Float32Array ? m.byteLength : m.bytes.byteLength;
+}
+
+/**
+ * Row `r` of a matrix with `cols` values per row, as fp32: a view of an fp32 matrix, or the
+ * quantized row dequantized into `out` (bit-identical to dequantizing the whole matrix).
+ */
+export function matrixRow(m: WeightMatrix, r: number, cols: number, out?: Float32Array): Float32Array {
+  if (m instanceof Float32Array) return m.subarray(r * cols, (r + 1) * cols);
+  const rowBytes = ggmlByteLength(m.type, m.cols);
+  return dequantize(m.type, m.bytes.subarray(r * rowBytes, (r + 1) * rowBytes), m.cols, out);
+}
+
+/** Whether two matrices hold the same values (for checkpoints that save a tied matrix twice). */
+export function sameMatrix(a: WeightMatrix, b: WeightMatrix, cols: number): boolean {
+  if (a instanceof Float32Array && b instanceof Float32Array)
+    return a.length === b.length && a.every((v, i) => v === b[i]);
+  const rows = matrixSize(a) / cols;
+  if (matrixSize(b) !== rows * cols) return false;
+  const ra = new Float32Array(cols);
+  const rb = new Float32Array(cols);
+  for (let r = 0; r < rows; r++) {
+    const x = matrixRow(a, r, cols, ra);
+    const y = matrixRow(b, r, cols, rb);
+    for (let i = 0; i < cols; i++) if (x[i] !== y[i]) return false;
+  }
+  return true;
+}
 
 export interface LayerWeights {
   attnNorm: Float32Array; // [D]
-  wq: Float32Array; // [H*E, D]
-  wk: Float32Array; // [G*E, D]
-  wv: Float32Array; // [G*E, D]
-  wo: Float32Array; // [D, H*E]
+  wq: WeightMatrix; // [H*E, D]
+  wk: WeightMatrix; // [G*E, D]
+  wv: WeightMatrix; // [G*E, D]
+  wo: WeightMatrix; // [D, H*E]
   bq?: Float32Array; // [H*E]
   bk?: Float32Array; // [G*E]
   bv?: Float32Array; // [G*E]
@@ -23,39 +87,17 @@ export interface LayerWeights {
   postAttnNorm?: Float32Array; // [D]
   mlpNorm: Float32Array; // [D]
   postMlpNorm?: Float32Array; // [D]
-  wGate: Float32Array; // [F, D]
-  wUp: Float32Array; // [F, D]
-  wDown: Float32Array; // [D, F]
+  wGate: WeightMatrix; // [F, D]
+  wUp: WeightMatrix; // [F, D]
+  wDown: WeightMatrix; // [D, F]
 }
 
 export interface ModelWeights {
-  embed: Float32Array; // [V, D]
+  embed: WeightMatrix; // [V, D]
   layers: LayerWeights[];
   finalNorm: Float32Array; // [D]
-  /** [V, D]; the same array as `embed` when embeddings are tied. */
-  lmHead: Float32Array;
-  /**
-   * Q8_0 copies of the matrices, used for decoding steps when the model was loaded with
-   * `decodeWeights: 'q8'`: batch-1 decoding reads every weight once per token, and 1.06 bytes per
-   * weight instead of 4 is most of llama.cpp's speed advantage.
-   */
-  q8?: WeakMap<Float32Array, Uint8Array>;
-}
-
-/** Builds the Q8_0 copies of every matrix whose input width is a multiple of 32. */
-export function quantizeForDecode(w: ModelWeights): void {
-  const q8 = new WeakMap<Float32Array, Uint8Array>();
-  const add = (m: Float32Array, K: number) => {
-    if (K % 32 === 0 && !q8.has(m)) q8.set(m, quantizeQ8_0(m));
-  };
-  const D = w.finalNorm.length;
-  for (const l of w.layers) {
-    for (const m of [l.wq, l.wk, l.wv, l.wGate, l.wUp]) add(m, D);
-    add(l.wo, l.wo.length / D);
-    add(l.wDown, l.wDown.length / D);
-  }
-  add(w.lmHead, D);
-  w.q8 = q8;
+  /** [V, D]; the same object as `embed` when embeddings are tied. */
+  lmHead: WeightMatrix;
 }
 
 /** Where tensors come from: a GGUF file or a safetensors checkpoint, behind canonical names. */
@@ -64,6 +106,33 @@ export interface TensorSource {
   has(name: string): boolean;
   /** Reads a tensor as fp32 and checks that it holds `shape` (outermost first). */
   read(name: string, shape: readonly number[]): Float32Array;
+  /**
+   * Reads a matrix [rows, cols] for a matmul or an embedding lookup: as quantized blocks when the
+   * source keeps them (a GGUF tensor of a QUANTIZED_MATMUL_TYPES type, loaded with
+   * `weights: 'quantized'`), else as fp32.
+   */
+  readMatrix(name: string, shape: readonly [number, number]): WeightMatrix;
+}
+
+/** A quantized matrix checked against its shape, or a FormatError naming the tensor. */
+export function quantizedMatrix(
+  file: string,
+  name: string,
+  type: GgmlType,
+  shape: readonly [number, number],
+  bytes: Uint8Array,
+): QuantizedMatrix {
+  const [rows, cols] = shape;
+  if (cols % ggmlBlockSize(type) !== 0)
+    throw new FormatError(
+      file,
+      name,
+      `rows of ${cols} values are not whole ${ggmlTypeName(type)} blocks of ${ggmlBlockSize(type)}`,
+    );
+  const need = ggmlByteLength(type, rows * cols);
+  if (bytes.byteLength !== need)
+    throw new FormatError(file, name, `holds ${bytes.byteLength} bytes, ${ggmlTypeName(type)} needs ${need}`);
+  return { type, rows, cols, bytes };
 }
 
 /** The roles a tensor plays, named independently of any file format. */
@@ -114,19 +183,19 @@ export function loadWeights(
   };
   const optional = (role: TensorRole, layer: number, shape: number[]) =>
     src.has(name(role, layer)) ? src.read(name(role, layer), shape) : undefined;
-  const embed = src.read(name('embed'), [V, D]);
+  const embed = src.readMatrix(name('embed'), [V, D]);
   const layers: LayerWeights[] = [];
   for (let l = 0; l < cfg.nLayers; l++) {
     const layer: LayerWeights = {
       attnNorm: norm('attn_norm', l, D),
-      wq: src.read(name('q', l), [H * E, D]),
-      wk: src.read(name('k', l), [G * E, D]),
-      wv: src.read(name('v', l), [G * E, D]),
-      wo: src.read(name('o', l), [D, H * E]),
+      wq: src.readMatrix(name('q', l), [H * E, D]),
+      wk: src.readMatrix(name('k', l), [G * E, D]),
+      wv: src.readMatrix(name('v', l), [G * E, D]),
+      wo: src.readMatrix(name('o', l), [D, H * E]),
       mlpNorm: norm('mlp_norm', l, D),
-      wGate: src.read(name('gate', l), [F, D]),
-      wUp: src.read(name('up', l), [F, D]),
-      wDown: src.read(name('down', l), [D, F]),
+      wGate: src.readMatrix(name('gate', l), [F, D]),
+      wUp: src.readMatrix(name('up', l), [F, D]),
+      wDown: src.readMatrix(name('down', l), [D, F]),
     };
     if (cfg.attnBias) {
       layer.bq = src.read(name('q_bias', l), [H * E]);
@@ -153,8 +222,8 @@ export function loadWeights(
   let lmHead = embed;
   if (cfg.tiedEmbeddings && src.has(name('lm_head'))) {
     // Some checkpoints save the tied matrix twice; a second matrix that differs is not tied.
-    const saved = src.read(name('lm_head'), [V, D]);
-    if (saved.some((v, i) => v !== embed[i]))
+    const saved = src.readMatrix(name('lm_head'), [V, D]);
+    if (!sameMatrix(saved, embed, D))
       throw new FormatError(
         src.file,
         name('lm_head'),
@@ -168,7 +237,7 @@ export function loadWeights(
         name('lm_head'),
         'missing tensor (the config says embeddings are not tied)',
       );
-    lmHead = src.read(name('lm_head'), [V, D]);
+    lmHead = src.readMatrix(name('lm_head'), [V, D]);
   }
   return { embed, layers, finalNorm, lmHead };
 }
@@ -240,17 +309,24 @@ export const ggufTensorNamer: TensorNamer = (role, layer) => {
 /**
  * llama.cpp's converter reorders the rows of each llama q/k head from "first half, second half"
  * to interleaved pairs, to suit its rotary kernel. Undo it so the NeoX-style rotary applies.
- * w: [heads*E, K]; row (h, i, half) in the file is row (h, half, i) in Hugging Face order.
+ * w: [heads*E] rows of `rowLength` elements (fp32 values, or the bytes of a quantized row: a row
+ * is whole blocks, so rows move as they are); row (h, i, half) in the file is row (h, half, i) in
+ * Hugging Face order.
  */
-export function unpermuteRotaryRows(w: Float32Array, heads: number, E: number, K: number): Float32Array {
-  const out = new Float32Array(w.length);
+export function unpermuteRotaryRows<T extends Float32Array | Uint8Array>(
+  w: T,
+  heads: number,
+  E: number,
+  rowLength: number,
+): T {
+  const out = (w instanceof Float32Array ? new Float32Array(w.length) : new Uint8Array(w.length)) as T;
   const half = E / 2;
   for (let h = 0; h < heads; h++)
     for (let i = 0; i < half; i++)
       for (let p = 0; p < 2; p++) {
-        const src = (h * E + i * 2 + p) * K;
-        const dst = (h * E + p * half + i) * K;
-        out.set(w.subarray(src, src + K), dst);
+        const src = (h * E + i * 2 + p) * rowLength;
+        const dst = (h * E + p * half + i) * rowLength;
+        out.set(w.subarray(src, src + rowLength), dst);
       }
   return out;
 }

@@ -12,14 +12,7 @@ import {
   runBench,
   steerguardWorker,
 } from '../bench.js';
-import { command, para } from './common.js';
-
-const DECODE_WEIGHTS_OPTION = {
-  type: 'enum',
-  values: ['f32', 'q8'],
-  default: 'q8',
-  description: 'weights steerguard generates with: q8 (Q8_0 copies, like llama.cpp) or f32 (exact)',
-} as const;
+import { WEIGHTS_OPTION, command, para } from './common.js';
 
 const SHARED = {
   threads: {
@@ -85,7 +78,7 @@ export const benchCommand = command(
         description: 'also time steerguard with hooks at every hook_resid_post',
       },
       llamacpp: { type: 'boolean', default: true, description: 'also run llama.cpp' },
-      decodeWeights: DECODE_WEIGHTS_OPTION,
+      weights: WEIGHTS_OPTION,
       markdown: { type: 'boolean', description: 'print Markdown tables ready for BENCHMARKS.md' },
     },
     examples: [
@@ -107,7 +100,7 @@ export const benchCommand = command(
         repeats: o.repeats,
         hookOverhead: o.hookOverhead,
         llamacpp: o.llamacpp,
-        decodeWeights: o.decodeWeights,
+        weights: o.weights,
       },
       (line) => out.info(line),
     );
@@ -137,7 +130,7 @@ export const benchWorkerCommand = command(
         description: 'JSON array of prompts, each an array of token ids',
       },
       hookOverhead: { type: 'boolean', default: true, description: 'also time hooks (steerguard only)' },
-      decodeWeights: DECODE_WEIGHTS_OPTION,
+      weights: WEIGHTS_OPTION,
     },
     examples: [
       'steerguard bench-worker --engine steerguard --model m.gguf --tokens-file p.json --threads 2 --gen-tokens 64',

@@ -10,9 +10,9 @@ import type { ChatMessage } from '../../formats/tokenizer.js';
 import { hasChatTemplate } from '../../eval/prompt-sets.js';
 import type { Model } from '../../model/model.js';
 import {
-  DECODE_WEIGHTS_OPTION,
   SAMPLING_OPTIONS,
   THREADS_OPTION,
+  WEIGHTS_OPTION,
   command,
   para,
   loadModel,
@@ -48,7 +48,7 @@ export const chatCommand = command(
         description: 'also stop a reply at these strings (\\n and \\t are understood)',
       },
       threads: THREADS_OPTION,
-      decodeWeights: DECODE_WEIGHTS_OPTION,
+      weights: WEIGHTS_OPTION,
     },
     examples: [
       'steerguard chat .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf',
@@ -61,7 +61,7 @@ export const chatCommand = command(
     const interactive = process.stdin.isTTY === true && !out.json;
     const model = await loadModel(args.positionals[0], out, {
       threads: o.threads,
-      decodeWeights: o.decodeWeights,
+      weights: o.weights,
     });
     if (!hasChatTemplate(model)) {
       throw new SteerguardError(

@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 
 import { OptionError, SteerguardError } from '../../formats/errors.js';
 import { hasChatTemplate } from '../../eval/prompt-sets.js';
+import type { WeightStorage } from '../../model/load.js';
 import type { Model } from '../../model/model.js';
 import {
   type CommandSpec,
@@ -127,12 +128,12 @@ export const SAMPLING_OPTIONS = {
   seed: { type: 'number', integer: true, default: 0, description: 'random seed for sampling' },
 } as const satisfies Record<string, NumberOption>;
 
-export const DECODE_WEIGHTS_OPTION = {
+export const WEIGHTS_OPTION = {
   type: 'enum',
-  values: ['f32', 'q8'],
-  default: 'f32',
+  values: ['quantized', 'f32'],
+  default: 'quantized',
   description:
-    'weights for generation steps: f32 (exact) or q8 (Q8_0 copies: faster, llama.cpp-like rounding; prompts stay f32)',
+    "how weights are held: quantized (the GGUF's blocks; prompts exact, generation steps with int8 dot products like llama.cpp) or f32 (exact everywhere, 4 bytes per weight)",
 } as const satisfies EnumOption;
 
 /** The steerguard package version, from the package.json above this file. */
@@ -158,14 +159,14 @@ export function packageVersion(): string {
 export async function loadModel(
   nameOrPath: string,
   out: CliOutput,
-  opts: { threads?: number; decodeWeights?: 'f32' | 'q8' } = {},
+  opts: { threads?: number; weights?: WeightStorage } = {},
 ): Promise<Model> {
   const { Model } = await import('../../model/model.js');
   const start = performance.now();
   let progress: Progress | undefined;
   const model = await Model.load(nameOrPath, {
     threads: opts.threads,
-    decodeWeights: opts.decodeWeights,
+    weights: opts.weights,
     onProgress: (done, total) => {
       progress ??= new Progress({ total, label: 'loading model', unit: 'layers', json: out.json });
       progress.update(done);

@@ -5,9 +5,9 @@ import { OptionError } from '../../formats/errors.js';
 import type { Generation, Prompt } from '../../model/model.js';
 import {
   CHAT_OPTIONS,
-  DECODE_WEIGHTS_OPTION,
   SAMPLING_OPTIONS,
   THREADS_OPTION,
+  WEIGHTS_OPTION,
   command,
   para,
   loadModel,
@@ -65,7 +65,7 @@ export const generateCommand = command(
         description: 'stop at any of these strings (\\n and \\t are understood)',
       },
       threads: THREADS_OPTION,
-      decodeWeights: DECODE_WEIGHTS_OPTION,
+      weights: WEIGHTS_OPTION,
     },
     examples: [
       "steerguard generate model.gguf 'Write a haiku about rivers.' --max-tokens 48",
@@ -94,7 +94,7 @@ export const generateCommand = command(
             .loadPromptFile(o.promptFile, { column: o.column, limit: o.limit })
             .map((r) => r.text);
 
-    const model = await loadModel(modelName, out, { threads: o.threads, decodeWeights: o.decodeWeights });
+    const model = await loadModel(modelName, out, { threads: o.threads, weights: o.weights });
     const chat = useChat(model, o);
     if (o.system !== undefined && !chat) {
       throw new OptionError(

@@ -3,9 +3,10 @@ import { statSync } from 'node:fs';
 
 import { BLOCK_HOOKS } from '../../hooks/hooks.js';
 import type { Model } from '../../model/model.js';
+import { type WeightMatrix, matrixBytes, matrixSize } from '../../model/weights.js';
 import { formatNumber } from '../output.js';
 import { hasChatTemplate } from '../../eval/prompt-sets.js';
-import { THREADS_OPTION, command, para, formatBytes, loadModel } from './common.js';
+import { THREADS_OPTION, WEIGHTS_OPTION, command, para, formatBytes, loadModel } from './common.js';
 
 export const infoCommand = command(
   {
@@ -16,7 +17,7 @@ export const infoCommand = command(
         'the names of its hook points. --json also lists every hook name and the full config.',
     ),
     positionals: [{ name: 'model', description: '.gguf file, Hugging Face model folder, or cached repo id' }],
-    options: { threads: THREADS_OPTION },
+    options: { threads: THREADS_OPTION, weights: WEIGHTS_OPTION },
     examples: [
       'steerguard info .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf',
       'steerguard info HuggingFaceTB/SmolLM2-135M-Instruct --json',
@@ -24,7 +25,10 @@ export const infoCommand = command(
     ],
   },
   async (args, out) => {
-    const model = await loadModel(args.positionals[0], out, { threads: args.options.threads });
+    const model = await loadModel(args.positionals[0], out, {
+      threads: args.options.threads,
+      weights: args.options.weights,
+    });
     const info = describeModel(model);
     out.result(info, formatInfo);
   },
@@ -86,6 +90,7 @@ export function describeModel(model: Model) {
     vocabSize: c.vocabSize,
     context: c.maxContext,
     parameters: countParameters(model),
+    weightBytes: weightBytes(model),
     tiedEmbeddings: c.tiedEmbeddings,
     tokenizer,
     hooks: { count: names.length, patterns: hookPatterns(c.nLayers), names },
@@ -93,12 +98,21 @@ export function describeModel(model: Model) {
   };
 }
 
+/** Bytes the weights occupy in memory (fp32 or quantized blocks), tied embeddings counted once. */
+export function weightBytes(model: Model): number {
+  const w = model.weights;
+  let n = matrixBytes(w.embed) + w.finalNorm.byteLength + (w.lmHead === w.embed ? 0 : matrixBytes(w.lmHead));
+  for (const layer of w.layers)
+    for (const v of Object.values(layer) as (WeightMatrix | undefined)[]) n += v ? matrixBytes(v) : 0;
+  return n;
+}
+
 /** Number of weights the forward pass uses, tied embeddings counted once. */
 export function countParameters(model: Model): number {
   const w = model.weights;
-  let n = w.embed.length + w.finalNorm.length + (w.lmHead === w.embed ? 0 : w.lmHead.length);
+  let n = matrixSize(w.embed) + w.finalNorm.length + (w.lmHead === w.embed ? 0 : matrixSize(w.lmHead));
   for (const layer of w.layers)
-    for (const v of Object.values(layer) as (Float32Array | undefined)[]) n += v?.length ?? 0;
+    for (const v of Object.values(layer) as (WeightMatrix | undefined)[]) n += v ? matrixSize(v) : 0;
   return n;
 }
 
@@ -122,6 +136,7 @@ function formatInfo(i: ReturnType<typeof describeModel>): string {
     ['fingerprint', i.fingerprint],
     ['architecture', i.architecture],
     ['parameters', `${formatNumber(i.parameters / 1e6)}M (${i.parameters})`],
+    ['weights in memory', formatBytes(i.weightBytes)],
     ['layers', String(i.layers)],
     ['d_model', String(i.dModel)],
     ['heads', `${i.heads} query, ${i.kvHeads} key/value, head dim ${i.headDim}`],

@@ -387,10 +387,58 @@ static void gated_act_forward(float *out, const float *gate, const float *up, si
 }
 
 // ----------------------------------------------------------------------------
-// Q8_0 matmul (ggml layout): weights stay 8-bit, activations are quantised to 8 bits per 32-block
+// Quantised matmul on ggml's own blocks (weights as stored in a GGUF file)
+//
+// Two ways to multiply, chosen by the caller:
+//  - exact: each weight row is dequantised to fp32 (the same fp32 values ggml's dequantize_row_*
+//    gives) and multiplied in fp32, as an fp32 matmul on the dequantised matrix would: for M >= 8 a
+//    tile of rows at a time into a scratch buffer and sgemm, below that a row at a time and plain dots.
+//  - q8: the activations are rounded to int8 blocks (32 values for the 32-blocks, 256 with sums per 16
+//    for the k-quants, like ggml's Q8_0 / Q8_K) and the dot products run on integers, as llama.cpp's
+//    vec_dot_*_q8_* do: a weight is read as its 4-8 bits and never expanded to fp32.
+//
+// Block layouts (ggml-common.h; all fields little-endian, fp16 scales):
+//   Q4_0 18 B: d, qs[16]               w = d·(q-8),        q = nibble (low: j, high: j+16)
+//   Q4_1 20 B: d, m, qs[16]            w = d·q + m
+//   Q5_0 22 B: d, qh[4], qs[16]        w = d·(q-16),       bit 4 of value j in bit j of qh
+//   Q5_1 24 B: d, m, qh[4], qs[16]     w = d·q + m
+//   Q8_0 34 B: d, qs[32] (int8)        w = d·q
+//   Q4_K 144 B per 256: d, dmin, scales[12] (eight 6-bit scale/min pairs), qs[128]
+//   Q5_K 176 B per 256: d, dmin, scales[12], qh[32], qs[128]
+//   Q6_K 210 B per 256: ql[128], qh[64], scales[16] (int8), d
+// The integer kernels take the quants as stored (4-6-bit unsigned values, or int8) and apply each
+// group's affine map w = a·q + b afterwards: Σw·x = dx·(a·Σq·xq + b·Σxq), with the activation sums
+// Σxq computed once per row, so the only rounding is that of x and of the per-group fp32 scaling.
 
 #define QK 32
-#define Q8_BLOCK_BYTES 34 /* fp16 scale + 32 int8 */
+#define QK_K 256
+
+/* Every kernel here has a portable scalar version, the reference, and an AVX2 one where it matters,
+ * each its own function so that either can be picked at run time; the plain-named function picks at
+ * compile time for now. In an AVX2 build the scalar versions are compiled but unused. */
+#define SCALAR_REFERENCE __attribute__((unused))
+
+enum qtype { Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
+
+typedef struct {
+  int block;      /* values per block */
+  size_t bytes;   /* bytes per block */
+} qtraits;
+
+static bool qtype_traits(int type, qtraits *t) {
+  *t = (qtraits){0, 0};
+  switch (type) {
+    case Q4_0: *t = (qtraits){QK, 18}; return true;
+    case Q4_1: *t = (qtraits){QK, 20}; return true;
+    case Q5_0: *t = (qtraits){QK, 22}; return true;
+    case Q5_1: *t = (qtraits){QK, 24}; return true;
+    case Q8_0: *t = (qtraits){QK, 34}; return true;
+    case Q4_K: *t = (qtraits){QK_K, 144}; return true;
+    case Q5_K: *t = (qtraits){QK_K, 176}; return true;
+    case Q6_K: *t = (qtraits){QK_K, 210}; return true;
+    default: return false;
+  }
+}
 
 static inline float f16_to_f32(uint16_t h) {
 #if defined(__F16C__)
@@ -420,86 +468,633 @@ static inline float f16_to_f32(uint16_t h) {
 #endif
 }
 
-/* One row of K activations to K/32 blocks: xq in [-127, 127] and one fp32 scale per block. */
-static void quantize_row_q8(const float *x, int8_t *xq, float *xd, int K) {
-  for (int b = 0; b < K / QK; b++) {
-    const float *xb = x + b * QK;
-    float amax = 0.0f;
-    for (int i = 0; i < QK; i++) amax = fmaxf(amax, fabsf(xb[i]));
-    float d = amax / 127.0f;
-    float id = d > 0.0f ? 1.0f / d : 0.0f;
-    xd[b] = d;
-    for (int i = 0; i < QK; i++) xq[b * QK + i] = (int8_t)lrintf(xb[i] * id);
+static inline float half_at(const uint8_t *p) {
+  uint16_t h;
+  memcpy(&h, p, 2);
+  return f16_to_f32(h);
+}
+
+static inline uint32_t u32_at(const uint8_t *p) {
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return v;
+}
+
+/* The eight 6-bit (scale, min) pairs of Q4_K/Q5_K, packed in 12 bytes. */
+static inline void k_scale_min(const uint8_t *p, uint8_t *sc, uint8_t *mn) {
+  for (int j = 0; j < 4; j++) {
+    sc[j] = p[j] & 63;
+    mn[j] = p[j + 4] & 63;
+  }
+  for (int j = 4; j < 8; j++) {
+    sc[j] = (p[j + 4] & 0xf) | ((p[j - 4] >> 6) << 4);
+    mn[j] = (p[j + 4] >> 4) | ((p[j] >> 6) << 4);
   }
 }
 
-/* Σ over blocks of dw·dx·Σ(wq·xq) for one weight row against one quantised activation row. */
-static inline float dot_q8(const uint8_t *wrow, const int8_t *xq, const float *xd, int nb) {
-#if defined(__AVX2__) && defined(__FMA__)
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  const __m256i ones = _mm256_set1_epi16(1);
-  int b = 0;
-  for (; b + 1 < nb; b += 2) {
-    for (int u = 0; u < 2; u++) {
-      const uint8_t *blk = wrow + (size_t)(b + u) * Q8_BLOCK_BYTES;
-      uint16_t hd;
-      memcpy(&hd, blk, 2);
-      __m256i wv = _mm256_loadu_si256((const __m256i *)(blk + 2));
-      __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + (size_t)(b + u) * QK));
-      /* maddubs multiplies unsigned by signed bytes: move w's sign onto x and take |w| */
-      __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-      __m256 pf = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-      __m256 d = _mm256_set1_ps(f16_to_f32(hd) * xd[b + u]);
-      if (u == 0)
-        acc0 = _mm256_fmadd_ps(d, pf, acc0);
-      else
-        acc1 = _mm256_fmadd_ps(d, pf, acc1);
+/* ---- dequantisation: one row of K values, bit-identical to ggml's dequantize_row_* ---- */
+
+SCALAR_REFERENCE static void dequant_row_scalar(int type, const uint8_t *src, float *y, int K) {
+  qtraits t;
+  qtype_traits(type, &t);
+  int nb = K / t.block;
+  for (int b = 0; b < nb; b++, src += t.bytes, y += t.block) {
+    switch (type) {
+      case Q4_0: {
+        float d = half_at(src);
+        for (int j = 0; j < 16; j++) {
+          y[j] = d * (float)((src[2 + j] & 0xf) - 8);
+          y[j + 16] = d * (float)((src[2 + j] >> 4) - 8);
+        }
+        break;
+      }
+      case Q4_1: {
+        float d = half_at(src), m = half_at(src + 2);
+        for (int j = 0; j < 16; j++) {
+          y[j] = d * (float)(src[4 + j] & 0xf) + m;
+          y[j + 16] = d * (float)(src[4 + j] >> 4) + m;
+        }
+        break;
+      }
+      case Q5_0: {
+        float d = half_at(src);
+        uint32_t qh = u32_at(src + 2);
+        for (int j = 0; j < 16; j++) {
+          y[j] = d * (float)((int)((src[6 + j] & 0xf) | (((qh >> j) & 1) << 4)) - 16);
+          y[j + 16] = d * (float)((int)((src[6 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16);
+        }
+        break;
+      }
+      case Q5_1: {
+        float d = half_at(src), m = half_at(src + 2);
+        uint32_t qh = u32_at(src + 4);
+        for (int j = 0; j < 16; j++) {
+          y[j] = d * (float)((src[8 + j] & 0xf) | (((qh >> j) & 1) << 4)) + m;
+          y[j + 16] = d * (float)((src[8 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) + m;
+        }
+        break;
+      }
+      case Q8_0: {
+        float d = half_at(src);
+        const int8_t *q = (const int8_t *)(src + 2);
+        for (int j = 0; j < 32; j++) y[j] = d * (float)q[j];
+        break;
+      }
+      case Q4_K:
+      case Q5_K: {
+        float d = half_at(src), dmin = half_at(src + 2);
+        uint8_t sc[8], mn[8];
+        k_scale_min(src + 4, sc, mn);
+        const uint8_t *qh = src + 16;
+        const uint8_t *qs = src + (type == Q4_K ? 16 : 48);
+        for (int c = 0; c < 4; c++) {
+          float d1 = d * sc[2 * c], m1 = dmin * mn[2 * c];
+          float d2 = d * sc[2 * c + 1], m2 = dmin * mn[2 * c + 1];
+          for (int l = 0; l < 32; l++) {
+            int lo = qs[c * 32 + l] & 0xf, hi = qs[c * 32 + l] >> 4;
+            if (type == Q5_K) {
+              lo |= ((qh[l] >> (2 * c)) & 1) << 4;
+              hi |= ((qh[l] >> (2 * c + 1)) & 1) << 4;
+            }
+            y[c * 64 + l] = d1 * (float)lo - m1;
+            y[c * 64 + 32 + l] = d2 * (float)hi - m2;
+          }
+        }
+        break;
+      }
+      case Q6_K: {
+        float d = half_at(src + 208);
+        const int8_t *sc = (const int8_t *)(src + 192);
+        for (int h = 0; h < 2; h++) {
+          const uint8_t *ql = src + 64 * h, *qh = src + 128 + 32 * h;
+          const int8_t *s = sc + 8 * h;
+          float *yh = y + 128 * h;
+          for (int l = 0; l < 32; l++) {
+            int is = l / 16;
+            int q0 = ((ql[l] & 0xf) | ((qh[l] & 3) << 4)) - 32;
+            int q1 = ((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) - 32;
+            int q2 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+            int q3 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+            yh[l] = d * (float)s[is] * (float)q0;
+            yh[l + 32] = d * (float)s[is + 2] * (float)q1;
+            yh[l + 64] = d * (float)s[is + 4] * (float)q2;
+            yh[l + 96] = d * (float)s[is + 6] * (float)q3;
+          }
+        }
+        break;
+      }
     }
   }
-  __m256 acc = _mm256_add_ps(acc0, acc1);
+}
+
+/* ---- activations rounded to int8 ---- */
+
+/* A row of K activations as int8 blocks: q in [-127, 127], scale d[b] = max|x|/127 per block of
+ * `block` values, and the integer sums of q per group of `group` values (sum[g]). */
+typedef struct {
+  int8_t *q;
+  float *d;
+  int32_t *sum;
+} qrow;
+
+static void quantize_row_i8(const float *x, int K, int block, int group, qrow r) {
+  for (int b = 0; b < K / block; b++) {
+    const float *xb = x + (size_t)b * block;
+    float amax = 0.0f;
+    for (int i = 0; i < block; i++) amax = fmaxf(amax, fabsf(xb[i]));
+    float d = amax / 127.0f;
+    float id = d > 0.0f ? 1.0f / d : 0.0f;
+    r.d[b] = d;
+    for (int i = 0; i < block; i++) r.q[(size_t)b * block + i] = (int8_t)lrintf(xb[i] * id);
+  }
+  for (int g = 0; g < K / group; g++) {
+    int32_t s = 0;
+    for (int i = 0; i < group; i++) s += r.q[(size_t)g * group + i];
+    r.sum[g] = s;
+  }
+}
+
+/* ---- integer dot products: one weight row against one int8 activation row ---- */
+
+#if defined(__AVX2__)
+/* 32 unsigned bytes (0..127) times 32 signed bytes, as 16 int16 pair sums (no overflow: u <= 63). */
+static inline __m256i mul_u8_i8(__m256i u, __m256i x) { return _mm256_maddubs_epi16(u, x); }
+
+static inline int32_t hsum_i32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  return _mm_cvtsi128_si32(s);
+}
+
+/* The 32 nibbles of 16 bytes in value order: low nibbles first, then high. */
+static inline __m256i nibbles16(const uint8_t *p) {
+  __m128i v = _mm_loadu_si128((const __m128i *)p);
+  __m128i m = _mm_set1_epi8(0x0f);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
+}
+
+/* Bit j of 32 bits as byte j: 0x10 where set, 0 where not (the fifth bit of Q5_0/Q5_1 values). */
+static inline __m256i bit4_of(uint32_t bits) {
+  const __m256i spread = _mm256_setr_epi64x(0x0000000000000000, 0x0101010101010101, 0x0202020202020202,
+                                            0x0303030303030303);
+  const __m256i mask = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+  __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), spread);
+  v = _mm256_cmpeq_epi8(_mm256_and_si256(v, mask), mask);
+  return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
+}
+#endif
+
+#if defined(__AVX2__) && defined(__FMA__)
+/* 32 int8 values to fp32: y = d·q (+ m when `add`). One rounding per value, as in the scalar code:
+ * d·q is exact in fp32 for every type (at most 24 significant bits), so d·q + m as an fma rounds the
+ * same way as the separate multiply and add. */
+static inline void store_scaled32(float *y, __m256i q, __m256 d, __m256 m, bool add) {
+  __m128i half[2] = {_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1)};
+  for (int h = 0; h < 2; h++)
+    for (int e = 0; e < 2; e++) {
+      __m128i part = e == 0 ? half[h] : _mm_srli_si128(half[h], 8);
+      __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part));
+      _mm256_storeu_ps(y + 16 * h + 8 * e, add ? _mm256_fmadd_ps(d, f, m) : _mm256_mul_ps(d, f));
+    }
+}
+
+/* The same values as the scalar dequantiser, eight lanes at a time. */
+static void dequant_row_avx2(int type, const uint8_t *src, float *y, int K) {
+  qtraits t;
+  qtype_traits(type, &t);
+  const int nb = K / t.block;
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256i m4 = _mm256_set1_epi8(0x0f);
+  for (int b = 0; b < nb; b++, src += t.bytes, y += t.block) {
+    switch (type) {
+      case Q4_0:
+        store_scaled32(y, _mm256_sub_epi8(nibbles16(src + 2), _mm256_set1_epi8(8)), _mm256_set1_ps(half_at(src)),
+                       zero, false);
+        break;
+      case Q4_1:
+        store_scaled32(y, nibbles16(src + 4), _mm256_set1_ps(half_at(src)), _mm256_set1_ps(half_at(src + 2)), true);
+        break;
+      case Q5_0:
+        store_scaled32(y,
+                       _mm256_sub_epi8(_mm256_or_si256(nibbles16(src + 6), bit4_of(u32_at(src + 2))),
+                                       _mm256_set1_epi8(16)),
+                       _mm256_set1_ps(half_at(src)), zero, false);
+        break;
+      case Q5_1:
+        store_scaled32(y, _mm256_or_si256(nibbles16(src + 8), bit4_of(u32_at(src + 4))),
+                       _mm256_set1_ps(half_at(src)), _mm256_set1_ps(half_at(src + 2)), true);
+        break;
+      case Q8_0:
+        store_scaled32(y, _mm256_loadu_si256((const __m256i *)(src + 2)), _mm256_set1_ps(half_at(src)), zero,
+                       false);
+        break;
+      case Q4_K:
+      case Q5_K: {
+        float d = half_at(src), dmin = half_at(src + 2);
+        uint8_t sc[8], mn[8];
+        k_scale_min(src + 4, sc, mn);
+        const uint8_t *qs = src + (type == Q4_K ? 16 : 48);
+        __m256i hbits = type == Q5_K ? _mm256_loadu_si256((const __m256i *)(src + 16)) : _mm256_setzero_si256();
+        const __m256i one = _mm256_set1_epi8(1);
+        for (int c = 0; c < 4; c++) {
+          __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+          __m256i lo = _mm256_and_si256(v, m4);
+          __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+          if (type == Q5_K) {
+            lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * c), one), 4));
+            hi = _mm256_or_si256(hi,
+                                 _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * c + 1), one), 4));
+          }
+          store_scaled32(y + 64 * c, lo, _mm256_set1_ps(d * sc[2 * c]), _mm256_set1_ps(-(dmin * mn[2 * c])), true);
+          store_scaled32(y + 64 * c + 32, hi, _mm256_set1_ps(d * sc[2 * c + 1]),
+                         _mm256_set1_ps(-(dmin * mn[2 * c + 1])), true);
+        }
+        break;
+      }
+      case Q6_K: {
+        float d = half_at(src + 208);
+        const int8_t *sc = (const int8_t *)(src + 192);
+        const __m256i m2 = _mm256_set1_epi8(0x30), off = _mm256_set1_epi8(32);
+        for (int h = 0; h < 2; h++) {
+          const uint8_t *ql = src + 64 * h, *qh = src + 128 + 32 * h;
+          __m256i a = _mm256_loadu_si256((const __m256i *)ql);
+          __m256i c = _mm256_loadu_si256((const __m256i *)(ql + 32));
+          __m256i hb = _mm256_loadu_si256((const __m256i *)qh);
+          __m256i u[4] = {
+              _mm256_or_si256(_mm256_and_si256(a, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m2)),
+              _mm256_or_si256(_mm256_and_si256(c, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m2)),
+              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a, 4), m4), _mm256_and_si256(hb, m2)),
+              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(c, 4), m4),
+                              _mm256_and_si256(_mm256_srli_epi16(hb, 2), m2)),
+          };
+          for (int k = 0; k < 4; k++) {
+            const int8_t *s = sc + 8 * h + 2 * k;
+            /* values 0-15 of the run use scale s[0], values 16-31 s[1] */
+            __m256 dlo = _mm256_set1_ps(d * (float)s[0]), dhi = _mm256_set1_ps(d * (float)s[1]);
+            __m256i q = _mm256_sub_epi8(u[k], off);
+            float *yk = y + 128 * h + 32 * k;
+            __m128i q16[2] = {_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1)};
+            for (int g = 0; g < 2; g++)
+              for (int e = 0; e < 2; e++) {
+                __m128i part = e == 0 ? q16[g] : _mm_srli_si128(q16[g], 8);
+                __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part));
+                _mm256_storeu_ps(yk + 16 * g + 8 * e, _mm256_mul_ps(g == 0 ? dlo : dhi, f));
+              }
+          }
+        }
+        break;
+      }
+    }
+  }
+}
+#endif
+
+static void dequant_row(int type, const uint8_t *src, float *y, int K) {
+#if defined(__AVX2__) && defined(__FMA__)
+  dequant_row_avx2(type, src, y, K);
+#else
+  dequant_row_scalar(type, src, y, K);
+#endif
+}
+
+/* Σu·x over the 32 values of a 32-block, u the unsigned quants (offset not applied). */
+static inline int32_t dot_block32(int type, const uint8_t *blk, const int8_t *x) {
+  int32_t s = 0;
+  switch (type) {
+    case Q4_0:
+    case Q4_1: {
+      const uint8_t *qs = blk + (type == Q4_0 ? 2 : 4);
+      for (int j = 0; j < 16; j++) s += (qs[j] & 0xf) * x[j] + (qs[j] >> 4) * x[j + 16];
+      break;
+    }
+    case Q5_0:
+    case Q5_1: {
+      uint32_t qh = u32_at(blk + (type == Q5_0 ? 2 : 4));
+      const uint8_t *qs = blk + (type == Q5_0 ? 6 : 8);
+      for (int j = 0; j < 16; j++)
+        s += (int)((qs[j] & 0xf) | (((qh >> j) & 1) << 4)) * x[j] +
+             (int)((qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) * x[j + 16];
+      break;
+    }
+    default: {
+      const int8_t *q = (const int8_t *)(blk + 2);
+      for (int j = 0; j < 32; j++) s += q[j] * x[j];
+    }
+  }
+  return s;
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+/* One row of 32-blocks of a fixed type: the block's int32 products are scaled and summed in fp32
+ * vectors, one horizontal sum per row. Inlined once per type so the type tests fold away. */
+static inline __attribute__((always_inline)) float dot_row32_avx2(const int type, const uint8_t *w,
+                                                                   size_t bbytes, int nb, const qrow *x) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc = _mm256_setzero_ps();
+  float mins = 0.0f; /* Q4_1/Q5_1: Σ m·dx·Σxq */
+  for (int b = 0; b < nb; b++, w += bbytes) {
+    __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + (size_t)b * QK));
+    __m256i p;
+    if (type == Q4_1 || type == Q5_1) {
+      __m256i u = type == Q4_1 ? nibbles16(w + 4) : _mm256_or_si256(nibbles16(w + 8), bit4_of(u32_at(w + 4)));
+      p = mul_u8_i8(u, xv);
+      mins += half_at(w + 2) * x->d[b] * (float)x->sum[b];
+    } else {
+      /* signed weights (q-8, q-16, int8): maddubs needs an unsigned operand, so |w| and x with w's sign */
+      __m256i q = type == Q4_0   ? _mm256_sub_epi8(nibbles16(w + 2), _mm256_set1_epi8(8))
+                  : type == Q5_0 ? _mm256_sub_epi8(_mm256_or_si256(nibbles16(w + 6), bit4_of(u32_at(w + 2))),
+                                                   _mm256_set1_epi8(16))
+                                 : _mm256_loadu_si256((const __m256i *)(w + 2));
+      p = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q));
+    }
+    __m256 pf = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(half_at(w) * x->d[b]), pf, acc);
+  }
   __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
   s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
   s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
-  float sum = _mm_cvtss_f32(s4);
-#else
-  float sum = 0.0f;
-  int b = 0;
+  return _mm_cvtss_f32(s4) + mins;
+}
 #endif
-  for (; b < nb; b++) {
-    const uint8_t *blk = wrow + (size_t)b * Q8_BLOCK_BYTES;
-    uint16_t hd;
-    memcpy(&hd, blk, 2);
-    const int8_t *wq = (const int8_t *)(blk + 2);
-    int32_t isum = 0;
-    for (int i = 0; i < QK; i++) isum += (int32_t)wq[i] * (int32_t)xq[(size_t)b * QK + i];
-    sum += f16_to_f32(hd) * xd[b] * (float)isum;
+
+SCALAR_REFERENCE static float dot_row32_scalar(int type, const uint8_t *w, size_t bbytes, int nb,
+                                               const qrow *x) {
+  float acc = 0.0f;
+  for (int b = 0; b < nb; b++, w += bbytes) {
+    const int8_t *xq = x->q + (size_t)b * QK;
+    int32_t s = dot_block32(type, w, xq);
+    float d = half_at(w) * x->d[b];
+    switch (type) {
+      case Q4_0: acc += d * (float)(s - 8 * x->sum[b]); break;
+      case Q5_0: acc += d * (float)(s - 16 * x->sum[b]); break;
+      case Q4_1:
+      case Q5_1: acc += d * (float)s + half_at(w + 2) * x->d[b] * (float)x->sum[b]; break;
+      default: acc += d * (float)s;
+    }
   }
-  return sum;
+  return acc;
 }
 
-/* out[M,N] = x[M,K] · dequant(wq)[N,K]ᵀ (+ bias), K a multiple of 32. */
-static int matmul_q8_forward(float *out, const float *x, const uint8_t *wq, const float *bias, int M, int K,
-                             int N) {
-  int nb = K / QK;
+/* Σw·x for a row of 32-blocks against activations quantised per 32 (sums per 32). */
+static float dot_row32(int type, const uint8_t *w, size_t bbytes, int nb, const qrow *x) {
+#if defined(__AVX2__) && defined(__FMA__)
+  switch (type) {
+    case Q4_0: return dot_row32_avx2(Q4_0, w, bbytes, nb, x);
+    case Q4_1: return dot_row32_avx2(Q4_1, w, bbytes, nb, x);
+    case Q5_0: return dot_row32_avx2(Q5_0, w, bbytes, nb, x);
+    case Q5_1: return dot_row32_avx2(Q5_1, w, bbytes, nb, x);
+    default: return dot_row32_avx2(Q8_0, w, bbytes, nb, x);
+  }
+#else
+  return dot_row32_scalar(type, w, bbytes, nb, x);
+#endif
+}
+
+/* Q4_K / Q5_K block: Σ_j sc_j·Σu·x over the eight 32-value sub-blocks, as an int32. */
+static inline int32_t dot_q45k_block_scalar(int type, const uint8_t *blk, const uint8_t *sc, const int8_t *x) {
+  const uint8_t *qh = blk + 16;
+  const uint8_t *qs = blk + (type == Q4_K ? 16 : 48);
+  int32_t total = 0;
+  for (int c = 0; c < 4; c++) {
+    int32_t slo = 0, shi = 0;
+    for (int l = 0; l < 32; l++) {
+      int lo = qs[c * 32 + l] & 0xf, hi = qs[c * 32 + l] >> 4;
+      if (type == Q5_K) {
+        lo |= ((qh[l] >> (2 * c)) & 1) << 4;
+        hi |= ((qh[l] >> (2 * c + 1)) & 1) << 4;
+      }
+      slo += lo * x[c * 64 + l];
+      shi += hi * x[c * 64 + 32 + l];
+    }
+    total += sc[2 * c] * slo + sc[2 * c + 1] * shi;
+  }
+  return total;
+}
+
+#if defined(__AVX2__)
+static inline int32_t dot_q45k_block_avx2(int type, const uint8_t *blk, const uint8_t *sc, const int8_t *x) {
+  const uint8_t *qh = blk + 16;
+  const uint8_t *qs = blk + (type == Q4_K ? 16 : 48);
+  const __m256i m4 = _mm256_set1_epi8(0x0f);
+  __m256i acc = _mm256_setzero_si256();
+  __m256i hbits = type == Q5_K ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
+  for (int c = 0; c < 4; c++) {
+    __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+    __m256i lo = _mm256_and_si256(v, m4);
+    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    if (type == Q5_K) {
+      const __m256i one = _mm256_set1_epi8(1);
+      lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * c), one), 4));
+      hi = _mm256_or_si256(hi,
+                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * c + 1), one), 4));
+    }
+    __m256i plo = mul_u8_i8(lo, _mm256_loadu_si256((const __m256i *)(x + 64 * c)));
+    __m256i phi = mul_u8_i8(hi, _mm256_loadu_si256((const __m256i *)(x + 64 * c + 32)));
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c])));
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1])));
+  }
+  return hsum_i32(acc);
+}
+#endif
+
+static inline int32_t dot_q45k_block(int type, const uint8_t *blk, const uint8_t *sc, const int8_t *x) {
+#if defined(__AVX2__)
+  return dot_q45k_block_avx2(type, blk, sc, x);
+#else
+  return dot_q45k_block_scalar(type, blk, sc, x);
+#endif
+}
+
+/* Q6_K block: Σ_g sc_g·Σu·x over the sixteen 16-value groups (u = q + 32), as an int32. */
+static inline int32_t dot_q6k_block_scalar(const uint8_t *blk, const int8_t *x) {
+  const int8_t *sc = (const int8_t *)(blk + 192);
+  int32_t total = 0;
+  for (int h = 0; h < 2; h++) {
+    const uint8_t *ql = blk + 64 * h, *qh = blk + 128 + 32 * h;
+    const int8_t *xh = x + 128 * h;
+    int32_t s[8] = {0};
+    for (int l = 0; l < 32; l++) {
+      int is = l / 16;
+      s[is] += ((ql[l] & 0xf) | ((qh[l] & 3) << 4)) * xh[l];
+      s[is + 2] += ((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) * xh[l + 32];
+      s[is + 4] += ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) * xh[l + 64];
+      s[is + 6] += ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) * xh[l + 96];
+    }
+    for (int g = 0; g < 8; g++) total += sc[8 * h + g] * s[g];
+  }
+  return total;
+}
+
+#if defined(__AVX2__)
+static inline int32_t dot_q6k_block_avx2(const uint8_t *blk, const int8_t *x) {
+  const int8_t *sc = (const int8_t *)(blk + 192);
+  const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x30);
+  __m256i acc = _mm256_setzero_si256();
+  for (int h = 0; h < 2; h++) {
+    const uint8_t *ql = blk + 64 * h, *qh = blk + 128 + 32 * h;
+    __m256i a = _mm256_loadu_si256((const __m256i *)ql);
+    __m256i c = _mm256_loadu_si256((const __m256i *)(ql + 32));
+    __m256i hb = _mm256_loadu_si256((const __m256i *)qh);
+    __m256i u[4] = {
+        _mm256_or_si256(_mm256_and_si256(a, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m2)),
+        _mm256_or_si256(_mm256_and_si256(c, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m2)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a, 4), m4), _mm256_and_si256(hb, m2)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(c, 4), m4),
+                        _mm256_and_si256(_mm256_srli_epi16(hb, 2), m2)),
+    };
+    for (int k = 0; k < 4; k++) {
+      const int8_t *s = sc + 8 * h + 2 * k;
+      /* values 0-15 of this run use scale s[0], values 16-31 s[1] */
+      __m256i scale = _mm256_set_m128i(_mm_set1_epi16(s[1]), _mm_set1_epi16(s[0]));
+      __m256i p = mul_u8_i8(u[k], _mm256_loadu_si256((const __m256i *)(x + 128 * h + 32 * k)));
+      acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scale));
+    }
+  }
+  return hsum_i32(acc);
+}
+#endif
+
+static inline int32_t dot_q6k_block(const uint8_t *blk, const int8_t *x) {
+#if defined(__AVX2__)
+  return dot_q6k_block_avx2(blk, x);
+#else
+  return dot_q6k_block_scalar(blk, x);
+#endif
+}
+
+/* Σw·x for a row of k-quant blocks against activations quantised per 256 (sums per 16). */
+static float dot_row_k(int type, const uint8_t *w, size_t bbytes, int nb, const qrow *x) {
+  float acc = 0.0f;
+  for (int b = 0; b < nb; b++, w += bbytes) {
+    const int8_t *xq = x->q + (size_t)b * QK_K;
+    const int32_t *bs = x->sum + (size_t)b * (QK_K / 16);
+    if (type == Q6_K) {
+      const int8_t *sc = (const int8_t *)(w + 192);
+      int32_t off = 0;
+      for (int g = 0; g < 16; g++) off += sc[g] * bs[g];
+      acc += half_at(w + 208) * x->d[b] * (float)(dot_q6k_block(w, xq) - 32 * off);
+    } else {
+      uint8_t sc[8], mn[8];
+      k_scale_min(w + 4, sc, mn);
+      int32_t msum = 0;
+      for (int j = 0; j < 8; j++) msum += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
+      acc += x->d[b] * (half_at(w) * (float)dot_q45k_block(type, w, sc, xq) - half_at(w + 2) * (float)msum);
+    }
+  }
+  return acc;
+}
+
+/* out[M,N] = x[M,K] · w[N,K]ᵀ (+ bias), w in ggml blocks, x rounded to int8 blocks. */
+static int matmul_quant_q8(float *out, const float *x, const uint8_t *w, int type, const float *bias, int M,
+                           int K, int N) {
+  qtraits t;
+  qtype_traits(type, &t);
+  bool kq = t.block == QK_K;
+  int group = kq ? 16 : QK;
+  int nb = K / t.block;
   int8_t *xq = malloc((size_t)M * K);
   float *xd = malloc((size_t)M * nb * sizeof(float));
-  if (!xq || !xd) {
+  int32_t *xs = malloc((size_t)M * (K / group) * sizeof(int32_t));
+  qrow *rows = malloc((size_t)M * sizeof(qrow));
+  if (!xq || !xd || !xs || !rows) {
     free(xq);
     free(xd);
+    free(xs);
+    free(rows);
     return -1;
   }
-  for (int m = 0; m < M; m++) quantize_row_q8(x + (size_t)m * K, xq + (size_t)m * K, xd + (size_t)m * nb, K);
-  size_t row_bytes = (size_t)nb * Q8_BLOCK_BYTES;
+  for (int m = 0; m < M; m++) {
+    rows[m] = (qrow){xq + (size_t)m * K, xd + (size_t)m * nb, xs + (size_t)m * (K / group)};
+    quantize_row_i8(x + (size_t)m * K, K, t.block, group, rows[m]);
+  }
+  size_t row_bytes = (size_t)nb * t.bytes;
   /* one weight row against every activation row: the weights are the big stream, read once */
 #pragma omp parallel for num_threads(g_threads) if ((size_t)N * K >= PAR_MIN_WORK) schedule(static)
   for (int n = 0; n < N; n++) {
-    const uint8_t *wrow = wq + (size_t)n * row_bytes;
+    const uint8_t *wrow = w + (size_t)n * row_bytes;
     float bn = bias ? bias[n] : 0.0f;
     for (int m = 0; m < M; m++)
-      out[(size_t)m * N + n] = dot_q8(wrow, xq + (size_t)m * K, xd + (size_t)m * nb, nb) + bn;
+      out[(size_t)m * N + n] =
+          (kq ? dot_row_k(type, wrow, t.bytes, nb, &rows[m]) : dot_row32(type, wrow, t.bytes, nb, &rows[m])) + bn;
   }
   free(xq);
   free(xd);
+  free(xs);
+  free(rows);
+  return 0;
+}
+
+/* Below this many activation rows, the exact path dequantises one weight row at a time and takes plain
+ * dots; from here on, tiles of rows go through sgemm. */
+#define QUANT_SGEMM_MIN_M 8
+/* fp32 values per dequantised tile (16 MiB). Each sgemm call packs all of x again, so wide tiles
+ * pay off: at 512x4864x896 tiles of 16 MiB took 1.09x the time of an fp32 sgemm, 4 MiB 1.17x. */
+#define QUANT_TILE_VALUES (1 << 22)
+
+/* The dequantised tile, kept per thread between calls: a fresh 4+ MiB buffer would be page-faulted in
+ * again on every matmul. It only grows, to the largest tile asked for (QUANT_TILE_VALUES floats, or 16
+ * rows of the widest matrix). */
+static float *tile_scratch(size_t values) {
+  static __thread float *buf = NULL;
+  static __thread size_t cap = 0;
+  if (values > cap) {
+    float *grown = realloc(buf, values * sizeof(float));
+    if (!grown) return NULL;
+    buf = grown;
+    cap = values;
+  }
+  return buf;
+}
+
+/* out[M,N] = x[M,K] · dequant(w)[N,K]ᵀ (+ bias) in fp32. */
+static int matmul_quant_exact(float *out, const float *x, const uint8_t *w, int type, const float *bias, int M,
+                              int K, int N) {
+  qtraits t;
+  qtype_traits(type, &t);
+  size_t row_bytes = (size_t)(K / t.block) * t.bytes;
+  if (M < QUANT_SGEMM_MIN_M) {
+    int failed = 0;
+#pragma omp parallel num_threads(g_threads) if ((size_t)N * K >= PAR_MIN_WORK)
+    {
+      float *wr = malloc((size_t)K * sizeof(float));
+      if (!wr) {
+#pragma omp atomic write
+        failed = 1;
+      }
+#pragma omp for schedule(static)
+      for (int n = 0; n < N; n++) {
+        if (!wr) continue;
+        dequant_row(type, w + (size_t)n * row_bytes, wr, K);
+        for (int m = 0; m < M; m++) {
+          const float *xr = x + (size_t)m * K;
+          float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+          for (int i = 0; i < K; i++) s += wr[i] * xr[i];
+          out[(size_t)m * N + n] = s + (bias ? bias[n] : 0.0f);
+        }
+      }
+      free(wr);
+    }
+    return failed ? -1 : 0;
+  }
+  int tile = QUANT_TILE_VALUES / K;
+  if (tile < 16) tile = 16;
+  if (tile > N) tile = N;
+  float *scratch = tile_scratch((size_t)tile * K);
+  if (!scratch) return -1;
+  float beta = 0.0f;
+  if (bias) {
+    for (int m = 0; m < M; m++) memcpy(out + (size_t)m * N, bias, (size_t)N * sizeof(float));
+    beta = 1.0f;
+  }
+  for (int n0 = 0; n0 < N; n0 += tile) {
+    int nt = N - n0 < tile ? N - n0 : tile;
+    /* on the calling thread: OpenBLAS's threads still spin after the previous tile's sgemm, and an
+     * OpenMP team competing with them for the cores made the whole product up to 2x slower */
+    for (int r = 0; r < nt; r++) dequant_row(type, w + (size_t)(n0 + r) * row_bytes, scratch + (size_t)r * K, K);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, nt, K, 1.0f, x, K, scratch, K, beta, out + n0, N);
+  }
   return 0;
 }
 
@@ -829,35 +1424,63 @@ static napi_value js_gated_act(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* matmulQ8(out, x, wq, M, K, N, bias?) with wq in ggml Q8_0 blocks, rows of K/32 blocks */
-static napi_value js_matmul_q8(napi_env env, napi_callback_info info) {
-  const char *fn = "matmulQ8";
+/* matmulQuant(out, x, w, type, M, K, N, bias, activations) with w in ggml blocks of `type`, each row K
+ * values; activations 'f32' (exact against the dequantised weights) or 'q8' (int8 activations). */
+static napi_value js_matmul_quant(napi_env env, napi_callback_info info) {
+  const char *fn = "matmulQuant";
   napi_value a[MAX_ARGS];
-  view out, x, wq, bias;
-  int M, K, N;
-  if (!get_args(env, info, 7, a)) return NULL;
+  view out, x, w, bias;
+  int type, M, K, N;
+  if (!get_args(env, info, 9, a)) return NULL;
   if (!get_view(env, a[0], napi_float32_array, fn, "out", false, &out) ||
       !get_view(env, a[1], napi_float32_array, fn, "x", false, &x) ||
-      !get_view(env, a[2], napi_uint8_array, fn, "wq", false, &wq) || !get_int(env, a[3], fn, "M", 0, &M) ||
-      !get_int(env, a[4], fn, "K", QK, &K) || !get_int(env, a[5], fn, "N", 1, &N) ||
-      !get_view(env, a[6], napi_float32_array, fn, "bias", true, &bias))
+      !get_view(env, a[2], napi_uint8_array, fn, "w", false, &w) || !get_int(env, a[3], fn, "type", 0, &type) ||
+      !get_int(env, a[4], fn, "M", 0, &M) || !get_int(env, a[5], fn, "K", 1, &K) ||
+      !get_int(env, a[6], fn, "N", 1, &N) || !get_view(env, a[7], napi_float32_array, fn, "bias", true, &bias))
     return NULL;
-  if (K % QK != 0) {
+  qtraits t;
+  if (!qtype_traits(type, &t)) {
+    char msg[200];
+    snprintf(msg, sizeof msg,
+             "%s: type %d is not a supported block type (Q4_0=2, Q4_1=3, Q5_0=6, Q5_1=7, Q8_0=8, Q4_K=12, "
+             "Q5_K=13, Q6_K=14)",
+             fn, type);
+    throw_range(env, msg);
+    return NULL;
+  }
+  char act[8] = {0};
+  size_t alen = 0;
+  if (napi_get_value_string_utf8(env, a[8], act, sizeof act, &alen) != napi_ok) {
+    throw_type(env, fn, "%s must be 'f32' or 'q8'", "activations");
+    return NULL;
+  }
+  bool q8 = strcmp(act, "q8") == 0;
+  if (!q8 && strcmp(act, "f32") != 0) {
     char msg[160];
-    snprintf(msg, sizeof msg, "matmulQ8: K must be a multiple of %d (the Q8_0 block size), got %d", QK, K);
+    snprintf(msg, sizeof msg, "%s: activations must be 'f32' or 'q8', got '%s'", fn, act);
+    throw_range(env, msg);
+    return NULL;
+  }
+  if (K % t.block != 0) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s: K must be a multiple of %d (the block size of type %d), got %d", fn, t.block,
+             type, K);
     throw_range(env, msg);
     return NULL;
   }
   if (!check_len(env, fn, "out", &out, "M*N", M, N, 1) || !check_len(env, fn, "x", &x, "M*K", M, K, 1) ||
-      !check_len(env, fn, "wq", &wq, "N*(K/32)*34 bytes", N, K / QK, Q8_BLOCK_BYTES) ||
+      !check_len(env, fn, "w", &w, "N*(K/block)*blockBytes", N, K / t.block, t.bytes) ||
       (bias.data && !check_len(env, fn, "bias", &bias, "N", N, 1, 1)))
     return NULL;
   size_t nout = (size_t)M * N;
   if (!check_no_overlap(env, fn, "out", &out, nout, "x", &x, (size_t)M * K, false) ||
-      !check_no_overlap(env, fn, "out", &out, nout, "wq", &wq, (size_t)N * (K / QK) * Q8_BLOCK_BYTES, false) ||
+      !check_no_overlap(env, fn, "out", &out, nout, "w", &w, (size_t)N * (K / t.block) * t.bytes, false) ||
       !check_no_overlap(env, fn, "out", &out, nout, "bias", &bias, (size_t)N, false))
     return NULL;
-  if (M > 0 && matmul_q8_forward(out.data, x.data, wq.data, bias.data, M, K, N) != 0) throw_oom(env, fn);
+  if (M == 0) return NULL;
+  int rc = q8 ? matmul_quant_q8(out.data, x.data, w.data, type, bias.data, M, K, N)
+              : matmul_quant_exact(out.data, x.data, w.data, type, bias.data, M, K, N);
+  if (rc != 0) throw_oom(env, fn);
   return NULL;
 }
 
@@ -912,7 +1535,7 @@ NAPI_MODULE_INIT() {
       {"rope", NULL, js_rope, NULL, NULL, NULL, napi_enumerable, NULL},
       {"attention", NULL, js_attention, NULL, NULL, NULL, napi_enumerable, NULL},
       {"gatedAct", NULL, js_gated_act, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"matmulQ8", NULL, js_matmul_q8, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"matmulQuant", NULL, js_matmul_quant, NULL, NULL, NULL, napi_enumerable, NULL},
       {"setThreads", NULL, js_set_threads, NULL, NULL, NULL, napi_enumerable, NULL},
       {"info", NULL, js_info, NULL, NULL, NULL, napi_enumerable, NULL},
   };
