@@ -100,7 +100,8 @@ export const benchCommand = command(
         repeats: o.repeats,
         hookOverhead: o.hookOverhead,
         llamacpp: o.llamacpp,
-        weights: o.weights,
+        // bench measures the native engine, where quantized weights are the default
+        weights: o.weights ?? 'quantized',
       },
       (line) => out.info(line),
     );
@@ -141,7 +142,7 @@ export const benchWorkerCommand = command(
     const prompts = JSON.parse(readFileSync(o.tokensFile, 'utf8')) as number[][];
     const result =
       o.engine === 'steerguard'
-        ? await steerguardWorker(o.model, prompts, o)
+        ? await steerguardWorker(o.model, prompts, { ...o, weights: o.weights ?? 'quantized' })
         : await llamaCppWorker(o.model, prompts, o);
     out.stdout.write(`${JSON.stringify(result)}\n`);
   },

@@ -131,9 +131,8 @@ export const SAMPLING_OPTIONS = {
 export const WEIGHTS_OPTION = {
   type: 'enum',
   values: ['quantized', 'f32'],
-  default: 'quantized',
   description:
-    "how weights are held: quantized (the GGUF's blocks; prompts exact, generation steps with int8 dot products like llama.cpp) or f32 (exact everywhere, 4 bytes per weight)",
+    "how weights are held: quantized (the GGUF's blocks; prompts exact, generation steps with int8 dot products like llama.cpp; the default on the native engine) or f32 (exact everywhere, 4 bytes per weight; the only choice on the reference backend)",
 } as const satisfies EnumOption;
 
 /** The steerguard package version, from the package.json above this file. */
