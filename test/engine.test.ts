@@ -15,6 +15,7 @@ import { loadNativeBackend, type NativeBackend } from '../src/engine/native.js';
 import { ReferenceBackend } from '../src/engine/reference.js';
 import { layerRopeFrequencies } from '../src/model/rope.js';
 import { SteerguardError } from '../src/formats/errors.js';
+import { relErr } from './util/fixtures.js';
 
 const be: NativeBackend = loadNativeBackend({ threads: 2 });
 const ref = new ReferenceBackend();
@@ -40,18 +41,6 @@ function randn(n: number, seed: number, scale = 1): Float32Array {
     out[i] = scale * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * r());
   }
   return out;
-}
-
-function relErr(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  assert.equal(got.length, want.length);
-  let diff = 0;
-  let mag = 0;
-  for (let i = 0; i < want.length; i++) {
-    if (!Number.isFinite(got[i])) return Infinity;
-    diff = Math.max(diff, Math.abs(got[i] - want[i]));
-    mag = Math.max(mag, Math.abs(want[i]));
-  }
-  return mag === 0 ? diff : diff / mag;
 }
 
 function close(got: ArrayLike<number>, want: ArrayLike<number>, tol: number, what: string): void {

@@ -27,7 +27,7 @@ import {
   ggmlTypeSize,
 } from '../src/formats/quant.js';
 import { QUANTIZED_MATMUL_TYPES } from '../src/model/weights.js';
-import { FIXTURES, GEMMA3_GGUF, QWEN05_GGUF, SMOLLM2_GGUF, missingModel } from './util/fixtures.js';
+import { FIXTURES, GEMMA3_GGUF, QWEN05_GGUF, SMOLLM2_GGUF, missingModel, relErr } from './util/fixtures.js';
 
 const be = loadNativeBackend({ threads: 2 });
 const ref = new ReferenceBackend();
@@ -79,18 +79,6 @@ function randomBlocks(type: GgmlType, N: number, K: number, seed: number): Uint8
       bytes[o + f + 1] = h >>> 8;
     }
   return bytes;
-}
-
-function relErr(got: Float32Array, want: Float32Array): number {
-  assert.equal(got.length, want.length);
-  let diff = 0;
-  let mag = 0;
-  for (let i = 0; i < want.length; i++) {
-    if (!Number.isFinite(got[i])) return Infinity;
-    diff = Math.max(diff, Math.abs(got[i] - want[i]));
-    mag = Math.max(mag, Math.abs(want[i]));
-  }
-  return mag === 0 ? diff : diff / mag;
 }
 
 function close(got: Float32Array, want: Float32Array, tol: number, what: string): number {

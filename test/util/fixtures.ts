@@ -43,6 +43,22 @@ export function relMaxDiff(a: Float32Array, ref: Float32Array): number {
   return max / Math.sqrt(norm);
 }
 
+/**
+ * max |got - want| / max |want| (a non-finite value in `got` is infinitely wrong): the kernel
+ * tests' measure, relative to the largest reference value.
+ */
+export function relErr(got: ArrayLike<number>, want: ArrayLike<number>): number {
+  if (got.length !== want.length) throw new Error(`length ${got.length} vs reference ${want.length}`);
+  let diff = 0;
+  let mag = 0;
+  for (let i = 0; i < want.length; i++) {
+    if (!Number.isFinite(got[i])) return Infinity;
+    diff = Math.max(diff, Math.abs(got[i] - want[i]));
+    mag = Math.max(mag, Math.abs(want[i]));
+  }
+  return mag === 0 ? diff : diff / mag;
+}
+
 export function argmaxOf(x: Float32Array): number {
   let best = 0;
   for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;
