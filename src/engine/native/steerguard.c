@@ -643,6 +643,20 @@ static inline __m256i bit4_of(uint32_t bits) {
   v = _mm256_cmpeq_epi8(_mm256_and_si256(v, mask), mask);
   return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
 }
+
+/* Half h (128 values) of a Q6_K block as four runs of 32 unsigned 6-bit values (0..63), in value
+   order: low 4 bits from ql, high 2 bits from qh. */
+static inline void q6k_unpack_avx2(const uint8_t *blk, int h, __m256i u[4]) {
+  const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x30);
+  const uint8_t *ql = blk + 64 * h, *qh = blk + 128 + 32 * h;
+  __m256i a = _mm256_loadu_si256((const __m256i *)ql);
+  __m256i c = _mm256_loadu_si256((const __m256i *)(ql + 32));
+  __m256i hb = _mm256_loadu_si256((const __m256i *)qh);
+  u[0] = _mm256_or_si256(_mm256_and_si256(a, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m2));
+  u[1] = _mm256_or_si256(_mm256_and_si256(c, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m2));
+  u[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a, 4), m4), _mm256_and_si256(hb, m2));
+  u[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(c, 4), m4), _mm256_and_si256(_mm256_srli_epi16(hb, 2), m2));
+}
 #endif
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -715,19 +729,10 @@ static void dequant_row_avx2(int type, const uint8_t *src, float *y, int K) {
       case Q6_K: {
         float d = half_at(src + 208);
         const int8_t *sc = (const int8_t *)(src + 192);
-        const __m256i m2 = _mm256_set1_epi8(0x30), off = _mm256_set1_epi8(32);
+        const __m256i off = _mm256_set1_epi8(32);
         for (int h = 0; h < 2; h++) {
-          const uint8_t *ql = src + 64 * h, *qh = src + 128 + 32 * h;
-          __m256i a = _mm256_loadu_si256((const __m256i *)ql);
-          __m256i c = _mm256_loadu_si256((const __m256i *)(ql + 32));
-          __m256i hb = _mm256_loadu_si256((const __m256i *)qh);
-          __m256i u[4] = {
-              _mm256_or_si256(_mm256_and_si256(a, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m2)),
-              _mm256_or_si256(_mm256_and_si256(c, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m2)),
-              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a, 4), m4), _mm256_and_si256(hb, m2)),
-              _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(c, 4), m4),
-                              _mm256_and_si256(_mm256_srli_epi16(hb, 2), m2)),
-          };
+          __m256i u[4];
+          q6k_unpack_avx2(src, h, u);
           for (int k = 0; k < 4; k++) {
             const int8_t *s = sc + 8 * h + 2 * k;
             /* values 0-15 of the run use scale s[0], values 16-31 s[1] */
@@ -929,20 +934,10 @@ static inline int32_t dot_q6k_block_scalar(const uint8_t *blk, const int8_t *x) 
 #if defined(__AVX2__)
 static inline int32_t dot_q6k_block_avx2(const uint8_t *blk, const int8_t *x) {
   const int8_t *sc = (const int8_t *)(blk + 192);
-  const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x30);
   __m256i acc = _mm256_setzero_si256();
   for (int h = 0; h < 2; h++) {
-    const uint8_t *ql = blk + 64 * h, *qh = blk + 128 + 32 * h;
-    __m256i a = _mm256_loadu_si256((const __m256i *)ql);
-    __m256i c = _mm256_loadu_si256((const __m256i *)(ql + 32));
-    __m256i hb = _mm256_loadu_si256((const __m256i *)qh);
-    __m256i u[4] = {
-        _mm256_or_si256(_mm256_and_si256(a, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), m2)),
-        _mm256_or_si256(_mm256_and_si256(c, m4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), m2)),
-        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a, 4), m4), _mm256_and_si256(hb, m2)),
-        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(c, 4), m4),
-                        _mm256_and_si256(_mm256_srli_epi16(hb, 2), m2)),
-    };
+    __m256i u[4];
+    q6k_unpack_avx2(blk, h, u);
     for (int k = 0; k < 4; k++) {
       const int8_t *s = sc + 8 * h + 2 * k;
       /* values 0-15 of this run use scale s[0], values 16-31 s[1] */
