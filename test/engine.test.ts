@@ -15,7 +15,7 @@ import { loadNativeBackend, type NativeBackend } from '../src/engine/native.js';
 import { ReferenceBackend } from '../src/engine/reference.js';
 import { layerRopeFrequencies } from '../src/model/rope.js';
 import { SteerguardError } from '../src/formats/errors.js';
-import { relErr } from './util/fixtures.js';
+import { relErr, throwsBadArgument } from './util/fixtures.js';
 
 const be: NativeBackend = loadNativeBackend({ threads: 2 });
 const ref = new ReferenceBackend();
@@ -266,13 +266,7 @@ describe('gatedAct', () => {
 });
 
 describe('argument checks', () => {
-  const bad = (fn: () => void, re: RegExp, kind: typeof TypeError | typeof RangeError = RangeError) =>
-    assert.throws(fn, (e: unknown) => {
-      assert.ok(e instanceof kind, `expected ${kind.name}, got ${String(e)}`);
-      assert.match((e as Error).message, re);
-      assert.equal((e as { code?: string }).code, 'STEERGUARD_BAD_ARGUMENT');
-      return true;
-    });
+  const bad = throwsBadArgument;
   const f = (n: number) => new Float32Array(n);
 
   it('matmul', () => {

@@ -27,7 +27,15 @@ import {
   ggmlTypeSize,
 } from '../src/formats/quant.js';
 import { QUANTIZED_MATMUL_TYPES } from '../src/model/weights.js';
-import { FIXTURES, GEMMA3_GGUF, QWEN05_GGUF, SMOLLM2_GGUF, missingModel, relErr } from './util/fixtures.js';
+import {
+  FIXTURES,
+  GEMMA3_GGUF,
+  QWEN05_GGUF,
+  SMOLLM2_GGUF,
+  missingModel,
+  relErr,
+  throwsBadArgument,
+} from './util/fixtures.js';
 
 const be = loadNativeBackend({ threads: 2 });
 const ref = new ReferenceBackend();
@@ -254,13 +262,7 @@ for (const [label, file] of [
 }
 
 describe('matmulQuant argument checks', () => {
-  const bad = (fn: () => void, re: RegExp, kind: typeof TypeError | typeof RangeError = RangeError) =>
-    assert.throws(fn, (e: unknown) => {
-      assert.ok(e instanceof kind, `expected ${kind.name}, got ${String(e)}`);
-      assert.match((e as Error).message, re);
-      assert.equal((e as { code?: string }).code, 'STEERGUARD_BAD_ARGUMENT');
-      return true;
-    });
+  const bad = throwsBadArgument;
   const f = (n: number) => new Float32Array(n);
   const q40 = GgmlType.Q4_0;
   const w = new Uint8Array(2 * 18);

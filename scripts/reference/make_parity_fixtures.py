@@ -1050,6 +1050,16 @@ def gemma_sentencepiece_from_gguf(reader):
     return sp
 
 
+def chat_ids(tok, text: str):
+    """A user message through the tokenizer's chat template with the generation prompt: (text, ids)."""
+    msgs = [{"role": "user", "content": text}]
+    rendered = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return rendered, list(ids)
+
+
 def qwen_prompts(models_dir: Path, fname: str, reader):
     """Qwen2.5 instruct: transformers' tokenizer rebuilt from the GGUF vocabulary and merges, the
     GGUF's own chat template (default system prompt). Cross-check: a byte-level BPE built with the
@@ -1081,12 +1091,7 @@ def qwen_prompts(models_dir: Path, fname: str, reader):
     split = re.compile("(" + "|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True)) + ")")
     prompts, agree = [], []
     for text in SMOL_USER_PROMPTS:
-        msgs = [{"role": "user", "content": text}]
-        rendered = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-        ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        ids = list(ids)
+        rendered, ids = chat_ids(tok, text)
         indep = []
         for piece in split.split(rendered):
             if not piece:
@@ -1125,12 +1130,7 @@ def stage_real(models_dir: Path, tok_dir: Path, only=None):
                 tok, raw, tmpl = smol_tokenizer(tok_dir, reader)
                 prompts = []
                 for text in SMOL_USER_PROMPTS:
-                    msgs = [{"role": "user", "content": text}]
-                    rendered = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-                    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-                    if isinstance(ids, dict) or hasattr(ids, "keys"):
-                        ids = ids["input_ids"]
-                    ids = list(ids)
+                    rendered, ids = chat_ids(tok, text)
                     assert ids == raw.encode(rendered, add_special_tokens=False).ids
                     # cross-check: transformers' tokenizer rebuilt from the GGUF gives the same ids
                     prompts.append({"user": text, "text": rendered, "ids": ids})

@@ -1,4 +1,5 @@
 /** Test helpers: where fixtures and real models live, and comparisons with stated tolerances. */
+import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -57,6 +58,20 @@ export function relErr(got: ArrayLike<number>, want: ArrayLike<number>): number 
     mag = Math.max(mag, Math.abs(want[i]));
   }
   return mag === 0 ? diff : diff / mag;
+}
+
+/** Asserts that `fn` throws the native engine's argument error: its kind, message and code. */
+export function throwsBadArgument(
+  fn: () => void,
+  message: RegExp,
+  kind: typeof TypeError | typeof RangeError = RangeError,
+): void {
+  assert.throws(fn, (e: unknown) => {
+    assert.ok(e instanceof kind, `expected ${kind.name}, got ${String(e)}`);
+    assert.match((e as Error).message, message);
+    assert.equal((e as { code?: string }).code, 'STEERGUARD_BAD_ARGUMENT');
+    return true;
+  });
 }
 
 export function argmaxOf(x: Float32Array): number {
