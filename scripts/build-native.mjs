@@ -212,7 +212,18 @@ function compile(cc, args) {
 
 async function build(variants) {
   const cc = process.env.STEERGUARD_CC || process.env.CC || 'cc';
-  const common = ['-std=gnu11', '-Wall', '-fopenmp', '-fPIC', '-shared', `-I${nodeInclude()}`];
+  // -ffp-contract=off: the compiler may not fuse a*b+c on its own. Where it did, the same C line
+  // rounded differently in the kernels specialised for one and for four rows, so a sequence's
+  // reply depended on its batch; FMAs are written out as intrinsics where they are wanted.
+  const common = [
+    '-std=gnu11',
+    '-Wall',
+    '-ffp-contract=off',
+    '-fopenmp',
+    '-fPIC',
+    '-shared',
+    `-I${nodeInclude()}`,
+  ];
   const blas = openblasFlags();
   const darwin = process.platform === 'darwin' ? ['-undefined', 'dynamic_lookup'] : [];
   mkdirSync(outDir, { recursive: true });

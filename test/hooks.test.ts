@@ -161,8 +161,8 @@ for (const name of ['llama', 'gemma3']) {
         );
         assert.deepEqual(
           seen,
-          Array.from({ length: N }, (_, i) => i),
-          'hook fires in prefill and every step',
+          [0, 0, 0, ...Array.from({ length: N - 1 }, (_, i) => i + 1)],
+          'hook fires in each prompt pass (one per prompt), then once per decoding step',
         );
       });
 

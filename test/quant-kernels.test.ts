@@ -192,6 +192,24 @@ describe('matmulQuant on random blocks', () => {
     checkMatmul(GgmlType.Q4_K, randomBlocks(GgmlType.Q4_K, N, K, 7), M, K, N, 7);
   });
 
+  it('int8 activations: each row gives the same bits alone as in a batch of 1 to 11 rows', () => {
+    // batched decoding must not make a reply depend on its neighbours (kernels take 4, 2, 1 rows)
+    for (const type of TYPES) {
+      const [K, N] = [3 * ggmlBlockSize(type), 9];
+      const w = randomBlocks(type, N, K, type + 1);
+      for (const M of [2, 3, 5, 11]) {
+        const x = randn(M * K, type * 10 + M);
+        const all = new Float32Array(M * N);
+        be.matmulQuant(all, x, w, type, M, K, N, undefined, 'q8');
+        for (let m = 0; m < M; m++) {
+          const one = new Float32Array(N);
+          be.matmulQuant(one, x.subarray(m * K, (m + 1) * K), w, type, 1, K, N, undefined, 'q8');
+          assert.deepEqual(one, all.subarray(m * N, (m + 1) * N), `${ggmlTypeName(type)} M=${M} row ${m}`);
+        }
+      }
+    }
+  });
+
   it('dequantizes bit for bit like quant.ts', () => {
     for (const type of TYPES) {
       const K = 2 * ggmlBlockSize(type);

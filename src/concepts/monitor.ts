@@ -191,7 +191,7 @@ export class Monitor {
     });
   }
 
-  /** Generates each prompt (one at a time) with a reading for every generated token. */
+  /** Generates the prompts (batched, see Model.generate) with a reading for every generated token. */
   async generate(
     model: Model,
     prompts: readonly Prompt[],
@@ -200,8 +200,6 @@ export class Monitor {
     this.concept.checkModel(model);
     const { onToken, hooks: extra, template: asked, ...gen } = opts;
     const template = asked ?? this.concept.template;
-    const generations: Generation[] = [];
-    const tokens: TokenReading[][] = [];
     let decode: ((ids: number[]) => string) | undefined;
     try {
       const tk = model.tokenizer;
@@ -209,32 +207,31 @@ export class Monitor {
     } catch {
       decode = undefined;
     }
-    for (let p = 0; p < prompts.length; p++) {
-      const logits: number[][] = [];
-      const readers = this.readingHooks((_seq, index, k, z) => {
-        (logits[index] ??= new Array<number>(this.layers.length).fill(NaN))[k] = z;
-      });
-      // The row that chose token i was read in the same forward call, so each reading is
-      // complete when the token arrives and can be reported live.
-      const list: TokenReading[] = [];
-      const [g] = await model.generate([templated(prompts[p], template)], {
+    // logits[prompt][token index][layer]: the row that chose token i was read in the same forward
+    // call, so each reading is complete when the token arrives and can be reported live.
+    const logits = prompts.map(() => [] as number[][]);
+    const readers = this.readingHooks((seq, index, k, z) => {
+      (logits[seq][index] ??= new Array<number>(this.layers.length).fill(NaN))[k] = z;
+    });
+    const tokens: TokenReading[][] = prompts.map(() => []);
+    const generations = await model.generate(
+      prompts.map((p) => templated(p, template)),
+      {
         ...gen,
         hooks: [...(extra ?? []), ...readers],
-        onToken: (_seq, token, index) => {
+        onToken: (p, token, index) => {
           const reading: TokenReading = {
-            ...this.fromLogits(logits[index]),
+            ...this.fromLogits(logits[p][index]),
             prompt: p,
             index,
             token,
             text: decode ? decode([token]) : '',
           };
-          list.push(reading);
+          tokens[p].push(reading);
           onToken?.(reading);
         },
-      });
-      generations.push(g);
-      tokens.push(list);
-    }
+      },
+    );
     return { generations, tokens };
   }
 }

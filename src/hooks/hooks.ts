@@ -89,13 +89,22 @@ export interface HookContext {
   readonly rows: number;
   /** Width of a row (D, or V for logits). */
   readonly width: number;
-  /** [M] which sequence of the batch each row belongs to. */
+  /**
+   * [M] which sequence each row belongs to: the index of its prompt in the `run` or `generate`
+   * call, the same in every step of a generation (sequences join and leave the batch).
+   */
   readonly seq: Int32Array;
   /** [M] absolute position of each row in its sequence. */
   readonly pos: Int32Array;
-  /** [B] number of prompt tokens of each sequence; rows with pos >= it are generated tokens. */
+  /**
+   * Number of prompt tokens of each sequence, indexed by `seq`; rows with pos >= it are generated
+   * tokens (pos - promptLength is a generated row's index in its reply).
+   */
   readonly promptLength: Int32Array;
-  /** 0 for the forward pass over the prompt, n for the n-th generation step. */
+  /**
+   * 0 for a forward pass over prompts, n >= 1 for the n-th decoding step of a `generate` call. With
+   * more prompts than `maxBatch` the sequences of one step are at different points of their replies.
+   */
   readonly step: number;
 }
 

@@ -76,7 +76,18 @@ export interface GenerateOptions extends SamplingOptions {
   readonly stop?: readonly string[];
   /** Stop at these token ids (default: the tokenizer's end-of-sequence and end-of-turn tokens). */
   readonly stopTokens?: readonly number[];
+  /** Hooks on every sequence, fired after each prompt's own (`promptHooks`). */
   readonly hooks?: readonly Hook[];
+  /**
+   * Hooks for prompt `index` alone (e.g. steering chosen per prompt by a monitor): they see only
+   * that sequence's rows, after the model's permanent hooks and before `hooks`.
+   */
+  readonly promptHooks?: (index: number) => readonly Hook[];
+  /**
+   * Sequences decoded together (default 16). With more prompts, each one that finishes makes room
+   * for the next (continuous batching); the tokens do not depend on it (greedy or seeded).
+   */
+  readonly maxBatch?: number;
   /** Called with each piece of text as it is decoded, per prompt index. */
   readonly onText?: (index: number, text: string) => void;
   /** Called with each generated token id as it is chosen (`position` counts from 0 per prompt). */
@@ -253,24 +264,25 @@ export class Model {
             list.push(r);
             perSeq.set(ctx.seq[r], list);
           }
-          for (let b = 0; b < batch.length; b++) {
-            const rows = perSeq.get(b) ?? [];
+          for (let i = offset; i < offset + batch.length; i++) {
+            const rows = perSeq.get(i) ?? [];
             const out = new Float32Array(rows.length * ctx.width);
-            rows.forEach((r, i) => out.set(act.subarray(r * ctx.width, (r + 1) * ctx.width), i * ctx.width));
-            cache.get(name)![offset + b] = out;
-            if (cachedPositions[offset + b] === undefined)
-              cachedPositions[offset + b] = Int32Array.from(rows, (r) => ctx.pos[r]);
+            rows.forEach((r, j) => out.set(act.subarray(r * ctx.width, (r + 1) * ctx.width), j * ctx.width));
+            cache.get(name)![i] = out;
+            cachedPositions[i] ??= Int32Array.from(rows, (r) => ctx.pos[r]);
           }
         },
       }));
-      const steps: SequenceStep[] = batch.map((t) => ({
+      const steps: SequenceStep[] = batch.map((t, b) => ({
+        id: offset + b,
         tokens: t,
         cache: new KvCache(this.config.nLayers, this.config.nKvHeads * this.config.headDim),
         promptLength: t.length,
       }));
       // Readers go last so they see the activation after every intervention.
       const res = forward(this.config, this.weights, this.backend, steps, {
-        hooks: [...hooks, ...readers],
+        hooks,
+        lastHooks: readers,
         logits: logitsMode,
         step: 0,
       });
@@ -288,97 +300,119 @@ export class Model {
   }
 
   /**
-   * Generates a continuation for each prompt, all in one batch (one token per sequence per step,
-   * with a KV cache). Greedy unless `temperature` > 0.
+   * Generates a continuation for each prompt, up to `maxBatch` sequences at a time (one token per
+   * sequence per step, with a KV cache; a finished sequence's place goes to the next prompt).
+   * Greedy unless `temperature` > 0. Each sequence's arithmetic is its own: the replies do not
+   * depend on the batch size or on the other prompts.
    */
   async generate(prompts: readonly Prompt[], opts: GenerateOptions = {}): Promise<Generation[]> {
     checkSampling(opts);
     const maxNew = opts.maxNewTokens ?? 128;
     if (!(Number.isInteger(maxNew) && maxNew >= 0))
       throw new OptionError(`maxNewTokens must be an integer >= 0, got ${maxNew}`);
+    const maxBatch = opts.maxBatch ?? 16;
+    if (!(Number.isInteger(maxBatch) && maxBatch >= 1))
+      throw new OptionError(`maxBatch must be an integer >= 1, got ${maxBatch}`);
     const promptTokens = prompts.map((p) => this.tokenize(p));
     promptTokens.forEach((t, i) => this.checkFits(i, t.length, maxNew));
     const stopTokens = new Set(opts.stopTokens ?? this.loaded.tokenizer?.eosTokenIds ?? []);
     const stops = opts.stop ?? [];
-    const hooks = this.hooksFor(opts.hooks);
+    const hooks = [...this.permanentHooks];
+    const callHooks = this.hooksFor(opts.hooks).slice(hooks.length);
+    const ownHooks = promptTokens.map((_, i) => {
+      const own = opts.promptHooks?.(i) ?? [];
+      for (const h of own) this.checkHookName(h.name);
+      return own;
+    });
     const V = this.config.vocabSize;
-    const n = prompts.length;
     const seqs = promptTokens.map((t, i) => ({
       index: i,
       history: [...t],
       generated: [] as number[],
       text: '',
       emitted: 0,
-      done: undefined as Generation['finishReason'] | undefined,
+      done: (maxNew === 0 ? 'length' : undefined) as Generation['finishReason'] | undefined,
       random: seededRandom((opts.seed ?? 0) + i * 7919),
       cache: new KvCache(this.config.nLayers, this.config.nKvHeads * this.config.headDim),
+      next: t as readonly number[],
     }));
-    let active = seqs.filter(() => maxNew > 0);
-    if (maxNew === 0) seqs.forEach((s) => (s.done = 'length'));
-    let pending: number[][] = promptTokens;
-    for (let step = 0; active.length > 0; step++) {
-      if (opts.signal?.aborted) {
-        active.forEach((s) => (s.done = 'aborted'));
-        break;
+    type Seq = (typeof seqs)[number];
+    const waiting = seqs.filter((s) => !s.done);
+    let active: Seq[] = [];
+    let step = 0;
+
+    /** Samples each sequence's next token from its logits row; false when it is finished. */
+    const advance = (s: Seq, logits: Float32Array): boolean => {
+      const tok = sampleToken(logits, s.history, opts, s.random);
+      if (stopTokens.has(tok)) {
+        s.done = 'stop';
+        return false;
       }
+      s.generated.push(tok);
+      s.history.push(tok);
+      opts.onToken?.(s.index, tok, s.generated.length - 1);
+      if (this.loaded.tokenizer) {
+        s.text = this.loaded.tokenizer.decode(s.generated, { skipSpecialTokens: false });
+        const hit = stops.map((st) => s.text.indexOf(st)).filter((i) => i >= 0);
+        if (hit.length > 0) {
+          s.text = s.text.slice(0, Math.min(...hit));
+          s.done = 'stop';
+        }
+        // Hold back text that may still be the start of a stop string or an incomplete character.
+        let safe = s.text.length;
+        if (!s.done) {
+          if (s.text.endsWith('\uFFFD')) safe = s.text.length - 1;
+          for (const st of stops)
+            for (let k = Math.min(st.length - 1, s.text.length); k > 0; k--)
+              if (s.text.endsWith(st.slice(0, k))) safe = Math.min(safe, s.text.length - k);
+        }
+        if (safe > s.emitted) {
+          opts.onText?.(s.index, s.text.slice(s.emitted, safe));
+          s.emitted = safe;
+        }
+      }
+      if (s.done) return false;
+      if (s.generated.length >= maxNew) {
+        s.done = 'length';
+        return false;
+      }
+      s.next = [tok];
+      return true;
+    };
+    const pass = (batch: readonly Seq[], passStep: number): Seq[] => {
       const res = forward(
         this.config,
         this.weights,
         this.backend,
-        active.map((s, j) => ({
-          tokens: pending[j],
+        batch.map((s) => ({
+          id: s.index,
+          tokens: s.next,
           cache: s.cache,
           promptLength: promptTokens[s.index].length,
+          hooks: ownHooks[s.index],
         })),
-        { hooks, logits: 'last', step },
+        { hooks, lastHooks: callHooks, logits: 'last', step: passStep },
       );
-      const next: number[][] = [];
-      const still: typeof active = [];
-      active.forEach((s, j) => {
-        const tok = sampleToken(res.logits.subarray(j * V, (j + 1) * V), s.history, opts, s.random);
-        if (stopTokens.has(tok)) {
-          s.done = 'stop';
-          return;
-        }
-        s.generated.push(tok);
-        s.history.push(tok);
-        opts.onToken?.(s.index, tok, s.generated.length - 1);
-        if (this.loaded.tokenizer) {
-          s.text = this.loaded.tokenizer.decode(s.generated, { skipSpecialTokens: false });
-          const hit = stops.map((st) => s.text.indexOf(st)).filter((i) => i >= 0);
-          if (hit.length > 0) {
-            s.text = s.text.slice(0, Math.min(...hit));
-            s.done = 'stop';
-          }
-          // Hold back text that may still be the start of a stop string or an incomplete character.
-          let safe = s.text.length;
-          if (!s.done) {
-            if (s.text.endsWith('\uFFFD')) safe = s.text.length - 1;
-            for (const st of stops)
-              for (let k = Math.min(st.length - 1, s.text.length); k > 0; k--)
-                if (s.text.endsWith(st.slice(0, k))) safe = Math.min(safe, s.text.length - k);
-          }
-          if (safe > s.emitted) {
-            opts.onText?.(s.index, s.text.slice(s.emitted, safe));
-            s.emitted = safe;
-          }
-        }
-        if (s.done) return;
-        if (s.generated.length >= maxNew) {
-          s.done = 'length';
-          return;
-        }
-        still.push(s);
-        next.push([tok]);
-      });
-      active = still;
-      pending = next;
+      return batch.filter((s, j) => advance(s, res.logits.subarray(j * V, (j + 1) * V)));
+    };
+
+    while (active.length > 0 || waiting.length > 0) {
+      if (opts.signal?.aborted) {
+        [...active, ...waiting].forEach((s) => (s.done = 'aborted'));
+        break;
+      }
+      // Each joining prompt gets a pass of its own: prompt passes are exact, and sgemm's rounding
+      // depends on the rows multiplied together, so packing prompts would make a reply depend on
+      // its neighbours. Decoding steps (int8 dot products, row by row) do not.
+      const joined = waiting.splice(0, maxBatch - active.length).flatMap((s) => pass([s], 0));
+      if (active.length > 0) active = pass(active, ++step);
+      active.push(...joined);
       // Let I/O (streams, servers, Ctrl-C) through between steps.
       await new Promise((r) => setImmediate(r));
     }
     for (const s of seqs)
       if (s.emitted < s.text.length && s.done !== 'aborted') opts.onText?.(s.index, s.text.slice(s.emitted));
-    return seqs.slice(0, n).map((s) => ({
+    return seqs.map((s) => ({
       promptTokens: promptTokens[s.index],
       tokens: s.generated,
       text: this.loaded.tokenizer ? s.text : '',

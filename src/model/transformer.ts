@@ -49,15 +49,25 @@ export class KvCache {
 
 /** One sequence's part of a forward call. */
 export interface SequenceStep {
+  /**
+   * The sequence's id, what hooks see as `ctx.seq` (the prompt's index in a `run` or `generate`
+   * call). Ids are distinct within a forward call; `ctx.promptLength` is indexed by them.
+   */
+  readonly id: number;
   /** New tokens to process (the whole prompt at first, then one token per generation step). */
   readonly tokens: readonly number[];
   readonly cache: KvCache;
   /** Number of prompt tokens of the sequence (positions at or beyond it are generated). */
   readonly promptLength: number;
+  /** This sequence's own hooks: they see only its rows, after `hooks` and before `lastHooks`. */
+  readonly hooks?: readonly Hook[];
 }
 
 export interface ForwardOptions {
+  /** Fired first at each hook point, on every row. */
   readonly hooks: readonly Hook[];
+  /** Fired last at each hook point, on every row (after the sequences' own hooks). */
+  readonly lastHooks?: readonly Hook[];
   /** Which rows get logits: the last new token of each sequence, every row, or none. */
   readonly logits: 'last' | 'all' | 'none';
   /** 0 for the prompt pass, n for the n-th generation step (passed to hooks). */
@@ -71,6 +81,16 @@ export interface ForwardResult {
   readonly logitRows: Int32Array;
   /** [B] index of the first packed row of each sequence. */
   readonly rowStart: Int32Array;
+}
+
+function byHookName(hooks: readonly Hook[]): Map<HookName, HookFn[]> {
+  const byName = new Map<HookName, HookFn[]>();
+  for (const h of hooks) {
+    const list = byName.get(h.name);
+    if (list) list.push(h.fn);
+    else byName.set(h.name, [h.fn]);
+  }
+  return byName;
 }
 
 /** Runs the model over the new tokens of each sequence, extending their KV caches. */
@@ -89,19 +109,24 @@ export function forward(
   const B = seqs.length;
   const rowStart = new Int32Array(B);
   let M = 0;
+  let maxId = -1;
   for (let b = 0; b < B; b++) {
     rowStart[b] = M;
     M += seqs[b].tokens.length;
+    const id = seqs[b].id;
+    if (!(Number.isInteger(id) && id >= 0)) throw new Error(`sequence id ${id} is not an integer >= 0`);
+    maxId = Math.max(maxId, id);
   }
   const seqOfRow = new Int32Array(M);
   const pos = new Int32Array(M);
-  const promptLength = new Int32Array(B);
+  const promptLength = new Int32Array(maxId + 1).fill(-1);
   for (let b = 0; b < B; b++) {
     const s = seqs[b];
-    promptLength[b] = s.promptLength;
+    if (promptLength[s.id] !== -1) throw new Error(`sequence id ${s.id} appears twice in one forward call`);
+    promptLength[s.id] = s.promptLength;
     s.cache.reserve(s.tokens.length);
     for (let t = 0; t < s.tokens.length; t++) {
-      seqOfRow[rowStart[b] + t] = b;
+      seqOfRow[rowStart[b] + t] = s.id;
       pos[rowStart[b] + t] = s.cache.length + t;
     }
   }
@@ -124,27 +149,42 @@ export function forward(
     else throw new Error(`the ${be.name} backend cannot multiply ${ggmlTypeName(m.type)} weights`);
   };
 
-  const byName = new Map<HookName, HookFn[]>();
-  for (const h of opts.hooks) {
-    const list = byName.get(h.name);
-    if (list) list.push(h.fn);
-    else byName.set(h.name, [h.fn]);
-  }
+  const first = byHookName(opts.hooks);
+  const last = byHookName(opts.lastHooks ?? []);
+  const own = seqs.map((s) => (s.hooks && s.hooks.length > 0 ? byHookName(s.hooks) : undefined));
   const fire = (name: HookName, act: Float32Array, rows = M, width = D, rowSeq = seqOfRow, rowPos = pos) => {
-    const fns = byName.get(name);
-    if (!fns) return;
     const layer = name.startsWith('blocks.') ? Number(name.split('.')[1]) : undefined;
-    const ctx: HookContext = {
+    const context = (r0: number, n: number): HookContext => ({
       name,
       layer,
-      rows,
+      rows: n,
       width,
-      seq: rowSeq,
-      pos: rowPos,
+      seq: r0 === 0 && n === rows ? rowSeq : rowSeq.subarray(r0, r0 + n),
+      pos: r0 === 0 && n === rows ? rowPos : rowPos.subarray(r0, r0 + n),
       promptLength,
       step: opts.step,
-    };
-    for (const fn of fns) fn(act, ctx);
+    });
+    const all = first.get(name);
+    if (all) for (const fn of all) fn(act, context(0, rows));
+    if (rows === M)
+      own.forEach((hooks, b) => {
+        const fns = hooks?.get(name);
+        if (!fns) return;
+        const r0 = rowStart[b];
+        const n = seqs[b].tokens.length;
+        const ctx = context(r0, n);
+        for (const fn of fns) fn(act.subarray(r0 * width, (r0 + n) * width), ctx);
+      });
+    else
+      // the logits of each sequence's last token: row b is sequence b's
+      own.forEach((hooks, b) => {
+        const fns = hooks?.get(name);
+        if (!fns) return;
+        const ctx = context(b, 1);
+        for (const fn of fns) fn(act.subarray(b * width, (b + 1) * width), ctx);
+      });
+    const tail = last.get(name);
+    if (tail) for (const fn of tail) fn(act, context(0, rows));
   };
 
   // x [M, D]: the residual stream.

@@ -15,8 +15,8 @@
  * steered, so the work is done in two steps:
  *   1. `model.run` over the prompts (logits off) reads the monitored hook at the last prompt token
  *      and scores it: flagged = score > threshold;
- *   2. flagged prompts are generated with the steering hooks, the others without, each group as
- *      one batch, and the replies are put back in input order.
+ *   2. every prompt is generated in one batch, each sequence with the hooks its verdict chose
+ *      (`promptHooks`), so the batch stays full whatever the verdicts.
  * Step 1 costs one extra prompt pass (no KV cache is shared with step 2; the engine has no API to
  * hand one over), which is small next to generation.
  *
@@ -49,14 +49,10 @@ export interface PromptFlag {
   readonly score: number;
 }
 
-/**
- * Steering for flagged prompts: fixed hooks, or a function of each flagged prompt. Prompts for
- * which the function returns the same array are generated together; return one shared array
- * (or a few) to keep batches large.
- */
+/** Steering for flagged (or benign) prompts: fixed hooks, or a function of each prompt's flag. */
 export type SteerSpec = readonly Hook[] | ((flag: PromptFlag) => readonly Hook[]);
 
-export interface ConditionalOptions extends Omit<GenerateOptions, 'hooks'> {
+export interface ConditionalOptions extends Omit<GenerateOptions, 'hooks' | 'promptHooks'> {
   readonly monitor: PromptMonitor;
   /** Steering for flagged prompts. */
   readonly steer: SteerSpec;
@@ -117,29 +113,17 @@ export async function conditionalGenerate(
   const { monitor, steer, steerBenign, baseHooks = [], ...gen } = opts;
   const flags = monitorPrompts(model, prompts, monitor, { hooks: baseHooks });
 
-  // Group prompts by the hooks they get; prompts left alone share the empty group.
-  const groups = new Map<readonly Hook[], number[]>();
-  const none: readonly Hook[] = [];
+  // One batch for every prompt: each gets the hooks its verdict chose, after the base hooks.
   const hooksFor = (spec: SteerSpec | undefined, f: PromptFlag): readonly Hook[] =>
-    spec === undefined ? none : typeof spec === 'function' ? spec(f) : spec;
-  for (const f of flags) {
-    const hooks =
-      f.verdict === 'flagged' ? hooksFor(steer, f) : f.verdict === 'benign' ? hooksFor(steerBenign, f) : none;
-    const list = groups.get(hooks) ?? [];
-    list.push(f.index);
-    groups.set(hooks, list);
-  }
-  const generations = new Array<Generation>(prompts.length);
-  for (const [hooks, indices] of groups) {
-    const out = await model.generate(
-      indices.map((i) => prompts[i]),
-      {
-        ...gen,
-        hooks: [...baseHooks, ...hooks],
-        onText: gen.onText ? (i, text) => gen.onText!(indices[i], text) : undefined,
-      },
-    );
-    out.forEach((g, k) => (generations[indices[k]] = g));
-  }
+    spec === undefined ? [] : typeof spec === 'function' ? spec(f) : spec;
+  const own = flags.map((f) => [
+    ...baseHooks,
+    ...(f.verdict === 'flagged'
+      ? hooksFor(steer, f)
+      : f.verdict === 'benign'
+        ? hooksFor(steerBenign, f)
+        : []),
+  ]);
+  const generations = await model.generate(prompts, { ...gen, promptHooks: (i) => own[i] });
   return { generations, flags };
 }

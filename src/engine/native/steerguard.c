@@ -12,7 +12,7 @@
  *   M rows   K input features   N output features   D model width
  *   H query heads   G key/value heads   E head dim   T query tokens   S key tokens
  *
- * Built by scripts/build-native.mjs with: cc -O3 -march=native -fopenmp -shared -fPIC ... -lopenblas
+ * Built by scripts/build-native.mjs (per CPU level, e.g. cc -O3 -march=x86-64-v3 -ffp-contract=off -fopenmp ...).
  */
 #define NAPI_VERSION 8
 #include <node_api.h>
@@ -791,35 +791,58 @@ static inline int32_t dot_block32(int type, const uint8_t *blk, const int8_t *x)
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
-/* One row of 32-blocks of a fixed type: the block's int32 products are scaled and summed in fp32
- * vectors, one horizontal sum per row. Inlined once per type so the type tests fold away. */
-static inline __attribute__((always_inline)) float dot_row32_avx2(const int type, const uint8_t *w,
-                                                                   size_t bbytes, int nb, const qrow *x) {
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc = _mm256_setzero_ps();
-  float mins = 0.0f; /* Q4_1/Q5_1: Σ m·dx·Σxq */
-  for (int b = 0; b < nb; b++, w += bbytes) {
-    __m256i xv = _mm256_loadu_si256((const __m256i *)(x->q + (size_t)b * QK));
-    __m256i p;
-    if (type == Q4_1 || type == Q5_1) {
-      __m256i u = type == Q4_1 ? nibbles16(w + 4) : _mm256_or_si256(nibbles16(w + 8), bit4_of(u32_at(w + 4)));
-      p = mul_u8_i8(u, xv);
-      mins += half_at(w + 2) * x->d[b] * (float)x->sum[b];
-    } else {
-      /* signed weights (q-8, q-16, int8): maddubs needs an unsigned operand, so |w| and x with w's sign */
-      __m256i q = type == Q4_0   ? _mm256_sub_epi8(nibbles16(w + 2), _mm256_set1_epi8(8))
-                  : type == Q5_0 ? _mm256_sub_epi8(_mm256_or_si256(nibbles16(w + 6), bit4_of(u32_at(w + 2))),
-                                                   _mm256_set1_epi8(16))
-                                 : _mm256_loadu_si256((const __m256i *)(w + 2));
-      p = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(xv, q));
-    }
-    __m256 pf = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-    acc = _mm256_fmadd_ps(_mm256_set1_ps(half_at(w) * x->d[b]), pf, acc);
-  }
-  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+/* Activation rows taken per pass over a weight row: each weight block is unpacked once for all of
+ * them, and their accumulators stay in registers. Every row's arithmetic is the same whatever its
+ * neighbours, so batched decoding gives the same numbers as decoding one sequence at a time. */
+#define DOT_ROWS 4
+
+static inline float hsum_ps(__m256 v) {
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
   s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
-  return _mm_cvtss_f32(s4) + mins;
+  return _mm_cvtss_f32(s4);
+}
+
+/* One weight row of 32-blocks of a fixed type against R (1, 2 or DOT_ROWS) int8 activation rows:
+ * out[r·stride] = Σw·x + bias. Per row, the block's int32 products are scaled and summed in fp32
+ * vectors, one horizontal sum at the end. Inlined once per type and R so the tests fold away. */
+static inline __attribute__((always_inline)) void dot_rows32_avx2(const int type, const uint8_t *w, size_t bbytes,
+                                                                 int nb, const qrow *x, const int R, float *out,
+                                                                 size_t stride, float bias) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[DOT_ROWS];
+  float mins[DOT_ROWS]; /* Q4_1/Q5_1: Σ m·dx·Σxq */
+  for (int r = 0; r < R; r++) {
+    acc[r] = _mm256_setzero_ps();
+    mins[r] = 0.0f;
+  }
+  for (int b = 0; b < nb; b++, w += bbytes) {
+    const float dw = half_at(w);
+    if (type == Q4_1 || type == Q5_1) {
+      const __m256i u = type == Q4_1 ? nibbles16(w + 4) : _mm256_or_si256(nibbles16(w + 8), bit4_of(u32_at(w + 4)));
+      const float m = half_at(w + 2);
+      for (int r = 0; r < R; r++) {
+        __m256i p = mul_u8_i8(u, _mm256_loadu_si256((const __m256i *)(x[r].q + (size_t)b * QK)));
+        mins[r] += m * x[r].d[b] * (float)x[r].sum[b];
+        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * x[r].d[b]), _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)),
+                                 acc[r]);
+      }
+    } else {
+      /* signed weights (q-8, q-16, int8): maddubs needs an unsigned operand, so |w| and x with w's sign */
+      const __m256i q = type == Q4_0   ? _mm256_sub_epi8(nibbles16(w + 2), _mm256_set1_epi8(8))
+                        : type == Q5_0 ? _mm256_sub_epi8(_mm256_or_si256(nibbles16(w + 6), bit4_of(u32_at(w + 2))),
+                                                         _mm256_set1_epi8(16))
+                                       : _mm256_loadu_si256((const __m256i *)(w + 2));
+      const __m256i uq = _mm256_sign_epi8(q, q);
+      for (int r = 0; r < R; r++) {
+        __m256i xv = _mm256_loadu_si256((const __m256i *)(x[r].q + (size_t)b * QK));
+        __m256i p = _mm256_maddubs_epi16(uq, _mm256_sign_epi8(xv, q));
+        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * x[r].d[b]), _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)),
+                                 acc[r]);
+      }
+    }
+  }
+  for (int r = 0; r < R; r++) out[(size_t)r * stride] = hsum_ps(acc[r]) + mins[r] + bias;
 }
 #endif
 
@@ -839,21 +862,6 @@ SCALAR_REFERENCE static float dot_row32_scalar(int type, const uint8_t *w, size_
     }
   }
   return acc;
-}
-
-/* Σw·x for a row of 32-blocks against activations quantised per 32 (sums per 32). */
-static float dot_row32(int type, const uint8_t *w, size_t bbytes, int nb, const qrow *x) {
-#if defined(__AVX2__) && defined(__FMA__)
-  switch (type) {
-    case Q4_0: return dot_row32_avx2(Q4_0, w, bbytes, nb, x);
-    case Q4_1: return dot_row32_avx2(Q4_1, w, bbytes, nb, x);
-    case Q5_0: return dot_row32_avx2(Q5_0, w, bbytes, nb, x);
-    case Q5_1: return dot_row32_avx2(Q5_1, w, bbytes, nb, x);
-    default: return dot_row32_avx2(Q8_0, w, bbytes, nb, x);
-  }
-#else
-  return dot_row32_scalar(type, w, bbytes, nb, x);
-#endif
 }
 
 /* Q4_K / Q5_K block: Σ_j sc_j·Σu·x over the eight 32-value sub-blocks, as an int32. */
@@ -877,40 +885,6 @@ static inline int32_t dot_q45k_block_scalar(int type, const uint8_t *blk, const 
   return total;
 }
 
-#if defined(__AVX2__)
-static inline int32_t dot_q45k_block_avx2(int type, const uint8_t *blk, const uint8_t *sc, const int8_t *x) {
-  const uint8_t *qh = blk + 16;
-  const uint8_t *qs = blk + (type == Q4_K ? 16 : 48);
-  const __m256i m4 = _mm256_set1_epi8(0x0f);
-  __m256i acc = _mm256_setzero_si256();
-  __m256i hbits = type == Q5_K ? _mm256_loadu_si256((const __m256i *)qh) : _mm256_setzero_si256();
-  for (int c = 0; c < 4; c++) {
-    __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
-    __m256i lo = _mm256_and_si256(v, m4);
-    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-    if (type == Q5_K) {
-      const __m256i one = _mm256_set1_epi8(1);
-      lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * c), one), 4));
-      hi = _mm256_or_si256(hi,
-                           _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * c + 1), one), 4));
-    }
-    __m256i plo = mul_u8_i8(lo, _mm256_loadu_si256((const __m256i *)(x + 64 * c)));
-    __m256i phi = mul_u8_i8(hi, _mm256_loadu_si256((const __m256i *)(x + 64 * c + 32)));
-    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(plo, _mm256_set1_epi16(sc[2 * c])));
-    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(phi, _mm256_set1_epi16(sc[2 * c + 1])));
-  }
-  return hsum_i32(acc);
-}
-#endif
-
-static inline int32_t dot_q45k_block(int type, const uint8_t *blk, const uint8_t *sc, const int8_t *x) {
-#if defined(__AVX2__)
-  return dot_q45k_block_avx2(type, blk, sc, x);
-#else
-  return dot_q45k_block_scalar(type, blk, sc, x);
-#endif
-}
-
 /* Q6_K block: Σ_g sc_g·Σu·x over the sixteen 16-value groups (u = q + 32), as an int32. */
 static inline int32_t dot_q6k_block_scalar(const uint8_t *blk, const int8_t *x) {
   const int8_t *sc = (const int8_t *)(blk + 192);
@@ -931,35 +905,8 @@ static inline int32_t dot_q6k_block_scalar(const uint8_t *blk, const int8_t *x) 
   return total;
 }
 
-#if defined(__AVX2__)
-static inline int32_t dot_q6k_block_avx2(const uint8_t *blk, const int8_t *x) {
-  const int8_t *sc = (const int8_t *)(blk + 192);
-  __m256i acc = _mm256_setzero_si256();
-  for (int h = 0; h < 2; h++) {
-    __m256i u[4];
-    q6k_unpack_avx2(blk, h, u);
-    for (int k = 0; k < 4; k++) {
-      const int8_t *s = sc + 8 * h + 2 * k;
-      /* values 0-15 of this run use scale s[0], values 16-31 s[1] */
-      __m256i scale = _mm256_set_m128i(_mm_set1_epi16(s[1]), _mm_set1_epi16(s[0]));
-      __m256i p = mul_u8_i8(u[k], _mm256_loadu_si256((const __m256i *)(x + 128 * h + 32 * k)));
-      acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scale));
-    }
-  }
-  return hsum_i32(acc);
-}
-#endif
-
-static inline int32_t dot_q6k_block(const uint8_t *blk, const int8_t *x) {
-#if defined(__AVX2__)
-  return dot_q6k_block_avx2(blk, x);
-#else
-  return dot_q6k_block_scalar(blk, x);
-#endif
-}
-
 /* Σw·x for a row of k-quant blocks against activations quantised per 256 (sums per 16). */
-static float dot_row_k(int type, const uint8_t *w, size_t bbytes, int nb, const qrow *x) {
+SCALAR_REFERENCE static float dot_row_k_scalar(int type, const uint8_t *w, size_t bbytes, int nb, const qrow *x) {
   float acc = 0.0f;
   for (int b = 0; b < nb; b++, w += bbytes) {
     const int8_t *xq = x->q + (size_t)b * QK_K;
@@ -968,16 +915,121 @@ static float dot_row_k(int type, const uint8_t *w, size_t bbytes, int nb, const 
       const int8_t *sc = (const int8_t *)(w + 192);
       int32_t off = 0;
       for (int g = 0; g < 16; g++) off += sc[g] * bs[g];
-      acc += half_at(w + 208) * x->d[b] * (float)(dot_q6k_block(w, xq) - 32 * off);
+      acc += half_at(w + 208) * x->d[b] * (float)(dot_q6k_block_scalar(w, xq) - 32 * off);
     } else {
       uint8_t sc[8], mn[8];
       k_scale_min(w + 4, sc, mn);
       int32_t msum = 0;
       for (int j = 0; j < 8; j++) msum += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
-      acc += x->d[b] * (half_at(w) * (float)dot_q45k_block(type, w, sc, xq) - half_at(w + 2) * (float)msum);
+      acc += x->d[b] * (half_at(w) * (float)dot_q45k_block_scalar(type, w, sc, xq) - half_at(w + 2) * (float)msum);
     }
   }
   return acc;
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+/* One weight row of k-quant blocks against R (1, 2 or DOT_ROWS) activation rows, the same arithmetic as
+ * dot_row_k_scalar: each block's 256 quants and its sub-block scales are unpacked once, then every
+ * row takes its integer dot (maddubs, then madd with the scale) and one fp32 scaling per block. */
+static inline __attribute__((always_inline)) void dot_rows_k_avx2(const int type, const uint8_t *w, size_t bbytes,
+                                                                 int nb, const qrow *x, const int R, float *out,
+                                                                 size_t stride, float bias) {
+  const __m256i m4 = _mm256_set1_epi8(0x0f);
+  float acc[DOT_ROWS];
+  for (int r = 0; r < R; r++) acc[r] = 0.0f;
+  for (int b = 0; b < nb; b++, w += bbytes) {
+    __m256i iacc[DOT_ROWS];
+    for (int r = 0; r < R; r++) iacc[r] = _mm256_setzero_si256();
+    if (type == Q6_K) {
+      const int8_t *sc = (const int8_t *)(w + 192);
+      for (int h = 0; h < 2; h++) {
+        __m256i u[4];
+        q6k_unpack_avx2(w, h, u);
+        for (int k = 0; k < 4; k++) {
+          const int8_t *s = sc + 8 * h + 2 * k; /* values 0-15 of the run use s[0], values 16-31 s[1] */
+          const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(s[1]), _mm_set1_epi16(s[0]));
+          for (int r = 0; r < R; r++) {
+            const int8_t *xq = x[r].q + (size_t)b * QK_K + 128 * h + 32 * k;
+            __m256i p = mul_u8_i8(u[k], _mm256_loadu_si256((const __m256i *)xq));
+            iacc[r] = _mm256_add_epi32(iacc[r], _mm256_madd_epi16(p, scale));
+          }
+        }
+      }
+      const float d = half_at(w + 208);
+      for (int r = 0; r < R; r++) {
+        const int32_t *bs = x[r].sum + (size_t)b * (QK_K / 16);
+        int32_t off = 0;
+        for (int g = 0; g < 16; g++) off += sc[g] * bs[g];
+        acc[r] += d * x[r].d[b] * (float)(hsum_i32(iacc[r]) - 32 * off);
+      }
+    } else {
+      uint8_t sc[8], mn[8];
+      k_scale_min(w + 4, sc, mn);
+      const uint8_t *qs = w + (type == Q4_K ? 16 : 48);
+      const __m256i hbits = type == Q5_K ? _mm256_loadu_si256((const __m256i *)(w + 16)) : _mm256_setzero_si256();
+      const __m256i one = _mm256_set1_epi8(1);
+      for (int c = 0; c < 4; c++) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+        __m256i lo = _mm256_and_si256(v, m4);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        if (type == Q5_K) {
+          lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * c), one), 4));
+          hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hbits, 2 * c + 1), one), 4));
+        }
+        const __m256i slo = _mm256_set1_epi16(sc[2 * c]), shi = _mm256_set1_epi16(sc[2 * c + 1]);
+        for (int r = 0; r < R; r++) {
+          const int8_t *xq = x[r].q + (size_t)b * QK_K + 64 * c;
+          __m256i plo = mul_u8_i8(lo, _mm256_loadu_si256((const __m256i *)xq));
+          __m256i phi = mul_u8_i8(hi, _mm256_loadu_si256((const __m256i *)(xq + 32)));
+          iacc[r] = _mm256_add_epi32(iacc[r], _mm256_add_epi32(_mm256_madd_epi16(plo, slo), _mm256_madd_epi16(phi, shi)));
+        }
+      }
+      const float d = half_at(w), dmin = half_at(w + 2);
+      for (int r = 0; r < R; r++) {
+        const int32_t *bs = x[r].sum + (size_t)b * (QK_K / 16);
+        int32_t msum = 0;
+        for (int j = 0; j < 8; j++) msum += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
+        acc[r] += x[r].d[b] * (d * (float)hsum_i32(iacc[r]) - dmin * (float)msum);
+      }
+    }
+  }
+  for (int r = 0; r < R; r++) out[(size_t)r * stride] = acc[r] + bias;
+}
+#endif
+
+#if defined(__AVX2__) && defined(__FMA__)
+/* Rows in groups of DOT_ROWS, then 2, then 1, each kernel specialised for its type and R. */
+#define DOT_ROWS_OF(kernel, T)                                                                      \
+  do {                                                                                              \
+    int m = 0;                                                                                      \
+    for (; m + DOT_ROWS <= M; m += DOT_ROWS)                                                        \
+      kernel(T, w, bbytes, nb, x + m, DOT_ROWS, out + (size_t)m * stride, stride, bias);           \
+    for (; m + 2 <= M; m += 2) kernel(T, w, bbytes, nb, x + m, 2, out + (size_t)m * stride, stride, bias); \
+    for (; m < M; m++) kernel(T, w, bbytes, nb, x + m, 1, out + (size_t)m * stride, stride, bias);  \
+  } while (0)
+#endif
+
+/* One weight row against M int8 activation rows: out[m·stride] = Σw·x + bias. */
+static void dot_rows(int type, const uint8_t *w, size_t bbytes, int nb, const qrow *x, int M, float *out,
+                     size_t stride, float bias) {
+#if defined(__AVX2__) && defined(__FMA__)
+  switch (type) {
+    case Q4_0: DOT_ROWS_OF(dot_rows32_avx2, Q4_0); break;
+    case Q4_1: DOT_ROWS_OF(dot_rows32_avx2, Q4_1); break;
+    case Q5_0: DOT_ROWS_OF(dot_rows32_avx2, Q5_0); break;
+    case Q5_1: DOT_ROWS_OF(dot_rows32_avx2, Q5_1); break;
+    case Q8_0: DOT_ROWS_OF(dot_rows32_avx2, Q8_0); break;
+    case Q4_K: DOT_ROWS_OF(dot_rows_k_avx2, Q4_K); break;
+    case Q5_K: DOT_ROWS_OF(dot_rows_k_avx2, Q5_K); break;
+    default: DOT_ROWS_OF(dot_rows_k_avx2, Q6_K);
+  }
+#else
+  for (int m = 0; m < M; m++)
+    out[(size_t)m * stride] = (type == Q4_K || type == Q5_K || type == Q6_K
+                                   ? dot_row_k_scalar(type, w, bbytes, nb, &x[m])
+                                   : dot_row32_scalar(type, w, bbytes, nb, &x[m])) +
+                              bias;
+#endif
 }
 
 /* out[M,N] = x[M,K] · w[N,K]ᵀ (+ bias), w in ggml blocks, x rounded to int8 blocks. */
@@ -1008,10 +1060,7 @@ static int matmul_quant_q8(float *out, const float *x, const uint8_t *w, int typ
 #pragma omp parallel for num_threads(g_threads) if ((size_t)N * K >= PAR_MIN_WORK) schedule(static)
   for (int n = 0; n < N; n++) {
     const uint8_t *wrow = w + (size_t)n * row_bytes;
-    float bn = bias ? bias[n] : 0.0f;
-    for (int m = 0; m < M; m++)
-      out[(size_t)m * N + n] =
-          (kq ? dot_row_k(type, wrow, t.bytes, nb, &rows[m]) : dot_row32(type, wrow, t.bytes, nb, &rows[m])) + bn;
+    dot_rows(type, wrow, t.bytes, nb, rows, M, out + n, N, bias ? bias[n] : 0.0f);
   }
   free(xq);
   free(xd);
@@ -1020,9 +1069,6 @@ static int matmul_quant_q8(float *out, const float *x, const uint8_t *w, int typ
   return 0;
 }
 
-/* Below this many activation rows, the exact path dequantises one weight row at a time and takes plain
- * dots; from here on, tiles of rows go through sgemm. */
-#define QUANT_SGEMM_MIN_M 8
 /* fp32 values per dequantised tile (16 MiB). Each sgemm call packs all of x again, so wide tiles
  * pay off: at 512x4864x896 tiles of 16 MiB took 1.09x the time of an fp32 sgemm, 4 MiB 1.17x. */
 #define QUANT_TILE_VALUES (1 << 22)
@@ -1042,37 +1088,14 @@ static float *tile_scratch(size_t values) {
   return buf;
 }
 
-/* out[M,N] = x[M,K] · dequant(w)[N,K]ᵀ (+ bias) in fp32. */
+/* out[M,N] = x[M,K] · dequant(w)[N,K]ᵀ (+ bias) in fp32, through sgemm for every M: a row's result
+ * does not depend on how many rows come with it, so a prompt's activations are the same alone or
+ * packed with others. */
 static int matmul_quant_exact(float *out, const float *x, const uint8_t *w, int type, const float *bias, int M,
                               int K, int N) {
   qtraits t;
   qtype_traits(type, &t);
   size_t row_bytes = (size_t)(K / t.block) * t.bytes;
-  if (M < QUANT_SGEMM_MIN_M) {
-    int failed = 0;
-#pragma omp parallel num_threads(g_threads) if ((size_t)N * K >= PAR_MIN_WORK)
-    {
-      float *wr = malloc((size_t)K * sizeof(float));
-      if (!wr) {
-#pragma omp atomic write
-        failed = 1;
-      }
-#pragma omp for schedule(static)
-      for (int n = 0; n < N; n++) {
-        if (!wr) continue;
-        dequant_row(type, w + (size_t)n * row_bytes, wr, K);
-        for (int m = 0; m < M; m++) {
-          const float *xr = x + (size_t)m * K;
-          float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-          for (int i = 0; i < K; i++) s += wr[i] * xr[i];
-          out[(size_t)m * N + n] = s + (bias ? bias[n] : 0.0f);
-        }
-      }
-      free(wr);
-    }
-    return failed ? -1 : 0;
-  }
   int tile = QUANT_TILE_VALUES / K;
   if (tile < 16) tile = 16;
   if (tile > N) tile = N;
