@@ -163,7 +163,7 @@ describe('conditional steering on the tiny llama', async () => {
     { tokens: [1, 90, 91, 92, 93, 94] },
   ];
   const hook = blockHook(1, 'hook_resid_post');
-  const scores = monitorPrompts(model, prompts, { hook, score: (e) => e[0], threshold: 0 }, {}).map(
+  const scores = monitorPrompts(model, prompts, { hooks: [hook], score: ([e]) => e[0], threshold: 0 }, {}).map(
     (f) => f.score,
   );
 
@@ -177,7 +177,7 @@ describe('conditional steering on the tiny llama', async () => {
       ),
     ];
     const res = await conditionalGenerate(model, prompts, {
-      monitor: { hook, score: (e) => e[0], threshold },
+      monitor: { hooks: [hook], score: ([e]) => e[0], threshold },
       steer,
       maxNewTokens: 5,
     });
@@ -216,7 +216,7 @@ describe('conditional steering on the tiny llama', async () => {
       ),
     ];
     const res = await conditionalGenerate(model, prompts, {
-      monitor: { hook, score: (e) => e[0], threshold, benignBelow },
+      monitor: { hooks: [hook], score: ([e]) => e[0], threshold, benignBelow },
       steer: toward,
       steerBenign: away,
       maxNewTokens: 5,
@@ -242,11 +242,11 @@ describe('conditional steering on the tiny llama', async () => {
       'the benign steering must matter',
     );
     assert.throws(
-      () => monitorPrompts(model, prompts, { hook, score: (e) => e[0], threshold: 0, benignBelow: 1 }),
+      () => monitorPrompts(model, prompts, { hooks: [hook], score: ([e]) => e[0], threshold: 0, benignBelow: 1 }),
       /benign bound must be a finite number at most the threshold/,
     );
     assert.throws(
-      () => monitorPrompts(model, prompts, { hook, score: () => NaN, threshold: 0 }),
+      () => monitorPrompts(model, prompts, { hooks: [hook], score: () => NaN, threshold: 0 }),
       /non-finite score/,
     );
   });
@@ -255,7 +255,7 @@ describe('conditional steering on the tiny llama', async () => {
     const seen: number[] = [];
     const shared = [addVector(hook, new Float32Array(D))];
     const res = await conditionalGenerate(model, prompts, {
-      monitor: { hook, score: () => 1, threshold: 0.5 },
+      monitor: { hooks: [hook], score: () => 1, threshold: 0.5 },
       steer: (f) => {
         seen.push(f.index);
         return shared;
@@ -265,7 +265,7 @@ describe('conditional steering on the tiny llama', async () => {
     assert.deepEqual(seen, [0, 1, 2, 3]);
     assert.ok(res.flags.every((f) => f.flagged));
     assert.throws(
-      () => monitorPrompts(model, prompts, { hook, score: () => 0, threshold: NaN }),
+      () => monitorPrompts(model, prompts, { hooks: [hook], score: () => 0, threshold: NaN }),
       /threshold/,
     );
   });

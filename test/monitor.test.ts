@@ -167,9 +167,10 @@ describe('monitor on tiny llama', () => {
 
   it('promptMonitor scores one layer as conditional steering expects', () => {
     const m = promptMonitor(concept);
-    assert.equal(m.hook, blockHook(concept.bestLayer(), 'hook_resid_post'));
+    assert.deepEqual(m.hooks, [blockHook(concept.bestLayer(), 'hook_resid_post')]);
     assert.equal(m.threshold, 0.5);
-    assert.ok(m.score(new Float32Array(64)) >= 0 && m.score(new Float32Array(64)) <= 1);
+    const p = m.score([new Float32Array(64)]);
+    assert.ok(p >= 0 && p <= 1);
   });
 
   it('a NaN activation or logit gives an error, never a verdict', () => {
@@ -181,7 +182,7 @@ describe('monitor on tiny llama', () => {
     assert.throws(() => m.read([ok, nan, ok]), /layer 1 is NaN/);
     assert.equal(m.read([ok, ok, ok]).flagged !== null, true);
     const p = promptMonitor(concept, { layer: 1 });
-    assert.throws(() => p.score(nan), /probe logit at layer 1 is NaN/);
+    assert.throws(() => p.score([nan]), /probe logit at layer 1 is NaN/);
   });
 
   it('the monitor command prints verdicts, ids for file prompts and token scores', async () => {

@@ -36,7 +36,7 @@ import {
 import { basename, dirname, join, resolve } from 'node:path';
 
 import { OptionError, SteerguardError } from '../formats/errors.js';
-import { syncDirectory } from '../formats/files.js';
+import { syncDirectory, writeFileAtomic } from '../formats/files.js';
 import {
   readSafetensorsHeader,
   readSafetensorsTensorI32,
@@ -258,19 +258,6 @@ function validateDescriptor(d: ActivationRunDescriptor, promptIds: readonly stri
   }
   if (!(d.dtype in BYTES)) bad(`unsupported dtype ${String(d.dtype)}`);
   if (promptIds.length !== d.nPrompts) bad(`${promptIds.length} prompt ids for ${d.nPrompts} prompts`);
-}
-
-/** Write `text` to `path` so that readers see either the old or the new content, never a part. */
-function writeFileAtomic(path: string, text: string): void {
-  const tmp = `${path}.tmp-${process.pid}`;
-  const fd = openSync(tmp, 'w');
-  try {
-    writeSync(fd, text);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, path);
 }
 
 export class ActivationRun {

@@ -34,8 +34,8 @@ import {
   lockAuditDir,
   saveState,
   settingsDifferences,
-  writeFileAtomic,
 } from './state.js';
+import { writeFileAtomic } from '../formats/files.js';
 import { type AuditContext, CONCEPT_FILE, STEPS, VECTOR_FILE, stepKeys } from './steps.js';
 import { type AuditSettings, STEP_NAMES, STEP_NEEDS, STEP_TITLES, type StepName } from './types.js';
 

@@ -31,6 +31,7 @@ import path from 'node:path';
 
 import { acquireLock, releaseLock } from '../activations/lock.js';
 import { FormatError, SteerguardError } from '../formats/errors.js';
+import { writeFileAtomic } from '../formats/files.js';
 import type { AuditResults, AuditSettings, RunRecord, StepName } from './types.js';
 
 export const STATE_FORMAT = 'steerguard.audit-state';
@@ -74,22 +75,6 @@ export interface AuditState {
 /** Short stable hash of a JSON-able value (object keys in insertion order, as built by the caller). */
 export function inputKey(value: unknown): string {
   return createHash('sha256').update(JSON.stringify(value), 'utf8').digest('hex').slice(0, 16);
-}
-
-/** `text` at `file`, all or nothing: readers see the old file or the new one. */
-export function writeFileAtomic(file: string, text: string): void {
-  const tmp = `${file}.tmp-${process.pid}`;
-  const fd = openSync(tmp, 'w', 0o644);
-  try {
-    writeSync(fd, text);
-    fsyncSync(fd);
-  } catch (e) {
-    closeSync(fd);
-    rmSync(tmp, { force: true });
-    throw e;
-  }
-  closeSync(fd);
-  renameSync(tmp, file);
 }
 
 export function statePath(outDir: string): string {

@@ -20,6 +20,7 @@ import { type Hook, type HookName, blockHook } from '../hooks/hooks.js';
 import type { GenerateOptions, Generation, Model, Prompt } from '../model/model.js';
 import { type TemplateMode, extractLastToken, templated } from './activations.js';
 import { type Concept, type ConceptExample, type ConceptThreshold, DEFAULT_P1 } from './concept.js';
+import type { PromptMonitor } from '../steering/conditional.js';
 import { logit, sigmoid } from './probe.js';
 
 export interface MonitorOptions {
@@ -331,7 +332,7 @@ export async function calibrate(
 export function promptMonitor(
   concept: Concept,
   opts: { layer?: number; threshold?: number } = {},
-): { readonly hook: HookName; score(e: Float32Array): number; readonly threshold: number } {
+): PromptMonitor {
   const layer =
     opts.layer ??
     (concept.threshold?.layers.length === 1 ? concept.threshold.layers[0] : concept.bestLayer());
@@ -342,8 +343,8 @@ export function promptMonitor(
   if (!(threshold >= 0 && threshold <= 1))
     throw new SteerguardError(`threshold is a probability here; got ${threshold}`);
   return {
-    hook: blockHook(layer, 'hook_resid_post'),
-    score: (e) => {
+    hooks: [blockHook(layer, 'hook_resid_post')],
+    score: ([e]) => {
       const z = concept.logit(layer, e);
       if (!Number.isFinite(z)) throw nonFiniteScore(concept.name, layer, z);
       return sigmoid(z);

@@ -47,8 +47,17 @@ export interface SteeringSpec {
   readonly coeff: number;
   /** Concept file for conditional steering and the SCAV attack. */
   readonly concept?: string;
-  /** Monitor threshold of conditional steering, a probability (default: the concept's). */
+  /** Reading file (concept generalize --save-reading): the monitor of conditional steering. */
+  readonly reading?: string;
+  /**
+   * Monitor threshold of conditional steering: a probability for a concept (default: its own),
+   * a standardised score for a reading (default: its own).
+   */
   readonly threshold?: number;
+  /** Two-sided gating: below this score a prompt is clearly benign and gets `benignSteer`. */
+  readonly benignBelow?: number;
+  /** Steering of clearly benign prompts: 'ablate' removes the `vector` direction. */
+  readonly benignSteer?: 'none' | 'ablate';
   /** Layer the monitor reads (default: the concept's). */
   readonly monitorLayer?: number;
   readonly attack: 'none' | 'scav';
@@ -124,31 +133,57 @@ async function conditionalSteering(
   prefix: string,
   fitted: readonly string[],
 ): Promise<Steering> {
-  if (o.concept === undefined) throw new OptionError('--steer conditional needs --concept FILE');
   const { conditionalGenerate } = await import('../steering/conditional.js');
-  const concept = await loadConcept(o.concept, model);
-  const monitor = await monitorFor(concept, { layer: o.monitorLayer, threshold: o.threshold });
+  const ids = [...fitted];
+  let monitor: PromptMonitor;
+  let concept: Concept | undefined;
+  let monitorLabel: string;
+  if (o.reading !== undefined) {
+    const { loadReading, readingMonitor } = await import('../concepts/reading-file.js');
+    const r = loadReading(o.reading, model);
+    monitor = readingMonitor(r.reading, { threshold: o.threshold, benignBelow: o.benignBelow });
+    ids.push(...r.fittedIds);
+    monitorLabel = path.basename(o.reading);
+  } else if (o.concept !== undefined) {
+    concept = await loadConcept(o.concept, model);
+    const m = await monitorFor(concept, { layer: o.monitorLayer, threshold: o.threshold });
+    monitor = { ...m, benignBelow: o.benignBelow };
+    ids.push(...concept.fittedIds);
+    monitorLabel = path.basename(o.concept);
+  } else throw new OptionError('--steer conditional needs --concept FILE or --reading FILE');
   let steer: Hook[];
   let what: string;
-  const ids = [...fitted, ...concept.fittedIds];
   if (o.vector !== undefined) {
     const v = await vectorHooks(model, { steer: 'add', vector: o.vector, layer: o.layer, coeff: o.coeff });
     steer = v.hooks;
     what = v.label;
     ids.push(...v.fittedIds);
-  } else {
+  } else if (concept !== undefined) {
     steer = await scavFor(concept, { target: 'malicious', p0: o.p0, p1: o.p1 });
     what = 'scav defence';
+  } else throw new OptionError('--steer conditional with --reading needs --vector FILE');
+  let steerBenign: Hook[] | undefined;
+  if ((o.benignSteer ?? 'none') !== 'none') {
+    if (o.benignBelow === undefined) throw new OptionError('--benign-steer needs --benign-below');
+    steerBenign = (await vectorHooks(model, { steer: 'ablate', vector: o.vector, layer: o.layer, coeff: 1 }))
+      .hooks;
+    what += `; benign below ${o.benignBelow}: ablate`;
   }
   const responder: Responder = async (prompts, gen) => {
-    const r = await conditionalGenerate(model, prompts, { ...gen, monitor, steer, baseHooks: base });
+    const r = await conditionalGenerate(model, prompts, {
+      ...gen,
+      monitor,
+      steer,
+      steerBenign,
+      baseHooks: base,
+    });
     return {
       generations: r.generations,
       flags: r.flags.map((f) => f.flagged),
       scores: r.flags.map((f) => f.score),
     };
   };
-  return { label: `${prefix}conditional ${what}`, responder, fittedIds: ids };
+  return { label: `${prefix}conditional (${monitorLabel}) ${what}`, responder, fittedIds: ids };
 }
 
 async function loadConcept(file: string, model: Model): Promise<Concept> {

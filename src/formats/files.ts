@@ -5,7 +5,17 @@
  * command hangs with no message), and a device can be endless, so every model, tokenizer,
  * concept or prompt file is checked before it is opened.
  */
-import { type Stats, closeSync, fsyncSync, openSync, readFileSync, statSync } from 'node:fs';
+import {
+  type Stats,
+  closeSync,
+  fsyncSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeSync,
+} from 'node:fs';
 
 import { FormatError } from './errors.js';
 
@@ -69,4 +79,20 @@ export function syncDirectory(dir: string): void {
   } catch {
     // Durability of the rename is not guaranteed here; the data is still correct.
   }
+}
+
+/** `text` at `file`, all or nothing: readers see the old file or the new one, never a part. */
+export function writeFileAtomic(file: string, text: string): void {
+  const tmp = `${file}.tmp-${process.pid}`;
+  const fd = openSync(tmp, 'w', 0o644);
+  try {
+    writeSync(fd, text);
+    fsyncSync(fd);
+  } catch (e) {
+    closeSync(fd);
+    rmSync(tmp, { force: true });
+    throw e;
+  }
+  closeSync(fd);
+  renameSync(tmp, file);
 }

@@ -26,12 +26,12 @@ import { OptionError } from '../formats/errors.js';
 import type { Hook, HookName } from '../hooks/hooks.js';
 import type { GenerateOptions, Generation, Model, Prompt } from '../model/model.js';
 
-/** Anything that scores a request from one activation row [D] read at the last prompt token. */
+/** Anything that scores a request from activation rows [D] read at the last prompt token. */
 export interface PromptMonitor {
-  /** Hook point read, e.g. `blocks.12.hook_resid_post`. */
-  readonly hook: HookName;
-  /** A score, e.g. the probe's P(malicious). */
-  score(e: Float32Array): number;
+  /** Hook points read, e.g. `blocks.12.hook_resid_post` (one or several layers). */
+  readonly hooks: readonly HookName[];
+  /** A score from the rows read at `hooks`, in that order (e.g. the probe's P(malicious)). */
+  score(rows: readonly Float32Array[]): number;
   /** Flag when score > threshold. */
   readonly threshold: number;
   /** Clearly benign when score < benignBelow (at most `threshold`; default `threshold`). */
@@ -86,13 +86,14 @@ export function monitorPrompts(
     );
   const res = model.run(prompts, {
     hooks: opts.hooks,
-    cache: { names: [monitor.hook], positions: 'last' },
+    cache: { names: monitor.hooks, positions: 'last' },
     logits: 'none',
     maxBatchTokens: opts.maxBatchTokens,
   });
-  const rows = res.cache.get(monitor.hook)!;
-  return rows.map((e, index) => {
-    const score = monitor.score(e);
+  if (monitor.hooks.length === 0) throw new OptionError('the monitor reads no hook');
+  const read = monitor.hooks.map((h) => res.cache.get(h)!);
+  return prompts.map((_, index) => {
+    const score = monitor.score(read.map((rows) => rows[index]));
     if (!Number.isFinite(score))
       throw new OptionError(`the monitor gave prompt ${index} a non-finite score (${score}): no verdict`);
     const verdict: PromptVerdict =

@@ -80,6 +80,12 @@ const GENERALIZE_SPEC = {
       description: 'activation cache (default: $STEERGUARD_CACHE/activations, else .cache/activations)',
     },
     out: { type: 'string', placeholder: 'report.json', description: 'also write the full report as JSON' },
+    saveReading: {
+      type: 'string',
+      placeholder: 'reading.json',
+      description:
+        'write the chosen reading (fitted on every development source) as a monitor for eval refusal --reading',
+    },
     overwrite: { type: 'boolean', description: 'replace an existing --out file' },
     threads: THREADS_OPTION,
   },
@@ -93,6 +99,7 @@ const GENERALIZE_SPEC = {
 export const generalizeCommand = command(GENERALIZE_SPEC, async (args, out) => {
   const o = args.options;
   checkOutPath(o.out, o.overwrite);
+  checkOutPath(o.saveReading, o.overwrite);
   const { READING_METHODS } = await import('../../concepts/sources.js');
   const methods = o.methods?.map((m) => {
     const known = READING_METHODS.find((k) => k === m);
@@ -135,6 +142,16 @@ export const generalizeCommand = command(GENERALIZE_SPEC, async (args, out) => {
   for (const w of report.validation.warnings) out.warn(w);
   const json = summary(report);
   if (o.out !== undefined) writeFileSync(o.out, JSON.stringify(json, null, 1) + '\n');
+  if (o.saveReading !== undefined) {
+    const { saveReading } = await import('../../concepts/reading-file.js');
+    saveReading(o.saveReading, {
+      reading: report.chosen.reading,
+      model: { name: model.identity.name, fingerprint: model.identity.fingerprint },
+      template: useChat(model, o) ? 'chat' : 'raw',
+      fittedIds: [...dev.harmful, ...dev.benign].flatMap((set) => set.prompts.map((p) => p.id)),
+    });
+    out.info(`wrote the chosen reading to ${o.saveReading}`);
+  }
   out.result(json, () => formatReport(report, o.fpr));
 });
 

@@ -207,12 +207,27 @@ export const evalCommand = command(
         placeholder: 'file',
         description: 'concept file for --steer conditional and --attack scav',
       },
+      reading: {
+        type: 'string',
+        placeholder: 'reading.json',
+        description:
+          'monitor of --steer conditional: a reading chosen by held-out-source validation (concept generalize --save-reading), instead of --concept',
+      },
       threshold: {
         type: 'number',
-        min: 0,
-        max: 1,
         description:
-          "conditional steering: steer prompts whose monitor probability P(concept) is above this (default: the concept's calibrated threshold, else 0.5)",
+          "conditional steering: steer prompts whose monitor score is above this: P(concept) for --concept (default: its calibrated threshold, else 0.5), the standardised score for --reading (default: the reading's)",
+      },
+      benignBelow: {
+        type: 'number',
+        description:
+          'two-sided gating: prompts scoring below this are clearly benign and get --benign-steer (at most the threshold)',
+      },
+      benignSteer: {
+        type: 'enum',
+        values: ['none', 'ablate'],
+        default: 'none',
+        description: 'steering of clearly benign prompts: ablate removes the --vector direction everywhere',
       },
       monitorLayer: {
         type: 'number',
@@ -251,6 +266,7 @@ export const evalCommand = command(
       'steerguard eval refusal -m smollm2.gguf --sets xstest-safe --steer add --vector refusal.gguf --coeff 1',
       'steerguard eval refusal -m smollm2.gguf --sets advbench --judge llamaguard --judge-url http://127.0.0.1:8080',
       'steerguard eval refusal -m smollm2.gguf --sets advbench,xstest-safe --steer conditional --concept harmful.concept.safetensors',
+      'steerguard eval refusal -m qwen.gguf --sets harmbench,xstest-safe --steer conditional --reading reading.json --vector refusal.gguf --coeff 1 --benign-below 0 --benign-steer ablate',
     ],
   },
   async (args, out) => {
@@ -263,13 +279,25 @@ export const evalCommand = command(
       throw new OptionError('--vector and --layer need --steer add, ablate or conditional');
     if ((o.steer === 'add' || o.steer === 'ablate') && o.vector === undefined)
       throw new OptionError(`--steer ${o.steer} needs --vector FILE`);
-    if ((o.steer === 'conditional' || o.attack === 'scav') && o.concept === undefined)
-      throw new OptionError(
-        `${o.attack === 'scav' ? '--attack scav' : '--steer conditional'} needs --concept FILE`,
-      );
+    if (o.attack === 'scav' && o.concept === undefined)
+      throw new OptionError('--attack scav needs --concept FILE');
+    if (o.steer === 'conditional' && o.concept === undefined && o.reading === undefined)
+      throw new OptionError('--steer conditional needs --concept FILE or --reading FILE');
+    if (
+      o.steer !== 'conditional' &&
+      (o.reading !== undefined || o.benignBelow !== undefined || o.benignSteer !== 'none')
+    )
+      throw new OptionError('--reading, --benign-below and --benign-steer need --steer conditional');
+    if ((o.benignBelow === undefined) !== (o.benignSteer === 'none'))
+      throw new OptionError('two-sided gating needs both --benign-below and --benign-steer');
+    if (o.benignSteer === 'ablate' && o.vector === undefined)
+      throw new OptionError('--benign-steer ablate needs --vector FILE (the refusal direction)');
+    if (o.concept === undefined && o.reading === undefined && o.threshold !== undefined)
+      throw new OptionError('--threshold needs --steer conditional');
     checkOutPath(o.out, o.overwrite);
     checkInputFile('--vector', o.vector);
     checkInputFile('--concept', o.concept);
+    checkInputFile('--reading', o.reading);
     const sets = loadSets(o.sets, o);
     const judges = await buildJudges(o, reporter);
     const model = await loadModel(o.model, out, { threads: o.threads });
