@@ -1,5 +1,5 @@
 /**
- * `steerguard concept train|eval|calibrate|show|generalize`: safety concepts (SCAV probes) from the command
+ * `steerguard concept train|eval|calibrate|show|generalize|token-monitor`: safety concepts (SCAV probes) from the command
  * line, and the hidden `steerguard bench-probes` timing command.
  *
  * Prompt sets are short names (`advbench`, `alpaca:train`, see data/datasets.ts) or files; their
@@ -13,6 +13,7 @@ import { OptionError } from '../../formats/errors.js';
 import type { Concept, ConceptEvaluation, TrainReport } from '../../concepts/concept.js';
 import { type LoadedExamples, checkTokenIds, loadExamples } from '../../eval/prompt-sets.js';
 import { generalizeCommand } from './concept-generalize.js';
+import { tokenMonitorCommand } from './concept-token-monitor.js';
 import { type CommandSpec, type OptionSpec, formatHelp } from '../args.js';
 import { type CliOutput, formatNumber, formatTable } from '../output.js';
 import { cliReporter } from '../reporter.js';
@@ -636,6 +637,7 @@ const ACTIONS: Readonly<Record<string, CliCommand>> = {
   calibrate: calibrateCommand,
   show: showCommand,
   generalize: generalizeCommand,
+  'token-monitor': tokenMonitorCommand,
 };
 
 /** Options of all actions, for `steerguard concept --help` (each action checks its own). */
@@ -652,10 +654,10 @@ const CONCEPT_SPEC: CommandSpec = {
   description: para(
     "Actions: 'train' fits a concept from a positive and a negative prompt set; 'eval' measures a saved concept " +
       "on labelled sets (refusing prompts it was fitted on); 'calibrate' stores a monitor threshold for a target " +
-      "false-positive rate; 'show' prints a concept file; 'generalize' measures readings on held-out sources. Run 'steerguard concept <action> --help' for the " +
+      "false-positive rate; 'show' prints a concept file; 'generalize' measures readings on held-out sources; 'token-monitor' reads one along generated replies. Run 'steerguard concept <action> --help' for the " +
       'options of one action; all of them are listed below.',
   ),
-  positionals: [{ name: 'action', description: 'train, eval, calibrate, show or generalize' }],
+  positionals: [{ name: 'action', description: 'train, eval, calibrate, show, generalize or token-monitor' }],
   options: mergedOptions(),
   examples: [
     ...TRAIN_SPEC.examples.slice(0, 1),
