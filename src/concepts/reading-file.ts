@@ -17,7 +17,7 @@ import { type HookName, blockHook } from '../hooks/hooks.js';
 import type { Model } from '../model/model.js';
 import type { PromptMonitor } from '../steering/conditional.js';
 import type { TemplateMode } from './activations.js';
-import { READING_METHODS, type ReadingMethod, type SourceReading } from './sources.js';
+import { READING_METHODS, type SourceReading } from './sources.js';
 
 export const READING_FORMAT = 'steerguard.reading';
 export const READING_FORMAT_VERSION = '1';
