@@ -163,9 +163,12 @@ describe('conditional steering on the tiny llama', async () => {
     { tokens: [1, 90, 91, 92, 93, 94] },
   ];
   const hook = blockHook(1, 'hook_resid_post');
-  const scores = monitorPrompts(model, prompts, { hooks: [hook], score: ([e]) => e[0], threshold: 0 }, {}).map(
-    (f) => f.score,
-  );
+  const scores = monitorPrompts(
+    model,
+    prompts,
+    { hooks: [hook], score: ([e]) => e[0], threshold: 0 },
+    {},
+  ).map((f) => f.score);
 
   test('flagged prompts are steered, the others generate exactly as without steering', async () => {
     const sorted = [...scores].sort((a, b) => a - b);
@@ -242,7 +245,8 @@ describe('conditional steering on the tiny llama', async () => {
       'the benign steering must matter',
     );
     assert.throws(
-      () => monitorPrompts(model, prompts, { hooks: [hook], score: ([e]) => e[0], threshold: 0, benignBelow: 1 }),
+      () =>
+        monitorPrompts(model, prompts, { hooks: [hook], score: ([e]) => e[0], threshold: 0, benignBelow: 1 }),
       /benign bound must be a finite number at most the threshold/,
     );
     assert.throws(
@@ -435,7 +439,7 @@ describe('steerguard eval refusal with a concept on the tiny llama', async () =>
     ]);
     assert.equal(r.code, 0, r.stderr);
     const doc = JSON.parse(r.stdout) as { run: string; summary: { judge: string; n: number }[] };
-    assert.match(doc.run, /^conditional scav defence$/);
+    assert.match(doc.run, /^conditional \(tiny\.concept\) scav defence$/);
     assert.equal(doc.summary.find((s) => s.judge === 'monitor')?.n, 3);
     const rows = readFileSync(out, 'utf8')
       .trim()

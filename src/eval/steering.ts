@@ -12,7 +12,7 @@ import path from 'node:path';
 import type { Concept } from '../concepts/concept.js';
 import { OptionError, SteerguardError } from '../formats/errors.js';
 import type { Hook } from '../hooks/hooks.js';
-import type { Model } from '../model/model.js';
+import type { Model, Prompt } from '../model/model.js';
 import type { PromptMonitor } from '../steering/conditional.js';
 import { type Responder, hookResponder } from './refusal.js';
 
@@ -20,6 +20,14 @@ import { type Responder, hookResponder } from './refusal.js';
 export interface Steering {
   readonly label: string;
   readonly responder: Responder;
+  readonly fittedIds: readonly string[];
+}
+
+/** The hooks each prompt of a steering spec is generated with, as `buildSteering` applies them. */
+export interface SteeringHooks {
+  readonly label: string;
+  /** Per prompt (a gate chooses per prompt; static steering gives every prompt the same). */
+  readonly hooksFor: (prompts: readonly Prompt[]) => Promise<Hook[][]>;
   readonly fittedIds: readonly string[];
 }
 
@@ -108,7 +116,48 @@ export async function buildSteering(model: Model, o: SteeringSpec): Promise<Stee
       fittedIds: [...fitted, ...v.fittedIds],
     };
   }
-  return conditionalSteering(model, o, base, prefix, fitted);
+  const c = await conditionalParts(model, o, base);
+  const { conditionalGenerate } = await import('../steering/conditional.js');
+  const responder: Responder = async (prompts, gen) => {
+    const r = await conditionalGenerate(model, prompts, { ...gen, ...c.options, baseHooks: base });
+    return {
+      generations: r.generations,
+      flags: r.flags.map((f) => f.flagged),
+      scores: r.flags.map((f) => f.score),
+    };
+  };
+  return { label: `${prefix}${c.label}`, responder, fittedIds: [...fitted, ...c.fittedIds] };
+}
+
+/** The per-prompt hooks of a steering spec (e.g. to score a steering's effect on fixed replies). */
+export async function buildSteeringHooks(model: Model, o: SteeringSpec): Promise<SteeringHooks> {
+  const attack = o.attack === 'scav' ? await scavAttackHooks(model, o) : undefined;
+  const base = attack?.hooks ?? [];
+  const prefix = attack ? `${attack.label} + ` : '';
+  const fitted = attack?.fittedIds ?? [];
+  const same = (hooks: readonly Hook[]) => async (prompts: readonly Prompt[]) =>
+    prompts.map(() => [...hooks]);
+  if (o.steer === 'none')
+    return { label: attack ? attack.label : 'baseline', hooksFor: same(base), fittedIds: fitted };
+  if (o.steer === 'add' || o.steer === 'ablate') {
+    const v = await vectorHooks(model, o);
+    return {
+      label: `${prefix}${v.label}`,
+      hooksFor: same([...base, ...v.hooks]),
+      fittedIds: [...fitted, ...v.fittedIds],
+    };
+  }
+  const c = await conditionalParts(model, o, base);
+  const { monitorPrompts, verdictHooks } = await import('../steering/conditional.js');
+  return {
+    label: `${prefix}${c.label}`,
+    hooksFor: async (prompts) =>
+      verdictHooks(monitorPrompts(model, prompts, c.options.monitor, { hooks: base }), {
+        ...c.options,
+        baseHooks: base,
+      }),
+    fittedIds: [...fitted, ...c.fittedIds],
+  };
 }
 
 /** SCAV attack hooks from a concept file. */
@@ -126,15 +175,17 @@ export async function scavAttackHooks(
   return { hooks, label: `scav p0=${o.p0}`, fittedIds: concept.fittedIds };
 }
 
-async function conditionalSteering(
+/** The monitor and the steering on each side of a conditional spec. */
+async function conditionalParts(
   model: Model,
   o: SteeringSpec,
   base: readonly Hook[],
-  prefix: string,
-  fitted: readonly string[],
-): Promise<Steering> {
-  const { conditionalGenerate } = await import('../steering/conditional.js');
-  const ids = [...fitted];
+): Promise<{
+  options: { monitor: PromptMonitor; steer: Hook[]; steerBenign: Hook[] | undefined };
+  label: string;
+  fittedIds: string[];
+}> {
+  const ids: string[] = [];
   let monitor: PromptMonitor;
   let concept: Concept | undefined;
   let monitorLabel: string;
@@ -169,21 +220,13 @@ async function conditionalSteering(
       .hooks;
     what += `; benign below ${o.benignBelow}: ablate`;
   }
-  const responder: Responder = async (prompts, gen) => {
-    const r = await conditionalGenerate(model, prompts, {
-      ...gen,
-      monitor,
-      steer,
-      steerBenign,
-      baseHooks: base,
-    });
-    return {
-      generations: r.generations,
-      flags: r.flags.map((f) => f.flagged),
-      scores: r.flags.map((f) => f.score),
-    };
+  // the base hooks (an attack) run in the verdict pass too, as in generation
+  void base;
+  return {
+    options: { monitor, steer, steerBenign },
+    label: `conditional (${monitorLabel}) ${what}`,
+    fittedIds: ids,
   };
-  return { label: `${prefix}conditional (${monitorLabel}) ${what}`, responder, fittedIds: ids };
 }
 
 async function loadConcept(file: string, model: Model): Promise<Concept> {

@@ -102,9 +102,23 @@ export function monitorPrompts(
   });
 }
 
+/** The gate's choice for each prompt: the base hooks, then the steering its verdict calls for. */
+export function verdictHooks(
+  flags: readonly PromptFlag[],
+  opts: Pick<ConditionalOptions, 'steer' | 'steerBenign' | 'baseHooks'>,
+): Hook[][] {
+  const { steer, steerBenign, baseHooks = [] } = opts;
+  const hooksOf = (spec: SteerSpec | undefined, f: PromptFlag): readonly Hook[] =>
+    spec === undefined ? [] : typeof spec === 'function' ? spec(f) : spec;
+  return flags.map((f) => [
+    ...baseHooks,
+    ...(f.verdict === 'flagged' ? hooksOf(steer, f) : f.verdict === 'benign' ? hooksOf(steerBenign, f) : []),
+  ]);
+}
+
 /**
- * Generates every prompt, steering only those the monitor flags. Greedy results do not depend on
- * the grouping; sampled ones do (seeds follow the position within a group).
+ * Generates every prompt in one batch, each with the hooks its verdict chose (`verdictHooks`).
+ * The replies do not depend on the verdicts of the other prompts.
  */
 export async function conditionalGenerate(
   model: Model,
@@ -113,18 +127,7 @@ export async function conditionalGenerate(
 ): Promise<ConditionalResult> {
   const { monitor, steer, steerBenign, baseHooks = [], ...gen } = opts;
   const flags = monitorPrompts(model, prompts, monitor, { hooks: baseHooks });
-
-  // One batch for every prompt: each gets the hooks its verdict chose, after the base hooks.
-  const hooksFor = (spec: SteerSpec | undefined, f: PromptFlag): readonly Hook[] =>
-    spec === undefined ? [] : typeof spec === 'function' ? spec(f) : spec;
-  const own = flags.map((f) => [
-    ...baseHooks,
-    ...(f.verdict === 'flagged'
-      ? hooksFor(steer, f)
-      : f.verdict === 'benign'
-        ? hooksFor(steerBenign, f)
-        : []),
-  ]);
+  const own = verdictHooks(flags, { steer, steerBenign, baseHooks });
   const generations = await model.generate(prompts, { ...gen, promptHooks: (i) => own[i] });
   return { generations, flags };
 }

@@ -11,7 +11,7 @@ import { OptionError, SteerguardError } from '../../formats/errors.js';
 import { checkLeakage } from '../../data/splits.js';
 import { buildJudges, runEvaluation } from '../../eval/evaluation.js';
 import { type LoadedSet, loadSets, toEvalPrompts } from '../../eval/prompt-sets.js';
-import { buildSteering } from '../../eval/steering.js';
+import { buildSteering, buildSteeringHooks } from '../../eval/steering.js';
 import type { RateSummary, RefusalEvalResult, RefusalRow } from '../../eval/refusal.js';
 import type { OptionSpec } from '../args.js';
 import { type CliOutput, formatTable } from '../output.js';
@@ -170,9 +170,12 @@ export const evalCommand = command(
         'control vector (llama.cpp semantics: direction.L at the output of block L); --steer ablate removes ' +
         'a refusal direction everywhere; --steer conditional steers only the prompts the --concept monitor ' +
         'flags (with --vector if given, else the SCAV defence); --attack scav applies the SCAV attack. ' +
-        'Prompts and replies are never printed; --out holds them (or only hashes with --redact).',
+        'Prompts and replies are never printed; --out holds them (or only hashes with --redact). ' +
+        "eval likelihood: the steering's cost on harmless prompts: each prompt is answered greedily without " +
+        'steering, and the mean per-token log-likelihood of that reply is compared with and without the ' +
+        "steering (a gate's verdict chosen per prompt), per set with a 95% interval over prompts.",
     ),
-    positionals: [{ name: 'what', description: "what to evaluate: 'refusal'" }],
+    positionals: [{ name: 'what', description: "what to evaluate: 'refusal' or 'likelihood'" }],
     options: {
       model: MODEL_OPTION,
       sets: {
@@ -273,8 +276,8 @@ export const evalCommand = command(
     const o = args.options;
     const reporter = cliReporter(out);
     const what = args.positionals[0];
-    if (what !== 'refusal')
-      throw new OptionError(`unknown evaluation '${what.slice(0, 40)}'; known: refusal`);
+    if (what !== 'refusal' && what !== 'likelihood')
+      throw new OptionError(`unknown evaluation '${what.slice(0, 40)}'; known: refusal, likelihood`);
     if (o.steer === 'none' && (o.vector !== undefined || o.layer !== undefined))
       throw new OptionError('--vector and --layer need --steer add, ablate or conditional');
     if ((o.steer === 'add' || o.steer === 'ablate') && o.vector === undefined)
@@ -299,6 +302,10 @@ export const evalCommand = command(
     checkInputFile('--concept', o.concept);
     checkInputFile('--reading', o.reading);
     const sets = loadSets(o.sets, o);
+    if (what === 'likelihood') {
+      await likelihoodEval(o, sets, out);
+      return;
+    }
     const judges = await buildJudges(o, reporter);
     const model = await loadModel(o.model, out, { threads: o.threads });
     const prompts = toEvalPrompts(model, sets, { ...o, chat: o.tokenIds ? false : useChat(model, o) });
@@ -321,6 +328,59 @@ export const evalCommand = command(
     reportEvaluation(out, result, steering.label, sets, o.out);
   },
 );
+
+/** `eval likelihood`: see the command description and src/eval/likelihood.ts. */
+async function likelihoodEval(
+  o: Parameters<typeof buildSteeringHooks>[1] &
+    Parameters<typeof toEvalPrompts>[2] & {
+      model: string;
+      threads?: number;
+      maxTokens: number;
+      out?: string;
+      allowOverlap?: boolean;
+      noChat: boolean;
+    },
+  sets: readonly LoadedSet[],
+  out: CliOutput,
+): Promise<void> {
+  const model = await loadModel(o.model, out, { threads: o.threads });
+  const prompts = toEvalPrompts(model, sets, { ...o, chat: o.tokenIds ? false : useChat(model, o) });
+  const steering = await buildSteeringHooks(model, o);
+  const overlap = checkLeakage(steering.fittedIds, prompts, {
+    allow: o.allowOverlap,
+    what: 'the steering artefact',
+  });
+  if (overlap.length > 0)
+    out.warn(`${overlap.length} evaluated prompts were used to fit the steering artefact`);
+  const { measureLikelihoodShift, summarizeLikelihood } = await import('../../eval/likelihood.js');
+  out.info(`${steering.label}: ${prompts.length} prompts, replies of up to ${o.maxTokens} tokens`);
+  const hooks = await steering.hooksFor(prompts.map((p) => p.prompt));
+  const bar = cliReporter(out).progress('likelihood', 'prompts');
+  const rows = await measureLikelihoodShift(model, prompts, hooks, {
+    maxNewTokens: o.maxTokens,
+    onProgress: (done, total) => bar.update(done, total),
+  });
+  bar.finish();
+  const summary = summarizeLikelihood(rows);
+  if (o.out !== undefined) {
+    const { writeFileAtomic } = await import('../../formats/files.js');
+    writeFileAtomic(o.out, `${JSON.stringify({ steering: steering.label, rows })}\n`);
+  }
+  out.result({ steering: steering.label, summary }, () =>
+    formatTable(
+      ['set', 'n', 'steered', 'Δ log-lik / token', '95% CI', 'unsteered log-lik / token'],
+      summary.map((s) => [
+        s.set,
+        s.n,
+        s.steered,
+        s.meanDelta.toFixed(3),
+        `${s.ci[0].toFixed(3)}–${s.ci[1].toFixed(3)}`,
+        s.meanBase.toFixed(3),
+      ]),
+      [false, true, true, true, true, true],
+    ),
+  );
+}
 
 /** Prints the summary (and, in --json mode, the whole result without texts); fails on judge failure. */
 export function reportEvaluation(
