@@ -1,10 +1,14 @@
 /**
  * `steerguard bench`: steerguard against llama.cpp (node-llama-cpp) on the same GGUF file, the
- * same token ids and the same thread count, plus the cost of steerguard's hooks.
+ * same token ids and the same thread count, plus the cost of steerguard's hooks, the rate of
+ * batched generation and how close generation comes to the machine's memory bandwidth.
  *
- * Each engine runs in its own child process (`steerguard bench-worker`), one after the other:
- * peak RSS is a per-process number, so measuring both in one process would charge each with the
- * other's memory, and running them at once would make them fight over the cores.
+ * Each measurement runs in a child process of its own (`steerguard bench-worker`), one at a time:
+ * peak RSS is a per-process number, so measuring both engines in one process would charge each
+ * with the other's memory, and running them at once would make them fight over the cores.
+ * Repeats interleave: repeat r runs one worker per engine, in an order rotated by r, so that drift
+ * (thermal, other load) and going first hit every engine alike, and the medians come from workers
+ * spread over the whole run rather than from one engine's block of it.
  *
  * Timing rules, the same for both engines:
  * - prompt processing: each prompt is one forward pass over all its tokens (batch of one
@@ -12,10 +16,15 @@
  *   all prompts;
  * - generation: after each prompt, `genTokens` single-token decode steps, greedy, batch 1, EOS
  *   ignored; the prompt pass is excluded;
- * - one untimed warm-up first; every figure is the median over `repeats` runs.
+ * - each worker process makes one untimed warm-up run first; every figure is the median over
+ *   `repeats` workers, shown with their range.
+ *
+ * The 1-minute load average is read before the run and after each worker. Figures from a machine
+ * where other processes held the cores the engines need are flagged (`busy`), since they say more
+ * about the other processes than about the engines.
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,6 +32,7 @@ import { fileURLToPath } from 'node:url';
 import { OptionError, SteerguardError } from '../formats/errors.js';
 import type { Hook, HookName } from '../hooks/hooks.js';
 import type { WeightStorage } from '../model/load.js';
+import { type ModelWeights, matrixBytes } from '../model/weights.js';
 import { formatTable } from './output.js';
 
 /** What to measure. */
@@ -31,6 +41,7 @@ export interface BenchSettings {
   readonly prompts: number;
   readonly promptTokens: number;
   readonly genTokens: number;
+  /** Workers per engine; each figure is the median over them. */
   readonly repeats: number;
   /** Also time steerguard with hooks reading and editing every hook_resid_post. */
   readonly hookOverhead: boolean;
@@ -42,6 +53,18 @@ export interface BenchSettings {
    * report.
    */
   readonly weights: WeightStorage;
+  /** Sequences decoded together for the batched-generation row; 1 leaves the row out. */
+  readonly batch: number;
+  /** Refuse to start when the 1-minute load average is above this; null: always start. */
+  readonly maxLoad: number | null;
+}
+
+/** What one worker measures; `repeat` (from 0) rotates the order of the hook settings. */
+export interface WorkerSettings extends Pick<
+  BenchSettings,
+  'threads' | 'genTokens' | 'hookOverhead' | 'weights' | 'batch'
+> {
+  readonly repeat: number;
 }
 
 /** Benign text the bench prompts are cut from (any text works; this one is fixed for repeatability). */
@@ -61,6 +84,31 @@ export interface Throughput {
   samples: { promptTokensPerSecond: number[]; generationTokensPerSecond: number[] };
 }
 
+/** `sequences` prompts decoded together: tokens of all of them per second of decoding steps. */
+export interface BatchedThroughput {
+  sequences: number;
+  /** Median over the repeats. */
+  batchedGenerationTokensPerSecond: number;
+  /** Every repeat's figure, in run order. */
+  samples: number[];
+}
+
+/**
+ * Single-sequence generation against memory bandwidth: every decode step reads each weight
+ * matrix once, so weights per token × tokens/s is a lower bound on the bytes read per second.
+ */
+export interface MemoryBound {
+  /** Bytes of the matrices a decode step multiplies: every layer's, and lm_head (once when tied). */
+  weightBytesPerToken: number;
+  /**
+   * One thread's copy of 256 MiB (read + written bytes per second), best of 5 after a warm-up;
+   * over several workers, the best of theirs.
+   */
+  copyBandwidthGBps: number;
+  /** weightBytesPerToken × generation tokens/s ÷ copy bandwidth, as a fraction. */
+  bandwidthUse: number;
+}
+
 export type HookVariant = 'none' | 'read' | 'add';
 
 export const HOOK_VARIANT_LABELS: Record<HookVariant, string> = {
@@ -69,20 +117,47 @@ export const HOOK_VARIANT_LABELS: Record<HookVariant, string> = {
   add: 'add a vector at every hook_resid_post (all positions)',
 };
 
-/** What a bench-worker prints (one JSON line on stdout). */
+/**
+ * What a bench-worker prints (one JSON line on stdout), and, merged over the repeats by
+ * {@link mergeRuns}, an engine's figures in the report.
+ */
 export interface WorkerResult {
   engine: 'steerguard' | 'llamacpp';
   /** steerguard only: how the weights were held. */
   weights?: WeightStorage;
+  /** Seconds to load the model (median over the repeats). */
   loadSeconds: number;
   /** Figures without hooks. */
   throughput: Throughput;
   /** Steerguard with hooks, when asked. */
   hooks: Partial<Record<HookVariant, Throughput>> | null;
-  /** Largest resident set of the worker process, bytes (for steerguard: before any hook ran). */
+  /**
+   * Largest resident set of the worker process, bytes (for steerguard: before any hook ran, before
+   * the batched run and the copy-bandwidth buffers); the largest over the repeats.
+   */
   peakRssBytes: number;
+  /** steerguard only, when the batch setting is above 1. */
+  batched: BatchedThroughput | null;
+  /** steerguard only. */
+  memory: MemoryBound | null;
   /** Engine build facts: BLAS config and SIMD level, or llama.cpp release and system info. */
   build: Record<string, string | number | boolean | string[]>;
+}
+
+/** The 1-minute load average around a bench run. */
+export interface LoadRecord {
+  /** Before the first worker. */
+  before: number;
+  /** After each worker, in run order. */
+  samples: number[];
+  /** The highest of `before` and `samples`. */
+  max: number;
+  /** Per sample: the part of it that the bench's own workers account for (see {@link ownLoad}). */
+  own: number[];
+  /** The highest load of other processes: `before`, and each sample less its own part. */
+  othersMax: number;
+  /** Other processes' load above this held cores the engines need ({@link busyLoadLimit}). */
+  busyAbove: number;
 }
 
 export interface BenchReport {
@@ -99,8 +174,11 @@ export interface BenchReport {
   /** Why llama.cpp has no figures, when it has none. */
   llamacppError: string | null;
   hookOverhead: HookOverheadRow[] | null;
-  /** Wall time of each worker process, seconds (load, warm-up and every repeat). */
-  wallSeconds: { steerguard: number; llamacpp: number | null };
+  load: LoadRecord;
+  /** Other processes held cores the engines need at some point: the figures are not comparable. */
+  busy: boolean;
+  /** Wall time of each engine's workers together, seconds (loads, warm-ups and measurements). */
+  wallSeconds: { steerguard: number; steerguardF32: number | null; llamacpp: number | null };
 }
 
 export interface HookOverheadRow {
@@ -177,6 +255,177 @@ export async function benchPromptTokens(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Machine load, merging repeats, memory bound (pure, apart from readLoadAverage)
+
+const LOADAVG_FILE = '/proc/loadavg';
+
+/** The 1-minute load average: /proc/loadavg on Linux, os.loadavg() where that file is missing. */
+export function readLoadAverage(): number {
+  if (!existsSync(LOADAVG_FILE)) return os.loadavg()[0];
+  const text = readFileSync(LOADAVG_FILE, 'utf8');
+  const load = Number(text.split(/\s+/)[0]);
+  if (!Number.isFinite(load)) {
+    throw new SteerguardError(`${LOADAVG_FILE}: no 1-minute load average in '${text.trim().slice(0, 60)}'`);
+  }
+  return load;
+}
+
+/**
+ * The highest load other processes may put on the machine without taking cores the engines need:
+ * the cores left over by `threads` engine threads, plus half a core for daemons and the parent.
+ */
+export function busyLoadLimit(threads: number, cores: number): number {
+  return cores - threads + 0.5;
+}
+
+/** Whether a load of other processes held cores that `threads` engine threads need. */
+export function isBusy(othersLoad: number, threads: number, cores: number): boolean {
+  return othersLoad > busyLoadLimit(threads, cores);
+}
+
+/** Time constant of the kernel's 1-minute load average, seconds. */
+const LOAD_AVERAGE_SECONDS = 60;
+
+/**
+ * The part of the 1-minute load average at time `at` that the bench's own workers account for,
+ * each of them counted as `threads` runnable threads from its start to its end (times in
+ * seconds). The kernel's average decays by e^(-t/60), so a worker that just finished still shows:
+ * without taking it out, the bench's own threads would make a machine with as many cores as
+ * threads look busy after every worker.
+ */
+export function ownLoad(
+  workers: readonly { start: number; end: number }[],
+  at: number,
+  threads: number,
+): number {
+  let load = 0;
+  let time = workers.length > 0 ? workers[0].start : at;
+  const decay = (t: number): number => Math.exp(-Math.max(0, t) / LOAD_AVERAGE_SECONDS);
+  for (const w of workers) {
+    if (w.start >= at) break;
+    load *= decay(w.start - time);
+    const end = Math.min(w.end, at);
+    const d = decay(end - w.start);
+    load = load * d + threads * (1 - d);
+    time = end;
+  }
+  return load * decay(at - time);
+}
+
+/** The load record of a run, from the reading before it and those after each worker. */
+export function summarizeLoad(
+  before: number,
+  samples: readonly number[],
+  own: readonly number[],
+  threads: number,
+  cores: number,
+): LoadRecord {
+  const others = samples.map((x, k) => Math.max(0, x - own[k]));
+  return {
+    before,
+    samples: [...samples],
+    max: Math.max(before, ...samples),
+    own: [...own],
+    othersMax: Math.max(before, ...others),
+    busyAbove: busyLoadLimit(threads, cores),
+  };
+}
+
+/** The order in which the engines run in repeat `repeat`: rotated, so each one goes first in turn. */
+export function engineOrder<T>(engines: readonly T[], repeat: number): T[] {
+  return engines.map((_, k) => engines[(k + repeat) % engines.length]);
+}
+
+/** Fraction of the copy bandwidth that reading `weightBytesPerToken` at `tokensPerSecond` takes. */
+export function bandwidthUse(weightBytesPerToken: number, tokensPerSecond: number, copyGBps: number): number {
+  return (weightBytesPerToken * tokensPerSecond) / (copyGBps * 1e9);
+}
+
+function mergeThroughput(ts: readonly Throughput[]): Throughput {
+  const pp = ts.flatMap((t) => t.samples.promptTokensPerSecond);
+  const gen = ts.flatMap((t) => t.samples.generationTokensPerSecond);
+  return {
+    promptTokensPerSecond: median(pp),
+    generationTokensPerSecond: median(gen),
+    samples: { promptTokensPerSecond: pp, generationTokensPerSecond: gen },
+  };
+}
+
+/**
+ * One engine's figures from its workers (one per repeat, in run order): every sample kept, the
+ * medians of them, the largest peak RSS, the median load time and the best copy bandwidth.
+ */
+export function mergeRuns(runs: readonly WorkerResult[]): WorkerResult {
+  if (runs.length === 0) throw new SteerguardError('mergeRuns: no worker results');
+  const first = runs[0];
+  const throughput = mergeThroughput(runs.map((w) => w.throughput));
+  let hooks: WorkerResult['hooks'] = null;
+  if (first.hooks) {
+    hooks = {};
+    for (const v of ['none', 'read', 'add'] as const) {
+      const ts = runs.flatMap((w) => w.hooks?.[v] ?? []);
+      if (ts.length > 0) hooks[v] = mergeThroughput(ts);
+    }
+  }
+  let batched: BatchedThroughput | null = null;
+  if (first.batched) {
+    const samples = runs.flatMap((w) => w.batched?.samples ?? []);
+    batched = {
+      sequences: first.batched.sequences,
+      batchedGenerationTokensPerSecond: median(samples),
+      samples,
+    };
+  }
+  let memory: MemoryBound | null = null;
+  if (first.memory) {
+    const copyBandwidthGBps = Math.max(...runs.map((w) => w.memory?.copyBandwidthGBps ?? 0));
+    const bytes = first.memory.weightBytesPerToken;
+    memory = {
+      weightBytesPerToken: bytes,
+      copyBandwidthGBps,
+      bandwidthUse: bandwidthUse(bytes, throughput.generationTokensPerSecond, copyBandwidthGBps),
+    };
+  }
+  return {
+    ...first,
+    loadSeconds: median(runs.map((w) => w.loadSeconds)),
+    throughput,
+    hooks,
+    peakRssBytes: Math.max(...runs.map((w) => w.peakRssBytes)),
+    batched,
+    memory,
+  };
+}
+
+/** Bytes of the weight matrices one decode step multiplies (the embedding is looked up, not read). */
+export function weightBytesPerToken(weights: ModelWeights): number {
+  let bytes = matrixBytes(weights.lmHead);
+  for (const l of weights.layers)
+    for (const m of [l.wq, l.wk, l.wv, l.wo, l.wGate, l.wUp, l.wDown]) bytes += matrixBytes(m);
+  return bytes;
+}
+
+const MIB = 1024 * 1024;
+
+/**
+ * One thread's memory copy rate, GB/s of bytes read plus written: the best of 5 copies of a
+ * 256 MiB buffer (far past any cache), after one copy that faults the destination's pages in.
+ */
+function copyBandwidthGBps(): number {
+  const size = 256 * MIB;
+  const src = Buffer.alloc(size, 1);
+  const dst = Buffer.allocUnsafeSlow(size);
+  src.copy(dst);
+  let best = Infinity;
+  for (let k = 0; k < 5; k++) {
+    const t = performance.now();
+    src.copy(dst);
+    best = Math.min(best, (performance.now() - t) / 1000);
+  }
+  return (2 * size) / best / 1e9;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Workers (run inside `steerguard bench-worker`)
 
 /** Small, fixed pseudo-random vector: an edit that touches every value but changes little. */
@@ -190,10 +439,28 @@ function smallVector(d: number, seed: number): Float32Array {
   return v;
 }
 
+/**
+ * A hook on hook_embed (which fires first in every forward pass) that notes when decoding step 1
+ * starts: timing from there leaves the prompt passes of step 0 out.
+ */
+function stepOneTimer(): { hook: Hook; start: () => number } {
+  let stepOne = 0;
+  return {
+    hook: {
+      name: 'hook_embed',
+      fn: (_act, ctx) => {
+        if (ctx.step === 1 && stepOne === 0) stepOne = performance.now();
+      },
+    },
+    start: () => stepOne,
+  };
+}
+
+/** One steerguard worker: a warm-up, then one timed run of every setting. */
 export async function steerguardWorker(
   modelPath: string,
   prompts: number[][],
-  s: Pick<BenchSettings, 'threads' | 'genTokens' | 'repeats' | 'hookOverhead' | 'weights'>,
+  s: WorkerSettings,
 ): Promise<WorkerResult> {
   const { Model } = await import('../model/model.js');
   const { addVector } = await import('../hooks/interventions.js');
@@ -233,22 +500,14 @@ export async function steerguardWorker(
     }
     let genSeconds = 0;
     for (const p of batch) {
-      // The decode steps are timed from the start of step 1 (hook_embed fires first in every
-      // forward pass), which leaves the prompt pass of step 0 out.
-      let stepOne = 0;
-      const timer: Hook = {
-        name: 'hook_embed',
-        fn: (_act, ctx) => {
-          if (ctx.step === 1) stepOne = performance.now();
-        },
-      };
+      const timer = stepOneTimer();
       const sink: Float32Array[] = [];
       await model.generate([{ tokens: p }], {
         maxNewTokens: genTokens + 1,
         stopTokens: [],
-        hooks: [timer, ...genHooks(v, sink)],
+        hooks: [timer.hook, ...genHooks(v, sink)],
       });
-      genSeconds += (performance.now() - stepOne) / 1000;
+      genSeconds += (performance.now() - timer.start()) / 1000;
     }
     return { pp: ppTokens / ppSeconds, gen: (genTokens * batch.length) / genSeconds };
   };
@@ -264,27 +523,34 @@ export async function steerguardWorker(
     if (v === 'none') peakRssBytes = process.resourceUsage().maxRSS * 1024;
   }
 
-  const samples = new Map<HookVariant, { pp: number[]; gen: number[] }>(
-    variants.map((v) => [v, { pp: [], gen: [] }]),
-  );
-  for (let r = 0; r < s.repeats; r++) {
-    // Variants interleave, in an order that rotates per repeat, so that drift (thermal, other
-    // load) and going first or last hit each of them alike.
-    for (let k = 0; k < variants.length; k++) {
-      const v = variants[(k + r) % variants.length];
-      const m = await measure(v, prompts, s.genTokens);
-      samples.get(v)!.pp.push(m.pp);
-      samples.get(v)!.gen.push(m.gen);
-    }
+  // The variants' order rotates with the repeat, so that drift and going first or last hit each
+  // of them alike over the repeats.
+  const timed = new Map<HookVariant, Throughput>();
+  for (const v of engineOrder(variants, s.repeat)) {
+    const m = await measure(v, prompts, s.genTokens);
+    timed.set(v, {
+      promptTokensPerSecond: m.pp,
+      generationTokensPerSecond: m.gen,
+      samples: { promptTokensPerSecond: [m.pp], generationTokensPerSecond: [m.gen] },
+    });
   }
-  const summary = (v: HookVariant): Throughput => {
-    const x = samples.get(v)!;
-    return {
-      promptTokensPerSecond: median(x.pp),
-      generationTokensPerSecond: median(x.gen),
-      samples: { promptTokensPerSecond: x.pp, generationTokensPerSecond: x.gen },
-    };
-  };
+
+  let batched: BatchedThroughput | null = null;
+  if (s.batch > 1) {
+    const timer = stepOneTimer();
+    await model.generate(
+      Array.from({ length: s.batch }, (_, k) => ({ tokens: prompts[k % prompts.length] })),
+      { maxNewTokens: s.genTokens + 1, stopTokens: [], maxBatch: s.batch, hooks: [timer.hook] },
+    );
+    const rate = (s.batch * s.genTokens) / ((performance.now() - timer.start()) / 1000);
+    batched = { sequences: s.batch, batchedGenerationTokensPerSecond: rate, samples: [rate] };
+  }
+
+  // Last, so that its 512 MiB of buffers stay out of the peak RSS and out of the caches above.
+  const copyGBps = copyBandwidthGBps();
+  const weightBytes = weightBytesPerToken(model.weights);
+  const none = timed.get('none')!;
+
   const backend = model.backend as {
     name: string;
     info?: () => { config: string; simd: string; threads: number };
@@ -294,9 +560,15 @@ export async function steerguardWorker(
     engine: 'steerguard',
     weights: s.weights,
     loadSeconds,
-    throughput: summary('none'),
-    hooks: s.hookOverhead ? { none: summary('none'), read: summary('read'), add: summary('add') } : null,
+    throughput: none,
+    hooks: s.hookOverhead ? Object.fromEntries(timed) : null,
     peakRssBytes,
+    batched,
+    memory: {
+      weightBytesPerToken: weightBytes,
+      copyBandwidthGBps: copyGBps,
+      bandwidthUse: bandwidthUse(weightBytes, none.generationTokensPerSecond, copyGBps),
+    },
     build: {
       backend: backend.name,
       ...(info ? { blasConfig: info.config, simd: info.simd, threads: info.threads } : {}),
@@ -304,10 +576,11 @@ export async function steerguardWorker(
   };
 }
 
+/** One llama.cpp worker: a warm-up, then one timed run. */
 export async function llamaCppWorker(
   modelPath: string,
   prompts: number[][],
-  s: Pick<BenchSettings, 'threads' | 'genTokens' | 'repeats'>,
+  s: Pick<BenchSettings, 'threads' | 'genTokens'>,
 ): Promise<WorkerResult> {
   const { loadLlamaCpp } = await import('../reference/llamacpp.js');
   const longest = Math.max(...prompts.map((p) => p.length));
@@ -319,26 +592,22 @@ export async function llamaCppWorker(
   });
   const loadSeconds = (performance.now() - t0) / 1000;
   try {
-    const pp: number[] = [];
-    const gen: number[] = [];
-    let peakRssBytes = 0;
-    for (let r = 0; r < s.repeats; r++) {
-      const res = await handle.bench({ promptTokens: prompts, genTokens: s.genTokens, warmup: r === 0 });
-      pp.push(res.promptTokensPerSecond);
-      gen.push(res.generationTokensPerSecond);
-      peakRssBytes = res.peakRssBytes;
-    }
+    const res = await handle.bench({ promptTokens: prompts, genTokens: s.genTokens, warmup: true });
+    const pp = res.promptTokensPerSecond;
+    const gen = res.generationTokensPerSecond;
     const i = handle.info;
     return {
       engine: 'llamacpp',
       loadSeconds,
       throughput: {
-        promptTokensPerSecond: median(pp),
-        generationTokensPerSecond: median(gen),
-        samples: { promptTokensPerSecond: pp, generationTokensPerSecond: gen },
+        promptTokensPerSecond: pp,
+        generationTokensPerSecond: gen,
+        samples: { promptTokensPerSecond: [pp], generationTokensPerSecond: [gen] },
       },
       hooks: null,
-      peakRssBytes,
+      peakRssBytes: res.peakRssBytes,
+      batched: null,
+      memory: null,
       build: {
         nodeLlamaCpp: i.nodeLlamaCppVersion,
         llamaCppRelease: i.llamaCppRelease,
@@ -394,6 +663,8 @@ function runWorker(args: string[], onLine: (line: string) => void): Promise<Work
   });
 }
 
+type EngineKey = 'steerguard' | 'steerguardF32' | 'llamacpp';
+
 export async function runBench(
   modelPath: string,
   s: BenchSettings,
@@ -401,6 +672,12 @@ export async function runBench(
 ): Promise<BenchReport> {
   if (!/\.gguf$/i.test(modelPath)) {
     throw new OptionError(`bench compares with llama.cpp, so it needs a .gguf file; got ${modelPath}`);
+  }
+  const loadBefore = readLoadAverage();
+  if (s.maxLoad !== null && loadBefore > s.maxLoad) {
+    throw new OptionError(
+      `the 1-minute load average is ${loadBefore.toFixed(2)}, above --max-load ${s.maxLoad}: nothing was measured`,
+    );
   }
   const prompts = await benchPromptTokens(modelPath, s.prompts, s.promptTokens);
   const { createHash } = await import('node:crypto');
@@ -417,68 +694,90 @@ export async function runBench(
     String(s.threads),
     '--gen-tokens',
     String(s.genTokens),
-    '--repeats',
-    String(s.repeats),
+    '--batch',
+    String(s.batch),
   ];
-  const date = new Date().toISOString();
-  try {
-    log(
-      `bench: steerguard (${s.repeats} repeat${s.repeats === 1 ? '' : 's'}${s.hookOverhead ? ', 3 hook settings' : ''})`,
-    );
-    let t = performance.now();
-    const steerguard = await runWorker(
-      [
+  const engines: { key: EngineKey; label: string; args: string[] }[] = [
+    {
+      key: 'steerguard',
+      label: `steerguard${s.weights === 'quantized' ? '' : ` ${s.weights}`}`,
+      args: [
         '--engine',
         'steerguard',
         '--weights',
         s.weights,
-        ...common,
         ...(s.hookOverhead ? [] : ['--no-hook-overhead']),
       ],
-      (line) => log(`  [steerguard] ${line}`),
-    );
-    const steerguardSeconds = (performance.now() - t) / 1000;
-    let steerguardF32: WorkerResult | null = null;
-    if (s.weights === 'quantized') {
-      log('bench: steerguard with fp32 weights (no hooks)');
-      steerguardF32 = await runWorker(
-        ['--engine', 'steerguard', '--weights', 'f32', ...common, '--no-hook-overhead'],
-        (line) => log(`  [steerguard f32] ${line}`),
-      );
-    }
-    let llamacpp: WorkerResult | null = null;
-    let llamacppError: string | null = null;
-    let llamacppSeconds: number | null = null;
-    if (s.llamacpp) {
-      log('bench: llama.cpp');
-      t = performance.now();
-      try {
-        llamacpp = await runWorker(['--engine', 'llamacpp', ...common], (line) =>
-          log(`  [llama.cpp] ${line}`),
-        );
-        llamacppSeconds = (performance.now() - t) / 1000;
-      } catch (err) {
-        llamacppError = (err as Error).message;
+    },
+  ];
+  if (s.weights === 'quantized') {
+    engines.push({
+      key: 'steerguardF32',
+      label: 'steerguard f32',
+      args: ['--engine', 'steerguard', '--weights', 'f32', '--no-hook-overhead'],
+    });
+  }
+  if (s.llamacpp) engines.push({ key: 'llamacpp', label: 'llama.cpp', args: ['--engine', 'llamacpp'] });
+
+  const date = new Date().toISOString();
+  const runs = new Map<EngineKey, WorkerResult[]>(engines.map((e) => [e.key, []]));
+  const wall = new Map<EngineKey, number>();
+  const spans: { start: number; end: number }[] = [];
+  const loadSamples: number[] = [];
+  const ownSamples: number[] = [];
+  let llamacppError: string | null = s.llamacpp ? null : 'skipped (--no-llamacpp)';
+  try {
+    for (let r = 0; r < s.repeats; r++) {
+      for (const e of engineOrder(engines, r)) {
+        // A failed llama.cpp worker leaves the other engines' figures standing, not its own.
+        if (e.key === 'llamacpp' && llamacppError !== null) continue;
+        log(`bench: repeat ${r + 1}/${s.repeats}, ${e.label}`);
+        const start = performance.now() / 1000;
+        try {
+          const result = await runWorker([...e.args, ...common, '--repeat', String(r)], (line) =>
+            log(`  [${e.label}] ${line}`),
+          );
+          runs.get(e.key)!.push(result);
+        } catch (err) {
+          if (e.key !== 'llamacpp') throw err;
+          llamacppError = `repeat ${r + 1}: ${(err as Error).message}`;
+        }
+        const end = performance.now() / 1000;
+        spans.push({ start, end });
+        wall.set(e.key, (wall.get(e.key) ?? 0) + (end - start));
+        loadSamples.push(readLoadAverage());
+        ownSamples.push(ownLoad(spans, end, s.threads));
       }
-    } else {
-      llamacppError = 'skipped (--no-llamacpp)';
     }
-    return {
-      model: modelPath,
-      date,
-      settings: s,
-      machine: machineInfo(),
-      promptIdsHash,
-      steerguard,
-      steerguardF32,
-      llamacpp,
-      llamacppError,
-      hookOverhead: hookRows(steerguard),
-      wallSeconds: { steerguard: steerguardSeconds, llamacpp: llamacppSeconds },
-    };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+  const merged = (key: EngineKey): WorkerResult | null => {
+    const rs = runs.get(key);
+    return rs && rs.length > 0 ? mergeRuns(rs) : null;
+  };
+  const steerguard = merged('steerguard')!;
+  const cores = os.availableParallelism();
+  const load = summarizeLoad(loadBefore, loadSamples, ownSamples, s.threads, cores);
+  return {
+    model: modelPath,
+    date,
+    settings: s,
+    machine: machineInfo(),
+    promptIdsHash,
+    steerguard,
+    steerguardF32: merged('steerguardF32'),
+    llamacpp: llamacppError === null ? merged('llamacpp') : null,
+    llamacppError,
+    hookOverhead: hookRows(steerguard),
+    load,
+    busy: isBusy(load.othersMax, s.threads, cores),
+    wallSeconds: {
+      steerguard: wall.get('steerguard') ?? 0,
+      steerguardF32: wall.get('steerguardF32') ?? null,
+      llamacpp: llamacppError === null ? (wall.get('llamacpp') ?? null) : null,
+    },
+  };
 }
 
 function hookRows(w: WorkerResult): HookOverheadRow[] | null {
@@ -503,24 +802,46 @@ function hookRows(w: WorkerResult): HookOverheadRow[] | null {
 // ---------------------------------------------------------------------------------------------
 // Output
 
-const MIB = 1024 * 1024;
 const rate = (x: number): string => (x >= 100 ? x.toFixed(0) : x.toFixed(1));
 const ratio = (x: number): string => `${x.toFixed(2)}×`;
 const mib = (b: number): string => `${Math.round(b / MIB)} MiB`;
 
+/** A median with the range of its samples, e.g. `129 (121–133)`; the median alone for one sample. */
+export function rateWithRange(x: number, samples: readonly number[]): string {
+  if (samples.length < 2) return rate(x);
+  return `${rate(x)} (${rate(Math.min(...samples))}–${rate(Math.max(...samples))})`;
+}
+
+const weightsLabel = (w: WorkerResult): string => `steerguard (${w.weights ?? 'f32'} weights)`;
+
+function steerguardResults(r: BenchReport): WorkerResult[] {
+  return r.steerguardF32 ? [r.steerguard, r.steerguardF32] : [r.steerguard];
+}
+
 function engineRows(r: BenchReport): string[][] {
   const rows: string[][] = [];
   const add = (name: string, w: WorkerResult): void => {
+    const t = w.throughput;
     rows.push([
       name,
-      rate(w.throughput.promptTokensPerSecond),
-      rate(w.throughput.generationTokensPerSecond),
+      rateWithRange(t.promptTokensPerSecond, t.samples.promptTokensPerSecond),
+      rateWithRange(t.generationTokensPerSecond, t.samples.generationTokensPerSecond),
       mib(w.peakRssBytes),
       w.loadSeconds.toFixed(1),
     ]);
+    if (w.batched) {
+      const b = w.batched;
+      const single = b.batchedGenerationTokensPerSecond / t.generationTokensPerSecond;
+      rows.push([
+        `${name}, ${b.sequences} sequences (aggregate gen tok/s)`,
+        '',
+        `${rateWithRange(b.batchedGenerationTokensPerSecond, b.samples)}, ${single.toFixed(1)}× single`,
+        '',
+        '',
+      ]);
+    }
   };
-  add(`steerguard (${r.steerguard.weights ?? 'f32'} weights)`, r.steerguard);
-  if (r.steerguardF32) add('steerguard (f32 weights)', r.steerguardF32);
+  for (const w of steerguardResults(r)) add(weightsLabel(w), w);
   if (r.llamacpp) {
     add('llama.cpp', r.llamacpp);
     rows.push([
@@ -542,13 +863,53 @@ const ENGINE_HEADERS = ['engine', 'prompt tok/s', 'gen tok/s', 'peak RSS', 'load
 const HOOK_HEADERS = ['steerguard hooks', 'prompt tok/s', 'prompt time', 'gen tok/s', 'gen time'];
 
 function hookTableRows(r: BenchReport): string[][] {
-  return (r.hookOverhead ?? []).map((h) => [
-    h.label,
-    rate(h.promptTokensPerSecond),
-    ratio(h.promptTimeRatio),
-    rate(h.generationTokensPerSecond),
-    ratio(h.generationTimeRatio),
-  ]);
+  return (r.hookOverhead ?? []).map((h) => {
+    const samples = r.steerguard.hooks?.[h.variant]?.samples;
+    return [
+      h.label,
+      rateWithRange(h.promptTokensPerSecond, samples?.promptTokensPerSecond ?? []),
+      ratio(h.promptTimeRatio),
+      rateWithRange(h.generationTokensPerSecond, samples?.generationTokensPerSecond ?? []),
+      ratio(h.generationTimeRatio),
+    ];
+  });
+}
+
+/** The first line of the output when other processes held the engines' cores. */
+function busyWarning(r: BenchReport): string[] {
+  if (!r.busy) return [];
+  const cores = r.machine.availableParallelism;
+  return [
+    `WARNING: the machine was busy (load ${r.load.othersMax.toFixed(2)} on ${cores} cores); these figures are not comparable`,
+  ];
+}
+
+/** How single-sequence generation compares with the measured copy bandwidth, per steerguard row. */
+function memoryLines(r: BenchReport): string[] {
+  return steerguardResults(r).flatMap((w) => {
+    const m = w.memory;
+    if (!m) return [];
+    const readGBps = (m.weightBytesPerToken * w.throughput.generationTokensPerSecond) / 1e9;
+    return [
+      `memory bound, ${weightsLabel(w)}: ${Math.round(m.weightBytesPerToken / 1e6)} MB of weights per token; ` +
+        `single-sequence generation reads ${readGBps.toFixed(1)} GB/s = ${Math.round(m.bandwidthUse * 100)}% ` +
+        `of the measured copy bandwidth (${m.copyBandwidthGBps.toFixed(1)} GB/s)`,
+    ];
+  });
+}
+
+function loadLine(r: BenchReport): string {
+  const l = r.load;
+  const after =
+    l.samples.length === 0
+      ? ''
+      : `, ${Math.min(...l.samples).toFixed(2)}–${Math.max(...l.samples).toFixed(2)} after the workers ` +
+        `(up to ${Math.max(...l.own).toFixed(2)} of it their own threads)`;
+  return (
+    `load: 1-minute average ${l.before.toFixed(2)} before the run${after}; other processes' load ` +
+    `above ${l.busyAbove.toFixed(2)} on ${r.machine.availableParallelism} cores counts as busy` +
+    (r.busy ? ` (it reached ${l.othersMax.toFixed(2)})` : '')
+  );
 }
 
 function contextLines(r: BenchReport): string[] {
@@ -556,23 +917,38 @@ function contextLines(r: BenchReport): string[] {
   const m = r.machine;
   const sb = r.steerguard.build;
   const lb = r.llamacpp?.build;
+  const w = r.wallSeconds;
+  const walls = [
+    `${w.steerguard.toFixed(0)}s ${weightsLabel(r.steerguard)}`,
+    ...(w.steerguardF32 !== null ? [`${w.steerguardF32.toFixed(0)}s f32`] : []),
+    ...(w.llamacpp !== null ? [`${w.llamacpp.toFixed(0)}s llama.cpp`] : []),
+  ];
   return [
     `model: ${path.basename(r.model)}`,
     `workload: ${s.prompts} prompts × ${s.promptTokens} tokens, then ${s.genTokens} generated tokens each ` +
-      `(greedy, batch 1); ${s.threads} thread${s.threads === 1 ? '' : 's'} per engine; median of ${s.repeats}`,
+      `(greedy, batch 1)${s.batch > 1 ? `; batched: ${s.batch} sequences decoded together` : ''}; ` +
+      `${s.threads} thread${s.threads === 1 ? '' : 's'} per engine; median (min–max) of ${s.repeats} ` +
+      `interleaved repeat${s.repeats === 1 ? '' : 's'}, one worker process per engine and repeat`,
     `machine: ${m.cpu}, ${m.logicalCores} logical cores, ${Math.round(m.memoryBytes / 2 ** 30)} GiB, ${m.os}, node ${m.node}`,
+    loadLine(r),
     `steerguard: ${String(sb.blasConfig ?? sb.backend)}${sb.simd !== undefined ? `, kernels ${String(sb.simd)}` : ''}`,
     lb
       ? `llama.cpp: ${String(lb.llamaCppRepo)} ${String(lb.llamaCppRelease)} (${String(lb.buildType)}, node-llama-cpp ${String(lb.nodeLlamaCpp)}, KV ${String(lb.kvCacheType)}), ${String(lb.systemInfo)}`
       : `llama.cpp: ${r.llamacppError ?? 'not run'}`,
-    `date: ${r.date}; wall time ${r.wallSeconds.steerguard.toFixed(0)}s steerguard` +
-      (r.wallSeconds.llamacpp !== null ? `, ${r.wallSeconds.llamacpp.toFixed(0)}s llama.cpp` : ''),
+    `date: ${r.date}; wall time ${walls.join(', ')}`,
   ];
 }
 
 export function formatBenchText(r: BenchReport): string {
   const right = [false, true, true, true, true];
-  const parts = [contextLines(r).join('\n'), '', formatTable(ENGINE_HEADERS, engineRows(r), right).trimEnd()];
+  const parts = [
+    ...busyWarning(r),
+    contextLines(r).join('\n'),
+    '',
+    formatTable(ENGINE_HEADERS, engineRows(r), right).trimEnd(),
+    '',
+    ...memoryLines(r),
+  ];
   if (r.hookOverhead) {
     parts.push('', formatTable(HOOK_HEADERS, hookTableRows(r), right).trimEnd());
     parts.push('(time: with hooks ÷ without; 1.05× = 5% slower)');
@@ -589,12 +965,16 @@ function markdownTable(headers: string[], rows: string[][]): string {
 
 /** The report as Markdown, ready to paste into BENCHMARKS.md. */
 export function formatBenchMarkdown(r: BenchReport): string {
+  const warning = busyWarning(r);
+  const memory = memoryLines(r);
   const parts = [
+    ...(warning.length > 0 ? [...warning, ''] : []),
     `### ${path.basename(r.model)}, ${r.settings.threads} thread${r.settings.threads === 1 ? '' : 's'}`,
     '',
     ...contextLines(r).map((l) => `- ${l}`),
     '',
     markdownTable(ENGINE_HEADERS, engineRows(r)),
+    ...(memory.length > 0 ? ['', ...memory.map((l) => `- ${l}`)] : []),
   ];
   if (r.hookOverhead) {
     parts.push(

@@ -31,13 +31,13 @@ const SHARED = {
     default: 64,
     description: 'tokens generated after each prompt (greedy, batch 1)',
   },
-  repeats: {
+  batch: {
     type: 'number',
     integer: true,
     min: 1,
-    max: 100,
-    default: 3,
-    description: 'timed runs; the median is shown',
+    max: 256,
+    default: 16,
+    description: 'sequences steerguard decodes together for the batched row (1: no batched row)',
   },
 } as const;
 
@@ -46,16 +46,36 @@ export const benchCommand = command(
     name: 'bench',
     summary: 'compare speed and memory with llama.cpp on the same GGUF file',
     description: para(
-      'Runs steerguard and llama.cpp (node-llama-cpp, prebuilt CPU binary) one after the other, each in ' +
-        'its own process, on identical token ids with the same thread count: prompt-processing and ' +
-        'generation tokens/s, peak RSS, and the cost of steerguard hooks (reading, or adding a vector at, ' +
-        'every hook_resid_post). One warm-up run, then the median of --repeats. Prompts are cut from a ' +
-        'fixed benign paragraph. Takes minutes on small machines; lower --repeats or --gen-tokens for a ' +
-        'quick look.',
+      'Runs steerguard and llama.cpp (node-llama-cpp, prebuilt CPU binary) on identical token ids with ' +
+        'the same thread count: prompt-processing and generation tokens/s, peak RSS, and the cost of ' +
+        'steerguard hooks (reading, or adding a vector at, every hook_resid_post). Repeats interleave: ' +
+        'each repeat runs one worker process per engine (steerguard, its fp32-weight run when the ' +
+        'weights are quantized, llama.cpp), one at a time, in an order that rotates per repeat; each ' +
+        'worker warms up once. Figures are the median of --repeats, with the min–max range. ' +
+        'A batched row times steerguard decoding --batch sequences together (aggregate tokens/s, and ' +
+        'its ratio to one sequence), and a memory-bound line compares the weight bytes read per ' +
+        'generated token × tokens/s with a measured memory-copy rate. The 1-minute load average is ' +
+        'read before the run and after each worker; when other processes held the cores the engines ' +
+        'need, the output starts with a warning (--max-load refuses to start on a loaded machine). ' +
+        'Prompts are cut from a fixed benign paragraph. Takes minutes on small machines; lower ' +
+        '--repeats, --gen-tokens or --batch for a quick look.',
     ),
     positionals: [{ name: 'model', description: '.gguf file' }],
     options: {
       ...SHARED,
+      repeats: {
+        type: 'number',
+        integer: true,
+        min: 1,
+        max: 100,
+        default: 3,
+        description: 'worker processes per engine, interleaved; the median and range are shown',
+      },
+      maxLoad: {
+        type: 'number',
+        min: 0,
+        description: 'refuse to start when the 1-minute load average is above this',
+      },
       prompts: {
         type: 'number',
         integer: true,
@@ -83,8 +103,8 @@ export const benchCommand = command(
     },
     examples: [
       'steerguard bench .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf',
-      'steerguard bench model.gguf --threads 4 --repeats 5 --markdown >> BENCHMARKS.md',
-      'steerguard bench model.gguf --prompts 1 --gen-tokens 16 --repeats 1 --no-hook-overhead --json',
+      'steerguard bench model.gguf --threads 4 --repeats 5 --max-load 0.5 --markdown >> BENCHMARKS.md',
+      'steerguard bench model.gguf --prompts 1 --gen-tokens 16 --repeats 2 --batch 4 --no-hook-overhead --json',
     ],
   },
   async (args, out) => {
@@ -102,10 +122,19 @@ export const benchCommand = command(
         llamacpp: o.llamacpp,
         // bench measures the native engine, where quantized weights are the default
         weights: o.weights ?? 'quantized',
+        batch: o.batch,
+        maxLoad: o.maxLoad ?? null,
       },
       (line) => out.info(line),
     );
     if (report.llamacppError && o.llamacpp) out.warn(`llama.cpp was not measured: ${report.llamacppError}`);
+    if (report.busy) {
+      out.warn(
+        `the machine was busy: other processes' 1-minute load reached ${report.load.othersMax.toFixed(2)} ` +
+          `(above ${report.load.busyAbove.toFixed(2)} on ${report.machine.availableParallelism} cores with ` +
+          `${o.threads} engine threads); these figures are not comparable`,
+      );
+    }
     out.result(report, o.markdown ? formatBenchMarkdown : formatBenchText);
   },
 );
@@ -114,7 +143,8 @@ export const benchWorkerCommand = command(
   {
     name: 'bench-worker',
     summary: 'one engine of `steerguard bench` (internal)',
-    description: 'Measures one engine and prints one JSON line on stdout. Started by `steerguard bench`.',
+    description:
+      'Measures one engine once (after a warm-up) and prints one JSON line on stdout. Started by `steerguard bench`, once per engine and repeat.',
     options: {
       ...SHARED,
       engine: {
@@ -132,9 +162,17 @@ export const benchWorkerCommand = command(
       },
       hookOverhead: { type: 'boolean', default: true, description: 'also time hooks (steerguard only)' },
       weights: WEIGHTS_OPTION,
+      repeat: {
+        type: 'number',
+        integer: true,
+        min: 0,
+        max: 99,
+        default: 0,
+        description: 'which repeat this is, from 0 (rotates the order of the hook settings)',
+      },
     },
     examples: [
-      'steerguard bench-worker --engine steerguard --model m.gguf --tokens-file p.json --threads 2 --gen-tokens 64',
+      'steerguard bench-worker --engine steerguard --model m.gguf --tokens-file p.json --threads 2 --gen-tokens 64 --repeat 0',
     ],
   },
   async (args, out) => {
