@@ -219,7 +219,7 @@ export const evalCommand = command(
       threshold: {
         type: 'number',
         description:
-          "conditional steering: steer prompts whose monitor score is above this: P(concept) for --concept (default: its calibrated threshold, else 0.5), the standardised score for --reading (default: the reading's)",
+          "conditional steering: steer prompts scoring above this; with --concept a probability P(concept) (default: its calibrated threshold, else 0.5), with --reading the reading's standardised score (default: its own)",
       },
       benignBelow: {
         type: 'number',
