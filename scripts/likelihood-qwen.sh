@@ -13,7 +13,7 @@ SETS=alpaca:test,xstest-safe:real_group_nons_discr,xstest-safe:nons_group_real_d
 run() {
   local name="$1"
   shift
-  node dist/src/cli/main.js eval likelihood -m "$M" --sets "$SETS" --limit 16 --max-tokens 32 --json \
+  node dist/src/cli/main.js eval likelihood -m "$M" --sets "$SETS" --limit 8 --max-tokens 32 --json \
     --overwrite --out "$out/$name-rows.json" "$@" > "$out/$name.json"
 }
 run add "$@" --steer add --vector "$vector" --coeff 1
