@@ -183,7 +183,11 @@ describe('steerguard audit on the tiny llama', () => {
     ])
       assert.match(page, new RegExp(`<section id="${id}">`), id);
     assert.match(page, /<svg[^>]*>[\s\S]*Refusal vs over-refusal/);
-    assert.doesNotMatch(page, /<script|<link |src="http|id="replies"|id="failures"/);
+    assert.doesNotMatch(page, /<script|<link |src="http|id="failures"|This page shows prompts/);
+    assert.match(
+      page,
+      /Replies are hidden; rerun with <code>--show-text<\/code> to include prompts and replies/,
+    );
     assert.ok(!existsSync(path.join(outA, `report.html.tmp-${process.pid}`)));
     assert.deepEqual(readdirSync(path.join(outA, 'replies')).sort(), [
       'add-1.harmful.jsonl',

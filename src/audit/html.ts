@@ -4,11 +4,21 @@
  *
  * Prompt and reply texts appear only when `replies` is given (--show-text), under a warning.
  */
-import { conceptAccuracySvg, escapeXml as esc } from '../concepts/plot.js';
+import { escapeXml as esc } from '../concepts/plot.js';
 import { rateChartSvg, type ChartSeries } from './charts.js';
-import { type AuditReport, judgeRate, pct, rateText } from './report.js';
+import {
+  type AuditReport,
+  IN_DISTRIBUTION,
+  NO_BEST_STEERING,
+  baselineRates,
+  bestSteeringPoint,
+  describePoint,
+  judgeRate,
+  pct,
+  rateText,
+} from './report.js';
 import type { ReplyRecord } from './runs.js';
-import type { Rate, SetRates, SteeringPoint } from './types.js';
+import type { ConceptResult, Rate, SetRates, SteeringPoint } from './types.js';
 
 const CSS = `
 *{box-sizing:border-box}
@@ -27,9 +37,10 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 tr.best td{background:#fff8c5}
 .ci{color:#57606a;font-size:12px}
 .pill{display:inline-block;padding:0 8px;border-radius:10px;font-size:12px;font-weight:600;white-space:nowrap}
-.done,.met{background:#dafbe1;color:#116329}
-.failed,.missed{background:#ffebe9;color:#a40e26}
-.notrun,.na{background:#eaeef2;color:#57606a}
+.done{background:#dafbe1;color:#116329}
+.failed{background:#ffebe9;color:#a40e26}
+.notrun{background:#eaeef2;color:#57606a}
+.failures{background:#ffebe9;border:1px solid #ff8182;border-radius:6px;padding:8px 14px 8px 30px;margin:0 0 10px}
 .grid{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr);gap:20px;align-items:start}
 .grid>div{min-width:0}
 .scroll{max-height:920px;overflow:auto}
@@ -120,7 +131,7 @@ export function renderReportHtml(r: AuditReport, opts: HtmlOptions = {}): string
     steeringSection(r),
     attackSection(r),
   );
-  if (opts.replies) parts.push(repliesSection(r, opts.replies));
+  parts.push(opts.replies ? repliesSection(r, opts.replies) : REPLIES_HIDDEN);
   parts.push(filesSection(r));
   return [
     '<!DOCTYPE html>',
@@ -133,18 +144,27 @@ export function renderReportHtml(r: AuditReport, opts: HtmlOptions = {}): string
   ].join('\n');
 }
 
+/** Where the replies are when the page leaves them out. */
+export const REPLIES_HIDDEN =
+  '<section id="replies"><h2>Replies</h2><p>Replies are hidden; rerun with <code>--show-text</code> to include ' +
+  'prompts and replies (harmful text).</p></section>';
+
 function summarySection(r: AuditReport): string {
+  // Every figure of the audit is in-distribution, so none gets a met/missed badge (see report.ts).
   const goals = r.goals.map(
     (g) =>
-      `<tr><td>${esc(g.label)}</td><td>${esc(g.target)}</td><td>${esc(g.value ?? 'not measured')}</td><td>${
-        g.met === null ? pill('na', 'n/a') : g.met ? pill('met', 'met') : pill('missed', 'missed')
-      }</td></tr>`,
+      `<tr><td>${esc(g.label)}</td><td>${esc(g.target)}</td><td>${esc(g.value ?? 'not measured')}</td><td>${esc(g.data)}</td></tr>`,
   );
   const judge = r.primaryJudge ? shortJudge(r.primaryJudge) : 'none';
+  const failures =
+    r.failures.length > 0
+      ? `<h3>What failed or missed its goal</h3><ul class="failures">${r.failures.map((l) => `<li>${esc(l)}</li>`).join('')}</ul>`
+      : '<p>Every step that ran finished, and every figure reaches its target on the data it was measured on.</p>';
   return (
     '<section id="summary"><h2>Summary</h2>' +
-    `<ul class="summary">${r.summary.map((l) => `<li>${esc(l)}</li>`).join('')}</ul>` +
-    table(['goal', 'target', 'measured', ''], goals) +
+    failures +
+    `<ul class="summary">${r.summary.map((l) => `<li>${esc(l).replace(/`([^`]+)`/g, '<code>$1</code>')}</li>`).join('')}</ul>` +
+    table(['goal', 'target', 'measured', 'measured on'], goals) +
     `<p class="note">“Refusal” is a reply containing a phrase of a published keyword list (rates in the summary and ` +
     `charts: the ${esc(judge)} list; tables show every judge). Keyword lists count garbled or evasive text as ` +
     'compliance and any “Sorry” as refusal, so read them next to the share of degenerate replies (language flaws).</p>' +
@@ -236,21 +256,10 @@ function conceptSection(r: AuditReport): string {
   const c = r.results.concept;
   const missing = notDone(r, 'concept');
   if (missing || !c) return `${head}${missing ?? ''}</section>`;
-  const svg = conceptAccuracySvg(
-    c.layers.map((l) => ({
-      layer: l.layer,
-      metrics: {
-        accuracy: l.accuracy ?? NaN,
-        accuracyCi: l.accuracyCi,
-        auroc: l.auroc ?? NaN,
-        split: l.split,
-      },
-    })),
-    { title: `${c.name}: held-out probe accuracy` },
-  );
+  const svg = conceptLayersSvg(c);
   const rows = c.layers.map(
     (l) =>
-      `<tr${l.layer === c.bestLayer ? ' class="best"' : ''}><td class="n">${l.layer}${l.layer === c.bestLayer ? ' ★' : ''}</td>` +
+      `<tr${l.layer === c.bestLayer ? ' class="best"' : ''}><td class="n">${l.layer}${l.layer === c.bestLayer ? ' (chosen)' : ''}</td>` +
       `<td class="n">${pct(l.accuracy, 1)} <span class="ci">${ciText(l.accuracyCi)}</span></td>` +
       `<td class="n">${num(l.auroc)} <span class="ci">${ciText(l.aurocCi, false)}</span></td>` +
       `<td class="n">${pct(l.valAccuracy, 1)}</td><td class="n">${pct(l.trainAccuracy, 1)}</td></tr>`,
@@ -259,7 +268,8 @@ function conceptSection(r: AuditReport): string {
   return (
     head +
     `<p>Logistic-regression probes (L2, C = 1) on the last prompt token's residual stream (block output), one per layer, ` +
-    `fitted on the train part and measured on the ${esc(best.split)} part (${best.n} prompts). ★ best layer ` +
+    `fitted on the train part and measured on the ${esc(best.split)} part (${best.n} prompts), all from the same two sets: ` +
+    `these figures are ${esc(IN_DISTRIBUTION)}. Chosen layer ` +
     `(by validation accuracy): <b>${c.bestLayer}</b>, ${pct(best.accuracy, 1)} accuracy, AUROC ${num(best.auroc)}. ` +
     `Template: ${esc(c.template)}. Activations: ${c.activations.computed} prompts through the model, ${c.activations.cached} from the cache.</p>` +
     `<div class="grid"><div>${svg}</div><div class="scroll">` +
@@ -278,6 +288,38 @@ function conceptSection(r: AuditReport): string {
   );
 }
 
+/** Probe accuracy and AUROC by layer, with the chosen layer marked. */
+export function conceptLayersSvg(c: ConceptResult): string {
+  const every = Math.max(1, Math.ceil(c.layers.length / 12));
+  const xTicks = c.layers.map((l) => l.layer).filter((l, i, all) => i % every === 0 || i === all.length - 1);
+  const split = c.layers[0]?.split ?? 'test';
+  return rateChartSvg(
+    [
+      {
+        label: `${split} accuracy (95% CI)`,
+        color: '#1f6feb',
+        points: c.layers.map((l) => ({ x: l.layer, y: l.accuracy ?? NaN })),
+        ci: c.layers.map((l) => l.accuracyCi),
+      },
+      {
+        label: `${split} AUROC (95% CI)`,
+        color: '#d1242f',
+        points: c.layers.map((l) => ({ x: l.layer, y: l.auroc ?? NaN })),
+        ci: c.layers.map((l) => l.aurocCi),
+      },
+    ],
+    {
+      title: `${c.name}: probe by layer (${IN_DISTRIBUTION})`,
+      xLabel: 'layer (block output, resid_post)',
+      yLabel: 'probe accuracy / AUROC',
+      xTicks,
+      hLines: [{ y: 0.95, label: '95%' }],
+      vLines: [{ x: c.bestLayer, label: `chosen: layer ${c.bestLayer}` }],
+      yMax: 1,
+    },
+  );
+}
+
 function monitorSection(r: AuditReport): string {
   const head = '<section id="monitor"><h2>b. Monitor quality</h2>';
   const m = r.results.monitor;
@@ -293,7 +335,7 @@ function monitorSection(r: AuditReport): string {
   return (
     head +
     `<p>The monitor reads the layer-${m.layer} probe at the last prompt token. Held out: the concept's test split ` +
-    `(${h.nPositive} harmful, ${h.nNegative} harmless).</p><div class="grid"><div><h3>Harmful vs harmless, held out</h3><table><tbody>` +
+    `(${h.nPositive} harmful, ${h.nNegative} harmless), ${esc(IN_DISTRIBUTION)}.</p><div class="grid"><div><h3>Harmful vs harmless, concept’s test split</h3><table><tbody>` +
     kv('AUROC (95% CI)', `${num(h.auroc)} <span class="ci">${ciText(h.aurocCi, false)}</span>`) +
     kv(
       'TPR at the 5%-FPR point',
@@ -394,7 +436,6 @@ function steeringSection(r: AuditReport): string {
     return {
       label,
       color,
-      dashed: mode === 'conditional',
       points: ps.map((p, i) => ({ x: coefs[i], y: p ? (pick(p)?.rate ?? NaN) : NaN })),
       ci: ps.map((p) => (p ? (pick(p)?.ci ?? [NaN, NaN]) : [NaN, NaN])),
     };
@@ -440,9 +481,11 @@ function steeringSection(r: AuditReport): string {
         '</div></div>'
       : '';
   const judges = judgeColumns(r);
+  const best = bestSteeringPoint(s.points, judge, baselineRates(r));
+  const bestPoint = best?.beyondBaseline ? best.point : null;
   const rows = s.points.map(
     (p) =>
-      `<tr><td>${esc(p.method === 'scav-defence' ? 'SCAV defence' : 'mean difference')}</td><td class="n">${
+      `<tr${p === bestPoint ? ' class="best"' : ''}><td>${esc(p.method === 'scav-defence' ? 'SCAV defence' : 'mean difference')}</td><td class="n">${
         p.coefficient ?? '–'
       }</td><td>${esc(p.mode)}</td>` +
       judges.map((j) => rateCell(p.harmful.judges[j])).join('') +
@@ -474,6 +517,13 @@ function steeringSection(r: AuditReport): string {
       rows,
       [false, true, false, ...judges.map(() => true), ...judges.map(() => true), true, true],
     ) +
+    (best
+      ? `<p>${
+          bestPoint
+            ? `Highlighted: the best setting (${esc(describePoint(bestPoint))}), whose refusal’s 95% interval lies above the baseline’s.`
+            : `${esc(NO_BEST_STEERING[0].toUpperCase() + NO_BEST_STEERING.slice(1))}.`
+        }</p>`
+      : '') +
     s.notes.map((n) => `<p class="note">${esc(n)}</p>`).join('') +
     (coefs.includes(0) ? '<p class="note">Coefficient 0 is the baseline (no steering).</p>' : '') +
     '</section>'

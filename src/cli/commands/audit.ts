@@ -237,11 +237,16 @@ function commandLine(argv: readonly string[]): string | null {
 }
 
 function humanSummary(r: AuditReport, html: string, seconds: number): string {
-  const lines = ['', ...r.summary.map((l) => `- ${l}`), ''];
+  const lines = [
+    '',
+    ...(r.failures.length > 0
+      ? ['What failed or missed its goal:', ...r.failures.map((l) => `! ${l}`), '']
+      : []),
+    ...r.summary.map((l) => `- ${l}`),
+    '',
+  ];
   for (const g of r.goals)
-    lines.push(
-      `${g.met === null ? 'n/a   ' : g.met ? 'met   ' : 'MISSED'}  ${g.label}: ${g.value ?? 'not measured'} (goal ${g.target})`,
-    );
+    lines.push(`${g.label}: ${g.value ?? 'not measured'} (goal ${g.target}; ${g.data})`);
   const status = r.steps.map((s) => `${s.name} ${s.status}`).join(', ');
   lines.push('', `steps: ${status}`, `report: ${html} (and report.json); wall time ${Math.round(seconds)} s`);
   return lines.join('\n');
