@@ -11,7 +11,9 @@ cd "$(dirname "$0")/.."
 LCP_VERSION="0.3.16"
 LCP_SDIST="llama_cpp_python-${LCP_VERSION}.tar.gz"
 LCP_SHA256="34ed0f9bd9431af045bb63d9324ae620ad0536653740e9bb163a2e1fcb973be6"
-# The sdist carries no git metadata, so llama.cpp's own build info would say "unknown".
+# The llama.cpp commit that the sdist's CHANGELOG gives for this version (checked below). The sdist
+# carries no git metadata, so llama-bench's build_commit shows BUILD_LABEL instead of "unknown".
+LLAMA_COMMIT="4227c9be4268ac844921b90f31595f81236bd317"
 BUILD_LABEL="llama-cpp-python-${LCP_VERSION}-vendor"
 
 out="${1:-.cache/llama.cpp}"
@@ -48,6 +50,14 @@ got="$(sha256sum "$tmp/$LCP_SDIST" | cut -d' ' -f1)"
 tar -xzf "$tmp/$LCP_SDIST" -C "$tmp"
 src="$tmp/llama_cpp_python-${LCP_VERSION}/vendor/llama.cpp"
 [ -f "$src/CMakeLists.txt" ] || fail "no vendor/llama.cpp/CMakeLists.txt in $LCP_SDIST"
+changelog="$tmp/llama_cpp_python-${LCP_VERSION}/CHANGELOG.md"
+[ -f "$changelog" ] || fail "no CHANGELOG.md in $LCP_SDIST"
+# This version's section: from its heading to the next one.
+section="$(sed -n "/^## \[${LCP_VERSION}\]/,/^## \[/p" "$changelog")"
+case "$section" in
+  *"llama.cpp@${LLAMA_COMMIT}"*) ;;
+  *) fail "the sdist's CHANGELOG does not name llama.cpp@${LLAMA_COMMIT} for ${LCP_VERSION}" ;;
+esac
 # The vendored tree's .git file points into the sdist's missing module store; without removing it
 # llama.cpp's build-info step would run git against a broken gitdir.
 rm -f "$src/.git"
@@ -85,6 +95,7 @@ bin="$(find "$tmp/build" -type f -name llama-bench -perm -u+x | head -n 1)"
 mkdir -p "$out"
 {
   echo "llama.cpp vendored by llama-cpp-python ${LCP_VERSION} (sdist sha256 ${LCP_SHA256})"
+  echo "llama.cpp commit ${LLAMA_COMMIT} (per the sdist's CHANGELOG; llama-bench's build_commit: ${BUILD_LABEL})"
   echo "configured: Release, GGML_NATIVE=ON, AMX off, CPU only, static, no curl"
   echo "compiler: $("$cxx" --version | head -n 1)"
   echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) in ${seconds}s"
