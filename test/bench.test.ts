@@ -1,8 +1,9 @@
 /**
  * The pieces of `steerguard bench` that decide what a run reports, on literal inputs: the engine
- * order per repeat, merging per-repeat workers into medians and ranges, the busy-machine check and
- * the bench's own share of the load average, the memory-bandwidth fraction, and the text and
- * Markdown output of a hand-made report. Nothing here runs a model.
+ * list and order per repeat, reading llama-bench's JSON (and running a stand-in llama-bench
+ * script), merging per-repeat workers into medians and ranges, the busy-machine check and the
+ * bench's own share of the load average, the memory-bandwidth fraction, and the text and Markdown
+ * output of a hand-made report. Nothing here runs a model.
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -18,6 +19,7 @@ import {
   bandwidthUse,
   benchEngines,
   busyLoadLimit,
+  chooseRssProbe,
   engineOrder,
   formatBenchMarkdown,
   formatBenchText,
@@ -25,10 +27,9 @@ import {
   mergeRuns,
   ownLoad,
   parseLlamaBenchJson,
-  chooseRssProbe,
-  runLlamaBench,
   rateWithRange,
   readLoadAverage,
+  runLlamaBench,
   summarizeLoad,
   weightBytesPerToken,
 } from '../src/cli/bench.js';
