@@ -1,25 +1,35 @@
 /**
  * The pieces of `steerguard bench` that decide what a run reports, on literal inputs: the engine
- * order per repeat, merging per-repeat workers into medians and ranges, the busy-machine check and
- * the bench's own share of the load average, the memory-bandwidth fraction, and the text and
- * Markdown output of a hand-made report. Nothing here runs a model.
+ * list and order per repeat, reading llama-bench's JSON (and running a stand-in llama-bench
+ * script), merging per-repeat workers into medians and ranges, the busy-machine check and the
+ * bench's own share of the load average, the memory-bandwidth fraction, and the text and Markdown
+ * output of a hand-made report. Nothing here runs a model.
  */
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
 
 import {
   type BenchReport,
+  type BenchSettings,
   type WorkerResult,
   bandwidthUse,
+  benchEngines,
   busyLoadLimit,
+  chooseRssProbe,
   engineOrder,
   formatBenchMarkdown,
   formatBenchText,
   isBusy,
   mergeRuns,
   ownLoad,
+  parseLlamaBenchJson,
   rateWithRange,
   readLoadAverage,
+  runLlamaBench,
   summarizeLoad,
   weightBytesPerToken,
 } from '../src/cli/bench.js';
@@ -72,6 +82,164 @@ describe('engineOrder', () => {
       assert.deepEqual(new Set(orders.map((o) => o[place])), new Set(engines), `place ${place}`);
     for (const o of orders) assert.deepEqual([...o].sort(), [...engines].sort());
     assert.deepEqual(engineOrder(engines, 3), orders[0]);
+  });
+});
+
+describe('benchEngines', () => {
+  const settings = (o: Partial<BenchSettings>): BenchSettings => ({
+    threads: 2,
+    prompts: 4,
+    promptTokens: 128,
+    genTokens: 64,
+    repeats: 4,
+    hookOverhead: false,
+    llamacpp: true,
+    weights: 'quantized',
+    batch: 16,
+    maxLoad: null,
+    llamaBench: null,
+    ...o,
+  });
+
+  it('adds native llama-bench as a fourth engine, and rotation puts each of the 4 in each place once', () => {
+    const keys = benchEngines(settings({ llamaBench: '/opt/llama-bench' })).map((e) => e.key);
+    assert.deepEqual(keys, ['steerguard', 'steerguardF32', 'llamacpp', 'llamaBench']);
+    const orders = [0, 1, 2, 3].map((r) => engineOrder(keys, r));
+    assert.deepEqual(orders[1], ['steerguardF32', 'llamacpp', 'llamaBench', 'steerguard']);
+    for (let place = 0; place < 4; place++)
+      assert.deepEqual(new Set(orders.map((o) => o[place])), new Set(keys), `place ${place}`);
+  });
+
+  it('leaves out the engines that are not asked for', () => {
+    const keys = (o: Partial<BenchSettings>) => benchEngines(settings(o)).map((e) => e.key);
+    assert.deepEqual(keys({}), ['steerguard', 'steerguardF32', 'llamacpp']);
+    assert.deepEqual(keys({ llamacpp: false, llamaBench: 'lb', weights: 'f32' }), [
+      'steerguard',
+      'llamaBench',
+    ]);
+  });
+});
+
+/** One `llama-bench -o json` run's output, in its field names, with made-up numbers. */
+const llamaBenchOutput = (o: { threads?: number; ppTs?: unknown; tests?: 'both' | 'pp' } = {}): string => {
+  const test = (nPrompt: number, nGen: number, avgTs: unknown) => ({
+    build_commit: 'llama-cpp-python-0.3.16-vendor',
+    build_number: 0,
+    cpu_info: 'AMD EPYC',
+    gpu_info: '',
+    backends: 'CPU',
+    model_filename: '/models/m.gguf',
+    model_type: 'llama ?B Q4_1',
+    model_size: 85000000,
+    model_n_params: 134515008,
+    n_batch: 2048,
+    n_ubatch: 512,
+    n_threads: o.threads ?? 2,
+    cpu_mask: '0x0',
+    cpu_strict: false,
+    poll: 50,
+    type_k: 'f16',
+    type_v: 'f16',
+    n_gpu_layers: 99,
+    split_mode: 'layer',
+    main_gpu: 0,
+    no_kv_offload: false,
+    flash_attn: false,
+    tensor_split: '0.00',
+    tensor_buft_overrides: 'none',
+    defrag_thold: -1.0,
+    use_mmap: true,
+    embeddings: false,
+    no_op_offload: 0,
+    n_prompt: nPrompt,
+    n_gen: nGen,
+    n_depth: 0,
+    test_time: '2026-12-01T15:30:00Z',
+    avg_ns: 1000000,
+    stddev_ns: 0,
+    avg_ts: avgTs,
+    stddev_ts: 0.0,
+    samples_ns: [1000000],
+    samples_ts: [avgTs],
+  });
+  const tests = [test(128, 0, o.ppTs ?? 812.5)];
+  if ((o.tests ?? 'both') === 'both') tests.push(test(0, 64, 95.25));
+  return `${JSON.stringify(tests, null, 2)}\n`;
+};
+
+describe('parseLlamaBenchJson', () => {
+  const shape = { promptTokens: 128, genTokens: 64, threads: 2 };
+
+  it('takes avg_ts of the pp test as prompt tok/s and of the tg test as generation tok/s', () => {
+    const f = parseLlamaBenchJson(llamaBenchOutput(), shape, 'bin/llama-bench');
+    assert.equal(f.promptTokensPerSecond, 812.5);
+    assert.equal(f.generationTokensPerSecond, 95.25);
+    assert.equal(f.build.build_commit, 'llama-cpp-python-0.3.16-vendor');
+    assert.equal(f.build.backends, 'CPU');
+    assert.equal(f.build.cpu_info, 'AMD EPYC');
+  });
+
+  it('gives a clear error naming llama-bench for output it cannot use', () => {
+    const cases: [string, RegExp][] = [
+      ['main: error: failed to load model', /its output is not JSON \(it starts 'main: error/],
+      ['{"n_prompt": 128}', /not a non-empty array of test results/],
+      ['[]', /not a non-empty array/],
+      [llamaBenchOutput({ tests: 'pp' }), /no generation test \(n_prompt 0, n_gen 64\)/],
+      [llamaBenchOutput({ threads: 4 }), /prompt-processing test ran with n_threads 4, not 2/],
+      [llamaBenchOutput({ ppTs: 0 }), /prompt-processing test has no positive finite avg_ts \(got 0\)/],
+      [llamaBenchOutput({ ppTs: 'fast' }), /no positive finite avg_ts \(got "fast"\)/],
+    ];
+    for (const [text, why] of cases) {
+      assert.throws(
+        () => parseLlamaBenchJson(text, shape, 'bin/llama-bench'),
+        (e: Error) => /^llama-bench \(bin\/llama-bench\): /.test(e.message) && why.test(e.message),
+        text.slice(0, 40),
+      );
+    }
+    assert.throws(
+      () => parseLlamaBenchJson(llamaBenchOutput(), { ...shape, promptTokens: 16 }, 'lb'),
+      /llama-bench \(lb\): its JSON output has no prompt-processing test \(n_prompt 16, n_gen 0\)/,
+    );
+  });
+});
+
+describe('runLlamaBench', () => {
+  /** A stand-in llama-bench: a shell script that logs its arguments and prints `stdout`. */
+  const fakeLlamaBench = (dir: string, stdout: string, exitCode = 0): string => {
+    const bin = path.join(dir, `llama-bench-${exitCode}`);
+    const script = `#!/bin/sh\necho "args: $*" >&2\ncat <<'JSON'\n${stdout}JSON\nexit ${exitCode}\n`;
+    writeFileSync(bin, script, { mode: 0o755 });
+    return bin;
+  };
+  const shape = { promptTokens: 128, genTokens: 64, threads: 2 };
+
+  it('runs it with -m -t -p -n -r 1 -o json, and reads its rates and peak RSS', async (t) => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'steerguard-llama-bench-test-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const bin = fakeLlamaBench(dir, llamaBenchOutput());
+    const lines: string[] = [];
+    const probe = chooseRssProbe(dir);
+    const w = await runLlamaBench(bin, 'm.gguf', shape, probe, dir, (l) => lines.push(l));
+    assert.deepEqual(lines, ['args: -m m.gguf -t 2 -p 128 -n 64 -r 1 -o json']);
+    assert.equal(w.engine, 'llama-bench');
+    assert.deepEqual(w.throughput.samples, {
+      promptTokensPerSecond: [812.5],
+      generationTokensPerSecond: [95.25],
+    });
+    assert.equal(w.loadSeconds, null);
+    assert.equal(w.build.binary, bin);
+    if (probe === 'none') assert.equal(w.peakRssBytes, null);
+    else assert.ok((w.peakRssBytes ?? 0) > 0, `${probe}: ${String(w.build.peakRss)}`);
+  });
+
+  it('a failing run is an error naming llama-bench, with the end of its stderr', async (t) => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'steerguard-llama-bench-test-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
+    const bin = fakeLlamaBench(dir, '', 3);
+    await assert.rejects(
+      runLlamaBench(bin, 'm.gguf', shape, 'none', dir, () => {}),
+      /^SteerguardError: llama-bench \(.*llama-bench-3\) failed \(exit 3\): args: -m m\.gguf/,
+    );
   });
 });
 
@@ -218,6 +386,7 @@ describe('bench output', () => {
       weights: 'quantized',
       batch: 16,
       maxLoad: null,
+      llamaBench: null,
     },
     machine: {
       cpu: 'cpu',
@@ -232,10 +401,11 @@ describe('bench output', () => {
     steerguardF32: null,
     llamacpp: null,
     llamacppError: 'skipped (--no-llamacpp)',
+    llamaBench: null,
     hookOverhead: null,
     load: summarizeLoad(busy ? 1.234 : 0.1, [2.0, 2.1, 2.2], [1.8, 1.9, 2.0], 2, 2),
     busy,
-    wallSeconds: { steerguard: 30, steerguardF32: null, llamacpp: null },
+    wallSeconds: { steerguard: 30, steerguardF32: null, llamacpp: null, llamaBench: null },
   });
 
   it('shows each median with its range, the batched row and the memory-bound line', () => {
@@ -268,6 +438,44 @@ describe('bench output', () => {
     assert.doesNotMatch(formatBenchMarkdown(report(false)), /WARNING/);
   });
 
+  it('with native llama-bench: its row, the node-llama-cpp row, and ratios against the native one', () => {
+    const t = (pp: number, gen: number) => ({
+      promptTokensPerSecond: pp,
+      generationTokensPerSecond: gen,
+      samples: { promptTokensPerSecond: [pp], generationTokensPerSecond: [gen] },
+    });
+    const other = { hooks: null, batched: null, memory: null };
+    const nodeLlamaCpp: WorkerResult = {
+      engine: 'llamacpp',
+      loadSeconds: 0.5,
+      throughput: t(200, 40),
+      peakRssBytes: 125 * 2 ** 20,
+      build: { llamaCppRelease: 'b1' },
+      ...other,
+    };
+    const native: WorkerResult = {
+      engine: 'llama-bench',
+      loadSeconds: null,
+      throughput: t(258, 64),
+      peakRssBytes: null,
+      build: { binary: 'lb', build_commit: 'abc', build_number: 1, peakRss: 'not measured' },
+      ...other,
+    };
+    const text = formatBenchText({
+      ...report(false),
+      llamacpp: nodeLlamaCpp,
+      llamacppError: null,
+      llamaBench: native,
+      wallSeconds: { steerguard: 30, steerguardF32: null, llamacpp: 5, llamaBench: 4 },
+    });
+    assert.match(text, /llama\.cpp \(node-llama-cpp\) +200 +40\.0 +125 MiB +0\.5/);
+    assert.match(text, /llama\.cpp \(native llama-bench\) +258 +64\.0 +n\/a +n\/a/);
+    assert.match(text, /steerguard \/ llama\.cpp \(native\) +0\.50× +0\.50× +n\/a/);
+    assert.doesNotMatch(text, /steerguard \/ llama\.cpp \(node-llama-cpp\)/);
+    assert.match(text, /llama\.cpp native: lb, build abc \(1\).*llama-bench's own token ids/);
+    assert.match(text, /4s llama-bench/);
+  });
+
   it('rateWithRange shows one sample alone', () => {
     assert.equal(rateWithRange(129, [121, 133, 129]), '129 (121–133)');
     assert.equal(rateWithRange(37.25, [37.25]), '37.3');
@@ -283,6 +491,17 @@ describe('bench options', () => {
     assert.equal(r.code, 1);
     assert.match(r.stderr, /above --max-load 0: nothing was measured/);
     assert.equal(r.stdout, '');
+  });
+
+  it('--llama-bench that is missing or not executable refuses before measuring anything', async () => {
+    const missing = await runCommand(benchCommand, ['m.gguf', '--llama-bench', '/no/such/llama-bench']);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /--llama-bench \/no\/such\/llama-bench: no such file/);
+    assert.equal(missing.stdout, '');
+    const notExecutable = fileURLToPath(import.meta.url);
+    const r = await runCommand(benchCommand, ['m.gguf', '--llama-bench', notExecutable]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /: not executable/);
   });
 
   it('rejects --batch outside 1..256 and a negative --max-load', async () => {

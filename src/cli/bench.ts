@@ -1,7 +1,10 @@
 /**
  * `steerguard bench`: steerguard against llama.cpp (node-llama-cpp) on the same GGUF file, the
  * same token ids and the same thread count, plus the cost of steerguard's hooks, the rate of
- * batched generation and how close generation comes to the machine's memory bandwidth.
+ * batched generation and how close generation comes to the machine's memory bandwidth. With a
+ * natively built `llama-bench` (scripts/build-llama-bench.sh), llama.cpp is also measured that way:
+ * the same workload shape (prompt length, generated tokens, threads), but llama-bench's own token
+ * ids, and its generation test starts from an empty context rather than after the prompt.
  *
  * Each measurement runs in a child process of its own (`steerguard bench-worker`), one at a time:
  * peak RSS is a per-process number, so measuring both engines in one process would charge each
@@ -23,8 +26,17 @@
  * where other processes held the cores the engines need are flagged (`busy`), since they say more
  * about the other processes than about the engines.
  */
-import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import {
+  accessSync,
+  constants,
+  existsSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -57,6 +69,8 @@ export interface BenchSettings {
   readonly batch: number;
   /** Refuse to start when the 1-minute load average is above this; null: always start. */
   readonly maxLoad: number | null;
+  /** A natively built llama-bench binary to measure as well; null: none. */
+  readonly llamaBench: string | null;
 }
 
 /** What one worker measures; `repeat` (from 0) rotates the order of the hook settings. */
@@ -122,20 +136,21 @@ export const HOOK_VARIANT_LABELS: Record<HookVariant, string> = {
  * {@link mergeRuns}, an engine's figures in the report.
  */
 export interface WorkerResult {
-  engine: 'steerguard' | 'llamacpp';
+  engine: 'steerguard' | 'llamacpp' | 'llama-bench';
   /** steerguard only: how the weights were held. */
   weights?: WeightStorage;
-  /** Seconds to load the model (median over the repeats). */
-  loadSeconds: number;
+  /** Seconds to load the model (median over the repeats); null: llama-bench does not report it. */
+  loadSeconds: number | null;
   /** Figures without hooks. */
   throughput: Throughput;
   /** Steerguard with hooks, when asked. */
   hooks: Partial<Record<HookVariant, Throughput>> | null;
   /**
    * Largest resident set of the worker process, bytes (for steerguard: before any hook ran, before
-   * the batched run and the copy-bandwidth buffers); the largest over the repeats.
+   * the batched run and the copy-bandwidth buffers); the largest over the repeats. Null when it
+   * could not be read (llama-bench without /usr/bin/time or /proc; `build.peakRss` says so).
    */
-  peakRssBytes: number;
+  peakRssBytes: number | null;
   /** steerguard only, when the batch setting is above 1. */
   batched: BatchedThroughput | null;
   /** steerguard only. */
@@ -173,12 +188,19 @@ export interface BenchReport {
   llamacpp: WorkerResult | null;
   /** Why llama.cpp has no figures, when it has none. */
   llamacppError: string | null;
+  /** The native llama-bench's figures, when `settings.llamaBench` was given. */
+  llamaBench: WorkerResult | null;
   hookOverhead: HookOverheadRow[] | null;
   load: LoadRecord;
   /** Other processes held cores the engines need at some point: the figures are not comparable. */
   busy: boolean;
   /** Wall time of each engine's workers together, seconds (loads, warm-ups and measurements). */
-  wallSeconds: { steerguard: number; steerguardF32: number | null; llamacpp: number | null };
+  wallSeconds: {
+    steerguard: number;
+    steerguardF32: number | null;
+    llamacpp: number | null;
+    llamaBench: number | null;
+  };
 }
 
 export interface HookOverheadRow {
@@ -386,12 +408,14 @@ export function mergeRuns(runs: readonly WorkerResult[]): WorkerResult {
       bandwidthUse: bandwidthUse(bytes, throughput.generationTokensPerSecond, copyBandwidthGBps),
     };
   }
+  const loads = runs.flatMap((w) => (w.loadSeconds === null ? [] : [w.loadSeconds]));
+  const rss = runs.flatMap((w) => (w.peakRssBytes === null ? [] : [w.peakRssBytes]));
   return {
     ...first,
-    loadSeconds: median(runs.map((w) => w.loadSeconds)),
+    loadSeconds: loads.length > 0 ? median(loads) : null,
     throughput,
     hooks,
-    peakRssBytes: Math.max(...runs.map((w) => w.peakRssBytes)),
+    peakRssBytes: rss.length > 0 ? Math.max(...rss) : null,
     batched,
     memory,
   };
@@ -626,6 +650,207 @@ export async function llamaCppWorker(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Native llama-bench (run by the parent directly: it is its own process already)
+
+/** What a llama-bench run is expected to have measured: its `-p`, `-n` and `-t`. */
+export interface LlamaBenchShape {
+  readonly promptTokens: number;
+  readonly genTokens: number;
+  readonly threads: number;
+}
+
+/** The rates of one `llama-bench -o json` run, and its build facts. */
+export interface LlamaBenchFigures {
+  promptTokensPerSecond: number;
+  generationTokensPerSecond: number;
+  build: Record<string, string | number | boolean>;
+}
+
+type JsonObject = Record<string, unknown>;
+
+const isObject = (x: unknown): x is JsonObject => typeof x === 'object' && x !== null && !Array.isArray(x);
+
+/** Build facts copied from llama-bench's JSON, when present. */
+const LLAMA_BENCH_BUILD_FIELDS = [
+  'build_commit',
+  'build_number',
+  'cpu_info',
+  'backends',
+  'model_type',
+  'n_batch',
+  'n_ubatch',
+  'type_k',
+  'type_v',
+  'flash_attn',
+] as const;
+
+/**
+ * The prompt-processing and generation rates (`avg_ts`) in the JSON array `llama-bench -o json`
+ * prints: the test with n_prompt = promptTokens and n_gen = 0, and the one with n_prompt = 0 and
+ * n_gen = genTokens, both at the expected thread count. `source` (the binary) names the errors.
+ */
+export function parseLlamaBenchJson(text: string, shape: LlamaBenchShape, source: string): LlamaBenchFigures {
+  const fail = (why: string): never => {
+    throw new SteerguardError(`llama-bench (${source}): ${why}`);
+  };
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    const start = text.trim().slice(0, 80);
+    return fail(`its output is not JSON (it starts '${start}'); was it run with -o json?`);
+  }
+  if (!Array.isArray(parsed) || parsed.length === 0 || !parsed.every(isObject)) {
+    return fail('its JSON output is not a non-empty array of test results');
+  }
+  const tests = parsed as JsonObject[];
+  const find = (kind: string, nPrompt: number, nGen: number): number => {
+    const t = tests.find((x) => x.n_prompt === nPrompt && x.n_gen === nGen);
+    if (!t) return fail(`its JSON output has no ${kind} test (n_prompt ${nPrompt}, n_gen ${nGen})`);
+    if (t.n_threads !== undefined && t.n_threads !== shape.threads) {
+      fail(`its ${kind} test ran with n_threads ${String(t.n_threads)}, not ${shape.threads}`);
+    }
+    const rate = t.avg_ts;
+    if (typeof rate !== 'number' || !Number.isFinite(rate) || rate <= 0) {
+      return fail(`its ${kind} test has no positive finite avg_ts (got ${JSON.stringify(rate)})`);
+    }
+    return rate;
+  };
+  const promptTokensPerSecond = find('prompt-processing', shape.promptTokens, 0);
+  const generationTokensPerSecond = find('generation', 0, shape.genTokens);
+  const build: Record<string, string | number | boolean> = {};
+  for (const field of LLAMA_BENCH_BUILD_FIELDS) {
+    const v = tests[0][field];
+    if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') build[field] = v;
+  }
+  return { promptTokensPerSecond, generationTokensPerSecond, build };
+}
+
+/** How a child's peak RSS is read: GNU time's %M, polling /proc/PID/status VmHWM, or not at all. */
+export type RssProbe = 'gnu-time' | 'proc-vmhwm' | 'none';
+
+const GNU_TIME = '/usr/bin/time';
+
+export const RSS_PROBE_LABELS: Record<RssProbe, string> = {
+  'gnu-time': `${GNU_TIME} -f %M`,
+  'proc-vmhwm': 'VmHWM polled from /proc/PID/status every 50 ms',
+  none: 'not measured (no GNU /usr/bin/time and no /proc)',
+};
+
+/** Where a peak RSS figure came from, or why there is none. */
+function rssSourceLabel(probe: RssProbe, measured: boolean): string {
+  if (measured || probe === 'none') return RSS_PROBE_LABELS[probe];
+  return `not measured (${RSS_PROBE_LABELS[probe]} gave no reading)`;
+}
+
+/** The best way this machine has to read a child's peak RSS (tries `/usr/bin/time -f %M` once). */
+export function chooseRssProbe(dir: string): RssProbe {
+  if (existsSync(GNU_TIME)) {
+    const file = path.join(dir, 'time-probe.txt');
+    const r = spawnSync(GNU_TIME, ['-f', '%M', '-o', file, 'true'], { stdio: 'ignore' });
+    if (r.status === 0 && existsSync(file) && /^\d+\s*$/.test(readFileSync(file, 'utf8'))) return 'gnu-time';
+  }
+  return existsSync('/proc/self/status') ? 'proc-vmhwm' : 'none';
+}
+
+/** Refuses a --llama-bench path that is not an executable file, before anything is measured. */
+export function checkLlamaBenchBinary(binary: string): void {
+  if (!existsSync(binary) || !statSync(binary).isFile()) {
+    throw new OptionError(
+      `--llama-bench ${binary}: no such file (build one with scripts/build-llama-bench.sh)`,
+    );
+  }
+  try {
+    accessSync(binary, constants.X_OK);
+  } catch {
+    throw new OptionError(`--llama-bench ${binary}: not executable`);
+  }
+}
+
+/**
+ * One run of `llama-bench -m MODEL -t T -p P -n G -r 1 -o json` (it warms up by itself), as a
+ * worker result with its peak RSS read by `probe`. stderr lines go to `onLine`; a failure is an
+ * error naming llama-bench, with the end of its stderr.
+ */
+export function runLlamaBench(
+  binary: string,
+  modelPath: string,
+  shape: LlamaBenchShape,
+  probe: RssProbe,
+  dir: string,
+  onLine: (line: string) => void,
+): Promise<WorkerResult> {
+  const args = ['-m', modelPath, '-t', String(shape.threads), '-p', String(shape.promptTokens)];
+  args.push('-n', String(shape.genTokens), '-r', '1', '-o', 'json');
+  const rssFile = path.join(dir, 'llama-bench-rss.txt');
+  rmSync(rssFile, { force: true });
+  const [file, argv] =
+    probe === 'gnu-time' ? [GNU_TIME, ['-f', '%M', '-o', rssFile, binary, ...args]] : [binary, args];
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, argv, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    let hwmKiB = 0;
+    const poll =
+      probe === 'proc-vmhwm'
+        ? setInterval(() => {
+            try {
+              const m = /^VmHWM:\s+(\d+) kB/m.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'));
+              if (m) hwmKiB = Math.max(hwmKiB, Number(m[1]));
+            } catch {
+              // the process has just exited; the readings so far stand
+            }
+          }, 50)
+        : undefined;
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+      stderr += d;
+      for (const line of d.split('\n')) if (line.trim() !== '') onLine(line);
+    });
+    child.on('error', (err) => {
+      clearInterval(poll);
+      reject(new SteerguardError(`llama-bench (${binary}) did not start: ${err.message}`));
+    });
+    child.on('close', (code, signal) => {
+      clearInterval(poll);
+      if (code !== 0) {
+        const tail = stderr.trim().split('\n').slice(-6).join('\n');
+        reject(new SteerguardError(`llama-bench (${binary}) failed (${signal ?? `exit ${code}`}): ${tail}`));
+        return;
+      }
+      try {
+        const f = parseLlamaBenchJson(stdout, shape, binary);
+        let peakRssBytes: number | null = null;
+        if (probe === 'gnu-time') {
+          const kib = Number(readFileSync(rssFile, 'utf8').trim());
+          if (Number.isFinite(kib) && kib > 0) peakRssBytes = kib * 1024;
+        } else if (hwmKiB > 0) {
+          peakRssBytes = hwmKiB * 1024;
+        }
+        const pp = f.promptTokensPerSecond;
+        const gen = f.generationTokensPerSecond;
+        resolve({
+          engine: 'llama-bench',
+          loadSeconds: null,
+          throughput: {
+            promptTokensPerSecond: pp,
+            generationTokensPerSecond: gen,
+            samples: { promptTokensPerSecond: [pp], generationTokensPerSecond: [gen] },
+          },
+          hooks: null,
+          peakRssBytes,
+          batched: null,
+          memory: null,
+          build: { ...f.build, binary, peakRss: rssSourceLabel(probe, peakRssBytes !== null) },
+        });
+      } catch (err) {
+        reject(err as Error);
+      }
+    });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
 // Parent
 
 /** Path of the CLI entry, for spawning workers (dist/src/cli/main.js next to this file). */
@@ -663,7 +888,40 @@ function runWorker(args: string[], onLine: (line: string) => void): Promise<Work
   });
 }
 
-type EngineKey = 'steerguard' | 'steerguardF32' | 'llamacpp';
+export type EngineKey = 'steerguard' | 'steerguardF32' | 'llamacpp' | 'llamaBench';
+
+/**
+ * The engines a run measures, in their order for repeat 0 (later repeats rotate it): steerguard,
+ * its fp32 run when the weights are quantized, llama.cpp through node-llama-cpp, native llama-bench.
+ */
+export function benchEngines(s: BenchSettings): { key: EngineKey; label: string }[] {
+  return [
+    { key: 'steerguard' as const, label: `steerguard${s.weights === 'quantized' ? '' : ` ${s.weights}`}` },
+    ...(s.weights === 'quantized' ? [{ key: 'steerguardF32' as const, label: 'steerguard f32' }] : []),
+    ...(s.llamacpp ? [{ key: 'llamacpp' as const, label: 'llama.cpp (node-llama-cpp)' }] : []),
+    ...(s.llamaBench !== null
+      ? [{ key: 'llamaBench' as const, label: 'llama.cpp (native llama-bench)' }]
+      : []),
+  ];
+}
+
+/** bench-worker arguments for an engine that runs in a worker. */
+function workerEngineArgs(key: Exclude<EngineKey, 'llamaBench'>, s: BenchSettings): string[] {
+  switch (key) {
+    case 'steerguard':
+      return [
+        '--engine',
+        'steerguard',
+        '--weights',
+        s.weights,
+        ...(s.hookOverhead ? [] : ['--no-hook-overhead']),
+      ];
+    case 'steerguardF32':
+      return ['--engine', 'steerguard', '--weights', 'f32', '--no-hook-overhead'];
+    case 'llamacpp':
+      return ['--engine', 'llamacpp'];
+  }
+}
 
 export async function runBench(
   modelPath: string,
@@ -673,6 +931,7 @@ export async function runBench(
   if (!/\.gguf$/i.test(modelPath)) {
     throw new OptionError(`bench compares with llama.cpp, so it needs a .gguf file; got ${modelPath}`);
   }
+  if (s.llamaBench !== null) checkLlamaBenchBinary(s.llamaBench);
   const loadBefore = readLoadAverage();
   if (s.maxLoad !== null && loadBefore > s.maxLoad) {
     throw new OptionError(
@@ -697,27 +956,13 @@ export async function runBench(
     '--batch',
     String(s.batch),
   ];
-  const engines: { key: EngineKey; label: string; args: string[] }[] = [
-    {
-      key: 'steerguard',
-      label: `steerguard${s.weights === 'quantized' ? '' : ` ${s.weights}`}`,
-      args: [
-        '--engine',
-        'steerguard',
-        '--weights',
-        s.weights,
-        ...(s.hookOverhead ? [] : ['--no-hook-overhead']),
-      ],
-    },
-  ];
-  if (s.weights === 'quantized') {
-    engines.push({
-      key: 'steerguardF32',
-      label: 'steerguard f32',
-      args: ['--engine', 'steerguard', '--weights', 'f32', '--no-hook-overhead'],
-    });
-  }
-  if (s.llamacpp) engines.push({ key: 'llamacpp', label: 'llama.cpp', args: ['--engine', 'llamacpp'] });
+  const engines = benchEngines(s);
+  const rssProbe = s.llamaBench !== null ? chooseRssProbe(dir) : 'none';
+  const shape: LlamaBenchShape = { promptTokens: s.promptTokens, genTokens: s.genTokens, threads: s.threads };
+  const measure = (key: EngineKey, r: number, onLine: (line: string) => void): Promise<WorkerResult> =>
+    key === 'llamaBench'
+      ? runLlamaBench(s.llamaBench!, modelPath, shape, rssProbe, dir, onLine)
+      : runWorker([...workerEngineArgs(key, s), ...common, '--repeat', String(r)], onLine);
 
   const date = new Date().toISOString();
   const runs = new Map<EngineKey, WorkerResult[]>(engines.map((e) => [e.key, []]));
@@ -734,9 +979,7 @@ export async function runBench(
         log(`bench: repeat ${r + 1}/${s.repeats}, ${e.label}`);
         const start = performance.now() / 1000;
         try {
-          const result = await runWorker([...e.args, ...common, '--repeat', String(r)], (line) =>
-            log(`  [${e.label}] ${line}`),
-          );
+          const result = await measure(e.key, r, (line) => log(`  [${e.label}] ${line}`));
           runs.get(e.key)!.push(result);
         } catch (err) {
           if (e.key !== 'llamacpp') throw err;
@@ -769,6 +1012,7 @@ export async function runBench(
     steerguardF32: merged('steerguardF32'),
     llamacpp: llamacppError === null ? merged('llamacpp') : null,
     llamacppError,
+    llamaBench: merged('llamaBench'),
     hookOverhead: hookRows(steerguard),
     load,
     busy: isBusy(load.othersMax, s.threads, cores),
@@ -776,6 +1020,7 @@ export async function runBench(
       steerguard: wall.get('steerguard') ?? 0,
       steerguardF32: wall.get('steerguardF32') ?? null,
       llamacpp: llamacppError === null ? (wall.get('llamacpp') ?? null) : null,
+      llamaBench: wall.get('llamaBench') ?? null,
     },
   };
 }
@@ -804,7 +1049,7 @@ function hookRows(w: WorkerResult): HookOverheadRow[] | null {
 
 const rate = (x: number): string => (x >= 100 ? x.toFixed(0) : x.toFixed(1));
 const ratio = (x: number): string => `${x.toFixed(2)}×`;
-const mib = (b: number): string => `${Math.round(b / MIB)} MiB`;
+const mib = (b: number | null): string => (b === null ? 'n/a' : `${Math.round(b / MIB)} MiB`);
 
 /** A median with the range of its samples, e.g. `129 (121–133)`; the median alone for one sample. */
 export function rateWithRange(x: number, samples: readonly number[]): string {
@@ -827,7 +1072,7 @@ function engineRows(r: BenchReport): string[][] {
       rateWithRange(t.promptTokensPerSecond, t.samples.promptTokensPerSecond),
       rateWithRange(t.generationTokensPerSecond, t.samples.generationTokensPerSecond),
       mib(w.peakRssBytes),
-      w.loadSeconds.toFixed(1),
+      w.loadSeconds === null ? 'n/a' : w.loadSeconds.toFixed(1),
     ]);
     if (w.batched) {
       const b = w.batched;
@@ -842,22 +1087,32 @@ function engineRows(r: BenchReport): string[][] {
     }
   };
   for (const w of steerguardResults(r)) add(weightsLabel(w), w);
-  if (r.llamacpp) {
-    add('llama.cpp', r.llamacpp);
-    rows.push([
-      'steerguard / llama.cpp',
-      ratio(r.steerguard.throughput.promptTokensPerSecond / r.llamacpp.throughput.promptTokensPerSecond),
-      ratio(
-        r.steerguard.throughput.generationTokensPerSecond / r.llamacpp.throughput.generationTokensPerSecond,
-      ),
-      ratio(r.steerguard.peakRssBytes / r.llamacpp.peakRssBytes),
-      '',
-    ]);
-  } else {
+  if (r.llamacpp) add(NODE_LLAMA_CPP_LABEL, r.llamacpp);
+  if (r.llamaBench) add(LLAMA_BENCH_LABEL, r.llamaBench);
+  // The native build is the reference when there is one: it is what llama.cpp gives on this CPU.
+  const reference = r.llamaBench
+    ? { name: 'llama.cpp (native)', w: r.llamaBench }
+    : r.llamacpp
+      ? { name: 'llama.cpp (node-llama-cpp)', w: r.llamacpp }
+      : null;
+  if (!reference) {
     rows.push(['llama.cpp', 'n/a', 'n/a', 'n/a', 'n/a']);
+    return rows;
   }
+  const sg = r.steerguard;
+  const ref = reference.w;
+  rows.push([
+    `steerguard / ${reference.name}`,
+    ratio(sg.throughput.promptTokensPerSecond / ref.throughput.promptTokensPerSecond),
+    ratio(sg.throughput.generationTokensPerSecond / ref.throughput.generationTokensPerSecond),
+    sg.peakRssBytes !== null && ref.peakRssBytes !== null ? ratio(sg.peakRssBytes / ref.peakRssBytes) : 'n/a',
+    '',
+  ]);
   return rows;
 }
+
+const NODE_LLAMA_CPP_LABEL = 'llama.cpp (node-llama-cpp)';
+const LLAMA_BENCH_LABEL = 'llama.cpp (native llama-bench)';
 
 const ENGINE_HEADERS = ['engine', 'prompt tok/s', 'gen tok/s', 'peak RSS', 'load s'];
 const HOOK_HEADERS = ['steerguard hooks', 'prompt tok/s', 'prompt time', 'gen tok/s', 'gen time'];
@@ -912,6 +1167,17 @@ function loadLine(r: BenchReport): string {
   );
 }
 
+function llamaBenchLine(w: WorkerResult, s: BenchSettings): string {
+  const b = w.build;
+  const field = (k: string): string => (b[k] === undefined ? 'unknown' : String(b[k]));
+  return (
+    `llama.cpp native: ${field('binary')}, build ${field('build_commit')} (${field('build_number')}), ` +
+    `${field('backends')}, ${field('cpu_info')}; the same shape (${s.promptTokens}-token prompt, ` +
+    `${s.genTokens} generated tokens, ${s.threads} threads) but llama-bench's own token ids, one ` +
+    `prompt per test, generation from an empty context; load time not reported; peak RSS ${field('peakRss')}`
+  );
+}
+
 function contextLines(r: BenchReport): string[] {
   const s = r.settings;
   const m = r.machine;
@@ -921,7 +1187,8 @@ function contextLines(r: BenchReport): string[] {
   const walls = [
     `${w.steerguard.toFixed(0)}s ${weightsLabel(r.steerguard)}`,
     ...(w.steerguardF32 !== null ? [`${w.steerguardF32.toFixed(0)}s f32`] : []),
-    ...(w.llamacpp !== null ? [`${w.llamacpp.toFixed(0)}s llama.cpp`] : []),
+    ...(w.llamacpp !== null ? [`${w.llamacpp.toFixed(0)}s node-llama-cpp`] : []),
+    ...(w.llamaBench !== null ? [`${w.llamaBench.toFixed(0)}s llama-bench`] : []),
   ];
   return [
     `model: ${path.basename(r.model)}`,
@@ -935,6 +1202,7 @@ function contextLines(r: BenchReport): string[] {
     lb
       ? `llama.cpp: ${String(lb.llamaCppRepo)} ${String(lb.llamaCppRelease)} (${String(lb.buildType)}, node-llama-cpp ${String(lb.nodeLlamaCpp)}, KV ${String(lb.kvCacheType)}), ${String(lb.systemInfo)}`
       : `llama.cpp: ${r.llamacppError ?? 'not run'}`,
+    ...(r.llamaBench ? [llamaBenchLine(r.llamaBench, s)] : []),
     `date: ${r.date}; wall time ${walls.join(', ')}`,
   ];
 }

@@ -57,8 +57,12 @@ export const benchCommand = command(
         'generated token × tokens/s with a measured memory-copy rate. The 1-minute load average is ' +
         'read before the run and after each worker; when other processes held the cores the engines ' +
         'need, the output starts with a warning (--max-load refuses to start on a loaded machine). ' +
-        'Prompts are cut from a fixed benign paragraph. Takes minutes on small machines; lower ' +
-        '--repeats, --gen-tokens or --batch for a quick look.',
+        'Prompts are cut from a fixed benign paragraph. --llama-bench PATH adds llama.cpp built ' +
+        'natively for this CPU (scripts/build-llama-bench.sh builds one): `PATH -m MODEL -t THREADS ' +
+        '-p PROMPT_TOKENS -n GEN_TOKENS -r 1 -o json` once per repeat, interleaved with the workers; ' +
+        'its workload has the same shape but its own token ids, and the steerguard / llama.cpp ratios ' +
+        'then use it. Takes minutes on small machines; lower --repeats, --gen-tokens or --batch for a ' +
+        'quick look.',
     ),
     positionals: [{ name: 'model', description: '.gguf file' }],
     options: {
@@ -97,13 +101,19 @@ export const benchCommand = command(
         default: true,
         description: 'also time steerguard with hooks at every hook_resid_post',
       },
-      llamacpp: { type: 'boolean', default: true, description: 'also run llama.cpp' },
+      llamacpp: { type: 'boolean', default: true, description: 'also run llama.cpp through node-llama-cpp' },
+      llamaBench: {
+        type: 'string',
+        placeholder: 'path',
+        description: 'also run this natively built llama-bench (scripts/build-llama-bench.sh)',
+      },
       weights: WEIGHTS_OPTION,
       markdown: { type: 'boolean', description: 'print Markdown tables ready for BENCHMARKS.md' },
     },
     examples: [
       'steerguard bench .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf',
       'steerguard bench model.gguf --threads 4 --repeats 5 --max-load 0.5 --markdown >> BENCHMARKS.md',
+      'steerguard bench model.gguf --llama-bench .cache/llama.cpp/llama-bench --no-llamacpp',
       'steerguard bench model.gguf --prompts 1 --gen-tokens 16 --repeats 2 --batch 4 --no-hook-overhead --json',
     ],
   },
@@ -124,6 +134,7 @@ export const benchCommand = command(
         weights: o.weights ?? 'quantized',
         batch: o.batch,
         maxLoad: o.maxLoad ?? null,
+        llamaBench: o.llamaBench ?? null,
       },
       (line) => out.info(line),
     );
