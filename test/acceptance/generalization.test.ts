@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -16,7 +16,11 @@ import { ROOT, SHARED, SMOLLM2_GGUF, missingModel } from '../util/fixtures.js';
 const DATA = path.join(SHARED, 'datasets');
 const set = (name: string, limit = 12) => loadPromptSet(name, { dataDir: DATA, limit });
 
-describe('generalization to held-out sources (SmolLM2)', { skip: missingModel(SMOLLM2_GGUF) }, () => {
+const skip =
+  missingModel(SMOLLM2_GGUF) ??
+  (existsSync(path.join(DATA, 'advbench')) ? undefined : `no datasets at ${DATA}`);
+
+describe('generalization to held-out sources (SmolLM2)', { skip }, () => {
   let model: Model;
   let cacheDir: string;
   before(async () => {
