@@ -318,7 +318,8 @@ export class Model {
     const stopTokens = new Set(opts.stopTokens ?? this.loaded.tokenizer?.eosTokenIds ?? []);
     const stops = opts.stop ?? [];
     const hooks = [...this.permanentHooks];
-    const callHooks = this.hooksFor(opts.hooks).slice(hooks.length);
+    const callHooks = [...(opts.hooks ?? [])];
+    for (const h of callHooks) this.checkHookName(h.name);
     const ownHooks = promptTokens.map((_, i) => {
       const own = opts.promptHooks?.(i) ?? [];
       for (const h of own) this.checkHookName(h.name);
