@@ -51,6 +51,10 @@ describe('token monitor', () => {
     assert.deepEqual([s.benignRequestAlarms.positives, s.benignRequestAlarms.n], [1, 2]);
     assert.deepEqual([s.benignTokenAlarms.positives, s.benignTokenAlarms.n], [1, 6]);
     assert.ok(s.complied.inReply.ci[0] > 0 && s.complied.inReply.ci[1] < 1);
+    // reply means: complied 1, -0.7, -1 against benign -0.5, -1: 3 of 6 pairs won, 1 tied
+    assert.equal(s.replyAuroc.nHarmful, 3);
+    assert.equal(s.replyAuroc.nBenign, 2);
+    assert.ok(Math.abs(s.replyAuroc.auroc - 3.5 / 6) < 1e-12, `${s.replyAuroc.auroc}`);
   });
 
   test('a run reads the request and every generated token that was fed back', async () => {

@@ -157,9 +157,12 @@ function formatTokenMonitor(r: TokenMonitorResult): string {
     [false, true, true, true],
   );
   const med = s.complied.medianTokensToFlag;
+  const a = s.replyAuroc;
   return (
     `threshold ${r.threshold.toFixed(3)} (standardised score), ${r.maxNewTokens} tokens per reply\n` +
     table.trimEnd() +
-    `\nmedian tokens to the first flag (compliant replies flagged in the reply): ${Number.isNaN(med) ? 'n/a' : med}\n`
+    `\nmedian tokens to the first flag (compliant replies flagged in the reply): ${Number.isNaN(med) ? 'n/a' : med}\n` +
+    `mean score over the reply, compliant harmful (${a.nHarmful}) vs benign (${a.nBenign}) replies: AUROC ` +
+    `${Number.isNaN(a.auroc) ? 'n/a' : `${a.auroc.toFixed(3)} (${a.ci[0].toFixed(3)}–${a.ci[1].toFixed(3)})`}\n`
   );
 }
