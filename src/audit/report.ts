@@ -400,10 +400,10 @@ export function summarize(r: ReportBase): string[] {
     if (acc !== null) {
       const lead =
         acc >= 0.9
-          ? 'Harmful and harmless requests are linearly separable in this model’s activations'
+          ? 'The two training sets are linearly separable in this model’s activations (which can be their style as much as harm)'
           : acc >= 0.75
-            ? 'Harmful and harmless requests are only partly separable in this model’s activations'
-            : 'This model’s activations barely separate harmful from harmless requests';
+            ? 'The two training sets are only partly separable in this model’s activations'
+            : 'This model’s activations barely separate the two training sets';
       lines.push(
         `${lead}: on the concept’s test split, ${IN_DISTRIBUTION}, the layer-${concept.bestLayer} probe classifies ` +
           `${pct(acc, 1)} of prompts correctly (95% CI ${pct(best!.accuracyCi[0], 1)}–${pct(best!.accuracyCi[1], 1)}), ` +
