@@ -119,7 +119,7 @@ export type {
 } from './concepts/monitor.js';
 export { scavHooks, scavStep } from './concepts/scav.js';
 export type { ScavOptions, ScavTarget, ScavMove } from './concepts/scav.js';
-export { leaveOneSourceOut, fitSourceReading, scoreWithReading } from './concepts/sources.js';
+export { leaveOneSourceOut, fitSourceReading, scoreWithReading, readingScore } from './concepts/sources.js';
 export type {
   LabelledSource,
   ReadingMethod,
@@ -136,6 +136,8 @@ export type {
   GeneralizationReport,
   ReadingReport,
 } from './concepts/generalization.js';
+export { saveReading, loadReading, readingMonitor } from './concepts/reading-file.js';
+export type { ReadingArtifact } from './concepts/reading-file.js';
 
 // Methods: steering ---------------------------------------------------------------------------
 export { ControlVector } from './steering/control-vector.js';
@@ -148,7 +150,7 @@ export type {
   DirectionCandidate,
   SelectionRules,
 } from './steering/refusal-direction.js';
-export { conditionalGenerate } from './steering/conditional.js';
+export { conditionalGenerate, monitorPrompts, verdictHooks } from './steering/conditional.js';
 export type {
   PromptMonitor,
   PromptFlag,
@@ -171,6 +173,16 @@ export type {
 } from './eval/refusal.js';
 export { gcgKeywordJudge, jbbKeywordJudge, llamaGuardJudge } from './eval/judges.js';
 export type { Judge, Judgement, JudgeItem, JudgeRunOptions, LlamaGuardOptions } from './eval/judges.js';
+export { measureTokenMonitor, summarizeTokenMonitor } from './eval/token-monitor.js';
+export type {
+  LabelledPrompt,
+  TokenMonitorRow,
+  TokenMonitorSummary,
+  TokenMonitorResult,
+  TokenMonitorOptions,
+} from './eval/token-monitor.js';
+export { measureLikelihoodShift, summarizeLikelihood } from './eval/likelihood.js';
+export type { LikelihoodItem, LikelihoodRow, LikelihoodSummary } from './eval/likelihood.js';
 export { languageFlaws } from './eval/flaws.js';
 export type { FlawOptions, FlawReport, FlawReason, FlawMetrics, FlawThresholds } from './eval/flaws.js';
 export { silentReporter } from './eval/reporter.js';

@@ -17,7 +17,7 @@ import { type HookName, blockHook } from '../hooks/hooks.js';
 import type { Model } from '../model/model.js';
 import type { PromptMonitor } from '../steering/conditional.js';
 import type { TemplateMode } from './activations.js';
-import { READING_METHODS, type SourceReading } from './sources.js';
+import { READING_METHODS, type SourceReading, readingScore } from './sources.js';
 
 export const READING_FORMAT = 'steerguard.reading';
 export const READING_FORMAT_VERSION = '1';
@@ -134,15 +134,6 @@ export function readingMonitor(
     hooks,
     threshold,
     benignBelow: opts.benignBelow,
-    score: (rows) => {
-      let s = 0;
-      reading.directions.forEach((d, k) => {
-        const e = rows[k];
-        let z = 0;
-        for (let i = 0; i < e.length; i++) z += e[i] * d.v[i];
-        s += (z - d.mid) / d.spread;
-      });
-      return s / reading.directions.length;
-    },
+    score: (rows) => readingScore(reading, (k) => rows[k]),
   };
 }

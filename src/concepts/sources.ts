@@ -461,18 +461,36 @@ export function fitSourceReading(
   return { method: chosen.method, layers: [...chosen.layers], directions, threshold: chosen.threshold };
 }
 
+/**
+ * The standardised score of one request under `reading`: the mean over its directions of
+ * (v·x − mid) / spread, where `rowAt(k)` is the request's activation row at direction k's layer.
+ */
+export function readingScore(reading: SourceReading, rowAt: (k: number) => ArrayLike<number>): number {
+  let score = 0;
+  reading.directions.forEach((dir, k) => {
+    const x = rowAt(k);
+    let z = 0;
+    for (let j = 0; j < x.length; j++) z += x[j] * dir.v[j];
+    const s = (z - dir.mid) / dir.spread;
+    if (!Number.isFinite(s)) throw new SteerguardError(`a non-finite score at layer ${dir.layer}`);
+    score += s / reading.directions.length;
+  });
+  return score;
+}
+
 /** Mean standardised score of each row of `acts` under `reading` ([N]). */
 export function scoreWithReading(acts: Acts, reading: SourceReading): Float64Array {
-  const out = new Float64Array(acts.n);
-  for (const dir of reading.directions) {
+  const at = reading.directions.map((dir) => {
     const li = acts.layers.indexOf(dir.layer);
     if (li < 0) throw new SteerguardError(`the activations have no layer ${dir.layer}`);
-    for (let i = 0; i < acts.n; i++) {
-      const s = (dot(acts.data[li], i, acts.d, dir.v) - dir.mid) / dir.spread;
-      if (!Number.isFinite(s))
-        throw new SteerguardError(`row ${i} has a non-finite score at layer ${dir.layer}`);
-      out[i] += s / reading.directions.length;
+    return acts.data[li];
+  });
+  const d = acts.d;
+  return Float64Array.from({ length: acts.n }, (_, i) => {
+    try {
+      return readingScore(reading, (k) => at[k].subarray(i * d, (i + 1) * d));
+    } catch (e) {
+      throw new SteerguardError(`row ${i}: ${(e as Error).message}`);
     }
-  }
-  return out;
+  });
 }
