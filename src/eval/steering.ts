@@ -96,67 +96,68 @@ export async function vectorHooks(
   return { hooks: used.hooks(o.coeff), label: `add ${o.coeff} × ${base}`, fittedIds };
 }
 
-/** The responder of a steering spec. */
-export async function buildSteering(model: Model, o: SteeringSpec): Promise<Steering> {
+/**
+ * What a steering spec resolves to, once: its label, the ids its artefacts were fitted on, the
+ * base hooks (an attack) every prompt gets, and either fixed hooks or a gate.
+ */
+async function steeringParts(
+  model: Model,
+  o: SteeringSpec,
+): Promise<{
+  label: string;
+  fittedIds: string[];
+  base: Hook[];
+  fixed?: Hook[];
+  gate?: ConditionalParts['options'];
+}> {
   const attack = o.attack === 'scav' ? await scavAttackHooks(model, o) : undefined;
   const base = attack?.hooks ?? [];
   const prefix = attack ? `${attack.label} + ` : '';
   const fitted = attack?.fittedIds ?? [];
   if (o.steer === 'none')
-    return {
-      label: attack ? attack.label : 'baseline',
-      responder: hookResponder(model, base),
-      fittedIds: fitted,
-    };
+    return { label: attack ? attack.label : 'baseline', fittedIds: fitted, base, fixed: base };
   if (o.steer === 'add' || o.steer === 'ablate') {
     const v = await vectorHooks(model, o);
     return {
       label: `${prefix}${v.label}`,
-      responder: hookResponder(model, [...base, ...v.hooks]),
       fittedIds: [...fitted, ...v.fittedIds],
+      base,
+      fixed: [...base, ...v.hooks],
     };
   }
-  const c = await conditionalParts(model, o, base);
+  const c = await conditionalParts(model, o);
+  return { label: `${prefix}${c.label}`, fittedIds: [...fitted, ...c.fittedIds], base, gate: c.options };
+}
+
+/** The responder of a steering spec. */
+export async function buildSteering(model: Model, o: SteeringSpec): Promise<Steering> {
+  const { label, fittedIds, base, fixed, gate } = await steeringParts(model, o);
+  if (!gate) return { label, responder: hookResponder(model, fixed), fittedIds };
   const { conditionalGenerate } = await import('../steering/conditional.js');
   const responder: Responder = async (prompts, gen) => {
-    const r = await conditionalGenerate(model, prompts, { ...gen, ...c.options, baseHooks: base });
+    const r = await conditionalGenerate(model, prompts, { ...gen, ...gate, baseHooks: base });
     return {
       generations: r.generations,
       flags: r.flags.map((f) => f.flagged),
       scores: r.flags.map((f) => f.score),
     };
   };
-  return { label: `${prefix}${c.label}`, responder, fittedIds: [...fitted, ...c.fittedIds] };
+  return { label, responder, fittedIds };
 }
 
 /** The per-prompt hooks of a steering spec (e.g. to score a steering's effect on fixed replies). */
 export async function buildSteeringHooks(model: Model, o: SteeringSpec): Promise<SteeringHooks> {
-  const attack = o.attack === 'scav' ? await scavAttackHooks(model, o) : undefined;
-  const base = attack?.hooks ?? [];
-  const prefix = attack ? `${attack.label} + ` : '';
-  const fitted = attack?.fittedIds ?? [];
-  const same = (hooks: readonly Hook[]) => async (prompts: readonly Prompt[]) =>
-    prompts.map(() => [...hooks]);
-  if (o.steer === 'none')
-    return { label: attack ? attack.label : 'baseline', hooksFor: same(base), fittedIds: fitted };
-  if (o.steer === 'add' || o.steer === 'ablate') {
-    const v = await vectorHooks(model, o);
-    return {
-      label: `${prefix}${v.label}`,
-      hooksFor: same([...base, ...v.hooks]),
-      fittedIds: [...fitted, ...v.fittedIds],
-    };
-  }
-  const c = await conditionalParts(model, o, base);
+  const { label, fittedIds, base, fixed, gate } = await steeringParts(model, o);
+  if (!gate) return { label, hooksFor: async (prompts) => prompts.map(() => [...(fixed ?? [])]), fittedIds };
   const { monitorPrompts, verdictHooks } = await import('../steering/conditional.js');
   return {
-    label: `${prefix}${c.label}`,
+    label,
     hooksFor: async (prompts) =>
-      verdictHooks(monitorPrompts(model, prompts, c.options.monitor, { hooks: base }), {
-        ...c.options,
+      verdictHooks(monitorPrompts(model, prompts, gate.monitor, { hooks: base }), {
+        ...gate,
         baseHooks: base,
       }),
-    fittedIds: [...fitted, ...c.fittedIds],
+    fittedIds,
   };
 }
 
@@ -175,16 +176,14 @@ export async function scavAttackHooks(
   return { hooks, label: `scav p0=${o.p0}`, fittedIds: concept.fittedIds };
 }
 
-/** The monitor and the steering on each side of a conditional spec. */
-async function conditionalParts(
-  model: Model,
-  o: SteeringSpec,
-  base: readonly Hook[],
-): Promise<{
+interface ConditionalParts {
   options: { monitor: PromptMonitor; steer: Hook[]; steerBenign: Hook[] | undefined };
   label: string;
   fittedIds: string[];
-}> {
+}
+
+/** The monitor and the steering on each side of a conditional spec. */
+async function conditionalParts(model: Model, o: SteeringSpec): Promise<ConditionalParts> {
   const ids: string[] = [];
   let monitor: PromptMonitor;
   let concept: Concept | undefined;
@@ -220,8 +219,6 @@ async function conditionalParts(
       .hooks;
     what += `; benign below ${o.benignBelow}: ablate`;
   }
-  // the base hooks (an attack) run in the verdict pass too, as in generation
-  void base;
   return {
     options: { monitor, steer, steerBenign },
     label: `conditional (${monitorLabel}) ${what}`,

@@ -166,23 +166,14 @@ export function forward(
     });
     const all = first.get(name);
     if (all) for (const fn of all) fn(act, context(0, rows));
-    if (rows === M)
-      own.forEach((hooks, b) => {
-        const fns = hooks?.get(name);
-        if (!fns) return;
-        const r0 = rowStart[b];
-        const n = seqs[b].tokens.length;
-        const ctx = context(r0, n);
-        for (const fn of fns) fn(act.subarray(r0 * width, (r0 + n) * width), ctx);
-      });
-    else
-      // the logits of each sequence's last token: row b is sequence b's
-      own.forEach((hooks, b) => {
-        const fns = hooks?.get(name);
-        if (!fns) return;
-        const ctx = context(b, 1);
-        for (const fn of fns) fn(act.subarray(b * width, (b + 1) * width), ctx);
-      });
+    // A sequence's own rows: its tokens, or (logits of the last tokens only) row b for sequence b.
+    own.forEach((hooks, b) => {
+      const fns = hooks?.get(name);
+      if (!fns) return;
+      const [r0, n] = rows === M ? [rowStart[b], seqs[b].tokens.length] : [b, 1];
+      const ctx = context(r0, n);
+      for (const fn of fns) fn(act.subarray(r0 * width, (r0 + n) * width), ctx);
+    });
     const tail = last.get(name);
     if (tail) for (const fn of tail) fn(act, context(0, rows));
   };

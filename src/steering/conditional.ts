@@ -84,13 +84,13 @@ export function monitorPrompts(
     throw new OptionError(
       `the benign bound must be a finite number at most the threshold ${monitor.threshold}, got ${benignBelow}`,
     );
+  if (monitor.hooks.length === 0) throw new OptionError('the monitor reads no hook');
   const res = model.run(prompts, {
     hooks: opts.hooks,
     cache: { names: monitor.hooks, positions: 'last' },
     logits: 'none',
     maxBatchTokens: opts.maxBatchTokens,
   });
-  if (monitor.hooks.length === 0) throw new OptionError('the monitor reads no hook');
   const read = monitor.hooks.map((h) => res.cache.get(h)!);
   return prompts.map((_, index) => {
     const score = monitor.score(read.map((rows) => rows[index]));

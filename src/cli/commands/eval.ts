@@ -303,6 +303,13 @@ export const evalCommand = command(
     checkInputFile('--reading', o.reading);
     const sets = loadSets(o.sets, o);
     if (what === 'likelihood') {
+      // options that change nothing here would be silently ignored: refuse them
+      const unused = [
+        o.judgeUrl !== undefined && '--judge-url',
+        o.redact && '--redact',
+        o.repetitionPenalty !== 1 && '--repetition-penalty',
+      ].filter((x): x is string => typeof x === 'string');
+      if (unused.length > 0) throw new OptionError(`eval likelihood does not use ${unused.join(', ')}`);
       await likelihoodEval(o, sets, out);
       return;
     }
@@ -361,6 +368,8 @@ async function likelihoodEval(
     onProgress: (done, total) => bar.update(done, total),
   });
   bar.finish();
+  if (rows.length < prompts.length)
+    out.warn(`${prompts.length - rows.length} prompts got an empty unsteered reply and are left out`);
   const summary = summarizeLikelihood(rows);
   if (o.out !== undefined) {
     const { writeFileAtomic } = await import('../../formats/files.js');
