@@ -192,19 +192,19 @@ export type { Reporter, ProgressReporter } from './eval/reporter.js';
 export { runAudit, checkAuditInputs } from './audit/pipeline.js';
 export type { AuditOptions, AuditOutcome } from './audit/pipeline.js';
 export { STEP_NAMES } from './audit/types.js';
+export { DEFAULT_AUDIT_SETTINGS, auditSettings } from './audit/settings.js';
 export type {
   AuditSettings,
   StepName,
   AuditResults,
-  ConceptResult,
-  LayerResult,
-  MonitorResult,
+  ReadingResult,
+  DirectionResult,
   BaselineResult,
   SteeringResult,
-  SteeringPoint,
+  SteeringCondition,
   AttackResult,
   AttackRun,
-  EvalSetsInfo,
+  EvalGroup,
   Rate,
   SetRates,
   RunRecord,

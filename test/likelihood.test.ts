@@ -18,7 +18,22 @@ describe('likelihood shift', async () => {
   const push = addVector(blockHook(1, 'hook_resid_post'), new Float32Array(model.config.dModel).fill(3));
 
   test('no hooks: no change; a steering hook on one prompt changes that prompt only', async () => {
-    const rows = await measureLikelihoodShift(model, items, [[], [push], []], { maxNewTokens: 6 });
+    const [rows, none] = await measureLikelihoodShift(
+      model,
+      items,
+      [
+        [[], [push], []],
+        [[], [], []],
+      ],
+      {
+        maxNewTokens: 6,
+      },
+    );
+    assert.deepEqual(
+      none.map((r) => [r.delta, r.base]),
+      rows.map((r) => [0, r.base]),
+      'a second steering scores the same unsteered replies',
+    );
     assert.equal(rows.length, 3);
     assert.deepEqual(
       rows.map((r) => r.delta === 0),
@@ -42,7 +57,7 @@ describe('likelihood shift', async () => {
 
   test('one hook list per prompt', async () => {
     await assert.rejects(
-      measureLikelihoodShift(model, items, [[]], { maxNewTokens: 2 }),
+      measureLikelihoodShift(model, items, [[[]]], { maxNewTokens: 2 }),
       /1 hook lists for 3 prompts/,
     );
   });

@@ -122,7 +122,15 @@ describe('refusal direction on the tiny llama', async () => {
   };
 
   test('every layer × position is a candidate; r is the mean difference at blocks.l.hook_resid_pre', () => {
-    const res = computeRefusalDirection(model, { ...base, fullReport: true, pruneLayerFraction: 0 });
+    // By default block 1's input (block 0's output, which a control vector cannot carry) is left out.
+    const byDefault = computeRefusalDirection(model, { ...base, pruneLayerFraction: 0 });
+    assert.deepEqual([...new Set(byDefault.candidates.map((c) => c.layer))], [2]);
+    const res = computeRefusalDirection(model, {
+      ...base,
+      layers: [1, 2],
+      fullReport: true,
+      pruneLayerFraction: 0,
+    });
     assert.equal(res.candidates.length, (L - 1) * positions.length);
     assert.deepEqual(
       res.candidates.map((c) => [c.layer, c.position]),
@@ -164,13 +172,17 @@ describe('refusal direction on the tiny llama', async () => {
   });
 
   test('late layers are not scored and not chosen', () => {
-    const res = computeRefusalDirection(model, base);
+    const res = computeRefusalDirection(model, { ...base, layers: [1, 2] });
     const cutoff = layerCutoff(L);
     for (const c of res.candidates.filter((x) => x.layer >= cutoff)) {
       assert.equal(c.refusalScore, null);
       assert.ok(c.discarded.includes('late-layer'));
     }
     assert.ok(res.layer < cutoff);
+    // A model with no block before the cutoff (3 blocks, candidates from block 2) keeps a late one.
+    const shallow = computeRefusalDirection(model, base);
+    assert.equal(shallow.layer, 2);
+    assert.equal(shallow.selectedBy, 'fallback');
   });
 
   test('bad options are refused', () => {

@@ -193,3 +193,90 @@ export function rateChartSvg(series: readonly ChartSeries[], o: ChartOptions): s
   out.push('</svg>');
   return out.join('\n');
 }
+
+export interface BarSeries {
+  readonly label: string;
+  readonly color: string;
+  /** One value per category (NaN: no bar), with its interval. */
+  readonly values: readonly number[];
+  readonly ci?: readonly (readonly [number, number])[];
+}
+
+/**
+ * Grouped bars of shares: one group per category, one bar per series, each with its value printed
+ * above it and a whisker for its interval, goal lines dashed, the legend above the plot.
+ */
+export function barChartSvg(
+  categories: readonly string[],
+  series: readonly BarSeries[],
+  o: Pick<ChartOptions, 'title' | 'yLabel' | 'hLines' | 'yMax' | 'width' | 'height'>,
+): string {
+  const W = o.width ?? 560;
+  const H = o.height ?? 340;
+  const legendRows = Math.ceil(series.length / 2);
+  const m = { left: 56, right: 16, top: 34 + 18 * legendRows, bottom: 34 };
+  const pw = W - m.left - m.right;
+  const ph = H - m.top - m.bottom;
+  const yMax =
+    o.yMax ??
+    niceUpperBound(series.flatMap((s) => [...s.values, ...(s.ci ?? []).flatMap((c) => [c[0], c[1]])]));
+  const sy = (y: number): number => m.top + ph - (Math.min(yMax, Math.max(0, y)) / yMax) * ph;
+  const groupW = pw / categories.length;
+  const barW = (groupW * 0.8) / series.length;
+  const out: string[] = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12" role="img" aria-label="${escapeXml(o.title)}">`,
+    `<rect width="${W}" height="${H}" fill="#ffffff"/>`,
+    `<text x="${W / 2}" y="20" text-anchor="middle" font-size="14" font-weight="600">${escapeXml(o.title)}</text>`,
+  ];
+  series.forEach((s, k) => {
+    const lx = m.left + (k % 2) * (pw / 2);
+    const ly = 40 + 18 * Math.floor(k / 2);
+    out.push(
+      `<rect x="${f(lx)}" y="${ly - 10}" width="14" height="10" fill="${s.color}"/>`,
+      `<text x="${f(lx + 20)}" y="${ly}">${escapeXml(s.label)}</text>`,
+    );
+  });
+  const step = tickStep(yMax);
+  for (let i = 0; i * step <= yMax * (1 + 1e-9); i++) {
+    const t = i * step;
+    out.push(
+      `<line x1="${m.left}" y1="${f(sy(t))}" x2="${m.left + pw}" y2="${f(sy(t))}" stroke="#eaeef2"/>`,
+      `<text x="${m.left - 6}" y="${f(sy(t) + 4)}" text-anchor="end">${percentLabel(t, step)}</text>`,
+    );
+  }
+  categories.forEach((c, i) => {
+    out.push(
+      `<text x="${f(m.left + (i + 0.5) * groupW)}" y="${m.top + ph + 18}" text-anchor="middle">${escapeXml(c)}</text>`,
+    );
+    series.forEach((s, k) => {
+      const v = s.values[i];
+      if (!Number.isFinite(v)) return;
+      const x = m.left + i * groupW + groupW * 0.1 + k * barW;
+      const top = sy(v);
+      out.push(
+        `<rect x="${f(x + 1)}" y="${f(top)}" width="${f(barW - 2)}" height="${f(m.top + ph - top)}" fill="${s.color}"/>`,
+      );
+      const ci = s.ci?.[i];
+      if (ci && Number.isFinite(ci[0]) && Number.isFinite(ci[1]))
+        out.push(
+          `<line x1="${f(x + barW / 2)}" y1="${f(sy(ci[0]))}" x2="${f(x + barW / 2)}" y2="${f(sy(ci[1]))}" stroke="#24292f" stroke-width="1.5"/>`,
+        );
+      const labelY = Math.min(top, ci && Number.isFinite(ci[1]) ? sy(ci[1]) : top) - 4;
+      out.push(
+        `<text x="${f(x + barW / 2)}" y="${f(Math.max(m.top + 10, labelY))}" text-anchor="middle" font-size="10">${Math.round(100 * v)}</text>`,
+      );
+    });
+  });
+  out.push(
+    `<line x1="${m.left}" y1="${m.top}" x2="${m.left}" y2="${m.top + ph}" stroke="#24292f"/>`,
+    `<line x1="${m.left}" y1="${m.top + ph}" x2="${m.left + pw}" y2="${m.top + ph}" stroke="#24292f"/>`,
+    `<text x="14" y="${m.top + ph / 2}" text-anchor="middle" transform="rotate(-90 14 ${m.top + ph / 2})">${escapeXml(o.yLabel)}</text>`,
+  );
+  for (const h of (o.hLines ?? []).filter((x) => x.y <= yMax))
+    out.push(
+      `<line x1="${m.left}" y1="${f(sy(h.y))}" x2="${m.left + pw}" y2="${f(sy(h.y))}" stroke="#8c959f" stroke-dasharray="2 3"/>`,
+      `<text x="${m.left + pw - 4}" y="${f(sy(h.y) - 4)}" text-anchor="end" fill="#57606a" font-size="11">${escapeXml(h.label)}</text>`,
+    );
+  out.push('</svg>');
+  return out.join('\n');
+}

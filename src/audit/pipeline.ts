@@ -17,7 +17,8 @@ import path from 'node:path';
 import { SteerguardError } from '../formats/errors.js';
 import { buildJudges, checkJudgeNames } from '../eval/evaluation.js';
 import type { Judge } from '../eval/judges.js';
-import { loadExamples } from '../eval/prompt-sets.js';
+import { checkGeneralizationSources } from '../concepts/generalization.js';
+import { loadPromptSet } from '../data/datasets.js';
 import { type Reporter, formatDuration, silentReporter } from '../eval/reporter.js';
 import type { Model } from '../model/model.js';
 import { renderReportHtml } from './html.js';
@@ -36,7 +37,16 @@ import {
   settingsDifferences,
 } from './state.js';
 import { writeFileAtomic } from '../formats/files.js';
-import { type AuditContext, CONCEPT_FILE, STEPS, VECTOR_FILE, stepKeys } from './steps.js';
+import {
+  type AuditContext,
+  DIRECTION_FILE,
+  READING_FILE,
+  SCAV_CONCEPT_FILE,
+  STEPS,
+  directionSplit,
+  loadEvalSets,
+  stepKeys,
+} from './steps.js';
 import { type AuditSettings, STEP_NAMES, STEP_NEEDS, STEP_TITLES, type StepName } from './types.js';
 
 export const REPORT_HTML = 'report.html';
@@ -90,7 +100,10 @@ export interface AuditOutcome {
 }
 
 /** The audit's own files in outDir (what --restart removes; nothing else there is touched). */
-const OWN_FILES = [STATE_FILE, CONCEPT_FILE, VECTOR_FILE, REPORT_HTML, REPORT_JSON];
+const OWN_FILES = [STATE_FILE, READING_FILE, DIRECTION_FILE, SCAV_CONCEPT_FILE, REPORT_HTML, REPORT_JSON];
+
+/** The artefact a step leaves in outDir: a stored result without it is redone. */
+const STEP_FILES: Partial<Record<StepName, string>> = { reading: READING_FILE, direction: DIRECTION_FILE };
 
 export function removeAuditFiles(outDir: string): void {
   for (const f of OWN_FILES) rmSync(path.join(outDir, f), { force: true });
@@ -115,16 +128,63 @@ function dependants(step: StepName): StepName[] {
 }
 
 /**
- * Loads every prompt set the settings name (files, columns, set names, token ids) and checks the
- * judges' names, throwing on the first problem. runAudit calls it before it makes the output
- * folder, and the CLI before it loads the model, so that a typo costs nothing.
+ * Loads every prompt set the settings name and checks the judges' names and that no evaluated
+ * prompt is among the prompts an artefact will be fitted on (the monitor's development sources,
+ * the refusal direction's train and validation parts, the SCAV concept's sets), that the
+ * evaluated groups share no prompt, and that the monitor's sources are usable, throwing on the
+ * first problem. runAudit calls it before it makes the output folder, and the CLI before it loads
+ * the model, so that a mistake costs nothing.
  */
 export function checkAuditInputs(settings: AuditSettings, dataDir?: string): void {
   const s = settings;
-  const source = { dataDir, tokenIds: s.tokenIds };
-  for (const spec of [s.harmful, s.harmless]) loadExamples(spec, { ...source, limit: s.limit });
-  for (const spec of [s.borderlineSafe, s.borderlineUnsafe]) loadExamples(spec, source);
   checkJudgeNames({ judge: s.judges });
+  const load = (names: readonly string[]) => names.map((n) => loadPromptSet(n, { dataDir, limit: s.limit }));
+  const dev = { harmful: load(s.devHarmful), benign: load(s.devBenign) };
+  const test = { harmful: load(s.testHarmful), benign: load(s.testBenign) };
+  checkGeneralizationSources(dev, test);
+  const direction = directionSplit(s, dataDir);
+  const scav = [s.scavHarmful, s.scavHarmless].map((n) => loadPromptSet(n, { dataDir }));
+  const fitted: { what: string; ids: Map<string, string> }[] = [
+    { what: 'the monitor’s development sources', ids: idsOf([...dev.harmful, ...dev.benign]) },
+    {
+      what: 'the refusal direction’s train and validation prompts',
+      ids: idsOf(
+        [direction.harmful, direction.harmless].map((x) => ({
+          name: x.name,
+          prompts: [...x.train, ...x.val],
+        })),
+      ),
+    },
+    { what: 'the SCAV concept’s sets', ids: idsOf(scav) },
+  ];
+  const seen = new Map<string, string>();
+  for (const { group, sets } of loadEvalSets(s, dataDir))
+    for (const set of sets) {
+      for (const f of fitted) {
+        const shared = set.prompts.filter((p) => f.ids.has(p.id));
+        if (shared.length > 0)
+          throw new SteerguardError(
+            `evaluated set ${set.name} (${group}) shares ${shared.length} prompt(s) with ${f.what} ` +
+              `(${f.ids.get(shared[0].id)}): a figure on prompts an artefact was fitted on is not a result; ` +
+              'evaluate on other sources or another part of the set',
+          );
+      }
+      const here = `${set.name} (${group})`;
+      for (const p of set.prompts) {
+        const other = seen.get(p.id);
+        if (other !== undefined && other !== here)
+          throw new SteerguardError(
+            `evaluated sets ${other} and ${here} share a prompt: each prompt belongs to one evaluated set`,
+          );
+        seen.set(p.id, here);
+      }
+    }
+}
+
+function idsOf(sets: readonly { name: string; prompts: readonly { id: string }[] }[]): Map<string, string> {
+  const m = new Map<string, string>();
+  for (const set of sets) for (const p of set.prompts) if (!m.has(p.id)) m.set(p.id, set.name);
+  return m;
 }
 
 /**
@@ -222,8 +282,8 @@ async function runAuditLocked(opts: AuditOptions): Promise<AuditOutcome> {
   const valid = (s: StepName): boolean => {
     const rec = state.steps[s];
     if (!rec || rec.status !== 'done' || rec.key !== keys[s]) return false;
-    if ((s === 'concept' || s === 'monitor') && !existsSync(path.join(outDir, CONCEPT_FILE))) return false;
-    return true;
+    const file = STEP_FILES[s];
+    return file === undefined || existsSync(path.join(outDir, file));
   };
   for (const [i, step] of plan.entries()) {
     if (interrupted()) break;

@@ -1,15 +1,15 @@
 /**
  * Generation runs of the audit: one evaluation (generate, judge, measure flaws) of a list of
  * prompts under one intervention, saved as `<out>/replies/<name>.jsonl` and recorded in the state
- * with its rates. Steps share runs: the baseline run serves the baseline step, coefficient 0 of
- * the steering sweep, the unflagged prompts of conditional steering and the attack's no-attack
- * row, and it is generated once.
+ * with its rates. Steps share runs: the unsteered run serves the baseline, the gate's uncertain
+ * prompts and the attack's no-attack row; the ablated run serves steering, the gate's benign
+ * prompts and the attack's comparison; each is generated once.
  *
- * Conditional (monitor-gated) steering is composed from runs rather than generated again: a
- * flagged prompt gets the reply of the unconditional steered run, an unflagged one the baseline
- * reply. That is exactly what `conditionalGenerate` produces, because greedy generation does not
- * depend on which prompts share a batch (test/hooks.test.ts, test/eval.test.ts), and it halves
- * the cost of the sweep.
+ * Gated steering is composed from runs rather than generated again: a flagged prompt gets the
+ * reply of the run with the direction added, a clearly benign one the reply of the run with it
+ * ablated, an uncertain one the unsteered reply. That is exactly what `conditionalGenerate`
+ * produces, because greedy generation does not depend on which prompts share a batch
+ * (test/batched-generation.test.ts), and it saves a third of the generation.
  */
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -23,6 +23,7 @@ import { AtomicJsonl, rowRecord } from '../eval/refusal.js';
 import { runEvaluation } from '../eval/evaluation.js';
 import type { Reporter } from '../eval/reporter.js';
 import type { Model } from '../model/model.js';
+import type { PromptVerdict } from '../steering/conditional.js';
 import { type AuditState, saveState } from './state.js';
 import type { Rate, RunRecord, SetRates } from './types.js';
 
@@ -109,22 +110,23 @@ export function readReplies(file: string): ReplyRecord[] {
 const recordKey = (r: { readonly set: string; readonly id: string }): string => `${r.set}\u0000${r.id}`;
 
 /**
- * Conditional steering from two runs over the same prompts: flagged prompts take the steered
- * reply, the others the baseline one; every record carries the monitor's verdict and score.
+ * Two-sided gated steering from runs over the same prompts: each prompt takes the reply of the
+ * run its verdict names (flagged: steered toward refusal; benign: steered away; uncertain: no
+ * steering); every record carries the monitor's verdict and score.
  */
-export function composeConditional(
-  flags: ReadonlyMap<string, { readonly flagged: boolean; readonly score: number }>,
-  steered: readonly ReplyRecord[],
-  baseline: readonly ReplyRecord[],
+export function composeByVerdict(
+  verdicts: ReadonlyMap<string, { readonly verdict: PromptVerdict; readonly score: number }>,
+  runs: { readonly [V in PromptVerdict]: readonly ReplyRecord[] },
 ): ReplyRecord[] {
-  const base = new Map(baseline.map((r) => [recordKey(r), r]));
-  return steered.map((r) => {
+  const byKey = (rows: readonly ReplyRecord[]) => new Map(rows.map((r) => [recordKey(r), r]));
+  const maps = { flagged: byKey(runs.flagged), benign: byKey(runs.benign), uncertain: byKey(runs.uncertain) };
+  return runs.uncertain.map((r) => {
     const k = recordKey(r);
-    const f = flags.get(k);
-    const b = base.get(k);
-    if (!f || !b)
-      throw new SteerguardError(`prompt ${r.id} of ${r.set} has no monitor verdict or baseline reply`);
-    return { ...(f.flagged ? r : b), flagged: f.flagged, monitorScore: f.score };
+    const v = verdicts.get(k);
+    const chosen = v ? maps[v.verdict].get(k) : undefined;
+    if (!v || !chosen)
+      throw new SteerguardError(`prompt ${r.id} of ${r.set} has no monitor verdict or no reply in its run`);
+    return { ...chosen, flagged: v.verdict === 'flagged', monitorScore: v.score };
   });
 }
 
@@ -205,11 +207,4 @@ export async function ensureRun(ctx: RunContext, spec: RunSpec): Promise<ReplyRe
   ctx.state.runs[spec.name] = record;
   saveState(ctx.outDir, ctx.state);
   return records;
-}
-
-/** A run name that is safe in a file name: `add-2`, `add-0.5`, `add-m2` for −2. */
-export function coefficientRunName(c: number): string {
-  return `add-${String(c)
-    .replace(/^-/, 'm')
-    .replace(/[^0-9a-z.]/gi, '_')}`;
 }

@@ -25,7 +25,7 @@ import { writeFileAtomic } from '../formats/files.js';
 import type { AuditResults, AuditSettings, RunRecord, StepName } from './types.js';
 
 export const STATE_FORMAT = 'steerguard.audit-state';
-export const STATE_VERSION = 1;
+export const STATE_VERSION = 2;
 export const STATE_FILE = 'audit-state.json';
 export const LOCK_FILE = 'audit.lock';
 

@@ -1,64 +1,66 @@
 /**
- * The five audit steps. Each reads what it needs (prompt sets, the concept file, stored runs),
- * does its work and returns a plain result for the state file; it throws when it cannot, and
- * the pipeline records the failure and moves on.
+ * The five audit steps (types.ts describes the recipe). Each reads what it needs (prompt sets,
+ * the artefact files, stored runs), does its work and returns a plain result for the state file;
+ * it throws when it cannot, and the pipeline records the failure and moves on.
  *
- * Data and the leakage guard: the concept is fitted on the train/validation parts of the seeded
- * split of the first `limit` prompts of each side; every evaluation uses the test part of the
- * same split (of the whole harmful set, so `nEval` prompts are there even with a small limit),
- * and the monitor threshold is calibrated on the train/validation parts of the borderline-safe
- * set while over-refusal is measured on its test part. Each step that holds the concept checks
- * its prompts against the concept's fitted and calibration ids before generating anything.
+ * Data: the monitor is fitted and chosen on its development sources and reported on its test
+ * sources; the refusal direction is fitted on the train and validation parts of its two sets;
+ * the SCAV concept on its two sets. The evaluated prompts (three groups) must share no prompt
+ * with any of those fits: `checkAuditInputs` (pipeline.ts) checks it from the settings before a
+ * model is loaded, and each step checks again against the ids stored in the artefact it uses.
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 
-import type { Concept, ConceptExample } from '../concepts/concept.js';
+import type { PromptSet } from '../data/datasets.js';
 import { SteerguardError } from '../formats/errors.js';
-import { blockHook } from '../hooks/hooks.js';
-import { addVector } from '../hooks/interventions.js';
-import type { EvalPrompt, Responder } from '../eval/refusal.js';
+import type { Hook } from '../hooks/hooks.js';
+import type { Prompt } from '../model/model.js';
+import type { EvalPrompt } from '../eval/refusal.js';
 import { hookResponder } from '../eval/refusal.js';
-import {
-  type LoadedExamples,
-  checkTokenIds,
-  hasChatTemplate,
-  loadExamples,
-  loadSets,
-  toEvalPrompts,
-} from '../eval/prompt-sets.js';
-import type { ProgressReporter, Reporter } from '../eval/reporter.js';
-import { scavAttackHooks } from '../eval/steering.js';
+import { hasChatTemplate, loadSets, parseTokenIds, toEvalPrompts } from '../eval/prompt-sets.js';
+import type { ProgressReporter } from '../eval/reporter.js';
+import { type SteeringSpec, scavAttackHooks, vectorHooks } from '../eval/steering.js';
+import type { LikelihoodRow } from '../eval/likelihood.js';
 import {
   type ReplyRecord,
   type RunContext,
-  coefficientRunName,
-  composeConditional,
+  composeByVerdict,
   ensureRun,
   flagKey,
   primaryJudge,
   rateOf,
-  ratesFor,
   setRates,
 } from './runs.js';
 import { inputKey } from './state.js';
-import type {
-  AttackResult,
-  AuditResults,
-  AuditSettings,
-  BaselineResult,
-  ConceptResult,
-  EvalSetsInfo,
-  LayerResult,
-  MonitorResult,
-  Rate,
-  StepName,
-  SteeringPoint,
-  SteeringResult,
+import {
+  type AttackResult,
+  type AttackRun,
+  type AuditResults,
+  type AuditSettings,
+  type BaselineResult,
+  type Condition,
+  type DirectionResult,
+  EVAL_GROUPS,
+  type EvalData,
+  type EvalGroup,
+  type GroupedRates,
+  type LikelihoodCost,
+  type PooledFigures,
+  type Rate,
+  type ReadingResult,
+  type ReadingSummary,
+  type StepName,
+  type SteeringCondition,
+  type SteeringResult,
 } from './types.js';
 
-export const CONCEPT_FILE = 'concept.safetensors';
-export const VECTOR_FILE = 'mean-diff.gguf';
+export const READING_FILE = 'reading.json';
+export const DIRECTION_FILE = 'refusal-direction.gguf';
+export const SCAV_CONCEPT_FILE = 'scav-concept.safetensors';
+
+/** Changes whenever the recipe computes something differently: stored results are then redone. */
+const RECIPE = 2;
 
 export interface AuditContext extends RunContext {
   readonly settings: AuditSettings;
@@ -66,52 +68,55 @@ export interface AuditContext extends RunContext {
   readonly cacheDir: string | false | undefined;
   readonly batchTokens: number;
   readonly signal: AbortSignal;
-  /** Input hashes of the steps and of the generation settings per evaluated set (see state.ts). */
-  readonly keys: { readonly [K in StepName | Which]: string };
+  /** Input hashes of the steps and of the evaluated prompts' generation settings (see state.ts). */
+  readonly keys: { readonly [K in StepName | 'generation']: string };
   /** Loaded data, shared by the steps of one invocation. */
   readonly memo: Map<string, Promise<unknown>>;
 }
 
 /** The input hashes of every step for these settings and this model. */
 export function stepKeys(s: AuditSettings, fingerprint: string): AuditContext['keys'] {
-  const concept = inputKey({
+  const reading = inputKey({
+    RECIPE,
     fingerprint,
-    harmful: s.harmful,
-    harmless: s.harmless,
+    dev: [s.devHarmful, s.devBenign],
+    test: [s.testHarmful, s.testBenign],
     limit: s.limit,
+    targetFpr: s.targetFpr,
+    tokenIds: s.tokenIds,
+  });
+  const direction = inputKey({
+    RECIPE,
+    fingerprint,
+    sets: [s.directionHarmful, s.directionHarmless],
+    n: [s.nTrain, s.nVal],
+    refusalTokens: s.refusalTokens,
     seed: s.seed,
     split: s.split,
     tokenIds: s.tokenIds,
   });
-  const monitor = inputKey({
-    concept,
-    safe: s.borderlineSafe,
-    unsafe: s.borderlineUnsafe,
-    targetFpr: s.targetFpr,
-    p1: s.p1,
+  const generation = inputKey({
+    RECIPE,
+    fingerprint,
+    sets: s.evalSets,
+    nEval: s.nEval,
+    maxTokens: s.maxTokens,
+    judges: s.judges,
+    tokenIds: s.tokenIds,
+    redact: s.redact,
   });
-  const generation = (set: string): string =>
-    inputKey({
-      fingerprint,
-      set,
-      nEval: s.nEval,
-      seed: s.seed,
-      split: s.split,
-      maxTokens: s.maxTokens,
-      judges: s.judges,
-      tokenIds: s.tokenIds,
-      redact: s.redact,
-    });
-  const harmful = generation(s.harmful);
-  const safe = generation(s.borderlineSafe);
   return {
-    concept,
-    monitor,
-    harmful,
-    safe,
-    baseline: inputKey({ harmful, safe }),
-    steering: inputKey({ harmful, safe, monitor, coefficients: s.coefficients, scavDefence: s.scavDefence }),
-    attack: inputKey({ harmful, concept, p0: s.p0, p1: s.p1 }),
+    reading,
+    direction,
+    generation,
+    baseline: inputKey({ generation }),
+    steering: inputKey({ generation, reading, direction, c: s.coefficient, benignBelow: s.benignBelow }),
+    attack: inputKey({
+      generation,
+      direction,
+      c: s.coefficient,
+      scav: [s.scavHarmful, s.scavHarmless, s.p0, s.p1, s.seed, s.split],
+    }),
   };
 }
 
@@ -124,494 +129,575 @@ function memo<T>(ctx: AuditContext, key: string, f: () => Promise<T>): Promise<T
   return p;
 }
 
-function examples(ctx: AuditContext, spec: string, limit?: number): Promise<LoadedExamples> {
-  return memo(ctx, `examples\u0000${spec}\u0000${limit ?? ''}`, async () => {
-    const set = loadExamples(spec, { dataDir: ctx.dataDir, limit, tokenIds: ctx.settings.tokenIds });
-    checkTokenIds(ctx.model, [set]);
-    return set;
-  });
-}
+const artefact = (ctx: { readonly outDir: string }, file: string): string => path.join(ctx.outDir, file);
 
-export function conceptPath(ctx: { readonly outDir: string }): string {
-  return path.join(ctx.outDir, CONCEPT_FILE);
-}
-
-async function loadConcept(ctx: AuditContext): Promise<Concept> {
-  const file = conceptPath(ctx);
-  if (!existsSync(file)) throw new SteerguardError(`${file} is missing: the concept step must run first`);
-  const { Concept } = await import('../concepts/concept.js');
-  return Concept.load(file, ctx.model);
-}
-
-/** The two evaluated sets: held-out harmful prompts, held-out borderline-safe prompts. */
-export type Which = 'harmful' | 'safe';
-
-/** The held-out prompts of one evaluated set, with how many there were. */
-interface EvalSet {
-  readonly prompts: EvalPrompt[];
-  readonly info: EvalSetsInfo['harmful'];
-}
-
-function evalSet(ctx: AuditContext, which: Which): Promise<EvalSet> {
-  return memo(ctx, `eval-set\u0000${which}`, async () => {
-    const s = ctx.settings;
-    const o = {
-      dataDir: ctx.dataDir,
-      part: 'test' as const,
-      split: `${s.split.train},${s.split.val},${s.split.test}`,
-      seed: s.seed,
-      tokenIds: s.tokenIds,
-      chat: hasChatTemplate(ctx.model),
-    };
-    const [set] = loadSets([which === 'harmful' ? s.harmful : s.borderlineSafe], o);
-    const prompts = toEvalPrompts(ctx.model, [set], o).slice(0, s.nEval);
-    return { prompts, info: { set: set.name, available: set.prompts.length, used: prompts.length } };
-  });
-}
-
-/**
- * The leakage guard: throws when an evaluated prompt was used to fit or calibrate the concept.
- * Without `concept`, the audit's concept file counts only when it was made with these settings.
- */
-async function guard(ctx: AuditContext, prompts: readonly EvalPrompt[], concept?: Concept): Promise<void> {
-  const rec = ctx.state.steps.concept;
-  const current = rec?.status === 'done' && rec.key === ctx.keys.concept && existsSync(conceptPath(ctx));
-  const c = concept ?? (current ? await loadConcept(ctx) : undefined);
-  if (!c) return;
-  const { checkLeakage } = await import('../data/splits.js');
-  checkLeakage(c.fittedIds, prompts, { what: `the audit's concept (${CONCEPT_FILE})` });
+function needFile(ctx: AuditContext, file: string, step: StepName): string {
+  const f = artefact(ctx, file);
+  if (!existsSync(f)) throw new SteerguardError(`${f} is missing: the ${step} step must run first`);
+  return f;
 }
 
 const finite = (x: number): number | null => (Number.isFinite(x) ? x : null);
 
-/**
- * Progress for a call that reports several passes through one callback (calibrate: the benign
- * prompts, then the positives): a new bar, with the next label, whenever the count starts over.
- */
-function phasedProgress(
-  reporter: Reporter,
-  labels: readonly string[],
-): { onProgress: (done: number, total: number) => void; finish: () => void } {
+/** A bar that follows a progress callback, restarted with the next label when a stage changes. */
+function stagedProgress(
+  ctx: AuditContext,
+  unit: string,
+): { update: (stage: string, done: number, total: number) => void; finish: () => void } {
   let bar: ProgressReporter | undefined;
-  let phase = -1;
-  let last = { done: -1, total: -1 };
+  let current = '';
   return {
-    onProgress: (done, total) => {
-      if (!bar || total !== last.total || done < last.done) {
+    update: (stage, done, total) => {
+      if (!bar || stage !== current) {
         bar?.finish();
-        phase++;
-        bar = reporter.progress(labels[Math.min(phase, labels.length - 1)], 'prompts');
+        current = stage;
+        bar = ctx.reporter.progress(stage, unit);
       }
-      last = { done, total };
       bar.update(done, total);
     },
     finish: () => bar?.finish(),
   };
 }
 
-// ---------------------------------------------------------------------------------------------
-// a. concept
+/** The model input of a set prompt: its text, or its token ids with `--token-ids`. */
+export function setPromptInput(
+  tokenIds: boolean,
+  p: { readonly id: string; readonly text: string },
+  set: { readonly name: string },
+): Prompt {
+  return tokenIds ? { tokens: parseTokenIds(p.text, `${set.name} prompt ${p.id.slice(0, 12)}`) } : p.text;
+}
 
-export async function conceptStep(ctx: AuditContext): Promise<ConceptResult> {
-  const s = ctx.settings;
-  const pos = await examples(ctx, s.harmful, s.limit);
-  const neg = await examples(ctx, s.harmless, s.limit);
-  const { defaultTemplate } = await import('../concepts/activations.js');
-  const { trainConcept } = await import('../concepts/concept.js');
-  const template = s.tokenIds ? 'raw' : defaultTemplate(ctx.model);
-  const progress = ctx.reporter.progress('concept: activations', 'prompts');
-  const { concept, report } = await trainConcept({
-    model: ctx.model,
-    positive: pos.examples,
-    negative: neg.examples,
-    sets: { positive: pos.name, negative: neg.name },
-    template,
-    split: s.split,
-    seed: s.seed,
-    cacheDir: ctx.cacheDir,
-    batchTokens: ctx.batchTokens,
-    onProgress: (done, total) => progress.update(done, total),
-    signal: ctx.signal,
+// ---------------------------------------------------------------------------------------------
+// The evaluated prompts
+
+/** Prompts per set of a group: `total` shared out evenly, the first sets taking the remainder. */
+export function perSetLimits(total: number, sets: number): number[] {
+  return Array.from({ length: sets }, (_, i) => Math.floor(total / sets) + (i < total % sets ? 1 : 0));
+}
+
+export interface EvalPrompts {
+  readonly prompts: EvalPrompt[];
+  /** Set name -> group. */
+  readonly groupOf: ReadonlyMap<string, EvalGroup>;
+  readonly data: EvalData;
+}
+
+/** The three groups' prompts, as generation takes them (no model needed for the ids). */
+export function loadEvalSets(
+  s: AuditSettings,
+  dataDir: string | undefined,
+): { group: EvalGroup; sets: ReturnType<typeof loadSets> }[] {
+  return EVAL_GROUPS.map((group) => {
+    const specs = s.evalSets[group];
+    if (specs.length === 0) throw new SteerguardError(`the ${group} evaluation group names no set`);
+    const limits = perSetLimits(s.nEval, specs.length);
+    const sets = specs.map((spec, i) => {
+      if (limits[i] === 0)
+        throw new SteerguardError(
+          `--n-eval ${s.nEval} is fewer than the ${specs.length} sets of the ${group} group: ${spec} would get no prompt`,
+        );
+      return loadSets([spec], {
+        dataDir,
+        part: 'all',
+        split: '0.7,0.1,0.2',
+        seed: s.seed,
+        limit: limits[i],
+      })[0];
+    });
+    return { group, sets };
   });
-  progress.finish();
-  concept.save(conceptPath(ctx));
-  const layers: LayerResult[] = concept.layers.map((p) => ({
-    layer: p.layer,
-    accuracy: finite(p.metrics.accuracy),
-    accuracyCi: p.metrics.accuracyCi,
-    auroc: finite(p.metrics.auroc),
-    aurocCi: p.metrics.aurocCi,
-    valAccuracy: p.metrics.valAccuracy,
-    trainAccuracy: finite(p.metrics.trainAccuracy),
-    split: p.metrics.split,
-    n: p.metrics.n,
-  }));
-  const best = concept.bestLayer();
-  const bl = concept.layer(best).metrics;
-  ctx.reporter.info(
-    `concept: best layer ${best}, held-out accuracy ${(100 * bl.accuracy).toFixed(1)}%, AUROC ${bl.auroc.toFixed(3)}`,
-  );
+}
+
+function evalPrompts(ctx: AuditContext): Promise<EvalPrompts> {
+  return memo(ctx, 'eval', async () => {
+    const s = ctx.settings;
+    const groupOf = new Map<string, EvalGroup>();
+    const prompts: EvalPrompt[] = [];
+    const data: Partial<Record<EvalGroup, EvalData[EvalGroup]>> = {};
+    for (const { group, sets } of loadEvalSets(s, ctx.dataDir)) {
+      for (const set of sets) groupOf.set(set.name, group);
+      const ps = toEvalPrompts(ctx.model, sets, { tokenIds: s.tokenIds, chat: hasChatTemplate(ctx.model) });
+      prompts.push(...ps);
+      data[group] = { sets: sets.map((x) => ({ set: x.name, used: x.prompts.length })), n: ps.length };
+    }
+    return { prompts, groupOf, data: data as EvalData };
+  });
+}
+
+/** Rates of a run's records by group and by set. */
+function groupedRates(ctx: AuditContext, ev: EvalPrompts, rows: readonly ReplyRecord[]): GroupedRates {
+  const out: Partial<Record<EvalGroup, GroupedRates[EvalGroup]>> = {};
+  for (const g of EVAL_GROUPS) {
+    const mine = rows.filter((r) => ev.groupOf.get(r.set) === g);
+    const [group] = setRates(
+      mine.map((r) => ({ ...r, set: g })),
+      ctx.judgeNames,
+    );
+    out[g] = { group: group ?? emptyRates(g, ctx.judgeNames), sets: setRates(mine, ctx.judgeNames) };
+  }
+  return out as GroupedRates;
+}
+
+function emptyRates(set: string, judges: readonly string[]) {
+  return setRates([], judges)[0] ?? { set, n: 0, judges: {}, flawed: rateOf([]), flagged: null };
+}
+
+/** The leakage guard: throws when an evaluated prompt was used to fit `what`. */
+async function guard(
+  prompts: readonly EvalPrompt[],
+  fittedIds: readonly string[],
+  what: string,
+): Promise<void> {
+  const { checkLeakage } = await import('../data/splits.js');
+  checkLeakage(fittedIds, prompts, { what });
+}
+
+/** A generation run over every evaluated prompt (or only the harmful group's) with `hooks`. */
+async function run(
+  ctx: AuditContext,
+  name: string,
+  label: string,
+  keyExtra: object,
+  hooks: readonly Hook[],
+  only?: EvalGroup,
+): Promise<ReplyRecord[]> {
+  const ev = await evalPrompts(ctx);
+  const prompts = only ? ev.prompts.filter((p) => ev.groupOf.get(p.set) === only) : ev.prompts;
+  return ensureRun(ctx, {
+    name,
+    label,
+    key: inputKey({ generation: ctx.keys.generation, only, ...keyExtra }),
+    prompts,
+    responder: hookResponder(ctx.model, [...hooks]),
+  });
+}
+
+const baselineRun = (ctx: AuditContext): Promise<ReplyRecord[]> => run(ctx, 'none', 'no steering', {}, []);
+
+/** The refusal direction's hooks: added with `coeff`, or ablated. */
+async function directionHooks(ctx: AuditContext, steer: 'add' | 'ablate', coeff: number) {
+  const vector = needFile(ctx, DIRECTION_FILE, 'direction');
+  return vectorHooks(ctx.model, { steer, vector, coeff } satisfies Pick<
+    SteeringSpec,
+    'steer' | 'vector' | 'coeff'
+  >);
+}
+
+async function directionRun(ctx: AuditContext, steer: 'add' | 'ablate', coeff: number, name: string) {
+  const v = await directionHooks(ctx, steer, coeff);
+  await guard((await evalPrompts(ctx)).prompts, v.fittedIds, `the refusal direction (${DIRECTION_FILE})`);
+  const label = steer === 'ablate' ? 'direction ablated' : `direction added × ${coeff}`;
   return {
-    file: CONCEPT_FILE,
-    name: concept.name,
-    template,
-    bestLayer: best,
-    layers,
-    sets: {
-      harmful: { name: pos.name, prompts: pos.examples.length, duplicatesRemoved: pos.duplicatesRemoved },
-      harmless: { name: neg.name, prompts: neg.examples.length, duplicatesRemoved: neg.duplicatesRemoved },
-    },
-    counts: report.counts,
-    removedOverlap: report.removedOverlap,
-    activations: { computed: report.computed, cached: report.cached, seconds: report.extractSeconds },
-    fitSeconds: report.fitSeconds,
-    unconverged: concept.layers.filter((p) => !p.fit.converged).map((p) => p.layer),
+    rows: await run(ctx, name, label, { direction: ctx.keys.direction, steer, coeff }, v.hooks),
+    hooks: v.hooks,
   };
 }
 
 // ---------------------------------------------------------------------------------------------
-// b. monitor
+// a. reading: the harmful-request monitor
 
-export async function monitorStep(ctx: AuditContext): Promise<MonitorResult> {
+function pooled(
+  p: { auroc: number; aurocCi: readonly [number, number]; tpr: number; fpr: number },
+  n: { harmful: number; benign: number },
+): PooledFigures {
+  const rate = (x: number, total: number): Rate => {
+    const k = Math.round(x * total);
+    return rateOf(Array.from({ length: total }, (_, i) => i < k));
+  };
+  return {
+    auroc: finite(p.auroc),
+    aurocCi: p.aurocCi,
+    tpr: rate(p.tpr, n.harmful),
+    fpr: rate(p.fpr, n.benign),
+  };
+}
+
+export async function readingStep(ctx: AuditContext): Promise<ReadingResult> {
   const s = ctx.settings;
-  const concept = await loadConcept(ctx);
-  const { auroc } = await import('../concepts/probe.js');
-  const { extractLastToken } = await import('../concepts/activations.js');
-  const { Monitor, calibrate, calibrateThreshold } = await import('../concepts/monitor.js');
-  const { splitItems } = await import('../data/splits.js');
-  const layer = concept.bestLayer();
-
-  // Held-out harmful vs harmless: the concept's own test split.
-  const testIds = concept.data.ids.test;
-  const pick = (set: LoadedExamples, ids: readonly string[]): ConceptExample[] => {
-    const want = new Set(ids);
-    return set.examples.filter((e) => want.has(e.id));
-  };
-  const harmfulSet = await examples(ctx, s.harmful, s.limit);
-  const harmlessSet = await examples(ctx, s.harmless, s.limit);
-  const pos = pick(harmfulSet, testIds.positive);
-  const neg = pick(harmlessSet, testIds.negative);
-  if (pos.length === 0 || neg.length === 0)
-    throw new SteerguardError(
-      `the concept's test split has ${pos.length} harmful and ${neg.length} harmless prompts; the monitor needs both`,
-    );
-  const scoring = concept.scoringLayers(s.p1);
-  const progress = ctx.reporter.progress('monitor: held-out activations', 'prompts');
-  const acts = await extractLastToken(
-    ctx.model,
-    [...pos, ...neg].map((e) => e.prompt),
-    {
-      template: concept.template,
-      layers: [...new Set([layer, ...scoring])],
-      cacheDir: ctx.cacheDir,
-      batchTokens: ctx.batchTokens,
-      onProgress: (done, total) => progress.update(done, total),
-      signal: ctx.signal,
-    },
-  );
-  progress.finish();
-  const n = pos.length + neg.length;
-  const labels = Uint8Array.from({ length: n }, (_, i) => (i < pos.length ? 1 : 0));
-  const row = (l: number, i: number): Float32Array => {
-    const k = acts.layers.indexOf(l);
-    return acts.data[k].subarray(i * acts.d, (i + 1) * acts.d);
-  };
-  const best = Float64Array.from({ length: n }, (_, i) => concept.logit(layer, row(layer, i)));
-  const combined = Float64Array.from(
-    { length: n },
-    (_, i) => scoring.reduce((t, l) => t + concept.logit(l, row(l, i)), 0) / scoring.length,
-  );
-  const au = auroc(best, labels);
-  const negScores = Array.from(best.subarray(pos.length));
-  const at5 = calibrateThreshold(negScores, 0.05);
-  const posScores = Array.from(best.subarray(0, pos.length));
-  const tprAt5 = posScores.filter((z) => z > at5.value).length / pos.length;
-
-  // Calibration on the borderline-safe train/validation parts; over-refusal uses the test part.
-  const safeAll = await examples(ctx, s.borderlineSafe);
-  const parts = splitItems(safeAll.examples, { seed: s.seed, fractions: s.split });
-  const calibrationSet = [...parts.train, ...parts.val];
-  if (calibrationSet.length === 0)
-    throw new SteerguardError(`${safeAll.name} has no prompts in the train/validation parts to calibrate on`);
-  const unsafe = await examples(ctx, s.borderlineUnsafe);
-  const cal = phasedProgress(ctx.reporter, [
-    `monitor: ${safeAll.name} calibration activations`,
-    `monitor: ${unsafe.name} activations`,
-  ]);
-  const calibrated = await calibrate(concept, ctx.model, calibrationSet, s.targetFpr, {
-    layers: [layer],
-    positives: unsafe.examples,
-    setName: `${safeAll.name}@train+val`,
+  const { loadPromptSet } = await import('../data/datasets.js');
+  const load = (names: readonly string[]): PromptSet[] =>
+    names.map((n) => loadPromptSet(n, { dataDir: ctx.dataDir, limit: s.limit }));
+  const dev = { harmful: load(s.devHarmful), benign: load(s.devBenign) };
+  const test = { harmful: load(s.testHarmful), benign: load(s.testBenign) };
+  const { measureGeneralization } = await import('../concepts/generalization.js');
+  const { defaultTemplate } = await import('../concepts/activations.js');
+  const template = s.tokenIds ? 'raw' : defaultTemplate(ctx.model);
+  const bars = stagedProgress(ctx, 'prompts');
+  const report = await measureGeneralization(ctx.model, {
+    dev,
+    test,
+    template,
+    targetFpr: s.targetFpr,
     cacheDir: ctx.cacheDir,
     batchTokens: ctx.batchTokens,
-    onProgress: cal.onProgress,
+    signal: ctx.signal,
+    asPrompt: (p, set) => setPromptInput(s.tokenIds, p, set),
+    onProgress: (stage, done, total) =>
+      bars.update(stage === 'activations' ? 'reading: activations' : 'reading: folds (sources)', done, total),
   });
-  cal.finish();
-  calibrated.save(conceptPath(ctx));
-  const t = calibrated.threshold!;
-  const monitor = new Monitor(calibrated);
-  const check = async (items: readonly ConceptExample[]): Promise<boolean[]> =>
-    (
-      await monitor.check(
-        ctx.model,
-        items.map((e) => e.prompt),
-        { cacheDir: ctx.cacheDir, batchTokens: ctx.batchTokens },
-      )
-    ).map((r) => r.flagged === true);
-  const unsafeFlags = await check(unsafe.examples);
-  const heldOutSafe = parts.test.length > 0 ? await check(parts.test) : null;
-  const { sigmoid } = await import('../concepts/probe.js');
-  const result: MonitorResult = {
-    layer,
-    heldOut: {
-      nPositive: pos.length,
-      nNegative: neg.length,
-      auroc: finite(au.auroc),
-      aurocCi: au.ci,
-      combinedAuroc: finite(auroc(combined, labels).auroc),
-      combinedLayers: scoring,
-      tprAt5Fpr: tprAt5,
-      fprAt5Fpr: at5.achievedFpr,
-    },
-    calibrated: {
-      set: t.calibrationSet,
-      n: t.n,
-      targetFpr: t.targetFpr,
-      logit: t.value,
-      probability: sigmoid(t.value),
-      achievedFpr: t.achievedFpr,
-    },
-    atThreshold: {
-      borderlineUnsafe: { set: unsafe.name, ...rateOf(unsafeFlags) },
-      borderlineSafeHeldOut: heldOutSafe ? { set: `${safeAll.name}@test`, ...rateOf(heldOutSafe) } : null,
-      harmfulTest: { set: `${harmfulSet.name}@test`, ...rateOf(posScores.map((z) => z > t.value)) },
-      harmlessTest: { set: `${harmlessSet.name}@test`, ...rateOf(negScores.map((z) => z > t.value)) },
-    },
+  bars.finish();
+  const { saveReading } = await import('../concepts/reading-file.js');
+  saveReading(artefact(ctx, READING_FILE), {
+    reading: report.chosen.reading,
+    model: { name: ctx.model.identity.name, fingerprint: ctx.model.identity.fingerprint },
+    template,
+    fittedIds: [...dev.harmful, ...dev.benign].flatMap((set) => set.prompts.map((p) => p.id)),
+  });
+  const nTest = {
+    harmful: report.testSources.filter((x) => x.label === 1).reduce((t, x) => t + x.n, 0),
+    benign: report.testSources.filter((x) => x.label === 0).reduce((t, x) => t + x.n, 0),
   };
-  const pct = (r: Rate): string => (r.rate === null ? '-' : `${(100 * r.rate).toFixed(1)}%`);
+  const summary = (r: (typeof report.byMethod)[number]): ReadingSummary => ({
+    method: r.dev.method,
+    layers: r.dev.layers,
+    devWorstAuroc: finite(r.dev.worstAuroc),
+    testWorstAuroc: finite(r.testWorstAuroc),
+    testPooled: pooled(r.testPooled, nTest),
+  });
+  const c = report.chosen;
+  const result: ReadingResult = {
+    file: READING_FILE,
+    template,
+    method: c.dev.method,
+    layers: c.dev.layers,
+    threshold: c.dev.threshold,
+    targetFpr: s.targetFpr,
+    sources: { dev: report.validation.sources, test: report.testSources },
+    dev: c.dev.perSource,
+    test: c.test,
+    chosen: summary(c),
+    byMethod: report.byMethod.map(summary),
+    inSplit: report.validation.inSplit,
+    layerCurves: report.validation.layerCurves.map((x) => ({
+      method: x.method,
+      layer: x.layers[0],
+      worstAuroc: finite(x.worstAuroc),
+    })),
+    warnings: report.validation.warnings,
+    forwardSeconds: report.forwardSeconds,
+  };
+  for (const w of result.warnings) ctx.reporter.warn(`reading: ${w}`);
   ctx.reporter.info(
-    `monitor: layer ${layer}, held-out AUROC ${au.auroc.toFixed(3)}, TPR ${(100 * tprAt5).toFixed(1)}% at 5% FPR; ` +
-      `threshold P > ${result.calibrated.probability.toFixed(3)} flags ${pct(result.atThreshold.borderlineUnsafe)} of ${unsafe.name}`,
+    `reading: ${c.dev.method} on blocks ${c.dev.layers.join(', ')}; test sources pooled AUROC ` +
+      `${c.testPooled.auroc.toFixed(3)}, worst source ${c.testWorstAuroc.toFixed(3)}, TPR ` +
+      `${(100 * c.testPooled.tpr).toFixed(1)}% at FPR ${(100 * c.testPooled.fpr).toFixed(1)}%`,
   );
   return result;
 }
 
 // ---------------------------------------------------------------------------------------------
-// c. baseline
+// b. direction: the refusal direction
 
-function baselineRun(ctx: AuditContext, which: Which, ev: EvalSet): Promise<ReplyRecord[]> {
-  return ensureRun(ctx, {
-    name: `baseline.${which}`,
-    label: `baseline, ${ev.info.set}`,
-    key: ctx.keys[which],
-    prompts: ev.prompts,
-    responder: hookResponder(ctx.model),
-  });
+/** The direction's train and validation prompts: the seeded split's parts of its two sets. */
+export function directionSplit(s: AuditSettings, dataDir: string | undefined) {
+  {
+    const parts = (spec: string) => {
+      const [train] = loadSets([spec], { dataDir, part: 'train', split: splitText(s), seed: s.seed });
+      const [val] = loadSets([spec], { dataDir, part: 'val', split: splitText(s), seed: s.seed });
+      const t = train.prompts.slice(0, s.nTrain);
+      const v = val.prompts.slice(0, s.nVal);
+      if (t.length < 2 || v.length < 2)
+        throw new SteerguardError(
+          `${train.name.replace(/@train$/, '')}: too few prompts for the refusal direction's train and validation parts (${t.length}, ${v.length})`,
+        );
+      return { name: train.name.replace(/@train$/, ''), train: t, val: v };
+    };
+    return { harmful: parts(s.directionHarmful), harmless: parts(s.directionHarmless) };
+  }
 }
 
-export async function baselineStep(ctx: AuditContext): Promise<BaselineResult> {
-  const harm = await evalSet(ctx, 'harmful');
-  const safe = await evalSet(ctx, 'safe');
-  await guard(ctx, [...harm.prompts, ...safe.prompts]);
-  const rows = [...(await baselineRun(ctx, 'harmful', harm)), ...(await baselineRun(ctx, 'safe', safe))];
-  const rates = setRates(rows, ctx.judgeNames);
+const splitText = (s: AuditSettings): string => `${s.split.train},${s.split.val},${s.split.test}`;
+
+export async function directionStep(ctx: AuditContext): Promise<DirectionResult> {
+  const s = ctx.settings;
+  const sets = directionSplit(s, ctx.dataDir);
+  const chat = !s.tokenIds && hasChatTemplate(ctx.model);
+  const input = (p: { readonly id: string; readonly text: string }, name: string): Prompt => {
+    const x = setPromptInput(s.tokenIds, p, { name });
+    return chat && typeof x === 'string' ? { messages: [{ role: 'user', content: x }] } : x;
+  };
+  const side = (x: typeof sets.harmful) => ({
+    train: x.train.map((p) => input(p, x.name)),
+    val: x.val.map((p) => input(p, x.name)),
+  });
+  const { computeRefusalDirection, refusalDirectionToControlVector } =
+    await import('../steering/refusal-direction.js');
+  const bars = stagedProgress(ctx, 'steps');
+  const r = computeRefusalDirection(ctx.model, {
+    harmful: side(sets.harmful),
+    harmless: side(sets.harmless),
+    positions: chat ? undefined : [-1],
+    refusalTokens: s.refusalTokens ?? undefined,
+    maxBatchTokens: ctx.batchTokens,
+    onProgress: (stage, done, total) => bars.update(`direction: ${stage}`, done, total),
+  });
+  bars.finish();
+  const cv = refusalDirectionToControlVector(r, {
+    arch: ctx.model.config.arch,
+    fingerprint: ctx.model.identity.fingerprint,
+  });
+  const { ControlVector } = await import('../steering/control-vector.js');
+  const meta = new Map(cv.metadata);
+  meta.set(
+    'steerguard.fitted_ids',
+    [sets.harmful, sets.harmless].flatMap((x) => [...x.train, ...x.val].map((p) => p.id)),
+  );
+  new ControlVector(cv.directions, { modelHint: cv.modelHint, metadata: meta }).save(
+    artefact(ctx, DIRECTION_FILE),
+  );
+  const chosen = r.candidates.find((c) => c.layer === r.layer && c.position === r.position)!;
+  const byLayer = [...new Set(r.candidates.map((c) => c.layer))].map((layer) => {
+    const scores = r.candidates
+      .filter((c) => c.layer === layer && c.refusalScore !== null)
+      .map((c) => c.refusalScore!);
+    return { layer, ablatedHarmful: scores.length > 0 ? Math.min(...scores) : null };
+  });
+  if (r.selectedBy === 'fallback')
+    ctx.reporter.warn('direction: no candidate passed every filter; the best remaining one was kept');
+  ctx.reporter.info(
+    `direction: block ${r.layer} input, position ${r.position}, |r| = ${chosen.norm.toFixed(2)} (${r.selectedBy})`,
+  );
   return {
-    runs: ['baseline.harmful', 'baseline.safe'],
-    data: { harmful: harm.info, borderlineSafe: safe.info },
-    harmful: ratesFor(rates, harm.info.set),
-    borderlineSafe: ratesFor(rates, safe.info.set),
+    file: DIRECTION_FILE,
+    sets: { harmful: sets.harmful.name, harmless: sets.harmless.name },
+    layer: r.layer,
+    position: r.position,
+    norm: chosen.norm,
+    selectedBy: r.selectedBy,
+    baseline: { harmful: r.baseline.harmfulRefusalScore, harmless: r.baseline.harmlessRefusalScore },
+    ablatedHarmful: chosen.refusalScore,
+    addedHarmless: chosen.steeringScore,
+    kl: chosen.kl,
+    counts: r.counts,
+    candidates: r.candidates.length,
+    examined: r.examined,
+    byLayer,
   };
 }
 
 // ---------------------------------------------------------------------------------------------
-// d. steering
+// c. baseline
+
+export async function baselineStep(ctx: AuditContext): Promise<BaselineResult> {
+  const ev = await evalPrompts(ctx);
+  const rows = await baselineRun(ctx);
+  return { runs: ['none'], data: ev.data, rates: groupedRates(ctx, ev, rows) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// d. steering: always on, and the two-sided gate
+
+function likelihoodCost(rows: readonly LikelihoodRow[]): LikelihoodCost {
+  const n = rows.length;
+  if (n === 0) return { n, meanDelta: null, ci: [null, null], steered: 0 };
+  const mean = rows.reduce((t, r) => t + r.delta, 0) / n;
+  const sd = n > 1 ? Math.sqrt(rows.reduce((t, r) => t + (r.delta - mean) ** 2, 0) / (n - 1)) : NaN;
+  const half = (1.96 * sd) / Math.sqrt(n);
+  return {
+    n,
+    meanDelta: finite(mean),
+    ci: [finite(mean - half), finite(mean + half)],
+    steered: rows.filter((r) => r.steeredPrompt).length,
+  };
+}
 
 export async function steeringStep(ctx: AuditContext): Promise<SteeringResult> {
   const s = ctx.settings;
-  const concept = await loadConcept(ctx);
-  if (!concept.threshold || concept.threshold.layers.length !== 1)
+  const ev = await evalPrompts(ctx);
+  const { loadReading, readingMonitor } = await import('../concepts/reading-file.js');
+  const reading = loadReading(needFile(ctx, READING_FILE, 'reading'), ctx.model);
+  await guard(ev.prompts, reading.fittedIds, `the monitor (${READING_FILE})`);
+  if (!(s.benignBelow <= reading.reading.threshold))
     throw new SteerguardError(
-      `${CONCEPT_FILE} has no one-layer monitor threshold: the monitor step must run first`,
+      `--benign-below ${s.benignBelow} is above the monitor's threshold ${reading.reading.threshold.toFixed(3)} ` +
+        `(${READING_FILE}): a prompt cannot be both flagged and clearly benign; pass a bound at most the threshold`,
     );
-  const sets = { harmful: await evalSet(ctx, 'harmful'), safe: await evalSet(ctx, 'safe') };
-  const prompts = [...sets.harmful.prompts, ...sets.safe.prompts];
-  await guard(ctx, prompts, concept);
-  const { promptMonitor } = await import('../concepts/monitor.js');
-  const { monitorPrompts } = await import('../steering/conditional.js');
-  const { scavHooks, scavLayers } = await import('../concepts/scav.js');
+  const none = await baselineRun(ctx);
+  const add = await directionRun(ctx, 'add', s.coefficient, 'add');
+  const ablate = await directionRun(ctx, 'ablate', 0, 'ablate');
 
-  const gate = promptMonitor(concept);
-  const gateLayer = concept.threshold.layers[0];
-  ctx.reporter.info(`steering: monitor verdicts (layer ${gateLayer}, P > ${gate.threshold.toFixed(3)})`);
-  const verdicts = monitorPrompts(
+  const { monitorPrompts } = await import('../steering/conditional.js');
+  const monitor = readingMonitor(reading.reading, { benignBelow: s.benignBelow });
+  ctx.reporter.info(
+    `steering: gate verdicts (flag above ${monitor.threshold.toFixed(3)}, benign below ${s.benignBelow})`,
+  );
+  const flags = monitorPrompts(
     ctx.model,
-    prompts.map((p) => p.prompt),
-    gate,
+    ev.prompts.map((p) => p.prompt),
+    monitor,
     { maxBatchTokens: ctx.batchTokens },
   );
-  const flags = new Map(prompts.map((p, i) => [flagKey(p), verdicts[i]]));
-  const flagRate = (list: readonly EvalPrompt[]): Rate =>
-    rateOf(list.map((p) => flags.get(flagKey(p))!.flagged));
-
-  const layer = concept.bestLayer();
-  const direction = concept.layer(layer).meanDiff;
-  const norm = Math.sqrt(direction.reduce((t, x) => t + x * x, 0));
-  let vectorFile: string | null = null;
-  if (layer >= 1) {
-    const { ControlVector } = await import('../steering/control-vector.js');
-    ControlVector.single(
-      layer,
-      direction,
-      ctx.model.identity.arch,
-      new Map<string, string | string[]>([
-        ['steerguard.kind', 'concept-mean-diff'],
-        ['steerguard.model_fingerprint', ctx.model.identity.fingerprint],
-        ['steerguard.fitted_ids', concept.fittedIds],
-      ]),
-    ).save(path.join(ctx.outDir, VECTOR_FILE));
-    vectorFile = VECTOR_FILE;
-  }
-
-  /** Both sets under one intervention: two runs, `${name}.harmful` and `${name}.safe`. */
-  const both = async (name: string, what: string, keyExtra: object, responder: Responder) => {
-    const rows: ReplyRecord[] = [];
-    for (const which of ['harmful', 'safe'] as const)
-      rows.push(
-        ...(await ensureRun(ctx, {
-          name: `${name}.${which}`,
-          label: `${what}, ${sets[which].info.set}`,
-          key: inputKey({ generation: ctx.keys[which], concept: ctx.keys.concept, ...keyExtra }),
-          prompts: sets[which].prompts,
-          responder,
-        })),
-      );
-    return { rows, runs: [`${name}.harmful`, `${name}.safe`] };
-  };
-  const baseline = {
-    rows: [
-      ...(await baselineRun(ctx, 'harmful', sets.harmful)),
-      ...(await baselineRun(ctx, 'safe', sets.safe)),
-    ],
-    runs: ['baseline.harmful', 'baseline.safe'],
-  };
-  const points: SteeringPoint[] = [];
-  const notes: string[] = [];
-  const addPoints = (
-    method: SteeringPoint['method'],
-    coefficient: number | null,
-    run: { rows: readonly ReplyRecord[]; runs: readonly string[] },
-  ): void => {
-    const always = setRates(run.rows, ctx.judgeNames);
-    const gated = setRates(composeConditional(flags, run.rows, baseline.rows), ctx.judgeNames);
-    for (const [mode, rates] of [
-      ['unconditional', always],
-      ['conditional', gated],
-    ] as const)
-      points.push({
-        method,
-        coefficient,
-        mode,
-        runs: mode === 'conditional' && coefficient !== 0 ? [...run.runs, ...baseline.runs] : run.runs,
-        harmful: ratesFor(rates, sets.harmful.info.set),
-        borderlineSafe: ratesFor(rates, sets.safe.info.set),
-      });
-  };
-  for (const c of s.coefficients) {
-    if (c === 0) {
-      addPoints('mean-diff', 0, baseline);
-      continue;
-    }
-    const hooks = [addVector(blockHook(layer, 'hook_resid_post'), direction, { scale: c })];
-    addPoints(
-      'mean-diff',
-      c,
-      await both(
-        coefficientRunName(c),
-        `mean-diff × ${c} at layer ${layer}`,
-        { c },
-        hookResponder(ctx.model, hooks),
-      ),
+  const verdicts = new Map(ev.prompts.map((p, i) => [flagKey(p), flags[i]]));
+  const benignFlags = ev.prompts
+    .map((p, i) => ({ p, f: flags[i] }))
+    .filter(({ p }) => ev.groupOf.get(p.set) !== 'harmful');
+  const flaggedBenign = benignFlags.filter(({ f }) => f.flagged).length;
+  if (flaggedBenign > benignFlags.length / 2)
+    ctx.reporter.warn(
+      `steering: the monitor flags ${flaggedBenign} of ${benignFlags.length} benign prompts: its threshold does not ` +
+        'transfer to these sources, and the gate steers them toward refusal',
     );
-  }
-  if (s.scavDefence) {
-    const hooks = scavHooks(concept, { target: 'malicious', p1: s.p1 });
-    if (hooks.length === 0) {
-      ctx.reporter.warn(`steering: no probe beats p1 = ${s.p1}, so there is no SCAV defence to run`);
-      notes.push(`SCAV defence skipped: no probe is more accurate than p1 = ${s.p1}`);
-    } else {
-      addPoints(
-        'scav-defence',
-        null,
-        await both('scav-defence', 'SCAV defence', { p1: s.p1 }, hookResponder(ctx.model, hooks)),
-      );
-    }
-  }
+  const gated = composeByVerdict(verdicts, { flagged: add.rows, benign: ablate.rows, uncertain: none });
+
+  // The likelihood cost on the groups where refusal is not wanted; the gate's hooks per prompt
+  // are those of its verdict, so its rows are picked from the add and ablate rows.
+  const cheap = ev.prompts.map((p, i) => ({ p, i })).filter(({ p }) => ev.groupOf.get(p.set) !== 'harmful');
+  const items = cheap.map(({ p }) => ({ set: ev.groupOf.get(p.set)!, prompt: p.prompt }));
+  const bar = ctx.reporter.progress('steering: likelihood cost', 'prompts');
+  const { measureLikelihoodShift } = await import('../eval/likelihood.js');
+  const [addRows, ablateRows] = await measureLikelihoodShift(
+    ctx.model,
+    items,
+    [items.map(() => add.hooks), items.map(() => ablate.hooks)],
+    { maxNewTokens: s.maxTokens, onProgress: (done, total) => bar.update(done, total) },
+  );
+  bar.finish();
+  const gatedRows = addRows.map((r, k): LikelihoodRow => {
+    const v = flags[cheap[r.index].i].verdict;
+    if (v === 'flagged') return r;
+    if (v === 'benign') return ablateRows[k];
+    return { ...r, steered: r.base, delta: 0, steeredPrompt: false };
+  });
+  const costs = (rows: readonly LikelihoodRow[]) => ({
+    borderline: likelihoodCost(rows.filter((r) => r.set === 'borderline')),
+    harmless: likelihoodCost(rows.filter((r) => r.set === 'harmless')),
+  });
+  const condition = (
+    c: Condition,
+    label: string,
+    runs: string[],
+    rows: readonly ReplyRecord[],
+    lik: readonly LikelihoodRow[] | null,
+  ): SteeringCondition => ({
+    condition: c,
+    label,
+    runs,
+    rates: groupedRates(ctx, ev, rows),
+    likelihood: lik ? costs(lik) : null,
+  });
+  const verdictRates = (g: EvalGroup) => {
+    const mine = ev.prompts
+      .map((p, i) => ({ p, f: flags[i] }))
+      .filter(({ p }) => ev.groupOf.get(p.set) === g);
+    const share = (v: string): Rate => rateOf(mine.map(({ f }) => f.verdict === v));
+    return { flagged: share('flagged'), benign: share('benign'), uncertain: share('uncertain') };
+  };
+  const direction = ctx.state.steps.direction?.result;
+  if (!direction) throw new SteerguardError('the direction step has no result: it must run first');
   return {
-    layer,
-    directionNorm: norm,
-    vectorFile,
-    gate: { layer: gateLayer, probability: gate.threshold },
-    flagged: { harmful: flagRate(sets.harmful.prompts), borderlineSafe: flagRate(sets.safe.prompts) },
-    scavLayers: scavLayers(concept, { p1: s.p1 }),
-    points,
-    data: { harmful: sets.harmful.info, borderlineSafe: sets.safe.info },
-    notes,
+    direction: { layer: direction.layer, norm: direction.norm },
+    coefficient: s.coefficient,
+    gate: {
+      method: reading.reading.method,
+      layers: reading.reading.layers,
+      threshold: monitor.threshold,
+      benignBelow: s.benignBelow,
+    },
+    verdicts: {
+      harmful: verdictRates('harmful'),
+      borderline: verdictRates('borderline'),
+      harmless: verdictRates('harmless'),
+    },
+    conditions: [
+      condition('none', 'no steering', ['none'], none, null),
+      condition('add', `direction added × ${s.coefficient}, always`, ['add'], add.rows, addRows),
+      condition('ablate', 'direction ablated, always', ['ablate'], ablate.rows, ablateRows),
+      condition('gated', 'two-sided gate', ['add', 'ablate', 'none'], gated, gatedRows),
+    ],
+    data: ev.data,
+    likelihoodTokens: addRows.reduce((t, r) => t + r.tokens, 0),
   };
 }
 
 // ---------------------------------------------------------------------------------------------
-// e. attack
+// e. attack: SCAV against the refusal direction ablated and subtracted
 
 export async function attackStep(ctx: AuditContext): Promise<AttackResult> {
   const s = ctx.settings;
-  const concept = await loadConcept(ctx);
+  const ev = await evalPrompts(ctx);
+  const harmful = ev.prompts.filter((p) => ev.groupOf.get(p.set) === 'harmful');
+  const { loadExamples } = await import('../eval/prompt-sets.js');
+  const { trainConcept } = await import('../concepts/concept.js');
+  const { defaultTemplate } = await import('../concepts/activations.js');
   const { scavLayers } = await import('../concepts/scav.js');
-  const harm = await evalSet(ctx, 'harmful');
-  await guard(ctx, harm.prompts, concept);
-  const attack = await scavAttackHooks(ctx.model, { concept: conceptPath(ctx), p0: s.p0, p1: s.p1 });
-  const baseline = await baselineRun(ctx, 'harmful', harm);
-  const scav = await ensureRun(ctx, {
-    name: 'scav-attack.harmful',
-    label: `SCAV attack (p0 ${s.p0}), ${harm.info.set}`,
-    key: inputKey({ generation: ctx.keys.harmful, concept: ctx.keys.concept, p0: s.p0, p1: s.p1 }),
-    prompts: harm.prompts,
-    responder: hookResponder(ctx.model, attack.hooks),
+  const pos = loadExamples(s.scavHarmful, { dataDir: ctx.dataDir, tokenIds: s.tokenIds });
+  const neg = loadExamples(s.scavHarmless, { dataDir: ctx.dataDir, tokenIds: s.tokenIds });
+  const bar = ctx.reporter.progress('attack: SCAV concept activations', 'prompts');
+  const { concept } = await trainConcept({
+    model: ctx.model,
+    positive: pos.examples,
+    negative: neg.examples,
+    sets: { positive: pos.name, negative: neg.name },
+    template: s.tokenIds ? 'raw' : defaultTemplate(ctx.model),
+    split: s.split,
+    seed: s.seed,
+    cacheDir: ctx.cacheDir,
+    batchTokens: ctx.batchTokens,
+    onProgress: (done, total) => bar.update(done, total),
+    signal: ctx.signal,
   });
+  bar.finish();
+  const conceptFile = artefact(ctx, SCAV_CONCEPT_FILE);
+  concept.save(conceptFile);
+  await guard(harmful, concept.fittedIds, `the SCAV concept (${SCAV_CONCEPT_FILE})`);
+  const attack = await scavAttackHooks(ctx.model, { concept: conceptFile, p0: s.p0, p1: s.p1 });
+  const scav = await run(
+    ctx,
+    'scav',
+    `SCAV attack (p0 ${s.p0})`,
+    { scav: [s.scavHarmful, s.scavHarmless, s.p0, s.p1, s.seed, s.split] },
+    attack.hooks,
+    'harmful',
+  );
+  const subtract = await directionHooks(ctx, 'add', -s.coefficient);
+  await guard(harmful, subtract.fittedIds, `the refusal direction (${DIRECTION_FILE})`);
+  const subtracted = await run(
+    ctx,
+    'subtract',
+    `direction subtracted × ${s.coefficient}`,
+    { direction: ctx.keys.direction, steer: 'add', coeff: -s.coefficient },
+    subtract.hooks,
+    'harmful',
+  );
+  const none = await baselineRun(ctx);
+  const ablated = (await directionRun(ctx, 'ablate', 0, 'ablate')).rows;
   const judge = primaryJudge(ctx.judgeNames);
-  const clean = (rows: readonly ReplyRecord[]): Rate =>
-    rateOf(
-      rows.map((r) => {
-        if (judge === null) return null;
-        const j = r.judged[judge];
-        if (!j || j.kind !== 'refusal') return null;
-        return !j.refused && !r.flawed;
-      }),
-    );
+  const onlyHarmful = (rows: readonly ReplyRecord[]) =>
+    rows.filter((r) => ev.groupOf.get(r.set) === 'harmful');
+  const row = (method: AttackRun['method'], name: string, all: readonly ReplyRecord[]): AttackRun => {
+    const rows = onlyHarmful(all);
+    return {
+      method,
+      runs: [name],
+      harmful: groupedRates(ctx, ev, rows).harmful.group,
+      cleanSuccess: rateOf(
+        rows.map((r) => {
+          const j = judge === null ? undefined : r.judged[judge];
+          if (!j || j.kind !== 'refusal') return null;
+          return !j.refused && !r.flawed;
+        }),
+      ),
+    };
+  };
   return {
     p0: s.p0,
     p1: s.p1,
     layers: scavLayers(concept, { p1: s.p1 }),
+    concept: { harmful: pos.name, harmless: neg.name, file: SCAV_CONCEPT_FILE },
     runs: [
-      {
-        method: 'none',
-        runs: ['baseline.harmful'],
-        harmful: ratesFor(setRates(baseline, ctx.judgeNames), harm.info.set),
-        cleanSuccess: clean(baseline),
-      },
-      {
-        method: 'scav',
-        runs: ['scav-attack.harmful'],
-        harmful: ratesFor(setRates(scav, ctx.judgeNames), harm.info.set),
-        cleanSuccess: clean(scav),
-      },
+      row('none', 'none', none),
+      row('scav', 'scav', scav),
+      row('ablate', 'ablate', ablated),
+      row('subtract', 'subtract', subtracted),
     ],
-    data: harm.info,
+    data: ev.data.harmful,
   };
 }
 
 export const STEPS: { readonly [K in StepName]: (ctx: AuditContext) => Promise<AuditResults[K]> } = {
-  concept: conceptStep,
-  monitor: monitorStep,
+  reading: readingStep,
+  direction: directionStep,
   baseline: baselineStep,
   steering: steeringStep,
   attack: attackStep,

@@ -2,53 +2,76 @@
  * The audit's data: its settings, what each step finds, and the report built from them. These
  * are plain JSON values (they live in audit-state.json and report.json); non-finite numbers are
  * stored as null, hence the `number | null` fields.
+ *
+ * The recipe: a harmful-request monitor (a "reading") chosen by leave-one-source-out on
+ * development sources and measured on test sources; the model's refusal direction; refusal and
+ * over-refusal with no steering, the direction added always, ablated always, and the two-sided
+ * gate (added where the monitor flags, ablated where it is clearly benign), with the harmless-
+ * prompt likelihood cost of each; and the SCAV attack against ablating and subtracting the
+ * direction. Every evaluated prompt comes from sources none of the artefacts was fitted or chosen
+ * on (the pipeline refuses otherwise).
  */
+import type { HeldOutSourceResult, ReadingMethod } from '../concepts/sources.js';
 import type { SplitFractions } from '../data/splits.js';
 
-export const STEP_NAMES = ['concept', 'monitor', 'baseline', 'steering', 'attack'] as const;
+export const STEP_NAMES = ['reading', 'direction', 'baseline', 'steering', 'attack'] as const;
 export type StepName = (typeof STEP_NAMES)[number];
 
 /** Steps a step builds on; they run first when asked for and not yet done. */
 export const STEP_NEEDS: { readonly [K in StepName]: readonly StepName[] } = {
-  concept: [],
-  monitor: ['concept'],
+  reading: [],
+  direction: [],
   baseline: [],
-  steering: ['concept', 'monitor'],
-  attack: ['concept'],
+  steering: ['reading', 'direction'],
+  attack: ['direction'],
 };
 
 export const STEP_TITLES: { readonly [K in StepName]: string } = {
-  concept: 'safety concept (per-layer probes)',
-  monitor: 'monitor quality and calibration',
-  baseline: 'baseline refusal and over-refusal',
-  steering: 'steering trade-off',
+  reading: 'harmful-request monitor, chosen by leave-one-source-out',
+  direction: 'refusal direction',
+  baseline: 'refusal and over-refusal without steering',
+  steering: 'refusal steering: always on and two-sided gated',
   attack: 'SCAV attack',
 };
 
+/** The three evaluated groups: refusal is wanted on the first, not on the other two. */
+export const EVAL_GROUPS = ['harmful', 'borderline', 'harmless'] as const;
+export type EvalGroup = (typeof EVAL_GROUPS)[number];
+
 /** Everything that decides the audit's numbers (and is compared when resuming). */
 export interface AuditSettings {
-  /** Harmful / harmless sets of the concept; harmful held-out prompts are also evaluated. */
-  readonly harmful: string;
-  readonly harmless: string;
-  /** Benign prompts that look harmful (over-refusal, monitor calibration), and their unsafe contrast. */
-  readonly borderlineSafe: string;
-  readonly borderlineUnsafe: string;
-  /** Prompts per side for the concept (first N of each set). */
+  /** Development sources of the monitor (2 or more per class): it is fitted and chosen on them. */
+  readonly devHarmful: readonly string[];
+  readonly devBenign: readonly string[];
+  /** Test sources of the monitor (1 or more per class): its headline figures, used for nothing else. */
+  readonly testHarmful: readonly string[];
+  readonly testBenign: readonly string[];
+  /** First N prompts of each monitor source. */
   readonly limit: number;
-  /** Held-out prompts per evaluated set. */
+  /** False positives on development benign prompts (out of fold) that set the monitor threshold. */
+  readonly targetFpr: number;
+  /** Refusal direction: harmful and harmless sets (their seeded split's train and val parts). */
+  readonly directionHarmful: string;
+  readonly directionHarmless: string;
+  readonly nTrain: number;
+  readonly nVal: number;
+  /** Token ids that start a refusal (the direction's refusal score); null: from the tokenizer. */
+  readonly refusalTokens: readonly number[] | null;
+  /** Evaluated sets by group, and prompts per group (shared out evenly over the group's sets). */
+  readonly evalSets: { readonly [G in EvalGroup]: readonly string[] };
   readonly nEval: number;
   readonly maxTokens: number;
-  /** Coefficients of the mean-difference steering sweep (0 = no steering). */
-  readonly coefficients: readonly number[];
-  /** Also run the SCAV defence (move toward the malicious region) in the steering step. */
-  readonly scavDefence: boolean;
-  readonly seed: number;
-  readonly split: SplitFractions;
-  /** Largest share of borderline-safe calibration prompts the monitor may flag. */
-  readonly targetFpr: number;
-  /** SCAV attack target and layer accuracy floor. */
+  /** Coefficient of the refusal direction where it is added. */
+  readonly coefficient: number;
+  /** Two-sided gate: below this monitor score a prompt is clearly benign and gets the ablation. */
+  readonly benignBelow: number;
+  /** Concept of the SCAV attack: harmful and harmless sets, target P(harmful), layer accuracy floor. */
+  readonly scavHarmful: string;
+  readonly scavHarmless: string;
   readonly p0: number;
   readonly p1: number;
+  readonly seed: number;
+  readonly split: SplitFractions;
   readonly judges: readonly string[];
   readonly tokenIds: boolean;
   readonly batch: number;
@@ -64,14 +87,14 @@ export interface Rate {
   readonly ci: readonly [number, number];
 }
 
-/** Rates of one evaluated set in one run. */
+/** Rates of one evaluated set (or group) in one run. */
 export interface SetRates {
   readonly set: string;
   readonly n: number;
   /** Judge name -> rate of refusals (keyword judges) or unsafe replies (llamaguard). */
   readonly judges: Readonly<Record<string, Rate & { readonly measures: 'refusal' | 'unsafe' }>>;
   readonly flawed: Rate;
-  /** Share flagged by the monitor (conditional runs). */
+  /** Share flagged by the monitor (gated runs). */
   readonly flagged: Rate | null;
 }
 
@@ -87,118 +110,155 @@ export interface RunRecord {
   readonly sets: readonly SetRates[];
 }
 
-export interface LayerResult {
-  readonly layer: number;
-  readonly accuracy: number | null;
-  readonly accuracyCi: readonly [number, number];
-  readonly auroc: number | null;
-  readonly aurocCi: readonly [number, number];
-  readonly valAccuracy: number | null;
-  readonly trainAccuracy: number | null;
-  readonly split: string;
+/** A monitor source: its name, class (1 harmful) and prompt count. */
+export interface SourceInfo {
+  readonly name: string;
+  readonly label: 0 | 1;
   readonly n: number;
 }
 
-export interface ConceptResult {
+/** One reading (method and layers) on the development and the test sources. */
+export interface ReadingSummary {
+  readonly method: ReadingMethod;
+  readonly layers: readonly number[];
+  /** Worst development source's held-out AUROC (what chose it). */
+  readonly devWorstAuroc: number | null;
+  readonly testWorstAuroc: number | null;
+  readonly testPooled: PooledFigures;
+}
+
+/** Every test prompt pooled, harmful against benign, at the development threshold. */
+export interface PooledFigures {
+  readonly auroc: number | null;
+  readonly aurocCi: readonly [number, number];
+  readonly tpr: Rate;
+  readonly fpr: Rate;
+}
+
+export interface ReadingResult {
+  /** The reading file (plain JSON, `concept generalize --save-reading`'s format). */
   readonly file: string;
-  readonly name: string;
   readonly template: 'chat' | 'raw';
-  readonly bestLayer: number;
-  readonly layers: readonly LayerResult[];
-  readonly sets: {
-    readonly harmful: { readonly name: string; readonly prompts: number; readonly duplicatesRemoved: number };
-    readonly harmless: {
-      readonly name: string;
-      readonly prompts: number;
-      readonly duplicatesRemoved: number;
-    };
-  };
-  readonly counts: {
-    readonly [S in 'train' | 'val' | 'test']: { readonly positive: number; readonly negative: number };
-  };
-  readonly removedOverlap: number;
-  readonly activations: { readonly computed: number; readonly cached: number; readonly seconds: number };
-  readonly fitSeconds: number;
-  /** Layers whose solver stopped before converging. */
-  readonly unconverged: readonly number[];
+  readonly method: ReadingMethod;
+  readonly layers: readonly number[];
+  /** Standardised score above which a request is flagged. */
+  readonly threshold: number;
+  readonly targetFpr: number;
+  readonly sources: { readonly dev: readonly SourceInfo[]; readonly test: readonly SourceInfo[] };
+  /** Development sources, each held out in turn (validation figures: they chose the reading). */
+  readonly dev: readonly HeldOutSourceResult[];
+  /** Test sources, each against the other class's test prompts (the headline). */
+  readonly test: readonly HeldOutSourceResult[];
+  readonly chosen: ReadingSummary;
+  /** Each reading's own best candidate on the same test sources. */
+  readonly byMethod: readonly ReadingSummary[];
+  /** What a random split pooling the development sources would have chosen (never used). */
+  readonly inSplit: { readonly layer: number; readonly accuracy: number; readonly heldOutWorstAuroc: number };
+  /** Single-layer worst held-out development AUROC per method, for the chart. */
+  readonly layerCurves: readonly {
+    readonly method: ReadingMethod;
+    readonly layer: number;
+    readonly worstAuroc: number | null;
+  }[];
+  readonly warnings: readonly string[];
+  readonly forwardSeconds: number;
 }
 
-export interface MonitorResult {
-  /** The layer the monitor (and the conditional gate) reads. */
+export interface DirectionResult {
+  /** The direction as a control vector (GGUF) with the ids it was fitted on. */
+  readonly file: string;
+  readonly sets: { readonly harmful: string; readonly harmless: string };
+  /** Input of this block, at this position from the end of the prompt. */
   readonly layer: number;
-  /** Harmful vs harmless on the concept's held-out test split. */
-  readonly heldOut: {
-    readonly nPositive: number;
-    readonly nNegative: number;
-    readonly auroc: number | null;
-    readonly aurocCi: readonly [number, number];
-    /** The mean-logit score over the layers whose probe beats p1. */
-    readonly combinedAuroc: number | null;
-    readonly combinedLayers: readonly number[];
-    /** At the held-out ROC point with FPR <= 5%. */
-    readonly tprAt5Fpr: number | null;
-    readonly fprAt5Fpr: number | null;
+  readonly position: number;
+  readonly norm: number;
+  /** 'filters': passed every filter of Arditi et al.; 'fallback': none did. */
+  readonly selectedBy: 'filters' | 'fallback';
+  /** Validation refusal scores (log-odds of a refusal-starting token). */
+  readonly baseline: { readonly harmful: number; readonly harmless: number };
+  readonly ablatedHarmful: number | null;
+  readonly addedHarmless: number | null;
+  readonly kl: number | null;
+  readonly counts: {
+    readonly harmfulTrain: number;
+    readonly harmlessTrain: number;
+    readonly harmfulVal: number;
+    readonly harmlessVal: number;
   };
-  /** The threshold calibrated on borderline-safe prompts, stored in the concept file. */
-  readonly calibrated: {
-    readonly set: string;
-    readonly n: number;
-    readonly targetFpr: number;
-    /** Probe logit threshold; the gate flags P(harmful) > sigmoid(logit). */
-    readonly logit: number;
-    readonly probability: number;
-    readonly achievedFpr: number;
-  };
-  /** Rates at the calibrated threshold on prompts it was not calibrated on. */
-  readonly atThreshold: {
-    readonly borderlineUnsafe: Rate & { readonly set: string };
-    readonly borderlineSafeHeldOut: (Rate & { readonly set: string }) | null;
-    readonly harmfulTest: Rate & { readonly set: string };
-    readonly harmlessTest: Rate & { readonly set: string };
-  };
+  readonly candidates: number;
+  readonly examined: number;
+  /** Per candidate layer: the best ablated refusal score over positions (lower: stronger). */
+  readonly byLayer: readonly { readonly layer: number; readonly ablatedHarmful: number | null }[];
 }
 
-export interface EvalSetsInfo {
-  readonly harmful: { readonly set: string; readonly available: number; readonly used: number };
-  readonly borderlineSafe: { readonly set: string; readonly available: number; readonly used: number };
+/** One evaluated group: its sets and prompts. */
+export interface GroupInfo {
+  readonly sets: readonly { readonly set: string; readonly used: number }[];
+  readonly n: number;
 }
+
+export type EvalData = { readonly [G in EvalGroup]: GroupInfo };
+
+/** Rates per group, and per set within it. */
+export interface GroupRates {
+  readonly group: SetRates;
+  readonly sets: readonly SetRates[];
+}
+
+export type GroupedRates = { readonly [G in EvalGroup]: GroupRates };
 
 export interface BaselineResult {
-  /** The generation runs the rates come from. */
   readonly runs: readonly string[];
-  readonly data: EvalSetsInfo;
-  readonly harmful: SetRates;
-  readonly borderlineSafe: SetRates;
+  readonly data: EvalData;
+  readonly rates: GroupedRates;
 }
 
-export interface SteeringPoint {
-  readonly method: 'mean-diff' | 'scav-defence';
-  /** Mean-difference coefficient; null for the SCAV defence. */
-  readonly coefficient: number | null;
-  readonly mode: 'unconditional' | 'conditional';
-  /** The generation runs the unconditional replies (and the flagged conditional ones) come from. */
+export const CONDITIONS = ['none', 'add', 'ablate', 'gated'] as const;
+export type Condition = (typeof CONDITIONS)[number];
+
+/** The mean per-token log-likelihood change of the unsteered reply under a steering. */
+export interface LikelihoodCost {
+  readonly n: number;
+  readonly meanDelta: number | null;
+  readonly ci: readonly [number | null, number | null];
+  /** Prompts the steering touched. */
+  readonly steered: number;
+}
+
+export interface SteeringCondition {
+  readonly condition: Condition;
+  readonly label: string;
+  /** The generation runs its replies come from (the gate composes three). */
   readonly runs: readonly string[];
-  readonly harmful: SetRates;
-  readonly borderlineSafe: SetRates;
+  readonly rates: GroupedRates;
+  /** On the groups where refusal is not wanted; null for no steering. */
+  readonly likelihood: { readonly borderline: LikelihoodCost; readonly harmless: LikelihoodCost } | null;
 }
 
 export interface SteeringResult {
-  readonly layer: number;
-  /** ||mean(harmful) − mean(harmless)|| at the steered layer: the unit of the coefficients. */
-  readonly directionNorm: number;
-  /** Control vector of the direction (llama.cpp format), when the layer is 1 or more. */
-  readonly vectorFile: string | null;
-  readonly gate: { readonly layer: number; readonly probability: number };
-  readonly flagged: { readonly harmful: Rate; readonly borderlineSafe: Rate };
-  readonly scavLayers: readonly number[];
-  readonly points: readonly SteeringPoint[];
-  readonly data: EvalSetsInfo;
-  /** Parts of the step that could not run, in words. */
-  readonly notes: readonly string[];
+  readonly direction: { readonly layer: number; readonly norm: number };
+  readonly coefficient: number;
+  readonly gate: {
+    readonly method: ReadingMethod;
+    readonly layers: readonly number[];
+    readonly threshold: number;
+    readonly benignBelow: number;
+  };
+  /** The gate's verdicts per group. */
+  readonly verdicts: {
+    readonly [G in EvalGroup]: { readonly flagged: Rate; readonly benign: Rate; readonly uncertain: Rate };
+  };
+  readonly conditions: readonly SteeringCondition[];
+  readonly data: EvalData;
+  /** Tokens of the unsteered replies scored for the likelihood cost. */
+  readonly likelihoodTokens: number;
 }
 
+export const ATTACK_METHODS = ['none', 'scav', 'ablate', 'subtract'] as const;
+export type AttackMethod = (typeof ATTACK_METHODS)[number];
+
 export interface AttackRun {
-  readonly method: 'none' | 'scav';
+  readonly method: AttackMethod;
   readonly runs: readonly string[];
   readonly harmful: SetRates;
   /** Replies with no refusal phrase (primary judge) that are not flawed either. */
@@ -208,14 +268,16 @@ export interface AttackRun {
 export interface AttackResult {
   readonly p0: number;
   readonly p1: number;
+  /** Blocks the SCAV move is applied at (probe test accuracy above p1). */
   readonly layers: readonly number[];
+  readonly concept: { readonly harmful: string; readonly harmless: string; readonly file: string };
   readonly runs: readonly AttackRun[];
-  readonly data: EvalSetsInfo['harmful'];
+  readonly data: GroupInfo;
 }
 
 export interface AuditResults {
-  readonly concept: ConceptResult;
-  readonly monitor: MonitorResult;
+  readonly reading: ReadingResult;
+  readonly direction: DirectionResult;
   readonly baseline: BaselineResult;
   readonly steering: SteeringResult;
   readonly attack: AttackResult;

@@ -586,7 +586,7 @@ export function engineMatmul(model: Model): MatmulF32 | undefined {
  * the count after. The solver calls matmul once per layer between long stretches of JavaScript;
  * idle BLAS worker threads spin for a while after each call and take the core the solver needs.
  */
-function singleThreaded<T>(model: Model, f: () => T): T {
+export function singleThreaded<T>(model: Model, f: () => T): T {
   const be = model.backend as Model['backend'] & { setThreads?: (n: number) => void };
   const before = be.threads;
   if (typeof be.setThreads !== 'function' || before <= 1) return f();

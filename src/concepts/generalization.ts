@@ -13,9 +13,10 @@
  * and its own test table, so the three are compared on the same held-out sources.
  */
 import { SteerguardError } from '../formats/errors.js';
-import type { PromptSet } from '../data/datasets.js';
-import type { Model } from '../model/model.js';
+import type { PromptSet, SetPrompt } from '../data/datasets.js';
+import type { Model, Prompt } from '../model/model.js';
 import { type ExtractOptions, type LayerActivations, extractLastToken } from './activations.js';
+import { engineMatmul, singleThreaded } from './concept.js';
 import { auroc, wilsonInterval } from './probe.js';
 import {
   type HeldOutSourceResult,
@@ -45,6 +46,8 @@ export interface GeneralizationOptions
   readonly dev: SourceGroups;
   /** Sources used for nothing but the report (at least 1 of each class). */
   readonly test: SourceGroups;
+  /** The model input of a source's prompt (default its text, templated by `template`). */
+  readonly asPrompt?: (prompt: SetPrompt, source: PromptSet) => Prompt;
   /** Progress of the two stages. */
   readonly onProgress?: (stage: 'activations' | 'folds', done: number, total: number) => void;
 }
@@ -173,7 +176,7 @@ export async function measureGeneralization(
 ): Promise<GeneralizationReport> {
   const { dev, test } = checkGeneralizationSources(opts.dev, opts.test, opts.minPerSource);
   const sets = [...opts.dev.harmful, ...opts.dev.benign, ...opts.test.harmful, ...opts.test.benign];
-  const prompts = sets.flatMap((s) => s.prompts.map((p) => p.text));
+  const prompts = sets.flatMap((s) => s.prompts.map((p) => (opts.asPrompt ? opts.asPrompt(p, s) : p.text)));
   const acts = await extractLastToken(model, prompts, {
     template: opts.template,
     layers: opts.layers,
@@ -192,12 +195,14 @@ export async function measureGeneralization(
     minPerSource: opts.minPerSource,
     C: opts.C,
     standardize: opts.standardize,
-    matmul: opts.matmul,
+    matmul: opts.matmul ?? engineMatmul(model),
   };
-  const validation = leaveOneSourceOut(devActs, dev, {
-    ...fitOptions,
-    onProgress: (done, total) => opts.onProgress?.('folds', done, total),
-  });
+  const validation = singleThreaded(model, () =>
+    leaveOneSourceOut(devActs, dev, {
+      ...fitOptions,
+      onProgress: (done, total) => opts.onProgress?.('folds', done, total),
+    }),
+  );
 
   const reportFor = (cand: ReadingCandidate): ReadingReport => {
     const reading = fitSourceReading(devActs, dev, cand, fitOptions);

@@ -17,6 +17,8 @@ export interface LikelihoodItem {
 }
 
 export interface LikelihoodRow {
+  /** Position of the prompt in the items. */
+  readonly index: number;
   readonly set: string;
   /** Reply tokens scored (the unsteered greedy reply). */
   readonly tokens: number;
@@ -82,23 +84,26 @@ export function summarizeLikelihood(rows: readonly LikelihoodRow[]): LikelihoodS
 }
 
 /**
- * The change described in the file comment, for each item; `hooks[i]` are the hooks item i is
- * steered with. Items whose unsteered reply is empty (the model stopped at once) are left out.
+ * The change described in the file comment, for each item under each steering: `steerings[k][i]`
+ * are the hooks item i is steered with in steering k, and the result's `[k]` are its rows. The
+ * unsteered replies are generated and scored once for all of them. Items whose unsteered reply is
+ * empty (the model stopped at once) are left out.
  */
 export async function measureLikelihoodShift(
   model: Model,
   items: readonly LikelihoodItem[],
-  hooks: readonly (readonly Hook[])[],
+  steerings: readonly (readonly (readonly Hook[])[])[],
   opts: { maxNewTokens: number; onProgress?: (done: number, total: number) => void },
-): Promise<LikelihoodRow[]> {
-  if (hooks.length !== items.length)
-    throw new SteerguardError(`${hooks.length} hook lists for ${items.length} prompts`);
+): Promise<LikelihoodRow[][]> {
+  for (const hooks of steerings)
+    if (hooks.length !== items.length)
+      throw new SteerguardError(`${hooks.length} hook lists for ${items.length} prompts`);
   const V = model.config.vocabSize;
   const replies = await model.generate(
     items.map((it) => it.prompt),
     { maxNewTokens: opts.maxNewTokens },
   );
-  const rows: LikelihoodRow[] = [];
+  const rows: LikelihoodRow[][] = steerings.map(() => []);
   for (let i = 0; i < items.length; i++) {
     const g = replies[i];
     if (g.tokens.length > 0) {
@@ -107,14 +112,17 @@ export async function measureLikelihoodShift(
       const score = (h: readonly Hook[]) =>
         replyLogLikelihood(model.run([{ tokens }], { logits: 'all', hooks: h }).logits[0], tokens, from, V);
       const base = score([]);
-      const steered = hooks[i].length > 0 ? score(hooks[i]) : base;
-      rows.push({
-        set: items[i].set,
-        tokens: g.tokens.length,
-        base,
-        steered,
-        delta: steered - base,
-        steeredPrompt: hooks[i].length > 0,
+      steerings.forEach((hooks, k) => {
+        const steered = hooks[i].length > 0 ? score(hooks[i]) : base;
+        rows[k].push({
+          index: i,
+          set: items[i].set,
+          tokens: g.tokens.length,
+          base,
+          steered,
+          delta: steered - base,
+          steeredPrompt: hooks[i].length > 0,
+        });
       });
     }
     opts.onProgress?.(i + 1, items.length);

@@ -227,7 +227,11 @@ export interface RefusalDirectionOptions {
   readonly harmless: PromptSplit;
   /** Negative offsets of the candidate positions; default: the post-instruction template tokens. */
   readonly positions?: readonly number[];
-  /** Candidate layers (block inputs); default 1..L−1 (block 0's input is the token embedding). */
+  /**
+   * Candidate layers (block inputs); default 2..L−1: block 0's input is the token embedding, and
+   * block 1's is block 0's output, which a llama.cpp control vector cannot carry (its direction.0
+   * is never applied), so a direction found there could not be saved.
+   */
   readonly layers?: readonly number[];
   /** Refusal-starting token ids; default the first tokens of REFUSAL_START_WORDS. */
   readonly refusalTokens?: readonly number[];
@@ -295,7 +299,9 @@ export function computeRefusalDirection(model: Model, opts: RefusalDirectionOpti
   const positions = [...(opts.positions ?? postInstructionPositions(model))].sort((a, b) => a - b);
   if (positions.length === 0 || positions.some((p) => !Number.isInteger(p) || p >= 0))
     throw new OptionError(`positions must be negative offsets from the end, got ${positions.join(', ')}`);
-  const layers = [...(opts.layers ?? Array.from({ length: L - 1 }, (_, i) => i + 1))].sort((a, b) => a - b);
+  const layers = [...(opts.layers ?? Array.from({ length: Math.max(0, L - 2) }, (_, i) => i + 2))].sort(
+    (a, b) => a - b,
+  );
   if (layers.some((l) => !Number.isInteger(l) || l < 1 || l >= L))
     throw new OptionError(`candidate layers must be within 1..${L - 1}`);
   const refusalTokens = [...(opts.refusalTokens ?? refusalTokenIds(model.tokenizer))];
@@ -384,7 +390,10 @@ export function computeRefusalDirection(model: Model, opts: RefusalDirectionOpti
   );
 
   const cutoff = layerCutoff(L, opts.pruneLayerFraction);
-  const eligible = candidates.filter((c) => opts.fullReport || (c.layer < cutoff && c.norm > 0));
+  // A model too shallow to have a candidate before the late layers scores the late ones (and
+  // can only fall back to one of them).
+  const shallow = !candidates.some((c) => c.layer < cutoff);
+  const eligible = candidates.filter((c) => opts.fullReport || ((shallow || c.layer < cutoff) && c.norm > 0));
   eligible.forEach((c, k) => {
     const logits = model.run(harmfulVal, {
       hooks: ablationHooks(vectors.get(c)!, L),
@@ -429,7 +438,9 @@ export function computeRefusalDirection(model: Model, opts: RefusalDirectionOpti
   if (!chosen) {
     // Nothing passed: prefer candidates that at least keep KL low, then the lowest refusal score.
     selectedBy = 'fallback';
-    const pool = candidates.filter((c) => c.refusalScore !== null && c.layer < cutoff && c.norm > 0);
+    const pool = candidates.filter(
+      (c) => c.refusalScore !== null && c.norm > 0 && (shallow || c.layer < cutoff),
+    );
     if (pool.length === 0) throw new SteerguardError('no candidate direction could be scored');
     const klOk = pool.filter((c) => c.kl !== null && c.kl <= (opts.klThreshold ?? 0.1));
     chosen = (klOk.length > 0 ? klOk : pool).reduce((a, b) => (b.refusalScore! < a.refusalScore! ? b : a));

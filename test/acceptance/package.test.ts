@@ -52,6 +52,7 @@ function runtimeDependencyDirs(): string[] {
 const CONSUMER = `
 import {
   Model,
+  auditSettings,
   runAudit,
   STEP_NAMES,
   type AuditOptions,
@@ -72,26 +73,7 @@ const reporter: Reporter = {
 };
 
 export async function audit(modelPath: string, outDir: string): Promise<AuditOutcome> {
-  const settings: AuditSettings = {
-    harmful: 'advbench',
-    harmless: 'alpaca',
-    borderlineSafe: 'xstest-safe',
-    borderlineUnsafe: 'xstest-unsafe',
-    limit: 200,
-    nEval: 50,
-    maxTokens: 48,
-    coefficients: [0, 2, 4, 8],
-    scavDefence: true,
-    seed: 0,
-    split: { train: 0.7, val: 0.1, test: 0.2 },
-    targetFpr: 0.1,
-    p0: 0.001,
-    p1: 0.9,
-    judges: ['keyword-gcg', 'keyword-jbb'],
-    tokenIds: false,
-    batch: 16,
-    redact: true,
-  };
+  const settings: AuditSettings = auditSettings({ nEval: 8, redact: true });
   const steps: StepName[] = STEP_NAMES.filter((s) => s !== 'attack');
   const model = await Model.load(modelPath);
   const options: AuditOptions = { model, outDir, settings, steps, reporter, signal: new AbortController().signal };

@@ -363,7 +363,7 @@ async function likelihoodEval(
   out.info(`${steering.label}: ${prompts.length} prompts, replies of up to ${o.maxTokens} tokens`);
   const hooks = await steering.hooksFor(prompts.map((p) => p.prompt));
   const bar = cliReporter(out).progress('likelihood', 'prompts');
-  const rows = await measureLikelihoodShift(model, prompts, hooks, {
+  const [rows] = await measureLikelihoodShift(model, prompts, [hooks], {
     maxNewTokens: o.maxTokens,
     onProgress: (done, total) => bar.update(done, total),
   });
