@@ -139,10 +139,13 @@ function needFile(ctx: AuditContext, file: string, step: StepName): string {
 
 const finite = (x: number): number | null => (Number.isFinite(x) ? x : null);
 
-/** A bar that follows a progress callback, restarted with the next label when a stage changes. */
+/**
+ * A bar that follows a progress callback, restarted with the next label when a stage changes;
+ * `unitOf` names what a stage counts.
+ */
 function stagedProgress(
   ctx: AuditContext,
-  unit: string,
+  unitOf: (stage: string) => string,
 ): { update: (stage: string, done: number, total: number) => void; finish: () => void } {
   let bar: ProgressReporter | undefined;
   let current = '';
@@ -151,7 +154,7 @@ function stagedProgress(
       if (!bar || stage !== current) {
         bar?.finish();
         current = stage;
-        bar = ctx.reporter.progress(stage, unit);
+        bar = ctx.reporter.progress(stage, unitOf(stage));
       }
       bar.update(done, total);
     },
@@ -323,7 +326,7 @@ export async function readingStep(ctx: AuditContext): Promise<ReadingResult> {
   const { measureGeneralization } = await import('../concepts/generalization.js');
   const { defaultTemplate } = await import('../concepts/activations.js');
   const template = s.tokenIds ? 'raw' : defaultTemplate(ctx.model);
-  const bars = stagedProgress(ctx, 'prompts');
+  const bars = stagedProgress(ctx, (stage) => (stage.endsWith('activations') ? 'prompts' : 'sources'));
   const report = await measureGeneralization(ctx.model, {
     dev,
     test,
@@ -333,8 +336,7 @@ export async function readingStep(ctx: AuditContext): Promise<ReadingResult> {
     batchTokens: ctx.batchTokens,
     signal: ctx.signal,
     asPrompt: (p, set) => setPromptInput(s.tokenIds, p, set),
-    onProgress: (stage, done, total) =>
-      bars.update(stage === 'activations' ? 'reading: activations' : 'reading: folds (sources)', done, total),
+    onProgress: (stage, done, total) => bars.update(`reading: ${stage}`, done, total),
   });
   bars.finish();
   const { saveReading } = await import('../concepts/reading-file.js');
@@ -423,7 +425,7 @@ export async function directionStep(ctx: AuditContext): Promise<DirectionResult>
   });
   const { computeRefusalDirection, refusalDirectionToControlVector } =
     await import('../steering/refusal-direction.js');
-  const bars = stagedProgress(ctx, 'steps');
+  const bars = stagedProgress(ctx, (stage) => (stage.endsWith('activations') ? 'sets' : 'candidates'));
   const r = computeRefusalDirection(ctx.model, {
     harmful: side(sets.harmful),
     harmless: side(sets.harmless),
