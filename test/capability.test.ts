@@ -59,32 +59,37 @@ describe('log-likelihood scorer (tiny llama)', async () => {
   ];
   const push = addVector(blockHook(1, 'hook_resid_post'), new Float32Array(model.config.dModel).fill(2));
 
-  test('equals the hand-computed sum of log-probabilities, however the requests are packed', () => {
-    for (const maxLogitRows of [1, 4, 256]) {
-      const got = scoreContinuations(model, requests, { maxLogitRows });
+  test('equals the hand-computed sum of log-probabilities, however the requests are packed', async () => {
+    for (const [maxLogitRows, maxBatchTokens] of [
+      [1, 1024],
+      [4, 1024],
+      [256, 1024],
+      [256, 5],
+    ]) {
+      const got = await scoreContinuations(model, requests, { maxLogitRows, maxBatchTokens });
       requests.forEach((r, i) =>
         r.continuations.forEach((c, j) => {
           const want = byHand(r.context, c);
           assert.ok(want < 0);
           assert.ok(
             Math.abs(got[i][j] - want) < 1e-4,
-            `request ${i} continuation ${j} (maxLogitRows ${maxLogitRows}): ${got[i][j]} vs ${want}`,
+            `request ${i} continuation ${j} (${maxLogitRows} rows, ${maxBatchTokens} tokens): ${got[i][j]} vs ${want}`,
           );
         }),
       );
     }
   });
 
-  test('a hand-computed case: two one-token continuations read the same last row', () => {
+  test('a hand-computed case: two one-token continuations read the same last row', async () => {
     const logits = model.run([{ tokens: [5, 6, 7] }], { logits: 'last' }).logits[0];
-    const [[a, b]] = scoreContinuations(model, [{ context: [5, 6, 7], continuations: [[8], [9]] }]);
+    const [[a, b]] = await scoreContinuations(model, [{ context: [5, 6, 7], continuations: [[8], [9]] }]);
     assert.ok(Math.abs(a - b - (logits[8] - logits[9])) < 1e-5, 'the difference is the logit difference');
     assert.ok(Math.abs(a - logProb(logits, 8)) < 1e-5);
   });
 
-  test('hooks apply to their own request only', () => {
-    const got = scoreContinuations(model, requests, { hooks: [[], [push], []] });
-    const plain = scoreContinuations(model, requests);
+  test('hooks apply to their own request only', async () => {
+    const got = await scoreContinuations(model, requests, { hooks: [[], [push], []] });
+    const plain = await scoreContinuations(model, requests);
     assert.deepEqual(got[0], plain[0]);
     assert.deepEqual(got[2], plain[2]);
     got[1].forEach((x, j) => {
@@ -93,10 +98,10 @@ describe('log-likelihood scorer (tiny llama)', async () => {
     });
   });
 
-  test('bad requests are errors', () => {
-    assert.throws(() => scoreContinuations(model, [{ context: [], continuations: [[1]] }]), /empty context/);
-    assert.throws(() => scoreContinuations(model, [{ context: [1], continuations: [[]] }]), /no tokens/);
-    assert.throws(() => scoreContinuations(model, requests, { hooks: [[]] }), /1 hook lists for 3 requests/);
+  test('bad requests are errors', async () => {
+    await assert.rejects(scoreContinuations(model, [{ context: [], continuations: [[1]] }]), /empty context/);
+    await assert.rejects(scoreContinuations(model, [{ context: [1], continuations: [[]] }]), /no tokens/);
+    await assert.rejects(scoreContinuations(model, requests, { hooks: [[]] }), /1 hook lists for 3 requests/);
   });
 
   test('model.run: lastTokens logits are the tail of all logits; promptHooks steer one prompt', () => {

@@ -39,10 +39,12 @@ export interface ScoreOptions {
   /** Hooks of request i (default none); a list per request. */
   readonly hooks?: readonly (readonly Hook[])[];
   /**
-   * Upper bound on the logit rows one `model.run` call returns (default 256): rows × vocabulary
-   * floats are held at once. A request always goes whole into one call.
+   * Upper bounds on one `model.run` call: the logit rows it returns (default 256; rows × vocabulary
+   * floats are held at once) and the tokens it packs (default 1024, one forward pass; progress is
+   * reported between calls). A request always goes whole into one call.
    */
   readonly maxLogitRows?: number;
+  readonly maxBatchTokens?: number;
   readonly onProgress?: (done: number, total: number) => void;
 }
 
@@ -53,14 +55,18 @@ export interface ScoreOptions {
  * only the last rows' logits are computed; continuations that give the same sequence (every
  * one-token continuation: MMLU's " A" to " D") share it.
  */
-export function scoreContinuations(
+export async function scoreContinuations(
   model: Model,
   requests: readonly TokenRequest[],
   opts: ScoreOptions = {},
-): number[][] {
+): Promise<number[][]> {
   const maxRows = opts.maxLogitRows ?? 256;
-  if (!(Number.isInteger(maxRows) && maxRows >= 1))
-    throw new OptionError(`maxLogitRows must be an integer >= 1, got ${maxRows}`);
+  const maxTokens = opts.maxBatchTokens ?? 1024;
+  for (const [name, v] of [
+    ['maxLogitRows', maxRows],
+    ['maxBatchTokens', maxTokens],
+  ] as const)
+    if (!(Number.isInteger(v) && v >= 1)) throw new OptionError(`${name} must be an integer >= 1, got ${v}`);
   if (opts.hooks !== undefined && opts.hooks.length !== requests.length)
     throw new SteerguardError(`${opts.hooks.length} hook lists for ${requests.length} requests`);
   const V = model.config.vocabSize;
@@ -82,18 +88,21 @@ export function scoreContinuations(
       return k;
     });
     const tail = Math.max(...r.continuations.map((c) => c.length));
-    return { inputs, inputOf, tail };
+    const tokens = inputs.reduce((a, seq) => a + seq.length, 0);
+    return { inputs, inputOf, tail, tokens };
   });
   const scores: number[][] = [];
   for (let start = 0; start < requests.length;) {
     let end = start + 1;
     let tail = plans[start].tail;
     let count = plans[start].inputs.length;
+    let tokens = plans[start].tokens;
     while (end < requests.length) {
       const t = Math.max(tail, plans[end].tail);
-      if (t * (count + plans[end].inputs.length) > maxRows) break;
+      if (t * (count + plans[end].inputs.length) > maxRows || tokens + plans[end].tokens > maxTokens) break;
       tail = t;
       count += plans[end].inputs.length;
+      tokens += plans[end].tokens;
       end++;
     }
     const owner: number[] = [];
@@ -106,6 +115,7 @@ export function scoreContinuations(
     const res = model.run(prompts, {
       logits: { lastTokens: tail },
       promptHooks: opts.hooks ? (p) => opts.hooks![owner[p]] : undefined,
+      maxBatchTokens: maxTokens,
     });
     let first = 0;
     for (let i = start; i < end; i++) {
@@ -133,6 +143,8 @@ export function scoreContinuations(
       opts.onProgress?.(i + 1, requests.length);
     }
     start = end;
+    // Let I/O (progress bars, Ctrl-C) through between calls.
+    await new Promise((r) => setImmediate(r));
   }
   return scores;
 }
@@ -198,7 +210,7 @@ export async function scoreTextRequests(
   );
   const bar = (opts.reporter ?? silentReporter).progress(opts.label, 'questions');
   try {
-    return scoreContinuations(model, encoded, { hooks, onProgress: (d, t) => bar.update(d, t) });
+    return await scoreContinuations(model, encoded, { hooks, onProgress: (d, t) => bar.update(d, t) });
   } finally {
     bar.finish();
   }
