@@ -313,10 +313,10 @@ export function argmaxIndex(values: readonly number[]): number {
 
 /** Default subset sizes: a run of each fits a 2-core machine (docs/EVALUATION.md). */
 export const DEFAULT_LIMITS = {
-  mmlu: 570,
+  mmlu: 285,
   gsm8k: 50,
-  truthfulqa: 200,
-  bbq: 600,
+  truthfulqa: 100,
+  bbq: 300,
   'crows-pairs': 1508,
 } as const;
 
