@@ -287,6 +287,9 @@ describe('MMLU prompt and benchmark files', () => {
     const c = cli(['eval', 'bias', '-m', 'm.gguf', '--steer', 'conditional', '--reading', 'r.json']);
     assert.equal(c.code, 2);
     assert.match(c.stderr, /crows-pairs has no prompt for a gate to read/);
+    const u = cli(['eval', 'capability', '-m', 'm.gguf', '--tasks', 'truthfulqa', '--max-tokens', '9']);
+    assert.equal(u.code, 2);
+    assert.match(u.stderr, /--tasks truthfulqa does not use --max-tokens \(gsm8k\)/);
     const m = cli(['eval', '-m', 'm.gguf', 'capability', '--tasks', 'mmlu']);
     assert.notEqual(m.code, 0);
     const h = cli(['eval', 'capability', '--help']);

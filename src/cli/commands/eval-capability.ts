@@ -204,6 +204,14 @@ export const capabilityCommand = command(
   async (args, out) => {
     const o = args.options;
     const tasks = parseTasks(o.tasks, CAPABILITY_TASKS, 'capability');
+    // options that change nothing for the tasks asked would be silently ignored: refuse them
+    const unused = [
+      o.shots > 0 && !tasks.includes('mmlu') && !tasks.includes('gsm8k') && '--shots (mmlu, gsm8k)',
+      o.maxTokens !== 256 && !tasks.includes('gsm8k') && '--max-tokens (gsm8k)',
+      o.batch !== 16 && !tasks.includes('gsm8k') && '--batch (gsm8k)',
+    ].filter((x): x is string => typeof x === 'string');
+    if (unused.length > 0)
+      throw new OptionError(`--tasks ${tasks.join(',')} does not use ${unused.join(', ')}`);
     const dir = await prepare(o, tasks);
     const bench = await import('../../data/benchmarks.js');
     const cap = await import('../../eval/capability.js');
