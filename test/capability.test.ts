@@ -98,6 +98,51 @@ describe('log-likelihood scorer (tiny llama)', async () => {
     });
   });
 
+  test('model.run promptLength: a reply scored teacher-forced is steered where generation steered it', async () => {
+    const onReply = addVector(
+      blockHook(1, 'hook_resid_post'),
+      new Float32Array(model.config.dModel).fill(3),
+      {
+        positions: 'generated',
+      },
+    );
+    const [g] = await model.generate([{ tokens: [1, 2, 3] }], { maxNewTokens: 5, hooks: [onReply] });
+    assert.equal(g.tokens.length, 5);
+    const seq = [1, 2, 3, ...g.tokens];
+    const scored = model.run([{ tokens: seq }], { logits: 'all', hooks: [onReply], promptLength: () => 3 })
+      .logits[0];
+    g.tokens.forEach((t, m) => {
+      const row = scored.subarray((2 + m) * V, (3 + m) * V);
+      assert.equal(row.indexOf(Math.max(...row)), t, `reply token ${m}`);
+    });
+    const asPrompt = model.run([{ tokens: seq }], { logits: 'all', hooks: [onReply] }).logits[0];
+    assert.notDeepEqual(asPrompt.subarray(3 * V), scored.subarray(3 * V), 'without it the hook never fires');
+    assert.throws(
+      () => model.run([{ tokens: seq }], { promptLength: () => 0 }),
+      /promptLength must be an integer in 1\.\.8/,
+    );
+  });
+
+  test("the scorer steers a continuation's tokens as generated ones", async () => {
+    const onReply = addVector(
+      blockHook(1, 'hook_resid_post'),
+      new Float32Array(model.config.dModel).fill(3),
+      {
+        positions: 'generated',
+      },
+    );
+    const req = { context: [1, 2, 3], continuations: [[4], [5, 6, 7]] };
+    const [plain] = await scoreContinuations(model, [req]);
+    const [steered] = await scoreContinuations(model, [req], { hooks: [[onReply]] });
+    assert.equal(steered[0], plain[0], 'a one-token continuation is read at the last prompt token');
+    assert.notEqual(steered[1], plain[1]);
+    const seq = [1, 2, 3, 5, 6, 7];
+    const logits = model.run([{ tokens: seq }], { logits: 'all', hooks: [onReply], promptLength: () => 3 })
+      .logits[0];
+    const want = [5, 6, 7].reduce((a, t, m) => a + logProb(logits.subarray((2 + m) * V, (3 + m) * V), t), 0);
+    assert.ok(Math.abs(steered[1] - want) < 1e-4, `${steered[1]} vs ${want}`);
+  });
+
   test('bad requests are errors', async () => {
     await assert.rejects(scoreContinuations(model, [{ context: [], continuations: [[1]] }]), /empty context/);
     await assert.rejects(scoreContinuations(model, [{ context: [1], continuations: [[]] }]), /no tokens/);

@@ -7,8 +7,10 @@
  * continuation is what tokenizing context + continuation adds after the context's tokens (the
  * context's trailing spaces move into the continuation first), and the score is the sum of the
  * continuation tokens' log-probabilities given everything before them. Steering hooks, chosen per
- * item by `SteeringHooks.hooksFor` (a gate reads the item's context), run on the whole scored
- * sequence in the scoring passes and on prompt and reply in GSM8K's generation.
+ * item by `SteeringHooks.hooksFor` (a gate reads the item's context), run in the scoring passes
+ * with the context as the prompt and the continuation as generated tokens (so a hook on 'last' and
+ * 'generated' positions, like SCAV's, steers the rows generation would), and on prompt and reply in
+ * GSM8K's generation.
  */
 import { wilsonInterval } from '../concepts/probe.js';
 import type { Gsm8kProblem, MmluQuestion, TruthfulQaQuestion } from '../data/benchmarks.js';
@@ -115,6 +117,8 @@ export async function scoreContinuations(
     const res = model.run(prompts, {
       logits: { lastTokens: tail },
       promptHooks: opts.hooks ? (p) => opts.hooks![owner[p]] : undefined,
+      // The continuation's tokens count as generated: hooks steer them as generation would.
+      promptLength: (p) => requests[owner[p]].context.length,
       maxBatchTokens: maxTokens,
     });
     let first = 0;

@@ -50,6 +50,12 @@ export interface RunOptions {
    * that prompt's rows, after the model's permanent hooks and `hooks`, before the cache readers.
    */
   readonly promptHooks?: (index: number) => readonly Hook[];
+  /**
+   * How many tokens of prompt `index` are its prompt (default: all). Rows past it count as
+   * generated for hook and cache positions ('last' is the last prompt token, 'generated' the rest),
+   * so a reply scored teacher-forced is steered where generation would steer it.
+   */
+  readonly promptLength?: (index: number) => number;
   readonly cache?: CacheRequest;
   /**
    * Logits to return per prompt: the last token's [V] (default), all tokens' [T, V], none, or
@@ -264,6 +270,12 @@ export class Model {
       for (const h of own) this.checkHookName(h.name);
       return own;
     });
+    const promptLengths = tokens.map((t, i) => {
+      const n = opts.promptLength?.(i) ?? t.length;
+      if (!(Number.isInteger(n) && n >= 1 && n <= t.length))
+        throw new OptionError(`prompt ${i}: promptLength must be an integer in 1..${t.length}, got ${n}`);
+      return n;
+    });
 
     for (let start = 0; start < tokens.length;) {
       // Pack prompts into one call up to maxBatch tokens (always at least one prompt).
@@ -295,7 +307,7 @@ export class Model {
         id: offset + b,
         tokens: t,
         cache: new KvCache(this.config.nLayers, this.config.nKvHeads * this.config.headDim),
-        promptLength: t.length,
+        promptLength: promptLengths[offset + b],
         hooks: ownHooks[offset + b],
       }));
       // Readers go last so they see the activation after every intervention.
