@@ -115,6 +115,7 @@ describe('CrowS-Pairs', () => {
       more,
       less,
       prefersMore: more > less,
+      steered: false,
     });
     const s = crowsSummary([
       row('age', -10, -12),

@@ -34,6 +34,8 @@ export interface BbqAnswer {
 export interface BbqRow extends BbqAnswer {
   readonly exampleId: number;
   readonly logLikelihoods: readonly number[];
+  /** Whether the steering put any hook on this item. */
+  readonly steered: boolean;
 }
 
 /** A bias score with a 95% percentile-bootstrap interval over items (2,000 resamples, seeded). */
@@ -134,7 +136,7 @@ export async function evaluateBbq(
   items: readonly BbqItem[],
   opts: TaskOptions,
 ): Promise<BbqResult> {
-  const scores = await scoreTextRequests(
+  const { scores, steered } = await scoreTextRequests(
     model,
     items.map((it) => ({ context: bbqPrompt(it), continuations: it.answers.map((a) => ` ${a}`) })),
     { ...opts, label: 'bbq' },
@@ -150,6 +152,7 @@ export async function evaluateBbq(
       biasedAnswer: it.biased.includes(predicted),
       nonUnknown: predicted !== it.unknown,
       logLikelihoods: scores[i],
+      steered: steered[i],
     };
   });
   const categories = [...new Set(rows.map((r) => r.category))]
@@ -169,6 +172,8 @@ export interface CrowsRow {
   readonly less: number;
   /** `more` > `less` (a tie does not count). */
   readonly prefersMore: boolean;
+  /** Whether the steering put any hook on this pair. */
+  readonly steered: boolean;
 }
 
 export interface CrowsResult {
@@ -199,7 +204,7 @@ export async function evaluateCrowsPairs(
   pairs: readonly CrowsPair[],
   opts: Omit<TaskOptions, 'chat'>,
 ): Promise<CrowsResult> {
-  const scores = await scoreTextRequests(
+  const { scores, steered } = await scoreTextRequests(
     model,
     pairs.map((p) => ({ context: '', continuations: [p.more, p.less] })),
     { ...opts, chat: false, label: 'crows-pairs' },
@@ -210,6 +215,7 @@ export async function evaluateCrowsPairs(
     more: scores[i][0],
     less: scores[i][1],
     prefersMore: scores[i][0] > scores[i][1],
+    steered: steered[i],
   }));
   return { ...crowsSummary(rows), rows };
 }

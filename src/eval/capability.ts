@@ -201,12 +201,15 @@ export function encodeRequest(model: Model, req: TextRequest, opts: { chat: bool
   };
 }
 
-/** Scores text requests: `encodeRequest` then `scoreContinuations`, hooks chosen per request. */
+/**
+ * Scores text requests: `encodeRequest` then `scoreContinuations`, hooks chosen per request;
+ * `steered[i]` says whether request i got any hook (a gate may leave it alone).
+ */
 export async function scoreTextRequests(
   model: Model,
   requests: readonly TextRequest[],
   opts: TaskOptions & { label: string },
-): Promise<number[][]> {
+): Promise<{ scores: number[][]; steered: boolean[] }> {
   const encoded = requests.map((r) => encodeRequest(model, r, { chat: opts.chat }));
   const hooks = await hooksOf(
     opts.steering,
@@ -214,7 +217,11 @@ export async function scoreTextRequests(
   );
   const bar = (opts.reporter ?? silentReporter).progress(opts.label, 'questions');
   try {
-    return await scoreContinuations(model, encoded, { hooks, onProgress: (d, t) => bar.update(d, t) });
+    const scores = await scoreContinuations(model, encoded, {
+      hooks,
+      onProgress: (d, t) => bar.update(d, t),
+    });
+    return { scores, steered: encoded.map((_, i) => (hooks?.[i].length ?? 0) > 0) };
   } finally {
     bar.finish();
   }
@@ -352,6 +359,8 @@ export interface MmluRow {
   readonly correct: boolean;
   /** Log-likelihoods of " A" to " D". */
   readonly logLikelihoods: readonly number[];
+  /** Whether the steering put any hook on this question (a gate may leave it alone). */
+  readonly steered: boolean;
 }
 
 export interface MmluResult {
@@ -381,7 +390,7 @@ export async function evaluateMmlu(
       throw new OptionError(`MMLU ${subject}: ${opts.shots} shots asked, the dev split has ${list.length}`);
     return list.slice(0, opts.shots);
   };
-  const scores = await scoreTextRequests(
+  const { scores, steered } = await scoreTextRequests(
     model,
     questions.map((q) => ({
       context: mmluPrompt(q, shotsOf(q.subject)),
@@ -399,6 +408,7 @@ export async function evaluateMmlu(
       predicted,
       correct: predicted === q.answer,
       logLikelihoods: scores[i],
+      steered: steered[i],
     };
   });
   const subjects = [...new Set(rows.map((r) => r.subject))].sort().map((subject) => {
@@ -478,6 +488,7 @@ export interface Gsm8kRow {
   readonly correct: boolean;
   readonly replyTokens: number;
   readonly finishReason: string;
+  readonly steered: boolean;
 }
 
 export interface Gsm8kResult {
@@ -543,6 +554,7 @@ export async function evaluateGsm8k(
       correct: extracted !== undefined && Math.abs(extracted - problems[i].answer) < 1e-9,
       replyTokens: g.tokens.length,
       finishReason: g.finishReason,
+      steered: (hooks?.[i].length ?? 0) > 0,
     };
   });
   return {
@@ -582,6 +594,7 @@ export interface TruthfulQaRow {
   readonly mc1: boolean;
   /** MC2: the probability mass of the correct answers, normalised over correct + incorrect. */
   readonly mc2: number;
+  readonly steered: boolean;
 }
 
 export interface TruthfulQaResult {
@@ -604,7 +617,7 @@ export async function evaluateTruthfulQa(
   opts: TaskOptions,
 ): Promise<TruthfulQaResult> {
   const answers = questions.map((q) => [...new Set([q.best, ...q.correct, ...q.incorrect])]);
-  const scores = await scoreTextRequests(
+  const { scores, steered } = await scoreTextRequests(
     model,
     questions.map((q, i) => ({
       context: truthfulQaPrompt(q),
@@ -616,7 +629,7 @@ export async function evaluateTruthfulQa(
     const ll = new Map(answers[i].map((a, j) => [a, scores[i][j]]));
     const of = (list: readonly string[]) => list.map((a) => ll.get(a)!);
     const mc1 = argmaxIndex(of([q.best, ...q.incorrect])) === 0;
-    return { index: i, mc1, mc2: trueMass(of(q.correct), of(q.incorrect)) };
+    return { index: i, mc1, mc2: trueMass(of(q.correct), of(q.incorrect)), steered: steered[i] };
   });
   return {
     mc1: rateOf(rows.filter((r) => r.mc1).length, rows.length),

@@ -115,6 +115,10 @@ describe('capability and bias benchmarks (SmolLM2)', { skip }, () => {
     };
     const base = await evaluateMmlu(model, questions, { chat: false, shots: 0, dev: [] });
     const steered = await evaluateMmlu(model, questions, { chat: false, shots: 0, dev: [], steering: gate });
+    assert.deepEqual(
+      steered.rows.map((r) => r.steered),
+      [false, true, false, false, false],
+    );
     base.rows.forEach((row, i) => {
       if (i === 1) assert.notDeepEqual(steered.rows[i].logLikelihoods, row.logLikelihoods);
       else

@@ -10,6 +10,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 
 import { OptionError } from '../../formats/errors.js';
+import type { Rate } from '../../eval/capability.js';
 import type { OptionSpec } from '../args.js';
 import type { CliOutput } from '../output.js';
 import { formatTable } from '../output.js';
@@ -90,7 +91,15 @@ interface Figure {
   readonly ci: readonly [number, number];
   /** How the interval is computed. */
   readonly interval: 'wilson' | 'normal' | 'bootstrap';
+  /** Items the steering put hooks on (all of them for static steering, none for the baseline). */
+  readonly steered: number;
 }
+
+function rateFigure(task: string, metric: string, r: Rate, steered: number): Figure {
+  return { task, metric, n: r.n, value: r.rate, ci: r.ci, interval: 'wilson', steered };
+}
+
+const steeredIn = (rows: readonly { readonly steered: boolean }[]) => rows.filter((r) => r.steered).length;
 
 function parseTasks(list: readonly string[], known: readonly Task[], what: string): Task[] {
   const tasks = [...new Set(list)];
@@ -126,12 +135,20 @@ function printFigures(
     [
       `steering: ${label}`,
       formatTable(
-        ['task', 'metric', 'n', 'value', '95% CI', 'interval'],
+        ['task', 'metric', 'n', 'value', '95% CI', 'interval', 'steered'],
         figures.map((f) => {
           const show = f.interval === 'bootstrap' ? num : pct;
-          return [f.task, f.metric, f.n, show(f.value), `${show(f.ci[0])}–${show(f.ci[1])}`, f.interval];
+          return [
+            f.task,
+            f.metric,
+            f.n,
+            show(f.value),
+            `${show(f.ci[0])}–${show(f.ci[1])}`,
+            f.interval,
+            f.steered,
+          ];
         }),
-        [false, false, true, true, true, false],
+        [false, false, true, true, true, false, true],
       ),
     ].join('\n'),
   );
@@ -252,18 +269,10 @@ export const capabilityCommand = command(
     const run = { chat: o.chat, steering, reporter };
     const figures: Figure[] = [];
     const rows: Record<string, unknown> = {};
-    const rate = (task: string, metric: string, r: import('../../eval/capability.js').Rate): Figure => ({
-      task,
-      metric,
-      n: r.n,
-      value: r.rate,
-      ci: r.ci,
-      interval: 'wilson',
-    });
     const extra: Record<string, unknown> = {};
     if (mmlu) {
       const r = await cap.evaluateMmlu(model, mmlu.test, { ...run, shots: o.shots, dev: mmlu.dev });
-      figures.push(rate('mmlu', `accuracy (${r.shots}-shot)`, r.overall));
+      figures.push(rateFigure('mmlu', `accuracy (${r.shots}-shot)`, r.overall, steeredIn(r.rows)));
       extra.mmluSubjects = r.subjects;
       rows.mmlu = r.rows;
     }
@@ -277,20 +286,21 @@ export const capabilityCommand = command(
           signal,
         }),
       );
-      figures.push(rate('gsm8k', `exact match (${r.shots}-shot)`, r.accuracy));
+      figures.push(rateFigure('gsm8k', `exact match (${r.shots}-shot)`, r.accuracy, steeredIn(r.rows)));
       extra.gsm8kUnparsed = r.unparsed;
       rows.gsm8k = r.rows.map((row, i) => ({ ...row, reply: r.replies[i] }));
     }
     if (truthfulqa) {
       const r = await cap.evaluateTruthfulQa(model, truthfulqa, run);
-      figures.push(rate('truthfulqa', 'MC1 accuracy', r.mc1));
-      figures.push({
+      const steered = steeredIn(r.rows);
+      figures.push(rateFigure('truthfulqa', 'MC1 accuracy', r.mc1, steered), {
         task: 'truthfulqa',
         metric: 'MC2 true mass',
         n: r.mc2.n,
         value: r.mc2.mean,
         ci: r.mc2.ci,
         interval: 'normal',
+        steered,
       });
       rows.truthfulqa = r.rows;
     }
@@ -373,36 +383,33 @@ export const biasCommand = command(
     const extra: Record<string, unknown> = {};
     if (bbq) {
       const r = await bias.evaluateBbq(model, bbq, { chat: o.chat, steering, reporter });
-      const wilson = (metric: string, x: import('../../eval/capability.js').Rate): Figure => ({
+      const ambig = steeredIn(r.rows.filter((x) => x.condition === 'ambig'));
+      const disambig = steeredIn(r.rows.filter((x) => x.condition === 'disambig'));
+      const bootstrap = (
+        metric: string,
+        b: import('../../eval/bias.js').BiasScore,
+        steered: number,
+      ): Figure => ({
         task: 'bbq',
         metric,
-        n: x.n,
-        value: x.rate,
-        ci: x.ci,
-        interval: 'wilson',
+        n: b.n,
+        value: b.score,
+        ci: b.ci,
+        interval: 'bootstrap',
+        steered,
       });
       figures.push(
-        wilson('accuracy, ambiguous', r.accuracyAmbig),
-        wilson('accuracy, disambiguated', r.accuracyDisambig),
+        rateFigure('bbq', 'accuracy, ambiguous', r.accuracyAmbig, ambig),
+        rateFigure('bbq', 'accuracy, disambiguated', r.accuracyDisambig, disambig),
+        bootstrap('bias score s_AMB', r.biasAmbig, ambig),
+        bootstrap('bias score s_DIS', r.biasDisambig, disambig),
       );
-      for (const [metric, s] of [
-        ['bias score s_AMB', r.biasAmbig],
-        ['bias score s_DIS', r.biasDisambig],
-      ] as const)
-        figures.push({ task: 'bbq', metric, n: s.n, value: s.score, ci: s.ci, interval: 'bootstrap' });
       extra.bbqCategories = r.categories;
       rows.bbq = r.rows;
     }
     if (crows) {
       const r = await bias.evaluateCrowsPairs(model, crows, { steering, reporter });
-      figures.push({
-        task: 'crows-pairs',
-        metric: 'prefers the stereotype',
-        n: r.stereotype.n,
-        value: r.stereotype.rate,
-        ci: r.stereotype.ci,
-        interval: 'wilson',
-      });
+      figures.push(rateFigure('crows-pairs', 'prefers the stereotype', r.stereotype, steeredIn(r.rows)));
       extra.crowsBiasTypes = r.biasTypes;
       rows.crowsPairs = r.rows;
     }
