@@ -10,10 +10,11 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 
 import { OptionError } from '../../formats/errors.js';
+import type { BiasScore } from '../../eval/bias.js';
 import type { Rate } from '../../eval/capability.js';
+import type { SteeringSpec } from '../../eval/steering.js';
 import type { OptionSpec } from '../args.js';
-import type { CliOutput } from '../output.js';
-import { formatTable } from '../output.js';
+import { type CliOutput, formatTable, toJson } from '../output.js';
 import { cliReporter } from '../reporter.js';
 import {
   DATA_DIR_OPTION,
@@ -42,7 +43,6 @@ const TASK_PATHS: Readonly<Record<Task, string>> = {
 };
 
 const COMMON_OPTIONS = {
-  model: MODEL_OPTION,
   dataDir: {
     ...DATA_DIR_OPTION,
     description:
@@ -52,7 +52,7 @@ const COMMON_OPTIONS = {
     type: 'number',
     integer: true,
     min: 1,
-    description: 'items per task (default: each task’s documented subset size, see docs/EVALUATION.md)',
+    description: 'items per task (default: the documented subset size of each task, see docs/EVALUATION.md)',
   },
   seed: { type: 'number', integer: true, default: 0, description: 'seed of the fixed subsets' },
   chat: {
@@ -65,7 +65,7 @@ const COMMON_OPTIONS = {
     type: 'string',
     short: 'o',
     placeholder: 'rows.json',
-    description: 'write every item’s scores here (written whole, atomically)',
+    description: 'write the scores of every item here (written whole, atomically)',
   },
   overwrite: OVERWRITE_OPTION,
   threads: THREADS_OPTION,
@@ -80,7 +80,7 @@ type CommonOptions = {
   out?: string;
   overwrite: boolean;
   threads?: number;
-} & import('../../eval/steering.js').SteeringSpec;
+} & SteeringSpec;
 
 /** A figure of one task, as printed and in --json. */
 interface Figure {
@@ -157,7 +157,6 @@ function printFigures(
 async function writeOut(file: string | undefined, doc: unknown, out: CliOutput): Promise<void> {
   if (file === undefined) return;
   const { writeFileAtomic } = await import('../../formats/files.js');
-  const { toJson } = await import('../output.js');
   writeFileAtomic(file, `${toJson(doc)}\n`);
   out.info(`wrote the rows to ${file}`);
 }
@@ -180,13 +179,14 @@ export const capabilityCommand = command(
         "apply in every scoring pass and while generating, and a gate reads each question's prompt.",
     ),
     options: {
-      ...COMMON_OPTIONS,
+      model: MODEL_OPTION,
       tasks: {
         type: 'list',
         placeholder: 't1,t2',
         default: [...CAPABILITY_TASKS],
         description: `tasks: ${CAPABILITY_TASKS.join(', ')}`,
       },
+      ...COMMON_OPTIONS,
       shots: {
         type: 'number',
         integer: true,
@@ -330,13 +330,14 @@ export const biasCommand = command(
         'CrowS-Pairs has no prompt for a gate to read, so --steer conditional is refused with it.',
     ),
     options: {
-      ...COMMON_OPTIONS,
+      model: MODEL_OPTION,
       tasks: {
         type: 'list',
         placeholder: 't1,t2',
         default: [...BIAS_TASKS],
         description: `tasks: ${BIAS_TASKS.join(', ')}`,
       },
+      ...COMMON_OPTIONS,
     },
     examples: [
       'steerguard eval bias -m smollm2.gguf --tasks bbq,crows-pairs --limit 100',
@@ -385,11 +386,7 @@ export const biasCommand = command(
       const r = await bias.evaluateBbq(model, bbq, { chat: o.chat, steering, reporter });
       const ambig = steeredIn(r.rows.filter((x) => x.condition === 'ambig'));
       const disambig = steeredIn(r.rows.filter((x) => x.condition === 'disambig'));
-      const bootstrap = (
-        metric: string,
-        b: import('../../eval/bias.js').BiasScore,
-        steered: number,
-      ): Figure => ({
+      const bootstrap = (metric: string, b: BiasScore, steered: number): Figure => ({
         task: 'bbq',
         metric,
         n: b.n,
