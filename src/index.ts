@@ -9,11 +9,14 @@
  *   activations, `generate` with hooks, `addHook` for persistent ones.
  * - Hooks: TransformerLens names (`HookName`, `blockHook`), and the interventions `addVector`,
  *   `ablateDirection`, `replaceWith`, `mapRows`, which return plain `Hook` values.
- * - Data: prompt files and named prompt sets, seeded splits, the leakage guard.
+ * - Data: prompt files and named prompt sets, seeded splits, the leakage guard, the capability and
+ *   bias benchmarks' files (MMLU, GSM8K, TruthfulQA, BBQ, CrowS-Pairs).
  * - Methods: SCAV concepts (train, evaluate, calibrate, monitor, attack), control vectors, the
  *   refusal direction, conditional steering.
- * - Evaluation: judges, language flaws, the refusal evaluation, and the `Reporter` interface that
- *   long calls report progress through.
+ * - Evaluation: judges, language flaws, the refusal evaluation, capability (MMLU, GSM8K,
+ *   TruthfulQA) and bias (BBQ, CrowS-Pairs) by lm-evaluation-harness's log-likelihood scoring, with
+ *   or without steering (`buildSteeringHooks`), and the `Reporter` interface that long calls
+ *   report progress through.
  * - Audit: `runAudit`, the whole pipeline with its HTML and JSON report.
  */
 
@@ -91,6 +94,23 @@ export type { PromptRecord, LoadPromptOptions } from './data/prompts.js';
 export { loadPromptSet, knownPromptSets } from './data/datasets.js';
 export type { PromptSet, SetPrompt, LoadSetOptions } from './data/datasets.js';
 export { checkLeakage, LeakageError, splitItems, parseSplit } from './data/splits.js';
+export {
+  loadMmlu,
+  loadMmluFile,
+  loadGsm8k,
+  loadTruthfulQa,
+  loadBbq,
+  loadBbqFile,
+  loadCrowsPairs,
+  MMLU_HEADER,
+} from './data/benchmarks.js';
+export type {
+  MmluQuestion,
+  Gsm8kProblem,
+  TruthfulQaQuestion,
+  BbqItem,
+  CrowsPair,
+} from './data/benchmarks.js';
 export type { SplitFractions, SplitName, Splits } from './data/splits.js';
 
 // Methods: concepts ---------------------------------------------------------------------------
@@ -183,6 +203,45 @@ export type {
 } from './eval/token-monitor.js';
 export { measureLikelihoodShift, summarizeLikelihood } from './eval/likelihood.js';
 export type { LikelihoodItem, LikelihoodRow, LikelihoodSummary } from './eval/likelihood.js';
+export {
+  scoreContinuations,
+  encodeRequest,
+  evaluateMmlu,
+  evaluateGsm8k,
+  evaluateTruthfulQa,
+  extractFinalNumber,
+  mmluPrompt,
+  gsm8kPrompt,
+  truthfulQaPrompt,
+  sampleItems,
+  DEFAULT_LIMITS,
+} from './eval/capability.js';
+export type {
+  TokenRequest,
+  TextRequest,
+  ScoreOptions,
+  TaskOptions,
+  Rate as BenchmarkRate,
+  Mean as BenchmarkMean,
+  MmluRow,
+  MmluResult,
+  Gsm8kRow,
+  Gsm8kResult,
+  TruthfulQaRow,
+  TruthfulQaResult,
+} from './eval/capability.js';
+export { evaluateBbq, evaluateCrowsPairs, bbqScores, bbqPrompt, crowsSummary } from './eval/bias.js';
+export type {
+  BbqAnswer,
+  BbqRow,
+  BbqScores,
+  BbqResult,
+  BiasScore,
+  CrowsRow,
+  CrowsResult,
+} from './eval/bias.js';
+export { buildSteeringHooks } from './eval/steering.js';
+export type { SteeringSpec, SteeringHooks } from './eval/steering.js';
 export { languageFlaws } from './eval/flaws.js';
 export type { FlawOptions, FlawReport, FlawReason, FlawMetrics, FlawThresholds } from './eval/flaws.js';
 export { silentReporter } from './eval/reporter.js';

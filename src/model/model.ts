@@ -45,9 +45,23 @@ export interface CacheRequest {
 
 export interface RunOptions {
   readonly hooks?: readonly Hook[];
+  /**
+   * Hooks for prompt `index` alone (e.g. steering chosen per prompt by a monitor): they see only
+   * that prompt's rows, after the model's permanent hooks and `hooks`, before the cache readers.
+   */
+  readonly promptHooks?: (index: number) => readonly Hook[];
+  /**
+   * How many tokens of prompt `index` are its prompt (default: all). Rows past it count as
+   * generated for hook and cache positions ('last' is the last prompt token, 'generated' the rest),
+   * so a reply scored teacher-forced is steered where generation would steer it.
+   */
+  readonly promptLength?: (index: number) => number;
   readonly cache?: CacheRequest;
-  /** Logits to return per prompt: the last token's [V] (default), all tokens' [T, V], or none. */
-  readonly logits?: 'last' | 'all' | 'none';
+  /**
+   * Logits to return per prompt: the last token's [V] (default), all tokens' [T, V], none, or
+   * the last `lastTokens` tokens' [min(lastTokens, T), V] (scoring a continuation needs only those).
+   */
+  readonly logits?: 'last' | 'all' | 'none' | { readonly lastTokens: number };
   /** Upper bound on tokens packed into one forward call (default 1024). */
   readonly maxBatchTokens?: number;
 }
@@ -246,6 +260,22 @@ export class Model {
     for (const n of wanted) cache.set(n, new Array<Float32Array>(tokens.length));
     const logits = new Array<Float32Array>(tokens.length);
     const hooks = this.hooksFor(opts.hooks);
+    if (
+      typeof logitsMode === 'object' &&
+      !(Number.isInteger(logitsMode.lastTokens) && logitsMode.lastTokens >= 1)
+    )
+      throw new OptionError(`logits lastTokens must be an integer >= 1, got ${logitsMode.lastTokens}`);
+    const ownHooks = tokens.map((_, i) => {
+      const own = opts.promptHooks?.(i) ?? [];
+      for (const h of own) this.checkHookName(h.name);
+      return own;
+    });
+    const promptLengths = tokens.map((t, i) => {
+      const n = opts.promptLength?.(i) ?? t.length;
+      if (!(Number.isInteger(n) && n >= 1 && n <= t.length))
+        throw new OptionError(`prompt ${i}: promptLength must be an integer in 1..${t.length}, got ${n}`);
+      return n;
+    });
 
     for (let start = 0; start < tokens.length;) {
       // Pack prompts into one call up to maxBatch tokens (always at least one prompt).
@@ -277,7 +307,8 @@ export class Model {
         id: offset + b,
         tokens: t,
         cache: new KvCache(this.config.nLayers, this.config.nKvHeads * this.config.headDim),
-        promptLength: t.length,
+        promptLength: promptLengths[offset + b],
+        hooks: ownHooks[offset + b],
       }));
       // Readers go last so they see the activation after every intervention.
       const res = forward(this.config, this.weights, this.backend, steps, {
@@ -286,14 +317,16 @@ export class Model {
         logits: logitsMode,
         step: 0,
       });
-      if (logitsMode === 'last')
-        batch.forEach((_, b) => (logits[offset + b] = res.logits.slice(b * V, (b + 1) * V)));
-      else if (logitsMode === 'all')
+      if (logitsMode === 'none') batch.forEach((_, b) => (logits[offset + b] = new Float32Array(0)));
+      else {
+        const tail = logitsMode === 'all' ? Infinity : logitsMode === 'last' ? 1 : logitsMode.lastTokens;
+        let row = 0;
         batch.forEach((t, b) => {
-          const r0 = res.rowStart[b];
-          logits[offset + b] = res.logits.slice(r0 * V, (r0 + t.length) * V);
+          const n = Math.min(tail, t.length);
+          logits[offset + b] = res.logits.slice(row * V, (row + n) * V);
+          row += n;
         });
-      else batch.forEach((_, b) => (logits[offset + b] = new Float32Array(0)));
+      }
       start = end;
     }
     return { tokens, logits, cache, cachedPositions };

@@ -68,8 +68,11 @@ export interface ForwardOptions {
   readonly hooks: readonly Hook[];
   /** Fired last at each hook point, on every row (after the sequences' own hooks). */
   readonly lastHooks?: readonly Hook[];
-  /** Which rows get logits: the last new token of each sequence, every row, or none. */
-  readonly logits: 'last' | 'all' | 'none';
+  /**
+   * Which rows get logits: the last new token of each sequence, every row, none, or the last
+   * `lastTokens` new tokens of each sequence (all of a shorter one).
+   */
+  readonly logits: 'last' | 'all' | 'none' | { readonly lastTokens: number };
   /** 0 for the prompt pass, n for the n-th generation step (passed to hooks). */
   readonly step: number;
 }
@@ -152,7 +155,16 @@ export function forward(
   const first = byHookName(opts.hooks);
   const last = byHookName(opts.lastHooks ?? []);
   const own = seqs.map((s) => (s.hooks && s.hooks.length > 0 ? byHookName(s.hooks) : undefined));
-  const fire = (name: HookName, act: Float32Array, rows = M, width = D, rowSeq = seqOfRow, rowPos = pos) => {
+  const ownRows = (b: number): [number, number] => [rowStart[b], seqs[b].tokens.length];
+  const fire = (
+    name: HookName,
+    act: Float32Array,
+    rows = M,
+    width = D,
+    rowSeq = seqOfRow,
+    rowPos = pos,
+    seqRows = ownRows,
+  ) => {
     const layer = name.startsWith('blocks.') ? Number(name.split('.')[1]) : undefined;
     const context = (r0: number, n: number): HookContext => ({
       name,
@@ -166,11 +178,11 @@ export function forward(
     });
     const all = first.get(name);
     if (all) for (const fn of all) fn(act, context(0, rows));
-    // A sequence's own rows: its tokens, or (logits of the last tokens only) row b for sequence b.
+    // A sequence's own rows: its tokens, or (logits) its rows among the logit rows.
     own.forEach((hooks, b) => {
       const fns = hooks?.get(name);
       if (!fns) return;
-      const [r0, n] = rows === M ? [rowStart[b], seqs[b].tokens.length] : [b, 1];
+      const [r0, n] = seqRows(b);
       const ctx = context(r0, n);
       for (const fn of fns) fn(act.subarray(r0 * width, (r0 + n) * width), ctx);
     });
@@ -263,10 +275,17 @@ export function forward(
   fire('hook_final_norm', h);
 
   if (opts.logits === 'none') return { logits: new Float32Array(0), logitRows: new Int32Array(0), rowStart };
-  const logitRows =
-    opts.logits === 'all'
-      ? Int32Array.from({ length: M }, (_, r) => r)
-      : Int32Array.from({ length: B }, (_, b) => rowStart[b] + seqs[b].tokens.length - 1);
+  const tail = opts.logits === 'all' ? Infinity : opts.logits === 'last' ? 1 : opts.logits.lastTokens;
+  if (!(Number.isInteger(tail) ? tail >= 1 : tail === Infinity))
+    throw new Error(`logits lastTokens must be an integer >= 1, got ${tail}`);
+  // Per sequence: its first logit row and how many it has.
+  const logitStart = new Int32Array(B);
+  const logitCount = Int32Array.from(seqs, (s) => Math.min(tail, s.tokens.length));
+  for (let b = 1; b < B; b++) logitStart[b] = logitStart[b - 1] + logitCount[b - 1];
+  const logitRows = new Int32Array(B === 0 ? 0 : logitStart[B - 1] + logitCount[B - 1]);
+  for (let b = 0; b < B; b++)
+    for (let j = 0; j < logitCount[b]; j++)
+      logitRows[logitStart[b] + j] = rowStart[b] + seqs[b].tokens.length - logitCount[b] + j;
   const R = logitRows.length;
   const hr = new Float32Array(R * D);
   for (let i = 0; i < R; i++) hr.set(h.subarray(logitRows[i] * D, (logitRows[i] + 1) * D), i * D);
@@ -279,6 +298,7 @@ export function forward(
     V,
     Int32Array.from(logitRows, (r) => seqOfRow[r]),
     Int32Array.from(logitRows, (r) => pos[r]),
+    (b) => [logitStart[b], logitCount[b]],
   );
   return { logits, logitRows, rowStart };
 }

@@ -16,6 +16,8 @@ import type { RateSummary, RefusalEvalResult, RefusalRow } from '../../eval/refu
 import type { OptionSpec } from '../args.js';
 import { type CliOutput, formatTable } from '../output.js';
 import { cliReporter } from '../reporter.js';
+import { biasCommand, capabilityCommand } from './eval-capability.js';
+import { STEERING_OPTIONS, checkSteeringOptions } from './steering-options.js';
 import {
   CHAT_OPTIONS,
   COLUMN_OPTION,
@@ -25,7 +27,7 @@ import {
   SPLIT_OPTIONS,
   THREADS_OPTION,
   TOKEN_IDS_OPTION,
-  checkInputFile,
+  type CliCommand,
   checkOutPath,
   command,
   loadModel,
@@ -158,7 +160,7 @@ export async function writeRows(
 // ---------------------------------------------------------------------------------------------
 // The command
 
-export const evalCommand = command(
+const refusalEvalCommand = command(
   {
     name: 'eval',
     summary: 'measure refusal and over-refusal, with or without steering or an attack',
@@ -173,9 +175,13 @@ export const evalCommand = command(
         'Prompts and replies are never printed; --out holds them (or only hashes with --redact). ' +
         "eval likelihood: the steering's cost on harmless prompts: each prompt is answered greedily without " +
         'steering, and the mean per-token log-likelihood of that reply is compared with and without the ' +
-        "steering (a gate's verdict chosen per prompt), per set with a 95% interval over prompts.",
+        "steering (a gate's verdict chosen per prompt), per set with a 95% interval over prompts. " +
+        'eval capability (MMLU, GSM8K, TruthfulQA) and eval bias (BBQ, CrowS-Pairs) take their own options: ' +
+        "run 'steerguard eval capability --help' or 'steerguard eval bias --help'.",
     ),
-    positionals: [{ name: 'what', description: "what to evaluate: 'refusal' or 'likelihood'" }],
+    positionals: [
+      { name: 'what', description: "what to evaluate: 'refusal', 'likelihood', 'capability' or 'bias'" },
+    ],
     options: {
       model: MODEL_OPTION,
       sets: {
@@ -187,77 +193,7 @@ export const evalCommand = command(
       },
       ...SET_OPTIONS,
       ...CHAT_OPTIONS,
-      steer: {
-        type: 'enum',
-        values: ['none', 'add', 'ablate', 'conditional'],
-        default: 'none',
-        description: 'steering during generation',
-      },
-      vector: {
-        type: 'string',
-        placeholder: 'file.gguf',
-        description: 'control vector or refusal direction (GGUF) for --steer add/ablate/conditional',
-      },
-      layer: {
-        type: 'number',
-        integer: true,
-        min: 1,
-        description: 'use only the vector of this layer (block output, as in llama.cpp)',
-      },
-      coeff: { type: 'number', default: 1, description: 'coefficient of --steer add (negative removes)' },
-      concept: {
-        type: 'string',
-        placeholder: 'file',
-        description: 'concept file for --steer conditional and --attack scav',
-      },
-      reading: {
-        type: 'string',
-        placeholder: 'reading.json',
-        description:
-          'monitor of --steer conditional: a reading chosen by held-out-source validation (concept generalize --save-reading), instead of --concept',
-      },
-      threshold: {
-        type: 'number',
-        description:
-          "conditional steering: steer prompts scoring above this; with --concept a probability P(concept) (default: its calibrated threshold, else 0.5), with --reading the reading's standardised score (default: its own)",
-      },
-      benignBelow: {
-        type: 'number',
-        description:
-          'two-sided gating: prompts scoring below this are clearly benign and get --benign-steer (at most the threshold)',
-      },
-      benignSteer: {
-        type: 'enum',
-        values: ['none', 'ablate'],
-        default: 'none',
-        description: 'steering of clearly benign prompts: ablate removes the --vector direction everywhere',
-      },
-      monitorLayer: {
-        type: 'number',
-        integer: true,
-        min: 0,
-        description: "layer the monitor reads (default: the concept's)",
-      },
-      attack: {
-        type: 'enum',
-        values: ['none', 'scav'],
-        default: 'none',
-        description: 'attack applied while generating',
-      },
-      p0: {
-        type: 'number',
-        min: 0,
-        max: 1,
-        default: 0.001,
-        description: 'SCAV: target P(malicious) after the move',
-      },
-      p1: {
-        type: 'number',
-        min: 0,
-        max: 1,
-        default: 0.9,
-        description: 'SCAV: only layers whose probe test accuracy is above this',
-      },
+      ...STEERING_OPTIONS,
       ...GENERATION_OPTIONS,
       ...JUDGE_OPTIONS,
       ...OUTPUT_OPTIONS,
@@ -277,30 +213,13 @@ export const evalCommand = command(
     const reporter = cliReporter(out);
     const what = args.positionals[0];
     if (what !== 'refusal' && what !== 'likelihood')
-      throw new OptionError(`unknown evaluation '${what.slice(0, 40)}'; known: refusal, likelihood`);
-    if (o.steer === 'none' && (o.vector !== undefined || o.layer !== undefined))
-      throw new OptionError('--vector and --layer need --steer add, ablate or conditional');
-    if ((o.steer === 'add' || o.steer === 'ablate') && o.vector === undefined)
-      throw new OptionError(`--steer ${o.steer} needs --vector FILE`);
-    if (o.attack === 'scav' && o.concept === undefined)
-      throw new OptionError('--attack scav needs --concept FILE');
-    if (o.steer === 'conditional' && o.concept === undefined && o.reading === undefined)
-      throw new OptionError('--steer conditional needs --concept FILE or --reading FILE');
-    if (
-      o.steer !== 'conditional' &&
-      (o.reading !== undefined || o.benignBelow !== undefined || o.benignSteer !== 'none')
-    )
-      throw new OptionError('--reading, --benign-below and --benign-steer need --steer conditional');
-    if ((o.benignBelow === undefined) !== (o.benignSteer === 'none'))
-      throw new OptionError('two-sided gating needs both --benign-below and --benign-steer');
-    if (o.benignSteer === 'ablate' && o.vector === undefined)
-      throw new OptionError('--benign-steer ablate needs --vector FILE (the refusal direction)');
-    if (o.concept === undefined && o.reading === undefined && o.threshold !== undefined)
-      throw new OptionError('--threshold needs --steer conditional');
+      throw new OptionError(
+        what in EVAL_ACTIONS
+          ? `put '${what}' right after 'eval': steerguard eval ${what} --help`
+          : `unknown evaluation '${what.slice(0, 40)}'; known: refusal, likelihood, capability, bias`,
+      );
+    checkSteeringOptions(o);
     checkOutPath(o.out, o.overwrite);
-    checkInputFile('--vector', o.vector);
-    checkInputFile('--concept', o.concept);
-    checkInputFile('--reading', o.reading);
     const sets = loadSets(o.sets, o);
     if (what === 'likelihood') {
       // options that change nothing here would be silently ignored: refuse them
@@ -335,6 +254,25 @@ export const evalCommand = command(
     reportEvaluation(out, result, steering.label, sets, o.out);
   },
 );
+
+const EVAL_ACTIONS: Readonly<Record<string, CliCommand>> = {
+  capability: capabilityCommand,
+  bias: biasCommand,
+};
+
+/** `steerguard eval refusal|likelihood|capability|bias`: the last two have commands of their own. */
+export const evalCommand: CliCommand = {
+  spec: refusalEvalCommand.spec,
+  hidden: false,
+  run: async (argv, out) => {
+    let k = 0;
+    while (argv[k] === '--json') k++;
+    const sub =
+      argv[k] !== undefined && Object.hasOwn(EVAL_ACTIONS, argv[k]) ? EVAL_ACTIONS[argv[k]] : undefined;
+    if (sub) await sub.run([...argv.slice(0, k), ...argv.slice(k + 1)], out);
+    else await refusalEvalCommand.run(argv, out);
+  },
+};
 
 /** `eval likelihood`: see the command description and src/eval/likelihood.ts. */
 async function likelihoodEval(

@@ -1,0 +1,420 @@
+/**
+ * `steerguard eval capability` (MMLU, GSM8K, TruthfulQA) and `steerguard eval bias` (BBQ,
+ * CrowS-Pairs): what a steering costs in capability and what it does to bias, by the
+ * lm-evaluation-harness recipes of src/eval/capability.ts and src/eval/bias.ts. This file holds
+ * the options, the data loading and the output; `eval` (eval.ts) dispatches here.
+ *
+ * Questions and replies are never printed; --out holds the per-item rows (GSM8K replies included).
+ */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+
+import { OptionError } from '../../formats/errors.js';
+import type { BiasScore } from '../../eval/bias.js';
+import type { Rate } from '../../eval/capability.js';
+import type { SteeringSpec } from '../../eval/steering.js';
+import type { OptionSpec } from '../args.js';
+import { type CliOutput, formatTable, toJson } from '../output.js';
+import { cliReporter } from '../reporter.js';
+import {
+  DATA_DIR_OPTION,
+  MODEL_OPTION,
+  OVERWRITE_OPTION,
+  THREADS_OPTION,
+  checkOutPath,
+  command,
+  loadModel,
+  para,
+  withInterrupt,
+} from './common.js';
+import { STEERING_OPTIONS, checkSteeringOptions } from './steering-options.js';
+
+const CAPABILITY_TASKS = ['mmlu', 'gsm8k', 'truthfulqa'] as const;
+const BIAS_TASKS = ['bbq', 'crows-pairs'] as const;
+type Task = (typeof CAPABILITY_TASKS)[number] | (typeof BIAS_TASKS)[number];
+
+/** Where each task's data lies under the data directory. */
+const TASK_PATHS: Readonly<Record<Task, string>> = {
+  mmlu: 'mmlu',
+  gsm8k: 'gsm8k/test.jsonl',
+  truthfulqa: 'truthfulqa/TruthfulQA.csv',
+  bbq: 'bbq',
+  'crows-pairs': 'crows_pairs/crows_pairs_anonymized.csv',
+};
+
+const COMMON_OPTIONS = {
+  dataDir: {
+    ...DATA_DIR_OPTION,
+    description:
+      'folder holding mmlu/, gsm8k/, truthfulqa/, bbq/, crows_pairs/ (default: $STEERGUARD_DATA, else the dataset cache)',
+  },
+  limit: {
+    type: 'number',
+    integer: true,
+    min: 1,
+    description: 'items per task (default: the documented subset size of each task, see docs/EVALUATION.md)',
+  },
+  seed: { type: 'number', integer: true, default: 0, description: 'seed of the fixed subsets' },
+  chat: {
+    type: 'boolean',
+    description:
+      "wrap each question in the model's chat template (default: raw text, as lm-evaluation-harness does)",
+  },
+  ...STEERING_OPTIONS,
+  out: {
+    type: 'string',
+    short: 'o',
+    placeholder: 'rows.json',
+    description: 'write the scores of every item here (written whole, atomically)',
+  },
+  overwrite: OVERWRITE_OPTION,
+  threads: THREADS_OPTION,
+} as const satisfies Record<string, OptionSpec>;
+
+type CommonOptions = {
+  model: string;
+  dataDir?: string;
+  limit?: number;
+  seed: number;
+  chat: boolean;
+  out?: string;
+  overwrite: boolean;
+  threads?: number;
+} & SteeringSpec;
+
+/** A figure of one task, as printed and in --json. */
+interface Figure {
+  readonly task: string;
+  readonly metric: string;
+  readonly n: number;
+  readonly value: number;
+  readonly ci: readonly [number, number];
+  /** How the interval is computed. */
+  readonly interval: 'wilson' | 'normal' | 'bootstrap';
+  /** Items the steering put hooks on (all of them for static steering, none for the baseline). */
+  readonly steered: number;
+}
+
+function rateFigure(task: string, metric: string, r: Rate, steered: number): Figure {
+  return { task, metric, n: r.n, value: r.rate, ci: r.ci, interval: 'wilson', steered };
+}
+
+const steeredIn = (rows: readonly { readonly steered: boolean }[]) => rows.filter((r) => r.steered).length;
+
+function parseTasks(list: readonly string[], known: readonly Task[], what: string): Task[] {
+  const tasks = [...new Set(list)];
+  for (const t of tasks)
+    if (!(known as readonly string[]).includes(t))
+      throw new OptionError(`unknown ${what} task '${t.slice(0, 40)}'; known: ${known.join(', ')}`);
+  return tasks as Task[];
+}
+
+/** Checks everything that can be checked before the model loads; returns the data directory. */
+async function prepare(o: CommonOptions, tasks: readonly Task[]): Promise<string> {
+  checkSteeringOptions(o);
+  checkOutPath(o.out, o.overwrite);
+  const { resolveDataDir } = await import('../../data/datasets.js');
+  const dir = resolveDataDir(o.dataDir);
+  for (const t of tasks) {
+    const p = path.join(dir, TASK_PATHS[t]);
+    if (!existsSync(p)) throw new OptionError(`task ${t} needs ${p}, which does not exist`);
+  }
+  return dir;
+}
+
+const pct = (x: number) => (Number.isFinite(x) ? `${(100 * x).toFixed(1)}%` : '-');
+const num = (x: number) => (Number.isFinite(x) ? x.toFixed(3) : '-');
+
+function printFigures(
+  out: CliOutput,
+  label: string,
+  figures: readonly Figure[],
+  extra: Record<string, unknown>,
+): void {
+  out.result({ steering: label, figures, ...extra }, () =>
+    [
+      `steering: ${label}`,
+      formatTable(
+        ['task', 'metric', 'n', 'value', '95% CI', 'interval', 'steered'],
+        figures.map((f) => {
+          const show = f.interval === 'bootstrap' ? num : pct;
+          return [
+            f.task,
+            f.metric,
+            f.n,
+            show(f.value),
+            `${show(f.ci[0])}–${show(f.ci[1])}`,
+            f.interval,
+            f.steered,
+          ];
+        }),
+        [false, false, true, true, true, false, true],
+      ),
+    ].join('\n'),
+  );
+}
+
+async function writeOut(file: string | undefined, doc: unknown, out: CliOutput): Promise<void> {
+  if (file === undefined) return;
+  const { writeFileAtomic } = await import('../../formats/files.js');
+  writeFileAtomic(file, `${toJson(doc)}\n`);
+  out.info(`wrote the rows to ${file}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// eval capability
+
+export const capabilityCommand = command(
+  {
+    name: 'eval capability',
+    summary: 'MMLU, GSM8K and TruthfulQA, with or without steering',
+    description: para(
+      'Scores the model as lm-evaluation-harness does (raw text unless --chat): MMLU by the log-likelihood of ' +
+        "' A' to ' D' after the question, 0-shot or --shots N with the subject's first dev questions, per subject " +
+        'and overall; GSM8K by a greedy reply (up to --max-tokens, stopping at "Question:") whose final number must ' +
+        'equal the reference; TruthfulQA MC1 (the best answer most likely among it and the false ones) and MC2 ' +
+        '(probability mass on the true answers) after its six-question primer. Rates carry a 95% Wilson interval, ' +
+        'MC2 a normal interval over questions. Each task runs on a fixed seeded subset (default sizes in ' +
+        'docs/EVALUATION.md; --limit N to change). The steering options are those of eval refusal: the hooks ' +
+        "apply in every scoring pass and while generating, and a gate reads each question's prompt.",
+    ),
+    options: {
+      model: MODEL_OPTION,
+      tasks: {
+        type: 'list',
+        placeholder: 't1,t2',
+        default: [...CAPABILITY_TASKS],
+        description: `tasks: ${CAPABILITY_TASKS.join(', ')}`,
+      },
+      ...COMMON_OPTIONS,
+      shots: {
+        type: 'number',
+        integer: true,
+        min: 0,
+        max: 5,
+        default: 0,
+        description:
+          'worked examples before each MMLU question (its dev split) and GSM8K problem (train split)',
+      },
+      maxTokens: {
+        type: 'number',
+        integer: true,
+        min: 1,
+        default: 256,
+        description: 'GSM8K: tokens generated per reply at most (greedy)',
+      },
+      batch: {
+        type: 'number',
+        integer: true,
+        min: 1,
+        default: 16,
+        description: 'GSM8K: problems generated together',
+      },
+    },
+    examples: [
+      'steerguard eval capability -m smollm2.gguf --tasks mmlu --limit 20',
+      'steerguard eval capability -m smollm2.gguf --tasks mmlu --shots 5 --out mmlu-5shot.json',
+      'steerguard eval capability -m qwen.gguf --tasks mmlu,gsm8k,truthfulqa --steer add --vector refusal.gguf --coeff 1',
+      'steerguard eval capability -m qwen.gguf --tasks mmlu --steer conditional --reading reading.json --vector refusal.gguf --benign-below 0 --benign-steer ablate --json',
+    ],
+  },
+  async (args, out) => {
+    const o = args.options;
+    const tasks = parseTasks(o.tasks, CAPABILITY_TASKS, 'capability');
+    // options that change nothing for the tasks asked would be silently ignored: refuse them
+    const unused = [
+      o.shots > 0 && !tasks.includes('mmlu') && !tasks.includes('gsm8k') && '--shots (mmlu, gsm8k)',
+      o.maxTokens !== 256 && !tasks.includes('gsm8k') && '--max-tokens (gsm8k)',
+      o.batch !== 16 && !tasks.includes('gsm8k') && '--batch (gsm8k)',
+    ].filter((x): x is string => typeof x === 'string');
+    if (unused.length > 0)
+      throw new OptionError(`--tasks ${tasks.join(',')} does not use ${unused.join(', ')}`);
+    const dir = await prepare(o, tasks);
+    const bench = await import('../../data/benchmarks.js');
+    const cap = await import('../../eval/capability.js');
+    const limit = (t: keyof typeof cap.DEFAULT_LIMITS) => o.limit ?? cap.DEFAULT_LIMITS[t];
+    // Data first: a malformed file fails before the model loads.
+    const mmlu = tasks.includes('mmlu')
+      ? {
+          test: cap.sampleItems(bench.loadMmlu(path.join(dir, 'mmlu'), 'test'), limit('mmlu'), {
+            seed: o.seed,
+            stratum: (q) => q.subject,
+          }),
+          dev: o.shots > 0 ? bench.loadMmlu(path.join(dir, 'mmlu'), 'dev') : [],
+        }
+      : undefined;
+    const gsm8k = tasks.includes('gsm8k')
+      ? {
+          test: cap.sampleItems(bench.loadGsm8k(path.join(dir, TASK_PATHS.gsm8k)), limit('gsm8k'), {
+            seed: o.seed,
+          }),
+          shots:
+            o.shots > 0
+              ? cap.sampleItems(bench.loadGsm8k(path.join(dir, 'gsm8k/train.jsonl')), o.shots, {
+                  seed: o.seed,
+                })
+              : [],
+        }
+      : undefined;
+    const truthfulqa = tasks.includes('truthfulqa')
+      ? cap.sampleItems(bench.loadTruthfulQa(path.join(dir, TASK_PATHS.truthfulqa)), limit('truthfulqa'), {
+          seed: o.seed,
+        })
+      : undefined;
+
+    const model = await loadModel(o.model, out, { threads: o.threads });
+    const { buildSteeringHooks } = await import('../../eval/steering.js');
+    const steering = await buildSteeringHooks(model, o);
+    const reporter = cliReporter(out);
+    const run = { chat: o.chat, steering, reporter };
+    const figures: Figure[] = [];
+    const rows: Record<string, unknown> = {};
+    const extra: Record<string, unknown> = {};
+    if (mmlu) {
+      const r = await cap.evaluateMmlu(model, mmlu.test, { ...run, shots: o.shots, dev: mmlu.dev });
+      figures.push(rateFigure('mmlu', `accuracy (${r.shots}-shot)`, r.overall, steeredIn(r.rows)));
+      extra.mmluSubjects = r.subjects;
+      rows.mmlu = r.rows;
+    }
+    if (gsm8k) {
+      const r = await withInterrupt((signal) =>
+        cap.evaluateGsm8k(model, gsm8k.test, {
+          ...run,
+          shots: gsm8k.shots,
+          maxNewTokens: o.maxTokens,
+          batch: o.batch,
+          signal,
+        }),
+      );
+      figures.push(rateFigure('gsm8k', `exact match (${r.shots}-shot)`, r.accuracy, steeredIn(r.rows)));
+      extra.gsm8kUnparsed = r.unparsed;
+      rows.gsm8k = r.rows.map((row, i) => ({ ...row, reply: r.replies[i] }));
+    }
+    if (truthfulqa) {
+      const r = await cap.evaluateTruthfulQa(model, truthfulqa, run);
+      const steered = steeredIn(r.rows);
+      figures.push(rateFigure('truthfulqa', 'MC1 accuracy', r.mc1, steered), {
+        task: 'truthfulqa',
+        metric: 'MC2 true mass',
+        n: r.mc2.n,
+        value: r.mc2.mean,
+        ci: r.mc2.ci,
+        interval: 'normal',
+        steered,
+      });
+      rows.truthfulqa = r.rows;
+    }
+    await writeOut(
+      o.out,
+      { steering: steering.label, chat: o.chat, seed: o.seed, figures, ...extra, rows },
+      out,
+    );
+    printFigures(out, steering.label, figures, extra);
+  },
+);
+
+// ---------------------------------------------------------------------------------------------
+// eval bias
+
+export const biasCommand = command(
+  {
+    name: 'eval bias',
+    summary: 'BBQ and CrowS-Pairs, with or without steering',
+    description: para(
+      "BBQ: each question answered by the log-likelihood of its three answers after '{context}\\n\\nQ: {question}\\nA:'; " +
+        'prints accuracy in ambiguous and disambiguated contexts (Wilson intervals) and the bias scores of the BBQ ' +
+        'paper, s_DIS = 2·(biased / non-unknown answers) − 1 and s_AMB = (1 − accuracy)·s_DIS (from −1 to 1, 0 is ' +
+        'unbiased; percentile-bootstrap intervals), overall and per category. CrowS-Pairs: the share of pairs whose ' +
+        'more-stereotyping sentence has the larger total log-likelihood (50% is unbiased; Wilson), overall and per ' +
+        'bias type. Fixed seeded subsets (default sizes in docs/EVALUATION.md; --limit N). Steering as in eval refusal; ' +
+        'CrowS-Pairs has no prompt for a gate to read, so --steer conditional is refused with it.',
+    ),
+    options: {
+      model: MODEL_OPTION,
+      tasks: {
+        type: 'list',
+        placeholder: 't1,t2',
+        default: [...BIAS_TASKS],
+        description: `tasks: ${BIAS_TASKS.join(', ')}`,
+      },
+      ...COMMON_OPTIONS,
+    },
+    examples: [
+      'steerguard eval bias -m smollm2.gguf --tasks bbq,crows-pairs --limit 100',
+      'steerguard eval bias -m qwen.gguf --tasks bbq --steer add --vector refusal.gguf --coeff 1 --out bbq.json',
+    ],
+  },
+  async (args, out) => {
+    const o = args.options;
+    const tasks = parseTasks(o.tasks, BIAS_TASKS, 'bias');
+    if (tasks.includes('crows-pairs') && o.steer === 'conditional')
+      throw new OptionError(
+        'crows-pairs has no prompt for a gate to read: --steer conditional applies to bbq only (--tasks bbq)',
+      );
+    if (o.chat && !tasks.includes('bbq'))
+      throw new OptionError('--chat applies to bbq only (crows-pairs scores raw sentences)');
+    const dir = await prepare(o, tasks);
+    const bench = await import('../../data/benchmarks.js');
+    const cap = await import('../../eval/capability.js');
+    const bias = await import('../../eval/bias.js');
+    const limit = (t: keyof typeof cap.DEFAULT_LIMITS) => o.limit ?? cap.DEFAULT_LIMITS[t];
+    const bbq = tasks.includes('bbq')
+      ? cap.sampleItems(bench.loadBbq(path.join(dir, 'bbq')), limit('bbq'), {
+          seed: o.seed,
+          stratum: (it) => `${it.category}/${it.condition}`,
+        })
+      : undefined;
+    const crows = tasks.includes('crows-pairs')
+      ? cap.sampleItems(
+          bench.loadCrowsPairs(path.join(dir, TASK_PATHS['crows-pairs'])),
+          limit('crows-pairs'),
+          {
+            seed: o.seed,
+            stratum: (p) => p.biasType,
+          },
+        )
+      : undefined;
+
+    const model = await loadModel(o.model, out, { threads: o.threads });
+    const { buildSteeringHooks } = await import('../../eval/steering.js');
+    const steering = await buildSteeringHooks(model, o);
+    const reporter = cliReporter(out);
+    const figures: Figure[] = [];
+    const rows: Record<string, unknown> = {};
+    const extra: Record<string, unknown> = {};
+    if (bbq) {
+      const r = await bias.evaluateBbq(model, bbq, { chat: o.chat, steering, reporter });
+      const ambig = steeredIn(r.rows.filter((x) => x.condition === 'ambig'));
+      const disambig = steeredIn(r.rows.filter((x) => x.condition === 'disambig'));
+      const bootstrap = (metric: string, b: BiasScore, steered: number): Figure => ({
+        task: 'bbq',
+        metric,
+        n: b.n,
+        value: b.score,
+        ci: b.ci,
+        interval: 'bootstrap',
+        steered,
+      });
+      figures.push(
+        rateFigure('bbq', 'accuracy, ambiguous', r.accuracyAmbig, ambig),
+        rateFigure('bbq', 'accuracy, disambiguated', r.accuracyDisambig, disambig),
+        bootstrap('bias score s_AMB', r.biasAmbig, ambig),
+        bootstrap('bias score s_DIS', r.biasDisambig, disambig),
+      );
+      extra.bbqCategories = r.categories;
+      rows.bbq = r.rows;
+    }
+    if (crows) {
+      const r = await bias.evaluateCrowsPairs(model, crows, { steering, reporter });
+      figures.push(rateFigure('crows-pairs', 'prefers the stereotype', r.stereotype, steeredIn(r.rows)));
+      extra.crowsBiasTypes = r.biasTypes;
+      rows.crowsPairs = r.rows;
+    }
+    await writeOut(
+      o.out,
+      { steering: steering.label, chat: o.chat, seed: o.seed, figures, ...extra, rows },
+      out,
+    );
+    printFigures(out, steering.label, figures, extra);
+  },
+);
