@@ -55,6 +55,22 @@ describe('likelihood shift', async () => {
     assert.ok(s[0].ci[0] <= s[0].meanDelta && s[0].meanDelta <= s[0].ci[1]);
   });
 
+  test('the unsteered score is the mean log-softmax of the reply tokens, computed by hand', async () => {
+    const [rows] = await measureLikelihoodShift(model, items, [[[], [], []]], { maxNewTokens: 5 });
+    const [g] = await model.generate([items[0].prompt], { maxNewTokens: 5 });
+    const tokens = [...g.promptTokens, ...g.tokens];
+    const logits = model.run([{ tokens }], { logits: 'all' }).logits[0];
+    const V = model.config.vocabSize;
+    let total = 0;
+    for (let t = g.promptTokens.length - 1; t < tokens.length - 1; t++) {
+      const row = Array.from(logits.subarray(t * V, (t + 1) * V));
+      const max = Math.max(...row);
+      total += row[tokens[t + 1]] - max - Math.log(row.reduce((a, x) => a + Math.exp(x - max), 0));
+    }
+    const expected = total / g.tokens.length;
+    assert.ok(Math.abs(rows[0].base - expected) < 1e-4, `${rows[0].base} vs ${expected}`);
+  });
+
   test('one hook list per prompt', async () => {
     await assert.rejects(
       measureLikelihoodShift(model, items, [[[]]], { maxNewTokens: 2 }),

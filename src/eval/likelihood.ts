@@ -41,7 +41,10 @@ export interface LikelihoodSummary {
   readonly steered: number;
 }
 
-/** Mean log-softmax of `tokens[t+1]` at rows t = from-1 .. end-2 of `logits` ([T, V]). */
+/**
+ * Mean log-softmax of `tokens[t+1]` at positions t = from-1 .. end-2, from `logits` [T-from+1, V]:
+ * the rows of those positions and the last one.
+ */
 function replyLogLikelihood(
   logits: Float32Array,
   tokens: readonly number[],
@@ -50,7 +53,8 @@ function replyLogLikelihood(
 ): number {
   let total = 0;
   for (let t = from - 1; t < tokens.length - 1; t++) {
-    const row = logits.subarray(t * V, (t + 1) * V);
+    const k = t - (from - 1);
+    const row = logits.subarray(k * V, (k + 1) * V);
     let max = -Infinity;
     for (let v = 0; v < V; v++) if (row[v] > max) max = row[v];
     let sum = 0;
@@ -110,7 +114,18 @@ export async function measureLikelihoodShift(
       const tokens = [...g.promptTokens, ...g.tokens];
       const from = g.promptTokens.length;
       const score = (h: readonly Hook[]) =>
-        replyLogLikelihood(model.run([{ tokens }], { logits: 'all', hooks: h }).logits[0], tokens, from, V);
+        replyLogLikelihood(
+          // Only the reply's rows need logits; the reply counts as generated for hook positions,
+          // so a hook on generated tokens steers the rows it steered while generating.
+          model.run([{ tokens }], {
+            logits: { lastTokens: tokens.length - from + 1 },
+            hooks: h,
+            promptLength: () => from,
+          }).logits[0],
+          tokens,
+          from,
+          V,
+        );
       const base = score([]);
       steerings.forEach((hooks, k) => {
         const steered = hooks[i].length > 0 ? score(hooks[i]) : base;
