@@ -15,13 +15,16 @@ export interface Run {
 }
 
 /** Spawns `node dist/src/cli/main.js ARGS` from the repository root. */
-export function cli(args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv } = {}): Run {
+export function cli(
+  args: string[],
+  opts: { input?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
+): Run {
   const r = spawnSync(process.execPath, [MAIN, ...args], {
     cwd: ROOT,
     input: opts.input ?? '',
     encoding: 'utf8',
     env: { ...process.env, STEERGUARD_DEBUG: '', ...opts.env },
-    timeout: 60_000,
+    timeout: opts.timeoutMs ?? 60_000,
   });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
