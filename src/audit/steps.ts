@@ -21,7 +21,7 @@ import { hookResponder } from '../eval/refusal.js';
 import { hasChatTemplate, loadSets, parseTokenIds, toEvalPrompts } from '../eval/prompt-sets.js';
 import type { ProgressReporter } from '../eval/reporter.js';
 import { type SteeringSpec, scavAttackHooks, vectorHooks } from '../eval/steering.js';
-import type { LikelihoodRow } from '../eval/likelihood.js';
+import type { LikelihoodRow, LikelihoodSummary } from '../eval/likelihood.js';
 import {
   type ReplyRecord,
   type RunContext,
@@ -237,13 +237,13 @@ function groupedRates(ctx: AuditContext, ev: EvalPrompts, rows: readonly ReplyRe
       mine.map((r) => ({ ...r, set: g })),
       ctx.judgeNames,
     );
-    out[g] = { group: group ?? emptyRates(g, ctx.judgeNames), sets: setRates(mine, ctx.judgeNames) };
+    out[g] = { group: group ?? emptyRates(g), sets: setRates(mine, ctx.judgeNames) };
   }
   return out as GroupedRates;
 }
 
-function emptyRates(set: string, judges: readonly string[]) {
-  return setRates([], judges)[0] ?? { set, n: 0, judges: {}, flawed: rateOf([]), flagged: null };
+function emptyRates(set: string) {
+  return { set, n: 0, judges: {}, flawed: rateOf([]), flagged: null };
 }
 
 /** The leakage guard: throws when an evaluated prompt was used to fit `what`. */
@@ -393,20 +393,18 @@ export async function readingStep(ctx: AuditContext): Promise<ReadingResult> {
 
 /** The direction's train and validation prompts: the seeded split's parts of its two sets. */
 export function directionSplit(s: AuditSettings, dataDir: string | undefined) {
-  {
-    const parts = (spec: string) => {
-      const [train] = loadSets([spec], { dataDir, part: 'train', split: splitText(s), seed: s.seed });
-      const [val] = loadSets([spec], { dataDir, part: 'val', split: splitText(s), seed: s.seed });
-      const t = train.prompts.slice(0, s.nTrain);
-      const v = val.prompts.slice(0, s.nVal);
-      if (t.length < 2 || v.length < 2)
-        throw new SteerguardError(
-          `${train.name.replace(/@train$/, '')}: too few prompts for the refusal direction's train and validation parts (${t.length}, ${v.length})`,
-        );
-      return { name: train.name.replace(/@train$/, ''), train: t, val: v };
-    };
-    return { harmful: parts(s.directionHarmful), harmless: parts(s.directionHarmless) };
-  }
+  const parts = (spec: string) => {
+    const [train] = loadSets([spec], { dataDir, part: 'train', split: splitText(s), seed: s.seed });
+    const [val] = loadSets([spec], { dataDir, part: 'val', split: splitText(s), seed: s.seed });
+    const t = train.prompts.slice(0, s.nTrain);
+    const v = val.prompts.slice(0, s.nVal);
+    if (t.length < 2 || v.length < 2)
+      throw new SteerguardError(
+        `${train.name.replace(/@train$/, '')}: too few prompts for the refusal direction's train and validation parts (${t.length}, ${v.length})`,
+      );
+    return { name: train.name.replace(/@train$/, ''), train: t, val: v };
+  };
+  return { harmful: parts(s.directionHarmful), harmless: parts(s.directionHarmless) };
 }
 
 const splitText = (s: AuditSettings): string => `${s.split.train},${s.split.val},${s.split.test}`;
@@ -490,17 +488,15 @@ export async function baselineStep(ctx: AuditContext): Promise<BaselineResult> {
 // ---------------------------------------------------------------------------------------------
 // d. steering: always on, and the two-sided gate
 
-function likelihoodCost(rows: readonly LikelihoodRow[]): LikelihoodCost {
-  const n = rows.length;
-  if (n === 0) return { n, meanDelta: null, ci: [null, null], steered: 0 };
-  const mean = rows.reduce((t, r) => t + r.delta, 0) / n;
-  const sd = n > 1 ? Math.sqrt(rows.reduce((t, r) => t + (r.delta - mean) ** 2, 0) / (n - 1)) : NaN;
-  const half = (1.96 * sd) / Math.sqrt(n);
+/** The likelihood cost of `group` from summarizeLikelihood's per-set figures (rows' set is the group). */
+function likelihoodCost(summary: readonly LikelihoodSummary[], group: EvalGroup): LikelihoodCost {
+  const x = summary.find((v) => v.set === group);
+  if (!x) return { n: 0, meanDelta: null, ci: [null, null], steered: 0 };
   return {
-    n,
-    meanDelta: finite(mean),
-    ci: [finite(mean - half), finite(mean + half)],
-    steered: rows.filter((r) => r.steeredPrompt).length,
+    n: x.n,
+    meanDelta: finite(x.meanDelta),
+    ci: [finite(x.ci[0]), finite(x.ci[1])],
+    steered: x.steered,
   };
 }
 
@@ -561,10 +557,14 @@ export async function steeringStep(ctx: AuditContext): Promise<SteeringResult> {
     if (v === 'benign') return ablateRows[k];
     return { ...r, steered: r.base, delta: 0, steeredPrompt: false };
   });
-  const costs = (rows: readonly LikelihoodRow[]) => ({
-    borderline: likelihoodCost(rows.filter((r) => r.set === 'borderline')),
-    harmless: likelihoodCost(rows.filter((r) => r.set === 'harmless')),
-  });
+  const { summarizeLikelihood } = await import('../eval/likelihood.js');
+  const costs = (rows: readonly LikelihoodRow[]) => {
+    const summary = summarizeLikelihood(rows);
+    return {
+      borderline: likelihoodCost(summary, 'borderline'),
+      harmless: likelihoodCost(summary, 'harmless'),
+    };
+  };
   const condition = (
     c: Condition,
     label: string,
