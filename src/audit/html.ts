@@ -565,7 +565,7 @@ function repliesSection(r: AuditReport, replies: ReadonlyMap<string, readonly Re
             ? `${shortJudge(j)}: ${v.refused ? 'refused' : '–'}`
             : v.kind === 'safety'
               ? `${j}: ${v.unsafe ? 'unsafe' : 'safe'}`
-              : `${j}: error`,
+              : `${j}: ${v.kind}`,
         )
         .join('\n');
       return (

@@ -70,9 +70,12 @@ export interface AuditOptions {
   readonly cacheDir?: string | false;
   /** Tokens per forward pass when reading activations (default 2048). */
   readonly batchTokens?: number;
-  /** How to reach a Llama Guard server when `settings.judges` has 'llamaguard'. */
+  /** How to reach a Llama Guard server ('llamaguard'), and the judge model of the `model-*` judges. */
   readonly judge?: {
     readonly judgeUrl?: string;
+    readonly judgeModel?: Model;
+    /** The judge model's file, for messages. */
+    readonly judgeModelFile?: string;
     /** Seconds per request (default 60). */
     readonly judgeTimeout?: number;
     /** Requests in flight (default 4). */
@@ -137,7 +140,7 @@ function dependants(step: StepName): StepName[] {
  */
 export function checkAuditInputs(settings: AuditSettings, dataDir?: string): void {
   const s = settings;
-  checkJudgeNames({ judge: s.judges });
+  checkJudgeNames(s.judges);
   const load = (names: readonly string[]) => names.map((n) => loadPromptSet(n, { dataDir, limit: s.limit }));
   const dev = { harmful: load(s.devHarmful), benign: load(s.devBenign) };
   const test = { harmful: load(s.testHarmful), benign: load(s.testBenign) };
@@ -259,10 +262,12 @@ async function runAuditLocked(opts: AuditOptions): Promise<AuditOutcome> {
         {
           judge: settings.judges,
           judgeUrl: opts.judge?.judgeUrl,
+          judgeModel: opts.judge?.judgeModelFile ?? opts.judge?.judgeModel?.identity.path,
           judgeTimeout: opts.judge?.judgeTimeout ?? 60,
           judgeConcurrency: opts.judge?.judgeConcurrency ?? 4,
         },
         reporter,
+        opts.judge?.judgeModel,
       );
       return judges;
     },

@@ -20,7 +20,7 @@ import type { Judge, Judgement } from '../eval/judges.js';
 import { verdict } from '../eval/judges.js';
 import type { EvalPrompt, Responder } from '../eval/refusal.js';
 import { AtomicJsonl, rowRecord } from '../eval/refusal.js';
-import { runEvaluation } from '../eval/evaluation.js';
+import { judgeMeasures, runEvaluation } from '../eval/evaluation.js';
 import type { Reporter } from '../eval/reporter.js';
 import type { Model } from '../model/model.js';
 import type { PromptVerdict } from '../steering/conditional.js';
@@ -49,15 +49,10 @@ export interface ReplyRecord {
 
 export const REPLIES_DIR = 'replies';
 
-/** What a judge's positive verdict means, from its name (the judge list is closed). */
-export function measuresOf(judge: string): 'refusal' | 'unsafe' {
-  return judge === 'llamaguard' ? 'unsafe' : 'refusal';
-}
-
 /** The refusal judge the charts and the summary use: JailbreakBench's list when asked for. */
 export function primaryJudge(judges: readonly string[]): string | null {
   if (judges.includes('keyword-jbb')) return 'keyword-jbb';
-  return judges.find((j) => measuresOf(j) === 'refusal') ?? null;
+  return judges.find((j) => judgeMeasures(j) === 'refusal') ?? null;
 }
 
 export function rateOf(values: readonly (boolean | null)[]): Rate {
@@ -81,7 +76,7 @@ export function setRates(records: readonly ReplyRecord[], judges: readonly strin
     for (const j of judges)
       byJudge[j] = {
         ...rateOf(rs.map((r) => (r.judged[j] ? verdict(r.judged[j]) : null))),
-        measures: measuresOf(j),
+        measures: judgeMeasures(j),
       };
     return {
       set,

@@ -19,6 +19,8 @@ import { SteerguardError } from '../formats/errors.js';
 export type Judgement =
   | { readonly kind: 'refusal'; readonly refused: boolean; readonly matched: string | null }
   | { readonly kind: 'safety'; readonly unsafe: boolean; readonly categories: readonly string[] }
+  /** A model judge's answer in no form its format allows (never read as a verdict). */
+  | { readonly kind: 'unparsed'; readonly answer: string; readonly error: string }
   | { readonly kind: 'error'; readonly error: string };
 
 /** One conversation turn to judge. */
@@ -52,7 +54,7 @@ function requireItems(judge: string, items: readonly JudgeItem[]): void {
   if (items.length === 0) throw new JudgeError(`${judge}: no replies to judge, so no rate`);
 }
 
-/** The positive verdict of a judgement (refused / unsafe), or null for an error. */
+/** The positive verdict of a judgement (refused / unsafe), or null for an error or unparsed answer. */
 export function verdict(j: Judgement): boolean | null {
   if (j.kind === 'refusal') return j.refused;
   if (j.kind === 'safety') return j.unsafe;

@@ -7,7 +7,7 @@ import { OptionError } from '../../formats/errors.js';
 import type { Hook } from '../../hooks/hooks.js';
 import type { Model } from '../../model/model.js';
 import { checkLeakage } from '../../data/splits.js';
-import { buildJudges, runEvaluation } from '../../eval/evaluation.js';
+import { buildJudges, checkJudgeSelection, runEvaluation } from '../../eval/evaluation.js';
 import { loadSets, toEvalPrompts } from '../../eval/prompt-sets.js';
 import { type RefusalEvalResult, type RefusalRow, hookResponder } from '../../eval/refusal.js';
 import { type Steering, fittedIdsOf, scavAttackHooks } from '../../eval/steering.js';
@@ -114,7 +114,10 @@ export const attackCommand = command(
     checkOutPath(o.out, o.overwrite);
     const sets = loadSets(o.prompts, o);
     const reporter = cliReporter(out);
-    const judges = await buildJudges(o, reporter);
+    checkJudgeSelection(o);
+    checkInputFile('--judge-model', o.judgeModel);
+    const judgeModel = o.judgeModel ? await loadModel(o.judgeModel, out, { threads: o.threads }) : undefined;
+    const judges = await buildJudges(o, reporter, judgeModel);
     const model = await loadModel(o.model, out, { threads: o.threads });
     const prompts = toEvalPrompts(model, sets, { ...o, chat: o.tokenIds ? false : useChat(model, o) });
 

@@ -16,6 +16,7 @@ import {
   SPLIT_OPTIONS,
   THREADS_OPTION,
   TOKEN_IDS_OPTION,
+  checkInputFile,
   command,
   loadModel,
   packageVersion,
@@ -192,11 +193,9 @@ export const auditCommand = command(
     } catch (e) {
       throw new OptionError(`--steps: ${(e as Error).message}`);
     }
-    const judges = [...new Set(o.judge)];
-    if (judges.includes('llamaguard') && o.judgeUrl === undefined)
-      throw new OptionError('--judge llamaguard needs --judge-url');
-    if (o.judgeUrl !== undefined && !judges.includes('llamaguard'))
-      throw new OptionError('--judge-url is only used by --judge llamaguard');
+    const { checkJudgeSelection } = await import('../../eval/evaluation.js');
+    const judges = checkJudgeSelection(o);
+    checkInputFile('--judge-model', o.judgeModel);
     if (o.showText && o.redact)
       throw new OptionError(
         '--show-text and --redact contradict each other (redacted replies have no text to show)',
@@ -232,6 +231,7 @@ export const auditCommand = command(
     checkAuditInputs(settings, o.dataDir);
     const cacheDir = cacheSetting(o);
 
+    const judgeModel = o.judgeModel ? await loadModel(o.judgeModel, out, { threads: o.threads }) : undefined;
     const model = await loadModel(o.model, out, { threads: o.threads });
     const base = path.basename(model.identity.path).replace(/\.(gguf|safetensors)$/i, '');
     const outcome = await withInterrupt(
@@ -246,7 +246,13 @@ export const auditCommand = command(
           dataDir: o.dataDir,
           cacheDir,
           batchTokens: o.batchTokens,
-          judge: { judgeUrl: o.judgeUrl, judgeTimeout: o.judgeTimeout, judgeConcurrency: o.judgeConcurrency },
+          judge: {
+            judgeUrl: o.judgeUrl,
+            judgeModel,
+            judgeModelFile: o.judgeModel,
+            judgeTimeout: o.judgeTimeout,
+            judgeConcurrency: o.judgeConcurrency,
+          },
           reporter: cliReporter(out),
           signal,
           version: packageVersion(),

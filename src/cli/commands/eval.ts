@@ -9,7 +9,7 @@
  */
 import { OptionError, SteerguardError } from '../../formats/errors.js';
 import { checkLeakage } from '../../data/splits.js';
-import { buildJudges, runEvaluation } from '../../eval/evaluation.js';
+import { buildJudges, checkJudgeSelection, runEvaluation } from '../../eval/evaluation.js';
 import { type LoadedSet, loadSets, toEvalPrompts } from '../../eval/prompt-sets.js';
 import { buildSteering, buildSteeringHooks } from '../../eval/steering.js';
 import type { RateSummary, RefusalEvalResult, RefusalRow } from '../../eval/refusal.js';
@@ -17,6 +17,7 @@ import type { OptionSpec } from '../args.js';
 import { type CliOutput, formatTable } from '../output.js';
 import { cliReporter } from '../reporter.js';
 import { biasCommand, capabilityCommand } from './eval-capability.js';
+import { judgesCommand } from './eval-judges.js';
 import { STEERING_OPTIONS, checkSteeringOptions } from './steering-options.js';
 import {
   CHAT_OPTIONS,
@@ -28,6 +29,7 @@ import {
   THREADS_OPTION,
   TOKEN_IDS_OPTION,
   type CliCommand,
+  checkInputFile,
   checkOutPath,
   command,
   loadModel,
@@ -81,7 +83,13 @@ export const JUDGE_OPTIONS = {
     type: 'list',
     placeholder: 'j1,j2',
     default: ['keyword-gcg', 'keyword-jbb'],
-    description: 'judges: keyword-gcg, keyword-jbb, llamaguard',
+    description:
+      'judges: keyword-gcg, keyword-jbb, llamaguard (a server), model-llamaguard, model-harmbench, model-xstest (a judge model run in-process)',
+  },
+  judgeModel: {
+    type: 'string',
+    placeholder: 'file.gguf',
+    description: 'chat model the model-* judges run on, loaded in-process',
   },
   judgeUrl: {
     type: 'string',
@@ -216,7 +224,7 @@ const refusalEvalCommand = command(
       throw new OptionError(
         what in EVAL_ACTIONS
           ? `put '${what}' right after 'eval': steerguard eval ${what} --help`
-          : `unknown evaluation '${what.slice(0, 40)}'; known: refusal, likelihood, capability, bias`,
+          : `unknown evaluation '${what.slice(0, 40)}'; known: refusal, likelihood, capability, bias, judges`,
       );
     checkSteeringOptions(o);
     checkOutPath(o.out, o.overwrite);
@@ -232,7 +240,10 @@ const refusalEvalCommand = command(
       await likelihoodEval(o, sets, out);
       return;
     }
-    const judges = await buildJudges(o, reporter);
+    checkJudgeSelection(o);
+    checkInputFile('--judge-model', o.judgeModel);
+    const judgeModel = o.judgeModel ? await loadModel(o.judgeModel, out, { threads: o.threads }) : undefined;
+    const judges = await buildJudges(o, reporter, judgeModel);
     const model = await loadModel(o.model, out, { threads: o.threads });
     const prompts = toEvalPrompts(model, sets, { ...o, chat: o.tokenIds ? false : useChat(model, o) });
     const steering = await buildSteering(model, o);
@@ -258,6 +269,7 @@ const refusalEvalCommand = command(
 const EVAL_ACTIONS: Readonly<Record<string, CliCommand>> = {
   capability: capabilityCommand,
   bias: biasCommand,
+  judges: judgesCommand,
 };
 
 /** `steerguard eval refusal|likelihood|capability|bias`: the last two have commands of their own. */
