@@ -291,6 +291,52 @@ for (const [name, reference] of [
       assert.throws(() => model.prefill({ tokens: long }), /a prefix of 128 tokens leaves no room/);
     });
 
+    test('generate from a prefix: the replies of the whole prompts, hooks and penalty included', async () => {
+      const reply = addVector(at, new Float32Array(model.config.dModel).fill(1), { positions: 'generated' });
+      const long = ids(60, 5);
+      const prompts = [long.slice(0, 30), long.slice(0, 41), long.slice(0, 18)];
+      const primer = model.prefill({ tokens: long.slice(0, 16) }, { hooks: [reply] });
+      const nested = model.prefill({ tokens: long.slice(16, 35) }, { prefix: primer, hooks: [reply] });
+      const prefixes = [primer, nested, primer];
+      const starts = [16, 35, 16];
+      for (const opts of [{ maxNewTokens: 8 }, { maxNewTokens: 8, repetitionPenalty: 3 }])
+        for (const maxBatch of [1, 3]) {
+          const want = await model.generate(
+            prompts.map((t) => ({ tokens: t })),
+            { ...opts, maxBatch, hooks: [reply], stopTokens: [] },
+          );
+          const got = await model.generate(
+            prompts.map((t, i) => ({ tokens: t.slice(starts[i]) })),
+            { ...opts, maxBatch, hooks: [reply], stopTokens: [], prefix: (i) => prefixes[i] },
+          );
+          got.forEach((g, i) => {
+            assert.deepEqual(
+              g.tokens,
+              want[i].tokens,
+              `prompt ${i}, ${JSON.stringify(opts)}, maxBatch ${maxBatch}`,
+            );
+            assert.deepEqual(g.promptTokens, prompts[i].slice(starts[i]));
+          });
+        }
+      const plain = await model.generate([{ tokens: prompts[0] }], { maxNewTokens: 8, stopTokens: [] });
+      const steered = await model.generate([{ tokens: prompts[0] }], {
+        maxNewTokens: 8,
+        stopTokens: [],
+        hooks: [reply],
+      });
+      assert.notDeepEqual(plain[0].tokens, steered[0].tokens, 'the hook on generated rows steers');
+
+      await assert.rejects(
+        model.generate([{ tokens: [1] }], { prefix: primer, maxNewTokens: 4 }),
+        /prompt 0: its prefix was computed with other hooks/,
+      );
+      const context = model.config.maxContext;
+      await assert.rejects(
+        model.generate([{ tokens: [1, 2] }], { prefix: nested, hooks: [reply], maxNewTokens: context - 36 }),
+        new RegExp(`prompt 0 has 37 tokens and maxNewTokens is ${context - 36}`),
+      );
+    });
+
     describe('scoreContinuations through shared prefixes', () => {
       const primer = ids(40, 4);
       /** Σ log p(cont[m] | context, cont[<m]) from one whole pass with every row's logits. */

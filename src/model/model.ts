@@ -149,6 +149,15 @@ export interface GenerateOptions extends SamplingOptions {
   /** Hooks on every sequence, fired after each prompt's own (`promptHooks`). */
   readonly hooks?: readonly Hook[];
   /**
+   * A prefix (`Model.prefill`) each prompt continues, as in `RunOptions.prefix`: the prompt is its
+   * continuation, positions are absolute, prefix + prompt + `maxNewTokens` must fit the context,
+   * the call must pass the hooks the prefix was computed with, and `promptTokens` are the
+   * continuation's. The prefix's tokens count in the history that `repetitionPenalty` reads. The
+   * reply is the one generated from the whole prompt up to the rounding of the prompt pass (its
+   * rows are multiplied in another batch), so greedy tokens can differ only at near-ties.
+   */
+  readonly prefix?: PromptPrefix | ((index: number) => PromptPrefix | undefined);
+  /**
    * Hooks for prompt `index` alone (e.g. steering chosen per prompt by a monitor): they see only
    * that sequence's rows, after the model's permanent hooks and before `hooks`.
    */
@@ -302,6 +311,14 @@ export class Model {
     );
   }
 
+  /** A sequence's KV cache: a copy of its prefix's with room for `extra` tokens, else empty. */
+  private startCache(prefix: ComputedPrefix | undefined, extra: number): KvCache {
+    return (
+      prefix?.cache.clone(extra) ??
+      new KvCache(this.config.nLayers, this.config.nKvHeads * this.config.headDim)
+    );
+  }
+
   private hooksFor(extra: readonly Hook[] | undefined): Hook[] {
     for (const h of extra ?? []) this.checkHookName(h.name);
     return extra ? [...this.permanentHooks, ...extra] : [...this.permanentHooks];
@@ -351,9 +368,7 @@ export class Model {
         `prefill: a prefix of ${length} tokens leaves no room for a continuation in the model's ` +
           `context of ${this.config.maxContext}`,
       );
-    const cache = parent
-      ? parent.cache.clone(tokens.length)
-      : new KvCache(this.config.nLayers, this.config.nKvHeads * this.config.headDim);
+    const cache = this.startCache(parent, tokens.length);
     // One more prompt token is counted than the prefix holds: no prefix row is 'last' or generated.
     forward(this.config, this.weights, this.backend, [{ id: 0, tokens, cache, promptLength: length + 1 }], {
       hooks,
@@ -444,9 +459,7 @@ export class Model {
       const steps: SequenceStep[] = batch.map((t, b) => ({
         id: offset + b,
         tokens: t,
-        cache:
-          prefixes[offset + b]?.cache.clone(t.length) ??
-          new KvCache(this.config.nLayers, this.config.nKvHeads * this.config.headDim),
+        cache: this.startCache(prefixes[offset + b], t.length),
         promptLength: promptLengths[offset + b],
         hooks: ownHooks[offset + b],
       }));
@@ -486,8 +499,13 @@ export class Model {
     const maxBatch = opts.maxBatch ?? 16;
     if (!(Number.isInteger(maxBatch) && maxBatch >= 1))
       throw new OptionError(`maxBatch must be an integer >= 1, got ${maxBatch}`);
-    const promptTokens = prompts.map((p) => this.tokenize(p));
-    promptTokens.forEach((t, i) => this.checkFits(i, t.length, maxNew));
+    const prefixes = prompts.map((_, i) =>
+      this.ownPrefix(typeof opts.prefix === 'function' ? opts.prefix(i) : opts.prefix, `prompt ${i}`),
+    );
+    const promptTokens = prompts.map((p, i) =>
+      prefixes[i] ? this.continuationTokens(p, `prompt ${i}`) : this.tokenize(p),
+    );
+    promptTokens.forEach((t, i) => this.checkFits(i, t.length, maxNew, prefixes[i]?.tokens.length ?? 0));
     const stopTokens = new Set(opts.stopTokens ?? this.loaded.tokenizer?.eosTokenIds ?? []);
     const stops = opts.stop ?? [];
     const hooks = [...this.permanentHooks];
@@ -496,18 +514,21 @@ export class Model {
     const ownHooks = promptTokens.map((_, i) => {
       const own = opts.promptHooks?.(i) ?? [];
       for (const h of own) this.checkHookName(h.name);
+      const prefix = prefixes[i];
+      if (prefix) this.checkPrefixHooks(prefix, [...hooks, ...own, ...callHooks], `prompt ${i}`);
       return own;
     });
     const V = this.config.vocabSize;
     const seqs = promptTokens.map((t, i) => ({
       index: i,
-      history: [...t],
+      history: [...(prefixes[i]?.tokens ?? []), ...t],
       generated: [] as number[],
       text: '',
       emitted: 0,
       done: (maxNew === 0 ? 'length' : undefined) as Generation['finishReason'] | undefined,
       random: seededRandom((opts.seed ?? 0) + i * 7919),
-      cache: new KvCache(this.config.nLayers, this.config.nKvHeads * this.config.headDim),
+      // Made when the sequence joins the batch: a waiting prompt holds no copy of its prefix.
+      cache: undefined as KvCache | undefined,
       next: t as readonly number[],
     }));
     type Seq = (typeof seqs)[number];
@@ -561,8 +582,8 @@ export class Model {
         batch.map((s) => ({
           id: s.index,
           tokens: s.next,
-          cache: s.cache,
-          promptLength: promptTokens[s.index].length,
+          cache: (s.cache ??= this.startCache(prefixes[s.index], s.next.length)),
+          promptLength: (prefixes[s.index]?.tokens.length ?? 0) + promptTokens[s.index].length,
           hooks: ownHooks[s.index],
         })),
         { hooks, lastHooks: callHooks, logits: 'last', step: passStep },
