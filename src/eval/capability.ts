@@ -43,7 +43,8 @@ export interface ScoreOptions {
   /**
    * Upper bounds on one `model.run` call: the logit rows it returns (default 256; rows × vocabulary
    * floats are held at once) and the tokens it packs (default 1024, one forward pass; progress is
-   * reported between calls). A request always goes whole into one call.
+   * reported between calls; a sequence continuing a prefix counts its own tokens). A request
+   * always goes whole into one call.
    */
   readonly maxLogitRows?: number;
   readonly maxBatchTokens?: number;
@@ -110,8 +111,9 @@ export async function scoreContinuations(
     return { inputs, inputOf, tail };
   });
   const groups = sharedPrefixGroups(requests, hooksOfRequest);
-  // Per request: the length of the prefix its sequences continue (0: none), and whether it is
-  // the request's own one (nested on its group's shared prefix, if any).
+  // Per request: the length of the prefix its sequences continue: its own (the context but its
+  // last token, nested on the group's shared prefix) where that saves enough, else the group's
+  // shared one (0: none).
   const prefixLength = requests.map((r, i) => {
     const shared = groups.length[groups.of[i]];
     const own = r.context.length - 1;
@@ -121,19 +123,19 @@ export async function scoreContinuations(
   });
   const runTokens = plans.map((p, i) => p.inputs.reduce((a, seq) => a + seq.length - prefixLength[i], 0));
   // Requests of a group are consecutive, so only the latest group's prefix is kept.
-  let shared: { group: number; prefix: PromptPrefix } | undefined;
+  let latest: { group: number; prefix: PromptPrefix } | undefined;
   const sharedPrefixOf = (i: number): PromptPrefix | undefined => {
     const group = groups.of[i];
     const length = groups.length[group];
     if (length === 0) return undefined;
-    if (shared?.group !== group) {
+    if (latest?.group !== group) {
       const prefix = model.prefill(
         { tokens: requests[i].context.slice(0, length) },
         { hooks: hooksOfRequest(i) },
       );
-      shared = { group, prefix };
+      latest = { group, prefix };
     }
-    return shared.prefix;
+    return latest.prefix;
   };
 
   const scores: number[][] = [];
