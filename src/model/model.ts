@@ -98,7 +98,8 @@ export interface RunOptions {
    * the prefix's length), `cachedPositions`. The result holds only the continuation: `tokens`,
    * `logits` and the cached activations are those of its rows, never of the prefix's. The call
    * must pass the hooks the prefix was computed with (`PrefillOptions.hooks`), and prefix +
-   * continuation must fit the model's context.
+   * continuation must fit the model's context. Each prompt runs on its own copy of the prefix's
+   * KV cache (made when its forward call starts), so a prefix can be continued any number of times.
    */
   readonly prefix?: PromptPrefix | ((index: number) => PromptPrefix | undefined);
   /**
