@@ -77,6 +77,8 @@ export type { RowInfo } from './hooks/interventions.js';
 export { Model } from './model/model.js';
 export type {
   Prompt,
+  PromptPrefix,
+  PrefillOptions,
   RunOptions,
   RunResult,
   CacheRequest,

@@ -9,6 +9,14 @@
  *
  * Hooks passed to a call apply to that call only. `addHook` attaches one to the model until its
  * handle's `remove()`; such hooks run before the per-call ones.
+ *
+ * Prompts that begin alike (the answer options of one question, questions after one few-shot
+ * primer) can run their shared beginning once: `prefill` keeps its keys and values, and `run`
+ * with `prefix` runs only what follows it.
+ *
+ *   const primer = model.prefill(fewShotText);
+ *   const question = model.prefill({ tokens: questionIds }, { prefix: primer });
+ *   const { logits } = model.run(options.map((o) => ({ tokens: o })), { prefix: question, logits: 'all' });
  */
 import type { Backend } from '../engine/backend.js';
 import { loadBackend } from '../engine/select.js';
@@ -43,8 +51,57 @@ export interface CacheRequest {
   readonly positions?: Positions;
 }
 
+/**
+ * The beginning of a prompt run once by `Model.prefill`: its keys and values, kept so that prompts
+ * continuing it run only their own tokens (`RunOptions.prefix`). Opaque: only the model instance
+ * that made it can continue it. It holds [prefix tokens × layers × 2 × kv width] floats.
+ */
+export interface PromptPrefix {
+  /** Its token ids from the start of the prompt (a nested prefix's begin with its parent's). */
+  readonly tokens: readonly number[];
+}
+
+export interface PrefillOptions {
+  /**
+   * Hooks on the prefix's rows, after the model's permanent ones. A prefix is valid only for the
+   * hooks it was computed with: every `run` continuing it, and every prefix nested on it, must
+   * pass the same hooks (the model's permanent ones + `hooks` + the prompt's `promptHooks`, as a
+   * set of Hook objects), or it throws. The prefix's rows are prompt rows with the prompt seen as
+   * one token longer than the prefix, so a hook on 'last' or 'generated' positions never fires on
+   * them (and `ctx.seq` is 0 there); positions counted back from the prompt's end (negative
+   * indices) cannot be known yet, so such hooks must not select rows inside a prefix.
+   */
+  readonly hooks?: readonly Hook[];
+  /** A prefix this one continues: `prompt` is then read as a continuation (see `RunOptions.prefix`). */
+  readonly prefix?: PromptPrefix;
+}
+
+/** What `Model.prefill` returns; not exported, so that a prefix cannot be forged. */
+class ComputedPrefix implements PromptPrefix {
+  constructor(
+    readonly model: Model,
+    readonly tokens: readonly number[],
+    readonly cache: KvCache,
+    readonly hooks: ReadonlySet<Hook>,
+  ) {}
+}
+
 export interface RunOptions {
   readonly hooks?: readonly Hook[];
+  /**
+   * A prefix (`Model.prefill`) each prompt continues, the same for all or chosen per prompt
+   * index (undefined: none). A prompt with a prefix is its continuation: token ids as they are,
+   * or text tokenized without special tokens (no BOS in mid-sequence; text is cut into tokens on
+   * its own, which may differ from tokenizing prefix + text at once); a chat is an error. Its
+   * positions continue from the prefix's length, and everything it reports is absolute: hook
+   * contexts' `pos`, `promptLength` (which counts from the start of the prefix and must exceed
+   * the prefix's length), `cachedPositions`. The result holds only the continuation: `tokens`,
+   * `logits` and the cached activations are those of its rows, never of the prefix's. The call
+   * must pass the hooks the prefix was computed with (`PrefillOptions.hooks`), and prefix +
+   * continuation must fit the model's context. Each prompt runs on its own copy of the prefix's
+   * KV cache (made when its forward call starts), so a prefix can be continued any number of times.
+   */
+  readonly prefix?: PromptPrefix | ((index: number) => PromptPrefix | undefined);
   /**
    * Hooks for prompt `index` alone (e.g. steering chosen per prompt by a monitor): they see only
    * that prompt's rows, after the model's permanent hooks and `hooks`, before the cache readers.
@@ -67,7 +124,7 @@ export interface RunOptions {
 }
 
 export interface RunResult {
-  /** Token ids of each prompt. */
+  /** Token ids of each prompt (of a prompt with a prefix: its continuation's). */
   readonly tokens: number[][];
   /** Per prompt: [V] or [T, V] logits, as requested. */
   readonly logits: Float32Array[];
@@ -92,6 +149,15 @@ export interface GenerateOptions extends SamplingOptions {
   readonly stopTokens?: readonly number[];
   /** Hooks on every sequence, fired after each prompt's own (`promptHooks`). */
   readonly hooks?: readonly Hook[];
+  /**
+   * A prefix (`Model.prefill`) each prompt continues, as in `RunOptions.prefix`: the prompt is its
+   * continuation, positions are absolute, prefix + prompt + `maxNewTokens` must fit the context,
+   * the call must pass the hooks the prefix was computed with, and `promptTokens` are the
+   * continuation's. The prefix's tokens count in the history that `repetitionPenalty` reads. The
+   * reply is the one generated from the whole prompt up to the rounding of the prompt pass (its
+   * rows are multiplied in another batch), so greedy tokens can differ only at near-ties.
+   */
+  readonly prefix?: PromptPrefix | ((index: number) => PromptPrefix | undefined);
   /**
    * Hooks for prompt `index` alone (e.g. steering chosen per prompt by a monitor): they see only
    * that sequence's rows, after the model's permanent hooks and before `hooks`.
@@ -215,21 +281,66 @@ export class Model {
     return this.tokenizer.encode(text, { addSpecialTokens: false });
   }
 
+  /** Token ids of a prompt that continues a prefix (`what` names it in errors). */
+  private continuationTokens(prompt: Prompt, what: string): number[] {
+    if (typeof prompt === 'string') return this.tokenizer.encode(prompt, { addSpecialTokens: false });
+    if ('tokens' in prompt) return [...prompt.tokens];
+    throw new OptionError(
+      `${what}: a chat cannot continue a prefix (its template renders the whole conversation); ` +
+        'pass the continuation as text or token ids',
+    );
+  }
+
+  /** The prefix behind `prefix`, checked to be this model's. */
+  private ownPrefix(prefix: PromptPrefix | undefined, what: string): ComputedPrefix | undefined {
+    if (prefix === undefined) return undefined;
+    if (!(prefix instanceof ComputedPrefix) || prefix.model !== this)
+      throw new OptionError(
+        `${what}: its prefix was not made by this model's prefill (a prefix holds the keys and ` +
+          'values of the model instance that computed it)',
+      );
+    return prefix;
+  }
+
+  /** Throws unless `hooks` are the hooks `prefix` was computed with. */
+  private checkPrefixHooks(prefix: ComputedPrefix, hooks: readonly Hook[], what: string): void {
+    const given = new Set(hooks);
+    if (given.size === prefix.hooks.size && [...given].every((h) => prefix.hooks.has(h))) return;
+    throw new OptionError(
+      `${what}: its prefix was computed with other hooks (${prefix.hooks.size} there, ${given.size} ` +
+        'here): a prefix is valid only for the hooks it was prefilled with; pass the same ones',
+    );
+  }
+
+  /** A sequence's KV cache: a copy of its prefix's with room for `extra` tokens, else empty. */
+  private startCache(prefix: ComputedPrefix | undefined, extra: number): KvCache {
+    return (
+      prefix?.cache.clone(extra) ??
+      new KvCache(this.config.nLayers, this.config.nKvHeads * this.config.headDim)
+    );
+  }
+
   private hooksFor(extra: readonly Hook[] | undefined): Hook[] {
     for (const h of extra ?? []) this.checkHookName(h.name);
     return extra ? [...this.permanentHooks, ...extra] : [...this.permanentHooks];
   }
 
   /**
-   * Throws unless prompt `index` (`length` tokens) plus `newTokens` generated ones fit the model's
-   * context: past it, rotary positions leave the trained range, and a huge prompt would otherwise
-   * allocate its whole KV cache before anything fails.
+   * Throws unless prompt `index` (`ownLength` tokens after a prefix of `prefixLength`) plus
+   * `newTokens` generated ones fit the model's context: past it, rotary positions leave the
+   * trained range, and a huge prompt would otherwise allocate its whole KV cache before anything
+   * fails.
    */
-  private checkFits(index: number, length: number, newTokens: number): void {
+  private checkFits(index: number, ownLength: number, newTokens: number, prefixLength = 0): void {
     const context = this.config.maxContext;
-    if (length === 0) throw new OptionError(`prompt ${index} has no tokens`);
+    if (ownLength === 0)
+      throw new OptionError(`prompt ${index} has no tokens${prefixLength > 0 ? ' after its prefix' : ''}`);
+    const length = prefixLength + ownLength;
     if (length > context)
-      throw new OptionError(`prompt ${index} has ${length} tokens; the model's context is ${context}`);
+      throw new OptionError(
+        `prompt ${index} has ${length} tokens${prefixLength > 0 ? ` (${prefixLength} of them its prefix's)` : ''}; ` +
+          `the model's context is ${context}`,
+      );
     if (length + newTokens > context)
       throw new OptionError(
         `prompt ${index} has ${length} tokens and maxNewTokens is ${newTokens}: ${length + newTokens} ` +
@@ -237,14 +348,51 @@ export class Model {
       );
   }
 
+  /**
+   * Runs the beginning of a prompt once and keeps its keys and values, for `run` to continue
+   * (`RunOptions.prefix`): each continuation then costs only its own tokens. With `prefix`, this
+   * one nests on it (a few-shot primer shared by every question, then a question shared by its
+   * answers) and `prompt` is read as a continuation. The prefix must leave room in the context
+   * for at least one more token. See `PrefillOptions.hooks` for which hooks it is valid for.
+   */
+  prefill(prompt: Prompt, opts: PrefillOptions = {}): PromptPrefix {
+    const parent = this.ownPrefix(opts.prefix, 'prefill');
+    const tokens = parent ? this.continuationTokens(prompt, 'prefill') : this.tokenize(prompt);
+    const hooks = this.hooksFor(opts.hooks);
+    if (parent) this.checkPrefixHooks(parent, hooks, 'prefill');
+    const parentLength = parent?.tokens.length ?? 0;
+    const length = parentLength + tokens.length;
+    if (tokens.length === 0)
+      throw new OptionError(`prefill: the prefix has no tokens${parent ? ' after its parent prefix' : ''}`);
+    if (length >= this.config.maxContext)
+      throw new OptionError(
+        `prefill: a prefix of ${length} tokens leaves no room for a continuation in the model's ` +
+          `context of ${this.config.maxContext}`,
+      );
+    const cache = this.startCache(parent, tokens.length);
+    // One more prompt token is counted than the prefix holds: no prefix row is 'last' or generated.
+    forward(this.config, this.weights, this.backend, [{ id: 0, tokens, cache, promptLength: length + 1 }], {
+      hooks,
+      logits: 'none',
+      step: 0,
+    });
+    return new ComputedPrefix(this, [...(parent?.tokens ?? []), ...tokens], cache, new Set(hooks));
+  }
+
   /** One forward pass over each prompt, keeping the requested activations and logits. */
   run(prompts: readonly Prompt[], opts: RunOptions = {}): RunResult {
-    const tokens = prompts.map((p) => this.tokenize(p));
+    const prefixes = prompts.map((_, i) =>
+      this.ownPrefix(typeof opts.prefix === 'function' ? opts.prefix(i) : opts.prefix, `prompt ${i}`),
+    );
+    const tokens = prompts.map((p, i) =>
+      prefixes[i] ? this.continuationTokens(p, `prompt ${i}`) : this.tokenize(p),
+    );
+    const prefixLength = prefixes.map((p) => p?.tokens.length ?? 0);
     const V = this.config.vocabSize;
     const logitsMode = opts.logits ?? 'last';
     const maxBatch = opts.maxBatchTokens ?? 1024;
     if (!(maxBatch >= 1)) throw new OptionError(`maxBatchTokens must be >= 1, got ${maxBatch}`);
-    tokens.forEach((t, i) => this.checkFits(i, t.length, 0));
+    tokens.forEach((t, i) => this.checkFits(i, t.length, 0, prefixLength[i]));
 
     const cache = new Map<HookName, Float32Array[]>();
     const cachedPositions: Int32Array[] = [];
@@ -268,12 +416,18 @@ export class Model {
     const ownHooks = tokens.map((_, i) => {
       const own = opts.promptHooks?.(i) ?? [];
       for (const h of own) this.checkHookName(h.name);
+      const prefix = prefixes[i];
+      if (prefix) this.checkPrefixHooks(prefix, [...hooks, ...own], `prompt ${i}`);
       return own;
     });
     const promptLengths = tokens.map((t, i) => {
-      const n = opts.promptLength?.(i) ?? t.length;
-      if (!(Number.isInteger(n) && n >= 1 && n <= t.length))
-        throw new OptionError(`prompt ${i}: promptLength must be an integer in 1..${t.length}, got ${n}`);
+      const from = prefixLength[i];
+      const n = opts.promptLength?.(i) ?? from + t.length;
+      if (!(Number.isInteger(n) && n > from && n <= from + t.length))
+        throw new OptionError(
+          `prompt ${i}: promptLength must be an integer in ${from + 1}..${from + t.length}` +
+            `${from > 0 ? ` (counted from the start of its ${from}-token prefix)` : ''}, got ${n}`,
+        );
       return n;
     });
 
@@ -306,7 +460,7 @@ export class Model {
       const steps: SequenceStep[] = batch.map((t, b) => ({
         id: offset + b,
         tokens: t,
-        cache: new KvCache(this.config.nLayers, this.config.nKvHeads * this.config.headDim),
+        cache: this.startCache(prefixes[offset + b], t.length),
         promptLength: promptLengths[offset + b],
         hooks: ownHooks[offset + b],
       }));
@@ -346,8 +500,13 @@ export class Model {
     const maxBatch = opts.maxBatch ?? 16;
     if (!(Number.isInteger(maxBatch) && maxBatch >= 1))
       throw new OptionError(`maxBatch must be an integer >= 1, got ${maxBatch}`);
-    const promptTokens = prompts.map((p) => this.tokenize(p));
-    promptTokens.forEach((t, i) => this.checkFits(i, t.length, maxNew));
+    const prefixes = prompts.map((_, i) =>
+      this.ownPrefix(typeof opts.prefix === 'function' ? opts.prefix(i) : opts.prefix, `prompt ${i}`),
+    );
+    const promptTokens = prompts.map((p, i) =>
+      prefixes[i] ? this.continuationTokens(p, `prompt ${i}`) : this.tokenize(p),
+    );
+    promptTokens.forEach((t, i) => this.checkFits(i, t.length, maxNew, prefixes[i]?.tokens.length ?? 0));
     const stopTokens = new Set(opts.stopTokens ?? this.loaded.tokenizer?.eosTokenIds ?? []);
     const stops = opts.stop ?? [];
     const hooks = [...this.permanentHooks];
@@ -356,18 +515,21 @@ export class Model {
     const ownHooks = promptTokens.map((_, i) => {
       const own = opts.promptHooks?.(i) ?? [];
       for (const h of own) this.checkHookName(h.name);
+      const prefix = prefixes[i];
+      if (prefix) this.checkPrefixHooks(prefix, [...hooks, ...own, ...callHooks], `prompt ${i}`);
       return own;
     });
     const V = this.config.vocabSize;
     const seqs = promptTokens.map((t, i) => ({
       index: i,
-      history: [...t],
+      history: [...(prefixes[i]?.tokens ?? []), ...t],
       generated: [] as number[],
       text: '',
       emitted: 0,
       done: (maxNew === 0 ? 'length' : undefined) as Generation['finishReason'] | undefined,
       random: seededRandom((opts.seed ?? 0) + i * 7919),
-      cache: new KvCache(this.config.nLayers, this.config.nKvHeads * this.config.headDim),
+      // Made when the sequence joins the batch: a waiting prompt holds no copy of its prefix.
+      cache: undefined as KvCache | undefined,
       next: t as readonly number[],
     }));
     type Seq = (typeof seqs)[number];
@@ -421,8 +583,8 @@ export class Model {
         batch.map((s) => ({
           id: s.index,
           tokens: s.next,
-          cache: s.cache,
-          promptLength: promptTokens[s.index].length,
+          cache: (s.cache ??= this.startCache(prefixes[s.index], s.next.length)),
+          promptLength: (prefixes[s.index]?.tokens.length ?? 0) + promptTokens[s.index].length,
           hooks: ownHooks[s.index],
         })),
         { hooks, lastHooks: callHooks, logits: 'last', step: passStep },

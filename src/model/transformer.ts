@@ -45,6 +45,22 @@ export class KvCache {
     }
     this.capacity = cap;
   }
+
+  /**
+   * A copy of the stored tokens' keys and values, with room for `extra` more: a shared prefix's
+   * cache is copied for each continuation, which then grows its copy without touching the original.
+   */
+  clone(extra = 0): KvCache {
+    const copy = new KvCache(this.nLayers, this.rowWidth);
+    copy.reserve(this.length + extra);
+    if (this.length === 0) return copy;
+    for (let l = 0; l < this.nLayers; l++) {
+      copy.k[l].set(this.k[l].subarray(0, this.length * this.rowWidth));
+      copy.v[l].set(this.v[l].subarray(0, this.length * this.rowWidth));
+    }
+    copy.length = this.length;
+    return copy;
+  }
 }
 
 /** One sequence's part of a forward call. */
