@@ -259,7 +259,8 @@ function jsonMessage(text: string): string | undefined {
       // not whole JSON (cut off by the token limit?): look for the field below
     }
   }
-  const m = /"(?:next_message|message|question)"\s*:\s*"((?:[^"\\]|\\.)*)"/.exec(text);
+  // The field's string, closed or cut off by the token limit.
+  const m = /"(?:next_message|message|question)"\s*:\s*"((?:[^"\\]|\\.)*)/.exec(text);
   if (m) {
     try {
       return JSON.parse(`"${m[1]}"`) as string;
