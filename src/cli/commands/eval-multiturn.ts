@@ -185,8 +185,13 @@ export const multiturnCommand = command(
     checkOutPath(o.out, o.overwrite);
     checkInputFile('--attacker', o.attacker);
     checkInputFile('--monitor', o.monitor);
-    if (o.showText && o.redact && o.out === undefined)
+    if (o.redact && o.out === undefined)
       throw new OptionError('--redact only changes --out, which is not given');
+    // eval refusal reads --concept only for a gate or an attack; here a monitor alone is --monitor
+    if (o.concept !== undefined && o.steer !== 'conditional' && o.attack !== 'scav')
+      throw new OptionError(
+        "--concept needs --steer conditional or --attack scav (--monitor FILE records a concept's verdicts)",
+      );
     const { loadSets } = await import('../../eval/prompt-sets.js');
     const sets = loadSets(o.harmful, o);
     for (const s of sets)
