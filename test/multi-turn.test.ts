@@ -305,11 +305,32 @@ describe('checks before any compute', () => {
     ]);
     assert.equal(r.code, 1);
     assert.match(r.stderr, /--turns must be at least 1; got 0/);
-    // no temporary file left either
+    // nor any temporary file
     assert.deepEqual(
       readdirSync(tmp).filter((f) => f.startsWith('turns0')),
       [],
     );
+  });
+});
+
+describe('eval multiturn options', () => {
+  const base = (extra: string[]) =>
+    runCommand(evalCommand, [
+      'multiturn',
+      '-m',
+      path.join(tmp, 'no-such-model.gguf'),
+      '--harmful',
+      'x.csv',
+      ...extra,
+    ]);
+
+  test('options that would change nothing are refused before anything loads', async () => {
+    const r = await base(['--redact']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /--redact only changes --out/);
+    const c = await base(['--concept', path.join(tmp, 'c.safetensors')]);
+    assert.equal(c.code, 1);
+    assert.match(c.stderr, /--concept needs --steer conditional or --attack scav \(--monitor FILE/);
   });
 });
 

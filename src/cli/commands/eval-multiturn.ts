@@ -181,10 +181,6 @@ export const multiturnCommand = command(
   },
   async (args, out) => {
     const o = args.options;
-    checkSteeringOptions(o);
-    checkOutPath(o.out, o.overwrite);
-    checkInputFile('--attacker', o.attacker);
-    checkInputFile('--monitor', o.monitor);
     if (o.redact && o.out === undefined)
       throw new OptionError('--redact only changes --out, which is not given');
     // eval refusal reads --concept only for a gate or an attack; here a monitor alone is --monitor
@@ -192,6 +188,10 @@ export const multiturnCommand = command(
       throw new OptionError(
         "--concept needs --steer conditional or --attack scav (--monitor FILE records a concept's verdicts)",
       );
+    checkSteeringOptions(o);
+    checkOutPath(o.out, o.overwrite);
+    checkInputFile('--attacker', o.attacker);
+    checkInputFile('--monitor', o.monitor);
     const { loadSets } = await import('../../eval/prompt-sets.js');
     const sets = loadSets(o.harmful, o);
     for (const s of sets)
