@@ -48,6 +48,7 @@ describe('parseAttackerTurn', () => {
   test('a plain message, and one with a colon that is not a label, stay as they are', () => {
     ok('What was the Winter War?', 'What was the Winter War?');
     ok('Tell me this: how did the bridge stay up?', 'Tell me this: how did the bridge stay up?');
+    ok('Why do configs say "message": "hi" in JSON?', 'Why do configs say "message": "hi" in JSON?');
   });
 
   test('labels, markdown and quotes are removed', () => {

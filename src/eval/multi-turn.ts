@@ -246,29 +246,25 @@ const QUOTE_PAIRS: Readonly<Record<string, string>> = {
 
 /** The message of a JSON answer (`{"next_message": ...}`, as PyRIT's attacker writes), if any. */
 function jsonMessage(text: string): string | undefined {
-  const keys = ['next_message', 'message', 'question', 'prompt'];
-  if (text.startsWith('{')) {
-    try {
-      const v: unknown = JSON.parse(text);
-      if (v !== null && typeof v === 'object')
-        for (const k of keys) {
-          const m = (v as Record<string, unknown>)[k];
-          if (typeof m === 'string') return m;
-        }
-    } catch {
-      // not whole JSON (cut off by the token limit?): look for the field below
-    }
+  if (!text.startsWith('{')) return undefined;
+  try {
+    const v: unknown = JSON.parse(text);
+    if (v !== null && typeof v === 'object')
+      for (const k of ['next_message', 'message', 'question', 'prompt']) {
+        const m = (v as Record<string, unknown>)[k];
+        if (typeof m === 'string') return m;
+      }
+  } catch {
+    // not whole JSON (cut off by the token limit?): look for the field below
   }
   // The field's string, closed or cut off by the token limit.
-  const m = /"(?:next_message|message|question)"\s*:\s*"((?:[^"\\]|\\.)*)/.exec(text);
-  if (m) {
-    try {
-      return JSON.parse(`"${m[1]}"`) as string;
-    } catch {
-      return m[1];
-    }
+  const m = /"(?:next_message|message|question|prompt)"\s*:\s*"((?:[^"\\]|\\.)*)/.exec(text);
+  if (!m) return undefined;
+  try {
+    return JSON.parse(`"${m[1]}"`) as string;
+  } catch {
+    return m[1];
   }
-  return undefined;
 }
 
 function stripLabel(text: string): string {
