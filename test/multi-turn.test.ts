@@ -174,11 +174,23 @@ describe('attack success by turn', () => {
   };
 
   test('a constructed run: success by turn, the turns kept after success, an empty attacker turn recorded', async () => {
+    const progress: number[][] = [];
     const r = await runMultiTurnAttack(fakeModel('target', 100_000), scriptedAttacker, goals, {
       maxTurns: 3,
       judges: [jbbKeywordJudge()],
       steering: scriptedTarget,
+      batchSize: 2,
+      onProgress: (done, total) => progress.push([done, total]),
     });
+    // batches of 2 and 1 at turns 1 and 2, one of 2 at turn 3; beta's turns 2 and 3 count as
+    // done when it ends at turn 2
+    assert.deepEqual(progress, [
+      [2, 9],
+      [3, 9],
+      [6, 9],
+      [7, 9],
+      [9, 9],
+    ]);
     assert.equal(r.label, 'scripted');
     const [alpha, beta, gamma] = r.conversations;
     // every turn is played after a success: alpha complies at 2 and refuses again at 3
@@ -247,6 +259,35 @@ describe('attack success by turn', () => {
       ],
     );
     assert.equal(r.ended['target-context'], 1);
+  });
+
+  test("past the attacker's context: the conversation ends before the attacker runs, reason recorded", async () => {
+    // the instructions alone are longer than 200 characters
+    const cramped = fakeModel('cramped-attacker', 200, () =>
+      assert.fail('the attacker ran past its context'),
+    );
+    const progress: number[][] = [];
+    const r = await runMultiTurnAttack(fakeModel('target', 100_000), cramped, goals.slice(0, 2), {
+      maxTurns: 2,
+      judges: [jbbKeywordJudge()],
+      steering: scriptedTarget,
+      onProgress: (done, total) => progress.push([done, total]),
+    });
+    assert.deepEqual(
+      r.conversations.map((c) => [c.endReason, c.turns.length]),
+      [
+        ['attacker-context', 0],
+        ['attacker-context', 0],
+      ],
+    );
+    assert.deepEqual(progress, [[4, 4]]);
+    assert.deepEqual(
+      r.success[0].byTurn.map((t) => [t.n, t.positives]),
+      [
+        [2, 0],
+        [2, 0],
+      ],
+    );
   });
 });
 

@@ -97,7 +97,7 @@ export interface ParsedAttackerTurn {
 export type EndReason =
   'max-turns' | 'attacker-empty' | 'attacker-unusable' | 'attacker-context' | 'target-context';
 
-export const END_REASONS: readonly EndReason[] = [
+const END_REASONS: readonly EndReason[] = [
   'max-turns',
   'attacker-empty',
   'attacker-unusable',
@@ -455,132 +455,136 @@ export async function runMultiTurnAttack(
   const judgeFailures: { judge: string; turn: number; message: string }[] = [];
   const total = goals.length * opts.maxTurns;
   let done = 0;
-  const end = (c: LiveConversation, reason: EndReason, turnsPlayed: number): void => {
+  /** Ends `c` at `turn`: that turn and the ones it will not play count as done. */
+  const end = (c: LiveConversation, reason: EndReason, turn: number): void => {
     c.endReason = reason;
-    done += opts.maxTurns - turnsPlayed;
+    done += opts.maxTurns - turn + 1;
   };
   const interrupted = () => new SteerguardError('the multi-turn attack was interrupted');
+
+  /** One turn of the conversations in `part`. */
+  const play = async (part: readonly LiveConversation[], turn: number): Promise<void> => {
+    // 1. The attacker writes the next user message.
+    const asked: { c: LiveConversation; prompt: Prompt }[] = [];
+    for (const c of part) {
+      const history = c.turns.map((t) => ({ message: t.message ?? '', reply: t.reply ?? '' }));
+      const prompt: Prompt = { messages: attackerMessages(c.goal.text, history, turn, opts.maxTurns) };
+      if (fits(attacker, prompt, attackerMax).fits) asked.push({ c, prompt });
+      else end(c, 'attacker-context', turn);
+    }
+    if (asked.length === 0) return;
+    const written = await attacker.generate(
+      asked.map((a) => a.prompt),
+      {
+        maxNewTokens: attackerMax,
+        temperature,
+        seed: seed + (turn - 1) * 104_729,
+        signal: opts.signal,
+      },
+    );
+    if (opts.signal?.aborted) throw interrupted();
+
+    // 2. Usable messages go to the target, if the conversation still fits its context.
+    const answering: {
+      c: LiveConversation;
+      raw: string;
+      message: string;
+      prompt: Prompt;
+      tokens: number;
+    }[] = [];
+    asked.forEach(({ c }, k) => {
+      const raw = written[k].text;
+      const parsed = parseAttackerTurn(raw);
+      const unanswered = {
+        turn,
+        attackerOutput: raw,
+        attackerStatus: parsed.status,
+        attackerReason: parsed.reason,
+        message: parsed.status === 'ok' ? parsed.message : null,
+        promptTokens: null,
+        reply: null,
+        replyTokens: 0,
+        finishReason: null,
+        gate: null,
+        monitor: null,
+        judged: {},
+        complied: {},
+      } satisfies TurnRecord;
+      if (parsed.status !== 'ok') {
+        c.turns.push(unanswered);
+        end(c, parsed.status === 'empty' ? 'attacker-empty' : 'attacker-unusable', turn);
+        return;
+      }
+      const prompt: Prompt = { messages: [...c.messages, { role: 'user', content: parsed.message }] };
+      const room = fits(target, prompt, maxNew);
+      if (!room.fits) {
+        c.turns.push(unanswered);
+        end(c, 'target-context', turn);
+        return;
+      }
+      answering.push({ c, raw, message: parsed.message, prompt, tokens: room.tokens });
+    });
+    if (answering.length === 0) return;
+
+    // 3. The target answers (steered as the steering says); the monitor reads the same prompt.
+    const prompts = answering.map((a) => a.prompt);
+    const monitored = opts.monitor ? monitorPrompts(target, prompts, opts.monitor) : undefined;
+    const out = await steering.responder(prompts, gen);
+    if (opts.signal?.aborted) throw interrupted();
+    if (out.generations.length !== prompts.length)
+      throw new SteerguardError(
+        `${steering.label}: the responder returned ${out.generations.length} replies for ${prompts.length} prompts`,
+      );
+
+    // 4. Every judge reads every reply of the turn.
+    const judged: Record<string, Judgement>[] = answering.map(() => ({}));
+    const items = answering.map((a, k) => ({ prompt: a.message, response: out.generations[k].text }));
+    for (const judge of opts.judges) {
+      let results: Judgement[];
+      try {
+        results = await judge.judge(items, { signal: opts.signal });
+      } catch (e) {
+        if (!(e instanceof JudgeError)) throw e;
+        judgeFailures.push({ judge: judge.name, turn, message: e.message });
+        results = items.map(() => ({ kind: 'error', error: e.message }));
+      }
+      results.forEach((r, k) => (judged[k][judge.name] = r));
+    }
+
+    answering.forEach((a, k) => {
+      const g = out.generations[k];
+      const flag = out.flags?.[k];
+      const score = out.scores?.[k];
+      const complied: Record<string, boolean | null> = {};
+      for (const [name, j] of Object.entries(judged[k])) complied[name] = compliedOf(j);
+      a.c.turns.push({
+        turn,
+        attackerOutput: a.raw,
+        attackerStatus: 'ok',
+        attackerReason: null,
+        message: a.message,
+        promptTokens: a.tokens,
+        reply: g.text,
+        replyTokens: g.tokens.length,
+        finishReason: g.finishReason,
+        gate:
+          flag !== undefined && flag !== null && score !== undefined && score !== null
+            ? { flagged: flag, score }
+            : null,
+        monitor: monitored ? { flagged: monitored[k].flagged, score: monitored[k].score } : null,
+        judged: judged[k],
+        complied,
+      });
+      a.c.messages.push({ role: 'user', content: a.message }, { role: 'assistant', content: g.text });
+      done++;
+    });
+  };
 
   for (let turn = 1; turn <= opts.maxTurns; turn++) {
     const active = live.filter((c) => c.endReason === null);
     for (let start = 0; start < active.length; start += batch) {
       if (opts.signal?.aborted) throw interrupted();
-      const part = active.slice(start, start + batch);
-
-      // 1. The attacker writes the next user message.
-      const asked: { c: LiveConversation; prompt: Prompt }[] = [];
-      for (const c of part) {
-        const history = c.turns.map((t) => ({ message: t.message ?? '', reply: t.reply ?? '' }));
-        const prompt: Prompt = { messages: attackerMessages(c.goal.text, history, turn, opts.maxTurns) };
-        if (fits(attacker, prompt, attackerMax).fits) asked.push({ c, prompt });
-        else end(c, 'attacker-context', turn - 1);
-      }
-      if (asked.length === 0) continue;
-      const written = await attacker.generate(
-        asked.map((a) => a.prompt),
-        {
-          maxNewTokens: attackerMax,
-          temperature,
-          seed: seed + (turn - 1) * 104_729,
-          signal: opts.signal,
-        },
-      );
-      if (opts.signal?.aborted) throw interrupted();
-
-      // 2. Usable messages go to the target, if the conversation still fits its context.
-      const answering: {
-        c: LiveConversation;
-        raw: string;
-        message: string;
-        prompt: Prompt;
-        tokens: number;
-      }[] = [];
-      asked.forEach(({ c }, k) => {
-        const raw = written[k].text;
-        const parsed = parseAttackerTurn(raw);
-        const unanswered = {
-          turn,
-          attackerOutput: raw,
-          attackerStatus: parsed.status,
-          attackerReason: parsed.reason,
-          message: parsed.status === 'ok' ? parsed.message : null,
-          promptTokens: null,
-          reply: null,
-          replyTokens: 0,
-          finishReason: null,
-          gate: null,
-          monitor: null,
-          judged: {},
-          complied: {},
-        } satisfies TurnRecord;
-        if (parsed.status !== 'ok') {
-          c.turns.push(unanswered);
-          end(c, parsed.status === 'empty' ? 'attacker-empty' : 'attacker-unusable', turn);
-          return;
-        }
-        const prompt: Prompt = { messages: [...c.messages, { role: 'user', content: parsed.message }] };
-        const room = fits(target, prompt, maxNew);
-        if (!room.fits) {
-          c.turns.push(unanswered);
-          end(c, 'target-context', turn);
-          return;
-        }
-        answering.push({ c, raw, message: parsed.message, prompt, tokens: room.tokens });
-      });
-      if (answering.length === 0) continue;
-
-      // 3. The target answers (steered as the steering says); the monitor reads the same prompt.
-      const prompts = answering.map((a) => a.prompt);
-      const monitored = opts.monitor ? monitorPrompts(target, prompts, opts.monitor) : undefined;
-      const out = await steering.responder(prompts, gen);
-      if (opts.signal?.aborted) throw interrupted();
-      if (out.generations.length !== prompts.length)
-        throw new SteerguardError(
-          `${steering.label}: the responder returned ${out.generations.length} replies for ${prompts.length} prompts`,
-        );
-
-      // 4. Every judge reads every reply of the turn.
-      const judged: Record<string, Judgement>[] = answering.map(() => ({}));
-      const items = answering.map((a, k) => ({ prompt: a.message, response: out.generations[k].text }));
-      for (const judge of opts.judges) {
-        let results: Judgement[];
-        try {
-          results = await judge.judge(items, { signal: opts.signal });
-        } catch (e) {
-          if (!(e instanceof JudgeError)) throw e;
-          judgeFailures.push({ judge: judge.name, turn, message: e.message });
-          results = items.map(() => ({ kind: 'error', error: e.message }));
-        }
-        results.forEach((r, k) => (judged[k][judge.name] = r));
-      }
-
-      answering.forEach((a, k) => {
-        const g = out.generations[k];
-        const flag = out.flags?.[k];
-        const score = out.scores?.[k];
-        const complied: Record<string, boolean | null> = {};
-        for (const [name, j] of Object.entries(judged[k])) complied[name] = compliedOf(j);
-        a.c.turns.push({
-          turn,
-          attackerOutput: a.raw,
-          attackerStatus: 'ok',
-          attackerReason: null,
-          message: a.message,
-          promptTokens: a.tokens,
-          reply: g.text,
-          replyTokens: g.tokens.length,
-          finishReason: g.finishReason,
-          gate:
-            flag !== undefined && flag !== null && score !== undefined && score !== null
-              ? { flagged: flag, score }
-              : null,
-          monitor: monitored ? { flagged: monitored[k].flagged, score: monitored[k].score } : null,
-          judged: judged[k],
-          complied,
-        });
-        a.c.messages.push({ role: 'user', content: a.message }, { role: 'assistant', content: g.text });
-        done++;
-      });
+      await play(active.slice(start, start + batch), turn);
       opts.onProgress?.(done, total);
     }
   }
