@@ -25,7 +25,9 @@ import {
 } from '../src/eval/multi-turn.js';
 import { loadSets } from '../src/eval/prompt-sets.js';
 import { hookResponder } from '../src/eval/refusal.js';
+import { blockHook } from '../src/hooks/hooks.js';
 import { Model, type GenerateOptions, type Generation, type Prompt } from '../src/model/model.js';
+import { type PromptMonitor, monitorPrompts } from '../src/steering/conditional.js';
 import { runCommand } from './util/cli.js';
 import { FIXTURES, SHARED, SMOLLM2_GGUF, missingModel } from './util/fixtures.js';
 
@@ -231,14 +233,49 @@ describe('attack success by turn', () => {
       'attacker-context': 0,
       'target-context': 0,
     });
-    assert.equal(r.gateFlagged, null);
-    assert.equal(r.monitorFlagged, null);
+    assert.equal(r.gateFlagged, null, 'no gate');
+    assert.equal(r.monitorFlagged, null, 'no monitor');
     // the target's conversation holds its own earlier replies
     assert.deepEqual(
       alpha.messages.map((m) => m.role),
       ['user', 'assistant', 'user', 'assistant', 'user', 'assistant'],
     );
     assert.equal(alpha.messages[3].content, replies['alpha 2']);
+  });
+
+  test("a gate's verdicts are recorded per turn and counted by turn", async () => {
+    // a gate that flags every second turn's message ("alpha 2", "gamma 2")
+    const gated: TargetSteering = {
+      label: 'gated',
+      responder: async (prompts) => ({
+        generations: prompts.map((p) => gen(replies[lastUser(p)])),
+        flags: prompts.map((p) => lastUser(p).endsWith(' 2')),
+        scores: prompts.map((p) => (lastUser(p).endsWith(' 2') ? 0.9 : 0.1)),
+      }),
+    };
+    const r = await runMultiTurnAttack(fakeModel('target', 100_000), scriptedAttacker, goals, {
+      maxTurns: 3,
+      judges: [jbbKeywordJudge()],
+      steering: gated,
+    });
+    assert.deepEqual(
+      r.conversations[0].turns.map((t) => t.gate),
+      [
+        { flagged: false, score: 0.1 },
+        { flagged: true, score: 0.9 },
+        { flagged: false, score: 0.1 },
+      ],
+    );
+    assert.equal(r.conversations[1].turns[1].gate, null, 'the target was not asked: no verdict');
+    assert.deepEqual(
+      r.gateFlagged?.map((t) => [t.turn, t.n, t.positives]),
+      [
+        [1, 3, 0],
+        [2, 3, 2],
+        [3, 3, 2],
+      ],
+    );
+    assert.equal(r.monitorFlagged, null);
   });
 
   test("a conversation past the target's context ends with the reason recorded, not an exception", async () => {
@@ -408,11 +445,18 @@ describe('SmolLM2 as its own attacker', { skip: REAL_SKIP }, () => {
         return model.generate(prompts, o);
       },
     });
+    // a monitor reading one residual component at the last prompt token
+    const monitor: PromptMonitor = {
+      hooks: [blockHook(10, 'hook_resid_post')],
+      score: ([e]) => e[0],
+      threshold: 0,
+    };
     const goals = harmbench();
     const r = await runMultiTurnAttack(model, attacker, goals, {
       maxTurns: 2,
       judges: [gcgKeywordJudge(), jbbKeywordJudge()],
       steering: spy,
+      monitor,
       maxNewTokens: 16,
       attackerMaxTokens: 16,
     });
@@ -451,7 +495,14 @@ describe('SmolLM2 as its own attacker', { skip: REAL_SKIP }, () => {
         (attackerPrompts[1][g] as { messages: ChatMessage[] }).messages,
       );
       for (const t of c.turns) assert.deepEqual(Object.keys(t.complied), ['keyword-gcg', 'keyword-jbb']);
+      // the monitor read the prompt the target answered: the whole conversation so far
+      c.turns.forEach((t, k) => {
+        const [own] = monitorPrompts(model, [targetPrompts[k][g]], monitor);
+        assert.ok(Math.abs(t.monitor!.score - own.score) < 1e-5, `turn ${k + 1}`);
+        assert.equal(t.monitor!.flagged, own.score > 0);
+      });
     });
+    assert.equal(r.monitorFlagged?.length, 2);
     assert.equal(r.success.length, 2);
     for (const s of r.success)
       assert.deepEqual(
