@@ -206,6 +206,23 @@ export type {
 export { measureLikelihoodShift, summarizeLikelihood } from './eval/likelihood.js';
 export type { LikelihoodItem, LikelihoodRow, LikelihoodSummary } from './eval/likelihood.js';
 export {
+  attackerMessages,
+  cumulativeByTurn,
+  parseAttackerTurn,
+  runMultiTurnAttack,
+} from './eval/multi-turn.js';
+export type {
+  AttackGoal,
+  Conversation,
+  EndReason,
+  MultiTurnOptions,
+  MultiTurnResult,
+  ParsedAttackerTurn,
+  TargetSteering,
+  TurnRate,
+  TurnRecord,
+} from './eval/multi-turn.js';
+export {
   scoreContinuations,
   encodeRequest,
   evaluateMmlu,

@@ -184,11 +184,17 @@ const refusalEvalCommand = command(
         "eval likelihood: the steering's cost on harmless prompts: each prompt is answered greedily without " +
         'steering, and the mean per-token log-likelihood of that reply is compared with and without the ' +
         "steering (a gate's verdict chosen per prompt), per set with a 95% interval over prompts. " +
-        'eval capability (MMLU, GSM8K, TruthfulQA) and eval bias (BBQ, CrowS-Pairs) take their own options: ' +
-        "run 'steerguard eval capability --help' or 'steerguard eval bias --help'.",
+        'eval capability (MMLU, GSM8K, TruthfulQA), eval bias (BBQ, CrowS-Pairs), eval judges (agreement of ' +
+        'the judges with hand labels) and eval multiturn (a Crescendo-style multi-turn attack) take their own ' +
+        "options: run 'steerguard eval capability --help', 'steerguard eval bias --help', " +
+        "'steerguard eval judges --help' or 'steerguard eval multiturn --help'.",
     ),
     positionals: [
-      { name: 'what', description: "what to evaluate: 'refusal', 'likelihood', 'capability' or 'bias'" },
+      {
+        name: 'what',
+        description:
+          "what to evaluate: 'refusal', 'likelihood', 'capability', 'bias', 'judges' or 'multiturn'",
+      },
     ],
     options: {
       model: MODEL_OPTION,
@@ -224,7 +230,7 @@ const refusalEvalCommand = command(
       throw new OptionError(
         what in EVAL_ACTIONS
           ? `put '${what}' right after 'eval': steerguard eval ${what} --help`
-          : `unknown evaluation '${what.slice(0, 40)}'; known: refusal, likelihood, capability, bias, judges`,
+          : `unknown evaluation '${what.slice(0, 40)}'; known: refusal, likelihood, capability, bias, judges, multiturn`,
       );
     checkSteeringOptions(o);
     checkOutPath(o.out, o.overwrite);
@@ -266,13 +272,19 @@ const refusalEvalCommand = command(
   },
 );
 
-const EVAL_ACTIONS: Readonly<Record<string, CliCommand>> = {
-  capability: capabilityCommand,
-  bias: biasCommand,
-  judges: judgesCommand,
+// eval-multiturn.ts imports this file's option groups, so it is loaded when asked for (a static
+// import both ways would read them before they exist).
+const EVAL_ACTIONS: Readonly<Record<string, () => Promise<CliCommand>>> = {
+  capability: async () => capabilityCommand,
+  bias: async () => biasCommand,
+  judges: async () => judgesCommand,
+  multiturn: async () => (await import('./eval-multiturn.js')).multiturnCommand,
 };
 
-/** `steerguard eval refusal|likelihood|capability|bias`: the last two have commands of their own. */
+/**
+ * `steerguard eval refusal|likelihood|capability|bias|judges|multiturn`: the last four have
+ * commands of their own.
+ */
 export const evalCommand: CliCommand = {
   spec: refusalEvalCommand.spec,
   hidden: false,
@@ -280,7 +292,9 @@ export const evalCommand: CliCommand = {
     let k = 0;
     while (argv[k] === '--json') k++;
     const sub =
-      argv[k] !== undefined && Object.hasOwn(EVAL_ACTIONS, argv[k]) ? EVAL_ACTIONS[argv[k]] : undefined;
+      argv[k] !== undefined && Object.hasOwn(EVAL_ACTIONS, argv[k])
+        ? await EVAL_ACTIONS[argv[k]]()
+        : undefined;
     if (sub) await sub.run([...argv.slice(0, k), ...argv.slice(k + 1)], out);
     else await refusalEvalCommand.run(argv, out);
   },
