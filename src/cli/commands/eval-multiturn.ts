@@ -200,9 +200,12 @@ export const multiturnCommand = command(
           `${s.name} is a benign set: success on it is no attack success (it is what a model should do)`,
         );
     const goals = sets.flatMap((s) => s.prompts.map((p) => ({ id: p.id, set: s.name, text: p.text })));
-    const { buildJudges } = await import('../../eval/evaluation.js');
+    const { buildJudges, checkJudgeSelection } = await import('../../eval/evaluation.js');
     const reporter = cliReporter(out);
-    const judges = await buildJudges(o, reporter);
+    checkJudgeSelection(o);
+    checkInputFile('--judge-model', o.judgeModel);
+    const judgeModel = o.judgeModel ? await loadModel(o.judgeModel, out, { threads: o.threads }) : undefined;
+    const judges = await buildJudges(o, reporter, judgeModel);
 
     const model = await loadModel(o.model, out, { threads: o.threads });
     const sameModel = o.attacker === undefined || path.resolve(o.attacker) === path.resolve(o.model);
