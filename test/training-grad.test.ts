@@ -18,6 +18,7 @@ import { loadBackend } from '../src/engine/select.js';
 import { OptionError, SteerguardError } from '../src/formats/errors.js';
 import type { ModelConfig } from '../src/model/config.js';
 import { loadModelFiles } from '../src/model/load.js';
+import { Model } from '../src/model/model.js';
 import { seededRandom } from '../src/model/sampling.js';
 import type { ModelWeights } from '../src/model/weights.js';
 import {
@@ -26,6 +27,7 @@ import {
   loraLoss,
   loraLossAndGradients,
 } from '../src/training/backward.js';
+import { AdamW } from '../src/training/adamw.js';
 import { F64_KERNELS, type Floats, backendKernels } from '../src/training/kernels.js';
 import {
   LORA_TARGETS,
@@ -191,6 +193,46 @@ for (const name of [...ARCHS, ...ROPE_SCALED]) {
       assert.equal(grads[0].k, undefined);
     });
 
+    test('with B = 0 the loss is that of the inference forward (src/model/transformer.ts)', async () => {
+      const fresh = createLora(
+        cfg,
+        { rank: 2, alpha: 4, targets: LORA_TARGETS, seed: 5 },
+        (n) => new Float64Array(n),
+      );
+      const model = await Model.load(path.join(FIXTURES, 'tiny', name), { weights: 'f32', threads: 1 });
+      const { tokens, answer } = seqs[0];
+      const logits = model.run([{ tokens }], { logits: 'all' }).logits[0];
+      const V = cfg.vocabSize;
+      let sum = 0;
+      let n = 0;
+      for (let t = 1; t < tokens.length; t++) {
+        if (!answer[t]) continue;
+        const row = logits.subarray((t - 1) * V, t * V);
+        const mx = Math.max(...row);
+        const lse = mx + Math.log(row.reduce((acc, x) => acc + Math.exp(x - mx), 0));
+        sum += lse - row[tokens[t]];
+        n++;
+      }
+      const want = sum / n;
+      const got = loraLoss(cfg, w, fresh, seqs, F64_KERNELS);
+      assert.ok(Math.abs(got - want) <= 1e-5 * want, `training ${got} vs inference ${want}`);
+    });
+
+    test('AdamW overfits one sequence: 10 steps from a fresh adapter cut the loss by 3x', () => {
+      const adapter = createLora(
+        cfg,
+        { rank: 4, alpha: 8, targets: LORA_TARGETS, seed: 1 },
+        (n): Float32Array => new Float32Array(n),
+      );
+      const kernels = backendKernels(loadBackend({ threads: 1 }));
+      const optimiser = new AdamW(adapter, { lr: 1e-2 });
+      const first = loraLossAndGradients(cfg, w, adapter, seqs, kernels);
+      optimiser.step(first.grads);
+      for (let s = 1; s < 10; s++) optimiser.step(loraLossAndGradients(cfg, w, adapter, seqs, kernels).grads);
+      const last = loraLoss(cfg, w, adapter, seqs, kernels);
+      assert.ok(last < first.loss / 3, `loss ${first.loss} -> ${last}`);
+    });
+
     test('packed sequences: loss and gradients are the answer-weighted mean of separate ones', () => {
       const adapter = randomAdapter(cfg, 19);
       const second: TrainingSequence = {
@@ -348,5 +390,44 @@ describe('training input errors', () => {
     const shapes = Object.fromEntries(LORA_TARGETS.map((t: LoraTarget) => [t, loraShape(cfg, t)]));
     assert.deepEqual(shapes.k, { inDim: cfg.dModel, outDim: cfg.nKvHeads * cfg.headDim });
     assert.deepEqual(shapes.down, { inDim: cfg.ffnDim, outDim: cfg.dModel });
+  });
+});
+
+describe('AdamW', () => {
+  const adapter = (): LoraAdapter<Float64Array> => ({
+    rank: 1,
+    alpha: 1,
+    targets: ['q'],
+    layers: [{ q: { a: Float64Array.from([1, -2]), b: Float64Array.from([0.25]) } }],
+  });
+  const grads = (a: number[], b: number[]) => [{ q: { a: Float64Array.from(a), b: Float64Array.from(b) } }];
+
+  test('two steps equal torch.optim.AdamW(lr=0.1, weight_decay=0.01)', () => {
+    const p = adapter();
+    const optimiser = new AdamW(p, { lr: 0.1 });
+    optimiser.step(grads([0.5, -0.1], [0]));
+    optimiser.step(grads([0.2, 0.3], [-1e-3]));
+    // torch 2.13, float64: [0.8082434839009282, -1.9455209911100655, 0.32391288026631015]
+    const want = [0.8082434839009282, -1.9455209911100655, 0.32391288026631015];
+    [...p.layers[0].q!.a, ...p.layers[0].q!.b].forEach((x, i) =>
+      assert.ok(Math.abs(x - want[i]) < 1e-14, `${i}: ${x}`),
+    );
+    assert.equal(optimiser.steps, 2);
+  });
+
+  test('bad options and gradients are errors; a non-finite gradient changes nothing', () => {
+    assert.throws(() => new AdamW(adapter(), { lr: 0 }), /learning rate must be a finite number > 0, got 0/);
+    assert.throws(() => new AdamW(adapter(), { lr: 1e-3, beta2: 1 }), /beta2 must be in \[0, 1\)/);
+    assert.throws(() => new AdamW(adapter(), { lr: 1e-3, weightDecay: -1 }), /weight decay/);
+    const p = adapter();
+    const optimiser = new AdamW(p, { lr: 0.1 });
+    assert.throws(
+      () => optimiser.step(grads([Number.NaN, 0], [0])),
+      /q\.a: the gradient is not finite; no step taken/,
+    );
+    assert.throws(() => optimiser.step(grads([0], [0])), /does not match the adapter's shape/);
+    assert.throws(() => optimiser.step([]), /gradients for 0 layers, the adapter has 1/);
+    assert.deepEqual([...p.layers[0].q!.a], [1, -2]);
+    assert.equal(optimiser.steps, 0);
   });
 });
