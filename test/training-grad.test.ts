@@ -255,6 +255,19 @@ for (const name of [...ARCHS, ...ROPE_SCALED]) {
           }
     });
 
+    test('recomputing each block in the backward gives the same gradients, bit for bit', () => {
+      const adapter = toF32(randomAdapter(cfg, 31));
+      const kernels = backendKernels(loadBackend({ threads: 1 }));
+      const kept = loraLossAndGradients(cfg, w, adapter, seqs, kernels, { embedGrad: true });
+      const again = loraLossAndGradients(cfg, w, adapter, seqs, kernels, {
+        embedGrad: true,
+        recompute: true,
+      });
+      assert.equal(again.loss, kept.loss);
+      assert.deepEqual(again.embedGrad, kept.embedGrad);
+      assert.deepEqual(again.grads, kept.grads);
+    });
+
     test('fp32 on the engine backend equals the fp64 gradients', () => {
       const adapter = randomAdapter(cfg, 29);
       const f64 = loraLossAndGradients(cfg, w, adapter, seqs, F64_KERNELS);

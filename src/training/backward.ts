@@ -69,11 +69,19 @@ interface BlockTape<A extends Floats> {
   loraIn: Partial<Record<LoraTarget, A>>; // [M, r] x·Aᵀ of each adapted projection
 }
 
-interface Tape<A extends Floats> {
+/** Where each packed sequence's rows are. */
+interface Rows {
   readonly M: number;
-  readonly rowStart: Int32Array;
-  readonly lengths: Int32Array;
-  readonly pos: Int32Array;
+  readonly rowStart: Int32Array; // [B] first row of each sequence
+  readonly lengths: Int32Array; // [B] its tokens
+  readonly pos: Int32Array; // [M] position of each row in its sequence
+}
+
+interface Tape<A extends Floats> {
+  readonly rows: Rows;
+  /** Each block's input, kept in every mode (a recomputed block starts from it). */
+  readonly inputs: A[];
+  /** Each block's tape, or none when blocks are recomputed in the backward. */
   readonly blocks: BlockTape<A>[];
   readonly final: A; // [M, D] last block output
   readonly predictorRows: Int32Array; // [R] row whose logits predict each answer token
@@ -123,7 +131,146 @@ interface Projection<A extends Floats> {
   readonly w: Float32Array;
   readonly bias?: Float32Array;
   readonly lora?: LoraPair<A>;
-  readonly target: LoraTarget;
+}
+
+/** How the training forward keeps what the backward reads. */
+export interface TrainingOptions {
+  /**
+   * Keep only each block's input and run the block's forward again in the backward: memory of
+   * one block's activations (plus an [M, D] input per block) instead of every block's, for one
+   * more forward pass. The gradients are the same, bit for bit.
+   */
+  readonly recompute?: boolean;
+}
+
+/** out[M, N] = x·Wᵀ + bias + s·(x·Aᵀ)·Bᵀ; returns x·Aᵀ (for the backward) when adapted. */
+function project<A extends Floats>(
+  kn: TrainingKernels<A>,
+  out: A,
+  x: A,
+  p: Projection<A>,
+  M: number,
+  K: number,
+  N: number,
+  r: number,
+  s: number,
+): A | undefined {
+  kn.matmul(out, x, p.w, M, K, N, p.bias);
+  if (!p.lora) return undefined;
+  const u = kn.alloc(M * r);
+  const delta = kn.alloc(M * N);
+  kn.matmul(u, x, p.lora.a, M, K, r);
+  kn.matmul(delta, u, p.lora.b, M, r, N);
+  for (let i = 0; i < out.length; i++) out[i] += s * delta[i];
+  return u;
+}
+
+/** Block l's forward from its input `resid`: its output and what its backward reads. */
+function blockForward<A extends Floats>(
+  cfg: ModelConfig,
+  w: ModelWeights,
+  adapter: LoraAdapter<A>,
+  l: number,
+  resid: A,
+  rows: Rows,
+  kn: TrainingKernels<A>,
+): { out: A; tape: BlockTape<A> } {
+  const { dModel: D, nHeads: H, nKvHeads: G, headDim: E, ffnDim: F, rmsEps: eps } = cfg;
+  const HE = H * E;
+  const GE = G * E;
+  const { M, rowStart, lengths, pos } = rows;
+  const r = adapter.rank;
+  const s = loraScale(adapter);
+  const lw = w.layers[l];
+  const lora = adapter.layers[l];
+  const loraIn: Partial<Record<LoraTarget, A>> = {};
+  const run = (
+    out: A,
+    x: A,
+    target: LoraTarget,
+    m: WeightMatrix,
+    K: number,
+    N: number,
+    bias?: Float32Array,
+  ) => {
+    const p = { w: fp32Matrix(m, `layer ${l} ${target}`), bias, lora: lora[target] };
+    const u = project(kn, out, x, p, M, K, N, r, s);
+    if (u) loraIn[target] = u;
+  };
+  const copy = (a: A): A => {
+    const c = kn.alloc(a.length);
+    c.set(a);
+    return c;
+  };
+
+  // Attention.
+  const h1 = kn.alloc(M * D);
+  kn.rmsnorm(h1, resid, lw.attnNorm, M, D, eps);
+  const q = kn.alloc(M * HE);
+  const k = kn.alloc(M * GE);
+  const v = kn.alloc(M * GE);
+  run(q, h1, 'q', lw.wq, D, HE, lw.bq);
+  run(k, h1, 'k', lw.wk, D, GE, lw.bk);
+  run(v, h1, 'v', lw.wv, D, GE, lw.bv);
+  let qPre: A | undefined;
+  let kPre: A | undefined;
+  if (lw.qNorm && lw.kNorm) {
+    qPre = copy(q);
+    kPre = copy(k);
+    kn.rmsnorm(q, q, lw.qNorm, M * H, E, eps);
+    kn.rmsnorm(k, k, lw.kNorm, M * G, E, eps);
+  }
+  const { invFreq, scale } = ropeFrequencies(cfg)[l];
+  kn.rope(q, M, H, E, cfg.ropeDim, pos, invFreq, scale);
+  kn.rope(k, M, G, E, cfg.ropeDim, pos, invFreq, scale);
+  const att = kn.alloc(M * HE);
+  for (let b = 0; b < rowStart.length; b++) {
+    const [r0, T] = [rowStart[b], lengths[b]];
+    kn.attention(
+      view(att, r0 * HE, (r0 + T) * HE),
+      view(q, r0 * HE, (r0 + T) * HE),
+      view(k, r0 * GE, (r0 + T) * GE),
+      view(v, r0 * GE, (r0 + T) * GE),
+      T,
+      H,
+      G,
+      E,
+      cfg.attnScale,
+      cfg.window[l],
+    );
+  }
+  const attnOut = kn.alloc(M * D);
+  run(attnOut, att, 'o', lw.wo, HE, D);
+  let oPre: A | undefined;
+  if (lw.postAttnNorm) {
+    oPre = copy(attnOut);
+    kn.rmsnorm(attnOut, attnOut, lw.postAttnNorm, M, D, eps);
+  }
+  const mid = kn.alloc(M * D);
+  for (let i = 0; i < mid.length; i++) mid[i] = resid[i] + attnOut[i];
+
+  // MLP.
+  const h2 = kn.alloc(M * D);
+  kn.rmsnorm(h2, mid, lw.mlpNorm, M, D, eps);
+  const gate = kn.alloc(M * F);
+  const up = kn.alloc(M * F);
+  run(gate, h2, 'gate', lw.wGate, D, F);
+  run(up, h2, 'up', lw.wUp, D, F);
+  const act = kn.alloc(M * F);
+  kn.gatedAct(act, gate, up, M * F, cfg.act);
+  const mlpOut = kn.alloc(M * D);
+  run(mlpOut, act, 'down', lw.wDown, F, D);
+  let downPre: A | undefined;
+  if (lw.postMlpNorm) {
+    downPre = copy(mlpOut);
+    kn.rmsnorm(mlpOut, mlpOut, lw.postMlpNorm, M, D, eps);
+  }
+  const out = kn.alloc(M * D);
+  for (let i = 0; i < out.length; i++) out[i] = mid[i] + mlpOut[i];
+  return {
+    out,
+    tape: { resid, h1, qPre, kPre, q, k, v, att, oPre, mid, h2, gate, up, act, downPre, loraIn },
+  };
 }
 
 /**
@@ -136,14 +283,11 @@ function trainingForward<A extends Floats>(
   adapter: LoraAdapter<A>,
   seqs: readonly TrainingSequence[],
   kn: TrainingKernels<A>,
+  opts: TrainingOptions,
 ): Tape<A> {
-  const { dModel: D, nHeads: H, nKvHeads: G, headDim: E, ffnDim: F, vocabSize: V, rmsEps: eps } = cfg;
-  const HE = H * E;
-  const GE = G * E;
+  const { dModel: D, vocabSize: V, rmsEps: eps } = cfg;
   const R = checkSequences(cfg, seqs);
   checkAdapter(cfg, adapter);
-  const r = adapter.rank;
-  const s = loraScale(adapter);
 
   const B = seqs.length;
   const rowStart = new Int32Array(B);
@@ -155,23 +299,7 @@ function trainingForward<A extends Floats>(
   }
   const pos = new Int32Array(M);
   for (let b = 0; b < B; b++) for (let t = 0; t < lengths[b]; t++) pos[rowStart[b] + t] = t;
-
-  /** out[M, N] = x·Wᵀ + bias + s·(x·Aᵀ)·Bᵀ; returns x·Aᵀ for the backward. */
-  const project = (out: A, x: A, p: Projection<A>, K: number, N: number): A | undefined => {
-    kn.matmul(out, x, p.w, M, K, N, p.bias);
-    if (!p.lora) return undefined;
-    const u = kn.alloc(M * r);
-    const delta = kn.alloc(M * N);
-    kn.matmul(u, x, p.lora.a, M, K, r);
-    kn.matmul(delta, u, p.lora.b, M, r, N);
-    for (let i = 0; i < out.length; i++) out[i] += s * delta[i];
-    return u;
-  };
-  const copy = (a: A): A => {
-    const c = kn.alloc(a.length);
-    c.set(a);
-    return c;
-  };
+  const rows: Rows = { M, rowStart, lengths, pos };
 
   let x = kn.alloc(M * D);
   const embed = fp32Matrix(w.embed, 'the embedding');
@@ -181,89 +309,13 @@ function trainingForward<A extends Floats>(
       m++;
     }
 
-  const rope = ropeFrequencies(cfg);
+  const inputs: A[] = [];
   const blocks: BlockTape<A>[] = [];
   for (let l = 0; l < cfg.nLayers; l++) {
-    const lw = w.layers[l];
-    const lora = adapter.layers[l];
-    const proj = (target: LoraTarget, m: WeightMatrix, bias?: Float32Array): Projection<A> => ({
-      w: fp32Matrix(m, `layer ${l} ${target}`),
-      bias,
-      lora: lora[target],
-      target,
-    });
-    const loraIn: Partial<Record<LoraTarget, A>> = {};
-    const run = (out: A, x: A, p: Projection<A>, K: number, N: number) => {
-      const u = project(out, x, p, K, N);
-      if (u) loraIn[p.target] = u;
-    };
-
-    // Attention.
-    const resid = x;
-    const h1 = kn.alloc(M * D);
-    kn.rmsnorm(h1, resid, lw.attnNorm, M, D, eps);
-    const q = kn.alloc(M * HE);
-    const k = kn.alloc(M * GE);
-    const v = kn.alloc(M * GE);
-    run(q, h1, proj('q', lw.wq, lw.bq), D, HE);
-    run(k, h1, proj('k', lw.wk, lw.bk), D, GE);
-    run(v, h1, proj('v', lw.wv, lw.bv), D, GE);
-    let qPre: A | undefined;
-    let kPre: A | undefined;
-    if (lw.qNorm && lw.kNorm) {
-      qPre = copy(q);
-      kPre = copy(k);
-      kn.rmsnorm(q, q, lw.qNorm, M * H, E, eps);
-      kn.rmsnorm(k, k, lw.kNorm, M * G, E, eps);
-    }
-    const { invFreq, scale } = rope[l];
-    kn.rope(q, M, H, E, cfg.ropeDim, pos, invFreq, scale);
-    kn.rope(k, M, G, E, cfg.ropeDim, pos, invFreq, scale);
-    const att = kn.alloc(M * HE);
-    for (let b = 0; b < B; b++) {
-      const [r0, T] = [rowStart[b], lengths[b]];
-      kn.attention(
-        view(att, r0 * HE, (r0 + T) * HE),
-        view(q, r0 * HE, (r0 + T) * HE),
-        view(k, r0 * GE, (r0 + T) * GE),
-        view(v, r0 * GE, (r0 + T) * GE),
-        T,
-        H,
-        G,
-        E,
-        cfg.attnScale,
-        cfg.window[l],
-      );
-    }
-    const attnOut = kn.alloc(M * D);
-    run(attnOut, att, proj('o', lw.wo), HE, D);
-    let oPre: A | undefined;
-    if (lw.postAttnNorm) {
-      oPre = copy(attnOut);
-      kn.rmsnorm(attnOut, attnOut, lw.postAttnNorm, M, D, eps);
-    }
-    const mid = kn.alloc(M * D);
-    for (let i = 0; i < mid.length; i++) mid[i] = resid[i] + attnOut[i];
-
-    // MLP.
-    const h2 = kn.alloc(M * D);
-    kn.rmsnorm(h2, mid, lw.mlpNorm, M, D, eps);
-    const gate = kn.alloc(M * F);
-    const up = kn.alloc(M * F);
-    run(gate, h2, proj('gate', lw.wGate), D, F);
-    run(up, h2, proj('up', lw.wUp), D, F);
-    const act = kn.alloc(M * F);
-    kn.gatedAct(act, gate, up, M * F, cfg.act);
-    const mlpOut = kn.alloc(M * D);
-    run(mlpOut, act, proj('down', lw.wDown), F, D);
-    let downPre: A | undefined;
-    if (lw.postMlpNorm) {
-      downPre = copy(mlpOut);
-      kn.rmsnorm(mlpOut, mlpOut, lw.postMlpNorm, M, D, eps);
-    }
-    x = kn.alloc(M * D);
-    for (let i = 0; i < x.length; i++) x[i] = mid[i] + mlpOut[i];
-    blocks.push({ resid, h1, qPre, kPre, q, k, v, att, oPre, mid, h2, gate, up, act, downPre, loraIn });
+    inputs.push(x);
+    const { out, tape } = blockForward(cfg, w, adapter, l, x, rows, kn);
+    if (!opts.recompute) blocks.push(tape);
+    x = out;
   }
 
   // Head, on the rows that predict an answer token.
@@ -294,7 +346,7 @@ function trainingForward<A extends Floats>(
     for (let j = 0; j < V; j++) row[j] = Math.exp(row[j] - lse) / R;
     row[targets[i]] -= 1 / R;
   }
-  return { M, rowStart, lengths, pos, blocks, final: x, predictorRows, headIn, dLogits, loss: loss / R };
+  return { rows, inputs, blocks, final: x, predictorRows, headIn, dLogits, loss: loss / R };
 }
 
 /** The backward of `trainingForward`: gradients of every LoRA A and B, and of the embeddings. */
@@ -308,7 +360,8 @@ function backward<A extends Floats>(
   const { dModel: D, nHeads: H, nKvHeads: G, headDim: E, ffnDim: F, vocabSize: V, rmsEps: eps } = cfg;
   const HE = H * E;
   const GE = G * E;
-  const { M, predictorRows } = tape;
+  const { predictorRows } = tape;
+  const { M, rowStart, lengths, pos } = tape.rows;
   const R = predictorRows.length;
   const r = adapter.rank;
   const s = loraScale(adapter);
@@ -320,6 +373,7 @@ function backward<A extends Floats>(
     dout: A,
     x: A,
     l: number,
+    block: BlockTape<A>,
     target: LoraTarget,
     m: WeightMatrix,
     K: number,
@@ -329,7 +383,7 @@ function backward<A extends Floats>(
     const pair = adapter.layers[l][target];
     if (!pair) return;
     const grad = grads[l][target]!;
-    const u = tape.blocks[l].loraIn[target]!;
+    const u = block.loraIn[target]!;
     const scaled = kn.alloc(M * N);
     for (let i = 0; i < scaled.length; i++) scaled[i] = s * dout[i];
     const du = kn.alloc(M * r);
@@ -366,7 +420,7 @@ function backward<A extends Floats>(
   // Blocks, last first. dx is d(block output), then d(mid), then d(block input).
   for (let l = cfg.nLayers - 1; l >= 0; l--) {
     const lw = w.layers[l];
-    const t = tape.blocks[l];
+    const t = tape.blocks[l] ?? blockForward(cfg, w, adapter, l, tape.inputs[l], tape.rows, kn).tape;
 
     // MLP: out = mid + norm?(down(act(gate(h2))·up(h2))), h2 = rmsnorm(mid).
     let dDown = dx;
@@ -375,13 +429,13 @@ function backward<A extends Floats>(
       kn.rmsnormBackward(dDown, dx, t.downPre, lw.postMlpNorm, M, D, eps);
     }
     const dAct = kn.alloc(M * F);
-    projectBackward(dAct, dDown, t.act, l, 'down', lw.wDown, F, D);
+    projectBackward(dAct, dDown, t.act, l, t, 'down', lw.wDown, F, D);
     const dGate = kn.alloc(M * F);
     const dUp = kn.alloc(M * F);
     kn.gatedActBackward(dGate, dUp, dAct, t.gate, t.up, M * F, cfg.act);
     const dh2 = kn.alloc(M * D);
-    projectBackward(dh2, dGate, t.h2, l, 'gate', lw.wGate, D, F);
-    projectBackward(dh2, dUp, t.h2, l, 'up', lw.wUp, D, F);
+    projectBackward(dh2, dGate, t.h2, l, t, 'gate', lw.wGate, D, F);
+    projectBackward(dh2, dUp, t.h2, l, t, 'up', lw.wUp, D, F);
     kn.rmsnormBackward(dx, dh2, t.mid, lw.mlpNorm, M, D, eps);
 
     // Attention: mid = resid + norm?(o(attention(rope(norm?(q(h1))), …))), h1 = rmsnorm(resid).
@@ -391,12 +445,12 @@ function backward<A extends Floats>(
       kn.rmsnormBackward(dO, dx, t.oPre, lw.postAttnNorm, M, D, eps);
     }
     const dAtt = kn.alloc(M * HE);
-    projectBackward(dAtt, dO, t.att, l, 'o', lw.wo, HE, D);
+    projectBackward(dAtt, dO, t.att, l, t, 'o', lw.wo, HE, D);
     const dq = kn.alloc(M * HE);
     const dk = kn.alloc(M * GE);
     const dv = kn.alloc(M * GE);
-    for (let b = 0; b < tape.rowStart.length; b++) {
-      const [r0, T] = [tape.rowStart[b], tape.lengths[b]];
+    for (let b = 0; b < rowStart.length; b++) {
+      const [r0, T] = [rowStart[b], lengths[b]];
       const qs = (a: A) => view(a, r0 * HE, (r0 + T) * HE);
       const ks = (a: A) => view(a, r0 * GE, (r0 + T) * GE);
       kn.attentionBackward(
@@ -417,8 +471,8 @@ function backward<A extends Floats>(
       );
     }
     const { invFreq, scale } = ropeFrequencies(cfg)[l];
-    kn.ropeBackward(dq, M, H, E, cfg.ropeDim, tape.pos, invFreq, scale);
-    kn.ropeBackward(dk, M, G, E, cfg.ropeDim, tape.pos, invFreq, scale);
+    kn.ropeBackward(dq, M, H, E, cfg.ropeDim, pos, invFreq, scale);
+    kn.ropeBackward(dk, M, G, E, cfg.ropeDim, pos, invFreq, scale);
     let dqIn = dq;
     let dkIn = dk;
     if (lw.qNorm && lw.kNorm && t.qPre && t.kPre) {
@@ -428,9 +482,9 @@ function backward<A extends Floats>(
       kn.rmsnormBackward(dkIn, dk, t.kPre, lw.kNorm, M * G, E, eps);
     }
     const dh1 = kn.alloc(M * D);
-    projectBackward(dh1, dqIn, t.h1, l, 'q', lw.wq, D, HE);
-    projectBackward(dh1, dkIn, t.h1, l, 'k', lw.wk, D, GE);
-    projectBackward(dh1, dv, t.h1, l, 'v', lw.wv, D, GE);
+    projectBackward(dh1, dqIn, t.h1, l, t, 'q', lw.wq, D, HE);
+    projectBackward(dh1, dkIn, t.h1, l, t, 'k', lw.wk, D, GE);
+    projectBackward(dh1, dv, t.h1, l, t, 'v', lw.wv, D, GE);
     kn.rmsnormBackward(dx, dh1, t.resid, lw.attnNorm, M, D, eps);
   }
   return { grads, embedGrad: dx };
@@ -444,7 +498,7 @@ export function loraLoss<A extends Floats>(
   seqs: readonly TrainingSequence[],
   kernels: TrainingKernels<A>,
 ): number {
-  return trainingForward(cfg, w, adapter, seqs, kernels).loss;
+  return trainingForward(cfg, w, adapter, seqs, kernels, { recompute: true }).loss;
 }
 
 /**
@@ -457,9 +511,9 @@ export function loraLossAndGradients<A extends Floats>(
   adapter: LoraAdapter<A>,
   seqs: readonly TrainingSequence[],
   kernels: TrainingKernels<A>,
-  opts: { readonly embedGrad?: boolean } = {},
+  opts: TrainingOptions & { readonly embedGrad?: boolean } = {},
 ): LossAndGradients<A> {
-  const tape = trainingForward(cfg, w, adapter, seqs, kernels);
+  const tape = trainingForward(cfg, w, adapter, seqs, kernels, opts);
   if (!Number.isFinite(tape.loss))
     throw new SteerguardError(`the training loss is ${tape.loss}: the adapter or the model has diverged`);
   const { grads, embedGrad } = backward(cfg, w, adapter, tape, kernels);
