@@ -374,11 +374,33 @@ describe('training input errors', () => {
     assert.throws(() => run([]), /at least one sequence/);
   });
 
-  test('an adapter for another depth', () => {
+  test('an adapter for another model shape', () => {
     assert.throws(
       () => run([seq], { ...adapter, layers: adapter.layers.slice(1) }),
       /adapter has 2 layers, the model 3/,
     );
+    assert.throws(
+      () => run([seq], { ...adapter, rank: 3 }),
+      /layer 0 q\.a holds 128 values; this model needs 192/,
+    );
+    const small = loadTiny('gemma3-rope-linear').cfg; // d_model 32
+    const other = createLora(
+      small,
+      { rank: 2, alpha: 4, targets: ['q'], seed: 1 },
+      (n) => new Float64Array(n),
+    );
+    assert.throws(
+      () => run([seq], { ...other, layers: [...other.layers, other.layers[0]] }),
+      /an adapter for another model\?/,
+    );
+    const holes = adapter.layers.map((layer) => ({ ...layer }));
+    delete holes[1].up;
+    assert.throws(() => run([seq], { ...adapter, layers: holes }), /layer 1 up\.a holds 0 values/);
+    assert.throws(
+      () => run([seq], { ...adapter, targets: ['q'] }),
+      /layer 0 has a k pair, but k is not one of its targets/,
+    );
+    assert.throws(() => run([seq], { ...adapter, rank: 0 }), /rank must be an integer >= 1/);
   });
 
   test('a NaN loss is an error, not a gradient', () => {
