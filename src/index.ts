@@ -182,6 +182,14 @@ export type {
   ConditionalResult,
 } from './steering/conditional.js';
 
+// Methods: training --------------------------------------------------------------------------
+export { loraLoss, loraLossAndGradients } from './training/backward.js';
+export type { TrainingSequence, LossAndGradients, TrainingOptions } from './training/backward.js';
+export { createLora, zeroLoraLayers, LORA_TARGETS } from './training/lora.js';
+export type { LoraAdapter, LoraLayers, LoraPair, LoraTarget, LoraOptions } from './training/lora.js';
+export { AdamW } from './training/adamw.js';
+export type { AdamWOptions } from './training/adamw.js';
+
 // Evaluation ----------------------------------------------------------------------------------
 export { evaluateRefusal, hookResponder } from './eval/refusal.js';
 export type {
@@ -195,6 +203,25 @@ export type {
 } from './eval/refusal.js';
 export { gcgKeywordJudge, jbbKeywordJudge, llamaGuardJudge } from './eval/judges.js';
 export type { Judge, Judgement, JudgeItem, JudgeRunOptions, LlamaGuardOptions } from './eval/judges.js';
+export { modelJudge, MODEL_JUDGE_FORMATS } from './eval/model-judge.js';
+export type { ModelJudgeFormat, ModelJudgeOptions } from './eval/model-judge.js';
+export {
+  judgeAgreement,
+  activationJudgeAgreement,
+  activationRefusalJudge,
+  replyRefusalProjections,
+  readLabels,
+  matchLabels,
+  replyHash,
+  fitThreshold,
+} from './eval/judge-agreement.js';
+export type {
+  JudgeAgreement,
+  ActivationJudgeAgreement,
+  ReplyLabel,
+  LabelledReply,
+  ThresholdRule,
+} from './eval/judge-agreement.js';
 export { measureTokenMonitor, summarizeTokenMonitor } from './eval/token-monitor.js';
 export type {
   LabelledPrompt,
