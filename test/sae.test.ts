@@ -25,6 +25,7 @@ import { Sae, topKIndices } from '../src/sae/sae.js';
 import { loadSae, saveSae } from '../src/sae/saelens.js';
 import { arraySource, chunkSource, storeSource } from '../src/sae/source.js';
 import { trainSae, type SaeTrainProgress } from '../src/sae/train.js';
+import { cli } from './util/cli.js';
 import { FIXTURES } from './util/fixtures.js';
 
 const tmp = mkdtempSync(path.join(tmpdir(), 'sg-sae-'));
@@ -513,5 +514,135 @@ describe('CE-loss recovered (tiny llama)', async () => {
       () => storeSource(file, 'blocks.3.hook_resid_post'),
       (e: Error) => e instanceof FormatError && /no such tensor/.test(e.message),
     );
+  });
+
+  test('the CLI trains, resumes, saves SAELens files and evaluates', () => {
+    const acts = path.join(tmp, 'cli-acts.safetensors');
+    const seqs = Array.from({ length: 12 }, (_, i) => greedy([1 + i], 10));
+    const { cache } = model.run(
+      seqs.map((t) => ({ tokens: t })),
+      { cache: { names: [hookName], positions: 'all' }, logits: 'none' },
+    );
+    const rows = cache.get(hookName)!;
+    const all = new Float32Array(rows.reduce((a, r) => a + r.length, 0));
+    rows.reduce((off, r) => (all.set(r, off), off + r.length), 0);
+    writeSafetensors(acts, [{ name: hookName, dtype: 'F32', shape: [all.length / D, D], data: all }]);
+    const out = path.join(tmp, 'cli-sae');
+    const train = (steps: number) =>
+      cli([
+        'sae',
+        'train',
+        '--activations',
+        acts,
+        '--layer',
+        '0',
+        '--expansion',
+        '4',
+        '--k',
+        '8',
+        '--steps',
+        String(steps),
+        '--batch-size',
+        '40',
+        '--checkpoint-every',
+        '5',
+        '--lr',
+        '0.01',
+        '--out',
+        out,
+        '--json',
+      ]);
+    const first = train(10);
+    assert.equal(first.code, 0, first.stderr);
+    const second = train(30);
+    assert.equal(second.code, 0, second.stderr);
+    const report = JSON.parse(second.stdout) as {
+      step: number;
+      stepsThisRun: number;
+      resumed: boolean;
+      dSae: number;
+    };
+    assert.deepEqual([report.step, report.stepsThisRun, report.resumed, report.dSae], [30, 20, true, 4 * D]);
+    assert.equal(loadSae(out).config.k, 8);
+
+    const prompts = path.join(tmp, 'held-out.jsonl');
+    writeFileSync(
+      prompts,
+      seqs
+        .slice(0, 3)
+        .map((t) => JSON.stringify({ text: t.join(' ') }))
+        .join('\n') + '\n',
+    );
+    const tiny = path.join(FIXTURES, 'tiny', 'llama');
+    const ev = cli([
+      'sae',
+      'eval',
+      '--sae',
+      out,
+      '--model',
+      tiny,
+      '--prompts',
+      prompts,
+      '--token-ids',
+      '--layer',
+      '0',
+      '--json',
+    ]);
+    assert.equal(ev.code, 0, ev.stderr);
+    const q = JSON.parse(ev.stdout) as {
+      rows: number;
+      explainedVariance: number;
+      l0: number;
+      ce: { recovered: number };
+    };
+    assert.equal(q.rows, 30);
+    assert.ok(q.explainedVariance > 0.5 && q.l0 <= 8, JSON.stringify(q));
+    assert.ok(Number.isFinite(q.ce.recovered));
+    const wrongLayer = cli([
+      'sae',
+      'eval',
+      '--sae',
+      out,
+      '--model',
+      tiny,
+      '--prompts',
+      prompts,
+      '--token-ids',
+      '--layer',
+      '1',
+    ]);
+    assert.equal(wrongLayer.code, 2, wrongLayer.stderr);
+    assert.match(wrongLayer.stderr, /reads blocks\.0\.hook_resid_post/);
+    const bigK = cli([
+      'sae',
+      'train',
+      '--activations',
+      acts,
+      '--layer',
+      '0',
+      '--expansion',
+      '1',
+      '--k',
+      String(D + 1),
+      '--steps',
+      '1',
+      '--out',
+      path.join(tmp, 'k'),
+    ]);
+    assert.notEqual(bigK.code, 0);
+    assert.match(bigK.stderr, /larger than the dictionary/);
+    const noHook = cli([
+      'sae',
+      'train',
+      '--activations',
+      acts,
+      '--layer',
+      '1',
+      '--steps',
+      '1',
+      '--out',
+      path.join(tmp, 'n'),
+    ]);
+    assert.match(noHook.stderr, /blocks\.1\.hook_resid_post: no such tensor/);
   });
 });

@@ -249,6 +249,8 @@ export async function trainSae(
       writeCheckpoint(checkpointFile, state, s);
     options.onProgress?.(last);
     if (stop) break;
+    // A step is one synchronous block; let signals (Ctrl-C) and I/O have their turn between them.
+    await new Promise((resolve) => setImmediate(resolve));
   }
   await batches.return(undefined);
 
