@@ -152,37 +152,50 @@ export function saeLoss<T extends Floats>(
     for (const j of kept) {
       const f = zr[j];
       if (!(f > 0)) continue;
-      backwardLatent(j, f, g, r);
+      backwardLatent(params, grads, xc, r * dIn, dIn, j, f, g);
     }
     if (kAux > 0) {
       const auxScale = (2 * auxCoefficient) / rows;
       for (let i = 0; i < dIn; i++) h[i] *= auxScale;
-      for (let n = 0; n < auxCount; n++) backwardLatent(auxKept[n], zr[auxKept[n]], h, r);
+      for (let n = 0; n < auxCount; n++)
+        backwardLatent(params, grads, xc, r * dIn, dIn, auxKept[n], zr[auxKept[n]], h);
     }
-  }
-
-  /**
-   * One active latent j with value f > 0 whose decoder row received upstream gradient `up`:
-   * dW_dec[j] += f·up; dz = W_dec[j]·up flows back through ReLU (open, f > 0) into
-   * W_enc[j] (dz·xc), b_enc[j] (dz) and b_dec (-dz·W_enc[j], through xc = x - b_dec).
-   */
-  function backwardLatent(j: number, f: number, up: Float64Array, r: number): void {
-    const gr = grads!;
-    const w = j * dIn;
-    let dz = 0;
-    for (let i = 0; i < dIn; i++) {
-      gr.wDec[w + i] += f * up[i];
-      dz += wDec[w + i] * up[i];
-    }
-    const xo = r * dIn;
-    for (let i = 0; i < dIn; i++) {
-      gr.wEnc[w + i] += dz * xc[xo + i];
-      gr.bDec[i] -= dz * wEnc[w + i];
-    }
-    gr.bEnc[j] += dz;
   }
 
   mse /= rows;
   aux /= rows;
   return { loss: mse + auxCoefficient * aux, mse, aux, l0: active / rows, fired };
+}
+
+/**
+ * One active latent j with value f > 0 whose decoder row received upstream gradient `up`:
+ * dW_dec[j] += f·up; dz = W_dec[j]·up flows back through ReLU (open, f > 0) into W_enc[j]
+ * (dz·xc), b_enc[j] (dz) and b_dec (-dz·W_enc[j], through xc = x - b_dec). A module function
+ * rather than a closure, so the hot loops keep their arrays out of a shared context.
+ */
+function backwardLatent<T extends Floats>(
+  params: SaeParams<T>,
+  grads: SaeParams<T>,
+  xc: T,
+  xo: number,
+  dIn: number,
+  j: number,
+  f: number,
+  up: Float64Array,
+): void {
+  const { wEnc, wDec } = params;
+  const gWDec = grads.wDec;
+  const gWEnc = grads.wEnc;
+  const gBDec = grads.bDec;
+  const w = j * dIn;
+  let dz = 0;
+  for (let i = 0; i < dIn; i++) {
+    gWDec[w + i] += f * up[i];
+    dz += wDec[w + i] * up[i];
+  }
+  for (let i = 0; i < dIn; i++) {
+    gWEnc[w + i] += dz * xc[xo + i];
+    gBDec[i] -= dz * wEnc[w + i];
+  }
+  grads.bEnc[j] += dz;
 }

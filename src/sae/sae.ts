@@ -81,49 +81,53 @@ export function checkSaeConfig(cfg: SaeConfig): void {
  * largest first. A size-k min-heap: O(n log k) per row.
  */
 export function topKIndices(z: ArrayLike<number>, k: number, out: Int32Array): void {
-  // heap[0] is the smallest kept; "smaller" means lower value, or equal value and higher index.
-  const less = (a: number, b: number): boolean => z[a] < z[b] || (z[a] === z[b] && a > b);
+  // out[0..size) is a min-heap: out[0] is the weakest kept, where a is weaker than b when
+  // z[a] < z[b], or z[a] === z[b] and a > b. Plain loops, no closures: this runs per token.
   let size = 0;
-  const heap = out;
-  const siftDown = (i: number): void => {
-    for (;;) {
-      const l = 2 * i + 1;
-      const r = l + 1;
-      let m = i;
-      if (l < size && less(heap[l], heap[m])) m = l;
-      if (r < size && less(heap[r], heap[m])) m = r;
-      if (m === i) return;
-      const t = heap[i];
-      heap[i] = heap[m];
-      heap[m] = t;
-      i = m;
-    }
-  };
   for (let j = 0; j < z.length; j++) {
+    const v = z[j];
     if (size < k) {
       let i = size++;
-      heap[i] = j;
       while (i > 0) {
         const p = (i - 1) >> 1;
-        if (!less(heap[i], heap[p])) break;
-        const t = heap[i];
-        heap[i] = heap[p];
-        heap[p] = t;
+        const q = out[p];
+        if (!(v < z[q] || (v === z[q] && j > q))) break;
+        out[i] = q;
         i = p;
       }
-    } else if (less(heap[0], j)) {
-      heap[0] = j;
-      siftDown(0);
+      out[i] = j;
+    } else {
+      const top = out[0];
+      if (v > z[top] || (v === z[top] && j < top)) siftDown(z, out, size, 0, j);
     }
   }
-  // Heap sort in place: repeatedly move the smallest to the end, leaving largest first.
+  // Heap sort in place: move the weakest to the end repeatedly, leaving the strongest first.
   for (let end = size - 1; end > 0; end--) {
-    const t = heap[0];
-    heap[0] = heap[end];
-    heap[end] = t;
-    size = end;
-    siftDown(0);
+    const last = out[end];
+    out[end] = out[0];
+    siftDown(z, out, end, 0, last);
   }
+}
+
+/** Put `item` at heap position `i` of out[0..size) and sift it down to its place. */
+function siftDown(z: ArrayLike<number>, out: Int32Array, size: number, i: number, item: number): void {
+  const v = z[item];
+  for (;;) {
+    const l = 2 * i + 1;
+    if (l >= size) break;
+    let m = l;
+    const r = l + 1;
+    if (r < size) {
+      const a = out[l];
+      const b = out[r];
+      if (z[b] < z[a] || (z[b] === z[a] && b > a)) m = r;
+    }
+    const c = out[m];
+    if (!(z[c] < v || (z[c] === v && c > item))) break;
+    out[i] = c;
+    i = m;
+  }
+  out[i] = item;
 }
 
 export class Sae {
