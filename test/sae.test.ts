@@ -499,7 +499,7 @@ describe('CE-loss recovered (tiny llama)', async () => {
     const random = seededRandom(2);
     const x = Float32Array.from({ length: 300 * D }, () => gaussian(random));
     writeSafetensors(file, [{ name: hookName, dtype: 'F16', shape: [300, D], data: x }]);
-    const src = storeSource(file, hookName, 64);
+    const src = storeSource(file, hookName, { chunkRows: 64 });
     assert.equal(src.rows, 300);
     const { sae } = await trainSae(backend, src, {
       dSae: 2 * D,
@@ -514,6 +514,46 @@ describe('CE-loss recovered (tiny llama)', async () => {
       () => storeSource(file, 'blocks.3.hook_resid_post'),
       (e: Error) => e instanceof FormatError && /no such tensor/.test(e.message),
     );
+  });
+
+  test("an all-token file's first token per prompt can be left out, from any starting row", async () => {
+    const file = path.join(tmp, 'acts-offsets.safetensors');
+    const width = 2;
+    const x = Float32Array.from({ length: 10 * width }, (_, i) => i);
+    const offsets = Int32Array.from([0, 3, 4, 8, 10]);
+    writeSafetensors(file, [
+      { name: hookName, dtype: 'F32', shape: [10, width], data: x },
+      { name: 'offsets', dtype: 'I32', shape: [5], data: offsets },
+    ]);
+    const keptRows = [1, 2, 5, 6, 7, 9];
+    const src = storeSource(file, hookName, { chunkRows: 2, skipFirstToken: true });
+    assert.equal(src.rows, keptRows.length);
+    for (let start = 0; start <= keptRows.length; start++) {
+      const got: number[] = [];
+      for await (const c of src.chunks(start))
+        for (let i = 0; i < c.length; i += width) got.push(c[i] / width);
+      assert.deepEqual(got, keptRows.slice(start), `from kept row ${start}`);
+    }
+    const plain = path.join(tmp, 'acts-no-offsets.safetensors');
+    writeSafetensors(plain, [{ name: hookName, dtype: 'F32', shape: [10, width], data: x }]);
+    assert.throws(() => storeSource(plain, hookName, { skipFirstToken: true }), /offsets: missing/);
+  });
+
+  test('CE recovered leaving the first token alone: identity still ~100%, nothing exactly 0', () => {
+    const full = ceLossRecovered(model, identity(D), prompts);
+    const r = ceLossRecovered(model, identity(D), prompts, true);
+    assert.ok(Math.abs(r.recovered - 1) < 1e-3, `recovered ${r.recovered}`);
+    const one = ceLossRecovered(model, identity(1), prompts, true);
+    assert.ok(one.recovered < 0.9, `k = 1 recovers ${one.recovered}`);
+    // An SAE whose every reconstruction is 0 is zero ablation, so it recovers exactly 0, provided
+    // the splice and the ablation leave the same positions alone.
+    const id = identity(D);
+    const nothing = new Sae(id.config, { ...id.weights, wDec: new Float32Array(id.weights.wDec.length) });
+    for (const skip of [false, true]) {
+      const r0 = ceLossRecovered(model, nothing, prompts, skip);
+      assert.ok(Math.abs(r0.recovered) < 1e-6, `skipFirstToken ${skip}: recovered ${r0.recovered}`);
+    }
+    assert.notEqual(r.ceZeroAblation, full.ceZeroAblation, 'zero ablation spares position 0');
   });
 
   test('the CLI trains, resumes, saves SAELens files and evaluates', () => {
@@ -595,7 +635,7 @@ describe('CE-loss recovered (tiny llama)', async () => {
       l0: number;
       ce: { recovered: number };
     };
-    assert.equal(q.rows, 30);
+    assert.equal(q.rows, 27, "each prompt's first token left out");
     assert.ok(q.explainedVariance > 0.5 && q.l0 <= 8, JSON.stringify(q));
     assert.ok(Number.isFinite(q.ce.recovered));
     const wrongLayer = cli([

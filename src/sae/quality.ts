@@ -6,7 +6,8 @@
  * - dead share: latents active on none of the rows;
  * - CE-loss recovered: (CE_zero - CE_spliced) / (CE_zero - CE_clean), where CE is the mean
  *   next-token cross-entropy of the prompts' own tokens, clean, with x_hat spliced in for x at the
- *   SAE's hook on every position, and with that activation set to zero.
+ *   SAE's hook on every position (optionally all but the first), and with that activation set to
+ *   zero at the same positions.
  */
 import type { Backend } from '../engine/backend.js';
 import { OptionError } from '../formats/errors.js';
@@ -70,15 +71,21 @@ export async function reconstructionQuality(
   };
 }
 
-/** A hook that replaces the activation at the SAE's hook by the SAE's reconstruction. */
-export function spliceHook(sae: Sae, backend: Backend): Hook {
+/**
+ * A hook that replaces the activation at the SAE's hook by the SAE's reconstruction; with
+ * `skipFirstToken`, rows at position 0 (BOS, whose norm is far above every other token's) stay.
+ */
+export function spliceHook(sae: Sae, backend: Backend, skipFirstToken = false): Hook {
   const name = sae.config.hookName as HookName;
+  const dIn = sae.config.dIn;
   return {
     name,
     fn: (act, ctx) => {
-      if (ctx.width !== sae.config.dIn)
-        throw new OptionError(`SAE reads width ${sae.config.dIn} but ${name} has width ${ctx.width}`);
-      act.set(sae.reconstruct(backend, act, ctx.rows));
+      if (ctx.width !== dIn)
+        throw new OptionError(`SAE reads width ${dIn} but ${name} has width ${ctx.width}`);
+      const xHat = sae.reconstruct(backend, act, ctx.rows);
+      for (let r = 0; r < ctx.rows; r++)
+        if (!(skipFirstToken && ctx.pos[r] === 0)) act.set(xHat.subarray(r * dIn, (r + 1) * dIn), r * dIn);
     },
   };
 }
@@ -95,12 +102,14 @@ export interface CeRecovered {
 
 /**
  * CE-loss recovered by `sae` on token sequences `prompts` (each at least two tokens), run
- * one at a time with every row's logits.
+ * one at a time with every row's logits. With `skipFirstToken`, position 0 is left as it is in
+ * both the spliced and the zero-ablated runs (for SAEs trained without the first token).
  */
 export function ceLossRecovered(
   model: Model,
   sae: Sae,
   prompts: readonly (readonly number[])[],
+  skipFirstToken = false,
 ): CeRecovered {
   model.checkHookName(sae.config.hookName);
   if (model.config.dModel !== sae.config.dIn)
@@ -108,8 +117,15 @@ export function ceLossRecovered(
       `the SAE reads width ${sae.config.dIn} but ${model.identity.path} has d_model ${model.config.dModel}`,
     );
   const name = sae.config.hookName as HookName;
-  const zero: Hook = { name, fn: (act) => act.fill(0) };
-  const splice = spliceHook(sae, model.backend);
+  const D = sae.config.dIn;
+  const zero: Hook = {
+    name,
+    fn: (act, ctx) => {
+      for (let r = 0; r < ctx.rows; r++)
+        if (!(skipFirstToken && ctx.pos[r] === 0)) act.fill(0, r * D, (r + 1) * D);
+    },
+  };
+  const splice = spliceHook(sae, model.backend, skipFirstToken);
   const V = model.config.vocabSize;
   const totals = { clean: 0, spliced: 0, zero: 0 };
   let tokens = 0;

@@ -7,6 +7,7 @@ import { FormatError, OptionError } from '../formats/errors.js';
 import {
   readSafetensorsHeader,
   readSafetensorsTensorF32,
+  readSafetensorsTensorI32,
   SAFETENSORS_DTYPE_BYTES,
 } from '../formats/safetensors.js';
 
@@ -64,14 +65,17 @@ export function chunkSource(
 /**
  * One hook's rows in an activation file written by `steerguard activations` (src/activations/
  * store.ts): tensor `hookName`, [rows, D] or [N, P, D], F32/F16/BF16, read `chunkRows` rows at a
- * time straight from the file. Throws FormatError naming the file when the tensor is missing or
- * not a matrix of rows.
+ * time straight from the file. With `skipFirstToken` on an all-token file (one with `offsets`),
+ * each prompt's first row (BOS, an attention sink whose norm dwarfs the others') is left out and
+ * row numbers count the rows kept. Throws FormatError naming the file when the tensor is missing
+ * or not a matrix of rows.
  */
 export function storeSource(
   file: string,
   hookName: string,
-  chunkRows = 4096,
+  options: { chunkRows?: number; skipFirstToken?: boolean } = {},
 ): ActivationSource & { rows: number } {
+  const chunkRows = options.chunkRows ?? 4096;
   const header = readSafetensorsHeader(file);
   const info = header.tensors.get(hookName);
   if (info === undefined) {
@@ -81,22 +85,54 @@ export function storeSource(
   if (info.shape.length < 2)
     throw new FormatError(file, hookName, `shape [${info.shape.join(', ')}] is not rows of activations`);
   const dIn = info.shape[info.shape.length - 1];
-  const rows = info.shape.slice(0, -1).reduce((a, b) => a * b, 1);
-  if (dIn < 1 || rows < 1) throw new FormatError(file, hookName, 'holds no rows');
+  const rawRows = info.shape.slice(0, -1).reduce((a, b) => a * b, 1);
+  if (dIn < 1 || rawRows < 1) throw new FormatError(file, hookName, 'holds no rows');
   const rowBytes = dIn * SAFETENSORS_DTYPE_BYTES[info.dtype];
+  const readRows = (r: number, end: number): Float32Array =>
+    // A view of the tensor's rows r..end: the reader converts just those bytes.
+    readSafetensorsTensorF32({ ...info, begin: info.begin + r * rowBytes, end: info.begin + end * rowBytes });
+
+  if (!options.skipFirstToken) {
+    return {
+      dIn,
+      rows: rawRows,
+      id: `${file}#${hookName}`,
+      *chunks(start) {
+        for (let r = start; r < rawRows; r += chunkRows) yield readRows(r, Math.min(rawRows, r + chunkRows));
+      },
+    };
+  }
+  const offsetsInfo = header.tensors.get('offsets');
+  if (offsetsInfo === undefined)
+    throw new FormatError(
+      file,
+      'offsets',
+      'missing: only an all-token file (--positions all) has first tokens to skip',
+    );
+  const offsets = readSafetensorsTensorI32(offsetsInfo);
+  if (offsets.length < 2 || offsets[0] !== 0 || offsets[offsets.length - 1] !== rawRows)
+    throw new FormatError(file, 'offsets', `does not span the ${rawRows} rows of ${hookName}`);
+  const prompts = offsets.length - 1;
+  let kept = 0;
+  for (let p = 0; p < prompts; p++) kept += Math.max(0, offsets[p + 1] - offsets[p] - 1);
   return {
     dIn,
-    rows,
-    id: `${file}#${hookName}`,
+    rows: kept,
+    id: `${file}#${hookName}#skip-first-token`,
     *chunks(start) {
-      for (let r = start; r < rows; r += chunkRows) {
-        const end = Math.min(rows, r + chunkRows);
-        // A view of the tensor's rows r..end: the reader converts just those bytes.
-        yield readSafetensorsTensorF32({
-          ...info,
-          begin: info.begin + r * rowBytes,
-          end: info.begin + end * rowBytes,
-        });
+      // Find the prompt holding kept row `start`, then read prompt by prompt, each without its first row.
+      let p = 0;
+      let before = 0;
+      while (p < prompts && before + Math.max(0, offsets[p + 1] - offsets[p] - 1) <= start) {
+        before += Math.max(0, offsets[p + 1] - offsets[p] - 1);
+        p++;
+      }
+      let from = p < prompts ? offsets[p] + 1 + (start - before) : rawRows;
+      for (; p < prompts; p++) {
+        const end = offsets[p + 1];
+        for (let r = Math.max(from, offsets[p] + 1); r < end; r += chunkRows)
+          yield readRows(r, Math.min(end, r + chunkRows));
+        from = 0;
       }
     },
   };

@@ -23,6 +23,12 @@ import {
   withInterrupt,
 } from './common.js';
 
+const KEEP_FIRST_TOKEN_OPTION = {
+  type: 'boolean',
+  description:
+    "use each prompt's first token too (by default it is left out: BOS is an attention sink whose norm dwarfs every other token's)",
+} as const satisfies OptionSpec;
+
 const LAYER_OPTION = {
   type: 'number',
   integer: true,
@@ -45,7 +51,7 @@ const TRAIN_SPEC = {
       'decoder rows (Gao et al. 2024). Passes over the file repeat until --steps. Every --checkpoint-every steps the ' +
       'state is saved in --out; rerunning the same command resumes from it (more --steps continue a finished run). ' +
       'At the end --out holds cfg.json and sae_weights.safetensors in SAELens layout. Progress lines report loss, ' +
-      'L0 (mean active latents) and the dead share (latents silent for --dead-tokens rows).',
+      "L0 (mean active latents) and the dead share (latents silent for --dead-tokens rows). In an all-token file each prompt's first token is left out unless --keep-first-token.",
   ),
   options: {
     activations: {
@@ -74,6 +80,7 @@ const TRAIN_SPEC = {
       description: 'a latent silent for this many tokens is dead (and trained by AuxK)',
     },
     seed: { type: 'number', integer: true, default: 0, description: 'seed of the initial decoder' },
+    keepFirstToken: KEEP_FIRST_TOKEN_OPTION,
     checkpointEvery: {
       type: 'number',
       integer: true,
@@ -114,11 +121,12 @@ const trainCommand = command(TRAIN_SPEC, async (args, out) => {
     !o.overwrite
   )
     throw new OptionError(`${o.out} holds an SAE with no training checkpoint; remove it or pass --overwrite`);
-  const source = storeSource(o.activations, hookName);
+  const header = readSafetensorsHeader(o.activations);
+  const skipFirstToken = !o.keepFirstToken && header.tensors.has('offsets');
+  const source = storeSource(o.activations, hookName, { skipFirstToken });
   let modelName = '';
   try {
-    modelName =
-      parseActivationMetadata(readSafetensorsHeader(o.activations).metadata).descriptor.model.file ?? '';
+    modelName = parseActivationMetadata(header.metadata).descriptor.model.file ?? '';
   } catch {
     // not written by `steerguard activations`: the SAE's model stays unnamed
   }
@@ -175,6 +183,7 @@ const trainCommand = command(TRAIN_SPEC, async (args, out) => {
       stepsThisRun: result.stepsThisRun,
       resumed: result.resumed,
       rows: source.rows,
+      skipFirstToken,
       last: last ?? null,
     },
     `wrote ${o.out}: d_in ${source.dIn}, d_sae ${result.sae.config.dSae}, k ${o.k}, ${result.step} steps` +
@@ -196,7 +205,7 @@ const EVAL_SPEC = {
       'L0 (mean active latents per token), the dead share (latents active on no token), and CE-loss recovered, ' +
       '(CE_zero_ablation - CE_spliced) / (CE_zero_ablation - CE_clean): the mean next-token loss with x_hat ' +
       'spliced in for x at every position, against the clean model and the activation set to zero. ' +
-      'Use prompts the SAE was not trained on.',
+      "Each prompt's first token is left out of both unless --keep-first-token. Use prompts the SAE was not trained on.",
   ),
   options: {
     sae: {
@@ -219,6 +228,11 @@ const EVAL_SPEC = {
       ...LAYER_OPTION,
       required: false,
       description: "block of the SAE's hook (default: the SAE's own; must agree)",
+    },
+    keepFirstToken: {
+      type: 'boolean',
+      description:
+        "measure and splice each prompt's first token too (by default it is left as it is, as in training)",
     },
     threads: THREADS_OPTION,
   },
@@ -261,9 +275,9 @@ const evalCommand = command(EVAL_SPEC, async (args, out) => {
     tokens.map((t) => ({ tokens: t })),
     { cache: { names: [hook], positions: 'all' }, logits: 'none' },
   );
-  const rows = cache.get(hook) ?? [];
-  const total = rows.reduce((a, r) => a + r.length, 0);
-  const activations = new Float32Array(total);
+  const skip = o.keepFirstToken ? 0 : sae.config.dIn;
+  const rows = (cache.get(hook) ?? []).map((r) => r.subarray(skip));
+  const activations = new Float32Array(rows.reduce((a, r) => a + r.length, 0));
   let off = 0;
   for (const r of rows) {
     activations.set(r, off);
@@ -274,7 +288,7 @@ const evalCommand = command(EVAL_SPEC, async (args, out) => {
     model.backend,
     arraySource(activations, sae.config.dIn, o.prompts),
   );
-  const ce = ceLossRecovered(model, sae, tokens);
+  const ce = ceLossRecovered(model, sae, tokens, !o.keepFirstToken);
   const pct = (x: number): string => `${(100 * x).toFixed(1)}%`;
   out.result(
     { sae: o.sae, hookName: sae.config.hookName, prompts: records.length, ...quality, ce },
