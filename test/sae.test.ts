@@ -6,12 +6,12 @@
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 
 import { loadBackend } from '../src/engine/select.js';
-import { FormatError, OptionError } from '../src/formats/errors.js';
+import { FormatError, OptionError, SteerguardError } from '../src/formats/errors.js';
 import {
   readSafetensorsHeader,
   readSafetensorsTensorF32,
@@ -24,7 +24,7 @@ import { ceLossRecovered, reconstructionQuality } from '../src/sae/quality.js';
 import { Sae, topKIndices } from '../src/sae/sae.js';
 import { loadSae, saveSae } from '../src/sae/saelens.js';
 import { arraySource, chunkSource, storeSource } from '../src/sae/source.js';
-import { trainSae, type SaeTrainProgress } from '../src/sae/train.js';
+import { SAE_LOCK_FILE, trainSae, type SaeTrainProgress } from '../src/sae/train.js';
 import { cli } from './util/cli.js';
 import { FIXTURES } from './util/fixtures.js';
 
@@ -269,6 +269,13 @@ describe('SAE training', () => {
     assert.equal(rest.stepsThisRun, 17);
     for (const name of ['wEnc', 'bEnc', 'wDec', 'bDec'] as const)
       assert.deepEqual(rest.sae.weights[name], whole.sae.weights[name], name);
+    // Another live process training in the folder holds it.
+    writeFileSync(
+      path.join(dir, SAE_LOCK_FILE),
+      JSON.stringify({ pid: process.ppid, host: hostname(), token: 'someone-else' }),
+    );
+    await assert.rejects(trainSae(backend, source, { ...opts, checkpointDir: dir }), SteerguardError);
+    rmSync(path.join(dir, SAE_LOCK_FILE));
     await assert.rejects(
       trainSae(backend, source, { ...opts, lr: 1e-3, checkpointDir: dir }),
       (e: Error) => e instanceof OptionError && /different settings \(lr\)/.test(e.message),

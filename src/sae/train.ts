@@ -12,6 +12,7 @@
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 
+import { acquireLock, releaseLock } from '../activations/lock.js';
 import type { Backend } from '../engine/backend.js';
 import { FormatError, OptionError, SteerguardError } from '../formats/errors.js';
 import {
@@ -89,6 +90,8 @@ export interface SaeTrainResult {
 }
 
 export const SAE_CHECKPOINT_FILE = 'training-checkpoint.safetensors';
+/** Held in the checkpoint folder while a run trains there. */
+export const SAE_LOCK_FILE = 'training.lock';
 const CHECKPOINT_FORMAT = 'steerguard.sae-checkpoint';
 
 interface Settings {
@@ -180,10 +183,27 @@ export async function trainSae(
   options: SaeTrainOptions,
 ): Promise<SaeTrainResult> {
   const s = settingsOf(source, options);
+  const dir = options.checkpointDir;
+  if (dir === undefined) return await train(backend, source, options, s, undefined);
+  mkdirSync(dir, { recursive: true });
+  // One trainer per folder: two writing the same checkpoint would each resume the other's state.
+  const lock = join(dir, SAE_LOCK_FILE);
+  const token = acquireLock(lock, dir);
+  try {
+    return await train(backend, source, options, s, join(dir, SAE_CHECKPOINT_FILE));
+  } finally {
+    releaseLock(lock, token);
+  }
+}
+
+async function train(
+  backend: Backend,
+  source: ActivationSource,
+  options: SaeTrainOptions,
+  s: Settings,
+  checkpointFile: string | undefined,
+): Promise<SaeTrainResult> {
   const { dIn, dSae, batchSize } = s;
-  const checkpointFile =
-    options.checkpointDir === undefined ? undefined : join(options.checkpointDir, SAE_CHECKPOINT_FILE);
-  if (options.checkpointDir !== undefined) mkdirSync(options.checkpointDir, { recursive: true });
   const resumed = checkpointFile !== undefined && existsSync(checkpointFile);
   const state = resumed ? readCheckpoint(checkpointFile, s) : await initialState(source, s);
   const every = options.checkpointEvery ?? 100;
@@ -245,8 +265,9 @@ export async function trainSae(
       tokens: state.tokens,
     };
     const stop = options.stopAfterStep?.(state.step) === true;
-    if (checkpointFile !== undefined && (state.step % every === 0 || state.step === options.steps || stop))
+    if (checkpointFile !== undefined && (state.step % every === 0 || state.step === options.steps || stop)) {
       writeCheckpoint(checkpointFile, state, s);
+    }
     options.onProgress?.(last);
     if (stop) break;
     // A step is one synchronous block; let signals (Ctrl-C) and I/O have their turn between them.
