@@ -10,7 +10,7 @@ const LAYERS = [
   ['hooks', 'src/hooks/'],
   ['model', 'src/model/'],
   ['data', 'src/(data|activations)/'],
-  ['methods', 'src/(concepts|steering|training)/'],
+  ['methods', 'src/(concepts|steering|training|sae)/'],
   ['eval', 'src/eval/'],
   ['audit', 'src/audit/'],
   ['interfaces', 'src/cli/'],

@@ -12,7 +12,7 @@
  * - Data: prompt files and named prompt sets, seeded splits, the leakage guard, the capability and
  *   bias benchmarks' files (MMLU, GSM8K, TruthfulQA, BBQ, CrowS-Pairs).
  * - Methods: SCAV concepts (train, evaluate, calibrate, monitor, attack), control vectors, the
- *   refusal direction, conditional steering.
+ *   refusal direction, conditional steering, sparse autoencoders (`Sae`, `trainSae`, SAELens files).
  * - Evaluation: judges, language flaws, the refusal evaluation, capability (MMLU, GSM8K,
  *   TruthfulQA) and bias (BBQ, CrowS-Pairs) by lm-evaluation-harness's log-likelihood scoring, with
  *   or without steering (`buildSteeringHooks`), and the `Reporter` interface that long calls
@@ -189,6 +189,19 @@ export { createLora, zeroLoraLayers, LORA_TARGETS } from './training/lora.js';
 export type { LoraAdapter, LoraLayers, LoraPair, LoraTarget, LoraOptions } from './training/lora.js';
 export { AdamW } from './training/adamw.js';
 export type { AdamWOptions } from './training/adamw.js';
+
+// Methods: sparse autoencoders ----------------------------------------------------------------
+export { Sae, topKIndices, SAE_ARCHITECTURES } from './sae/sae.js';
+export type { SaeArchitecture, SaeConfig, SaeWeights, SparseCodes } from './sae/sae.js';
+export { saeLoss } from './sae/loss.js';
+export type { DenseProduct, SaeParams, SaeLossOptions, SaeLossResult } from './sae/loss.js';
+export { trainSae, geometricMedian, SAE_CHECKPOINT_FILE } from './sae/train.js';
+export type { SaeTrainOptions, SaeTrainProgress, SaeTrainResult } from './sae/train.js';
+export { arraySource, chunkSource, storeSource, takeRows } from './sae/source.js';
+export type { ActivationSource } from './sae/source.js';
+export { saveSae, loadSae, saeLensConfig, SAE_CFG_FILE, SAE_WEIGHTS_FILE } from './sae/saelens.js';
+export { reconstructionQuality, spliceHook, ceLossRecovered } from './sae/quality.js';
+export type { SaeReconstructionQuality, CeRecovered } from './sae/quality.js';
 
 // Evaluation ----------------------------------------------------------------------------------
 export { evaluateRefusal, hookResponder } from './eval/refusal.js';

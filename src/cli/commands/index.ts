@@ -13,6 +13,7 @@ import { generateCommand } from './generate.js';
 import { infoCommand } from './info.js';
 import { monitorCommand } from './monitor.js';
 import { pullCommand } from './pull.js';
+import { saeCommand } from './sae.js';
 
 /** In the order `steerguard --help` lists them. */
 export const COMMANDS: readonly CliCommand[] = [
@@ -28,6 +29,7 @@ export const COMMANDS: readonly CliCommand[] = [
   controlVectorCommand,
   evalCommand,
   attackCommand,
+  saeCommand,
   auditCommand,
   benchCommand,
   benchWorkerCommand,

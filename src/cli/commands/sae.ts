@@ -1,0 +1,347 @@
+/**
+ * `steerguard sae train|eval`: Top-k sparse autoencoders from the command line, thin over
+ * src/sae/. Training reads an activation file written by `steerguard activations`; evaluation
+ * runs the model on a prompt file. Prompt text is never printed.
+ */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+
+import { OptionError } from '../../formats/errors.js';
+import type { Model } from '../../model/model.js';
+import { type CommandSpec, type OptionSpec, formatHelp } from '../args.js';
+import { formatNumber } from '../output.js';
+import { Progress } from '../progress.js';
+import {
+  type CliCommand,
+  COLUMN_OPTION,
+  MODEL_OPTION,
+  THREADS_OPTION,
+  TOKEN_IDS_OPTION,
+  command,
+  loadModel,
+  para,
+  withInterrupt,
+} from './common.js';
+
+const KEEP_FIRST_TOKEN_OPTION = {
+  type: 'boolean',
+  description:
+    "use each prompt's first token too (by default it is left out: BOS is an attention sink whose norm dwarfs every other token's)",
+} as const satisfies OptionSpec;
+
+const LAYER_OPTION = {
+  type: 'number',
+  integer: true,
+  min: 0,
+  required: true,
+  placeholder: 'L',
+  description: 'block whose hook_resid_post the SAE reads',
+} as const satisfies OptionSpec;
+
+// ---------------------------------------------------------------------------------------------
+// sae train
+
+const TRAIN_SPEC = {
+  name: 'sae train',
+  summary: 'train a Top-k sparse autoencoder on stored activations (resumable)',
+  description: para(
+    'Reads blocks.L.hook_resid_post from --activations (a file of `steerguard activations`, e.g. with ' +
+      '--positions all) in chunks, so files larger than memory stream, and trains f = TopK(W_enc (x - b_dec) + b_enc), ' +
+      'x_hat = W_dec f + b_dec with MSE plus the AuxK dead-latent loss (coefficient 1/32), Adam and unit-norm ' +
+      'decoder rows (Gao et al. 2024). Passes over the file repeat until --steps. Every --checkpoint-every steps the ' +
+      'state is saved in --out; rerunning the same command resumes from it (more --steps continue a finished run). ' +
+      'At the end --out holds cfg.json and sae_weights.safetensors in SAELens layout. Progress lines report loss, ' +
+      "L0 (mean active latents) and the dead share (latents silent for --dead-tokens rows). In an all-token file each prompt's first token is left out unless --keep-first-token.",
+  ),
+  options: {
+    activations: {
+      type: 'string',
+      required: true,
+      placeholder: 'file',
+      description: 'activation file holding blocks.L.hook_resid_post',
+    },
+    layer: LAYER_OPTION,
+    expansion: {
+      type: 'number',
+      integer: true,
+      min: 1,
+      default: 8,
+      description: 'latents per input dimension (d_sae = E × d_in)',
+    },
+    k: { type: 'number', integer: true, min: 1, default: 32, description: 'latents kept per token' },
+    steps: { type: 'number', integer: true, min: 1, required: true, description: 'optimizer steps' },
+    batchSize: { type: 'number', integer: true, min: 1, default: 1024, description: 'tokens per step' },
+    lr: { type: 'number', min: 1e-12, default: 5e-4, description: 'Adam learning rate' },
+    deadTokens: {
+      type: 'number',
+      integer: true,
+      min: 1,
+      default: 100000,
+      description: 'a latent silent for this many tokens is dead (and trained by AuxK)',
+    },
+    seed: { type: 'number', integer: true, default: 0, description: 'seed of the initial decoder' },
+    keepFirstToken: KEEP_FIRST_TOKEN_OPTION,
+    checkpointEvery: {
+      type: 'number',
+      integer: true,
+      min: 1,
+      default: 100,
+      description: 'steps between checkpoints',
+    },
+    out: {
+      type: 'string',
+      short: 'o',
+      required: true,
+      placeholder: 'dir',
+      description: 'SAE folder to write',
+    },
+    overwrite: { type: 'boolean', description: 'replace a finished SAE in --out that has no checkpoint' },
+    threads: THREADS_OPTION,
+  },
+  examples: [
+    'steerguard activations qwen.gguf --prompts held-in.jsonl --positions all --hooks blocks.12.hook_resid_post --out acts.safetensors',
+    'steerguard sae train --activations acts.safetensors --layer 12 --expansion 8 --k 32 --steps 2000 --out sae-l12/',
+    'steerguard sae train --activations acts.safetensors --layer 12 --k 32 --steps 4000 --out sae-l12/ --json  # resumes, continues to 4000',
+  ],
+} as const satisfies CommandSpec;
+
+const trainCommand = command(TRAIN_SPEC, async (args, out) => {
+  const o = args.options;
+  if (!existsSync(o.activations)) throw new OptionError(`--activations: ${o.activations} does not exist`);
+  const { SAE_CHECKPOINT_FILE, trainSae } = await import('../../sae/train.js');
+  const { SAE_CFG_FILE, saveSae } = await import('../../sae/saelens.js');
+  const { storeSource } = await import('../../sae/source.js');
+  const { loadBackend } = await import('../../engine/select.js');
+  const { readSafetensorsHeader } = await import('../../formats/safetensors.js');
+  const { parseActivationMetadata } = await import('../../activations/store.js');
+  const hookName = `blocks.${o.layer}.hook_resid_post`;
+  if (
+    existsSync(path.join(o.out, SAE_CFG_FILE)) &&
+    !existsSync(path.join(o.out, SAE_CHECKPOINT_FILE)) &&
+    !o.overwrite
+  )
+    throw new OptionError(`${o.out} holds an SAE with no training checkpoint; remove it or pass --overwrite`);
+  const header = readSafetensorsHeader(o.activations);
+  const skipFirstToken = !o.keepFirstToken && header.tensors.has('offsets');
+  const source = storeSource(o.activations, hookName, { skipFirstToken });
+  let modelName = '';
+  try {
+    modelName = parseActivationMetadata(header.metadata).descriptor.model.file ?? '';
+  } catch {
+    // not written by `steerguard activations`: the SAE's model stays unnamed
+  }
+  const backend = loadBackend({ threads: o.threads });
+  const progress = new Progress({ total: o.steps, label: 'sae train', unit: 'steps', json: out.json });
+  const logEvery = Math.max(1, Math.round(o.steps / 20));
+  let stopRequested = false;
+  const result = await withInterrupt(
+    () =>
+      trainSae(backend, source, {
+        dSae: o.expansion * source.dIn,
+        k: o.k,
+        steps: o.steps,
+        batchSize: o.batchSize,
+        lr: o.lr,
+        deadTokens: o.deadTokens,
+        seed: o.seed,
+        hookName,
+        hookLayer: o.layer,
+        modelName,
+        checkpointDir: o.out,
+        checkpointEvery: o.checkpointEvery,
+        stopAfterStep: () => stopRequested,
+        onProgress: (p) => {
+          progress.update(p.step);
+          if (p.step % logEvery === 0 || p.step === p.steps)
+            progress.log(
+              `step ${p.step}: loss ${formatNumber(p.loss)}, mse ${formatNumber(p.mse)}, L0 ${formatNumber(p.l0)}, dead ${(100 * p.deadShare).toFixed(1)}%`,
+            );
+        },
+      }),
+    () => {
+      stopRequested = true;
+      out.info('stopping after this step; rerun the same command to resume');
+    },
+  );
+  progress.finish();
+  if (result.resumed) out.info(`resumed from step ${result.step - result.stepsThisRun}`);
+  if (stopRequested && result.step < o.steps) {
+    out.warn(`interrupted at step ${result.step} of ${o.steps}; the checkpoint in ${o.out} resumes it`);
+    process.exitCode = 130;
+    return;
+  }
+  saveSae(result.sae, o.out);
+  const last = result.last;
+  out.result(
+    {
+      out: o.out,
+      hookName,
+      dIn: source.dIn,
+      dSae: result.sae.config.dSae,
+      k: o.k,
+      step: result.step,
+      stepsThisRun: result.stepsThisRun,
+      resumed: result.resumed,
+      rows: source.rows,
+      skipFirstToken,
+      last: last ?? null,
+    },
+    `wrote ${o.out}: d_in ${source.dIn}, d_sae ${result.sae.config.dSae}, k ${o.k}, ${result.step} steps` +
+      (last
+        ? ` (last loss ${formatNumber(last.loss)}, L0 ${formatNumber(last.l0)}, dead ${(100 * last.deadShare).toFixed(1)}%)`
+        : ''),
+  );
+});
+
+// ---------------------------------------------------------------------------------------------
+// sae eval
+
+const EVAL_SPEC = {
+  name: 'sae eval',
+  summary: 'explained variance, L0, dead latents and CE-loss recovered of an SAE on prompts',
+  description: para(
+    'Runs every prompt of --prompts (plain text, tokenized without a chat template) through the model, ' +
+      "reads the SAE's hook at every token and reports explained variance (1 - Σ|x - x_hat|² / Σ|x - mean|²), " +
+      'L0 (mean active latents per token), the dead share (latents active on no token), and CE-loss recovered, ' +
+      '(CE_zero_ablation - CE_spliced) / (CE_zero_ablation - CE_clean): the mean next-token loss with x_hat ' +
+      'spliced in for x at every position, against the clean model and the activation set to zero. ' +
+      "Each prompt's first token is left out of both unless --keep-first-token. Use prompts the SAE was not trained on.",
+  ),
+  options: {
+    sae: {
+      type: 'string',
+      required: true,
+      placeholder: 'dir',
+      description: 'SAE folder (cfg.json + sae_weights.safetensors)',
+    },
+    model: MODEL_OPTION,
+    prompts: {
+      type: 'string',
+      required: true,
+      placeholder: 'file',
+      description: 'held-out prompts (CSV/JSON/JSONL)',
+    },
+    column: COLUMN_OPTION,
+    tokenIds: TOKEN_IDS_OPTION,
+    limit: { type: 'number', integer: true, min: 1, description: 'first N prompts' },
+    layer: {
+      ...LAYER_OPTION,
+      required: false,
+      description: "block of the SAE's hook (default: the SAE's own; must agree)",
+    },
+    keepFirstToken: {
+      type: 'boolean',
+      description:
+        "measure and splice each prompt's first token too (by default it is left as it is, as in training)",
+    },
+    threads: THREADS_OPTION,
+  },
+  examples: [
+    'steerguard sae eval --sae sae-l12/ --model qwen.gguf --prompts held-out.jsonl --layer 12',
+    'steerguard sae eval --sae gemmascope-l6/ -m gemma.gguf --prompts p.csv --column text --limit 50 --json',
+  ],
+} as const satisfies CommandSpec;
+
+const evalCommand = command(EVAL_SPEC, async (args, out) => {
+  const o = args.options;
+  const { loadSae } = await import('../../sae/saelens.js');
+  const { ceLossRecovered, reconstructionQuality } = await import('../../sae/quality.js');
+  const { arraySource } = await import('../../sae/source.js');
+  const { loadPromptFile } = await import('../../data/prompts.js');
+  const { parseTokenIds } = await import('../../eval/prompt-sets.js');
+  const sae = loadSae(o.sae);
+  if (o.layer !== undefined && o.layer !== sae.config.hookLayer)
+    throw new OptionError(
+      `--layer ${o.layer}: the SAE in ${o.sae} reads ${sae.config.hookName} (layer ${sae.config.hookLayer})`,
+    );
+  const records = loadPromptFile(o.prompts, { column: o.column, limit: o.limit });
+  const model: Model = await loadModel(o.model, out, { threads: o.threads });
+  const hook: string = sae.config.hookName;
+  model.checkHookName(hook);
+  if (model.config.dModel !== sae.config.dIn)
+    throw new OptionError(
+      `the SAE in ${o.sae} reads width ${sae.config.dIn} but the model's d_model is ${model.config.dModel}`,
+    );
+  const tokens = records.map((r, i) =>
+    o.tokenIds
+      ? parseTokenIds(r.text, `${o.prompts}: prompt ${i}`, model.config.vocabSize)
+      : model.tokenize(r.text),
+  );
+  const short = tokens.findIndex((t) => t.length < 2);
+  if (short >= 0)
+    throw new OptionError(`--prompts: prompt ${short} (${records[short].id}) has fewer than 2 tokens`);
+
+  const { cache } = model.run(
+    tokens.map((t) => ({ tokens: t })),
+    { cache: { names: [hook], positions: 'all' }, logits: 'none' },
+  );
+  const skip = o.keepFirstToken ? 0 : sae.config.dIn;
+  const rows = (cache.get(hook) ?? []).map((r) => r.subarray(skip));
+  const activations = new Float32Array(rows.reduce((a, r) => a + r.length, 0));
+  let off = 0;
+  for (const r of rows) {
+    activations.set(r, off);
+    off += r.length;
+  }
+  const quality = await reconstructionQuality(
+    sae,
+    model.backend,
+    arraySource(activations, sae.config.dIn, o.prompts),
+  );
+  const ce = ceLossRecovered(model, sae, tokens, !o.keepFirstToken);
+  const pct = (x: number): string => `${(100 * x).toFixed(1)}%`;
+  out.result(
+    { sae: o.sae, hookName: sae.config.hookName, prompts: records.length, ...quality, ce },
+    [
+      `${o.sae} at ${sae.config.hookName}, ${records.length} prompts, ${quality.rows} tokens:`,
+      `  explained variance  ${formatNumber(quality.explainedVariance)}`,
+      `  L0                  ${formatNumber(quality.l0)}`,
+      `  dead latents        ${pct(quality.deadShare)}`,
+      `  CE recovered        ${pct(ce.recovered)} (clean ${formatNumber(ce.ceClean)}, spliced ${formatNumber(ce.ceSpliced)}, zero-ablated ${formatNumber(ce.ceZeroAblation)} nats over ${ce.tokens} tokens)`,
+    ].join('\n'),
+  );
+});
+
+// ---------------------------------------------------------------------------------------------
+// the group
+
+const ACTIONS: Record<string, CliCommand> = { train: trainCommand, eval: evalCommand };
+
+const SAE_SPEC: CommandSpec = {
+  name: 'sae',
+  summary: 'sparse autoencoders: train a Top-k SAE on stored activations, evaluate one on prompts',
+  description: para(
+    "Actions: 'train' fits a Top-k SAE to an activation file (resumable); 'eval' measures explained variance, " +
+      "L0, dead latents and CE-loss recovered. SAEs are folders in SAELens's layout, so SAELens SAEs (topk, " +
+      "jumprelu such as GemmaScope's) load too. Run 'steerguard sae <action> --help' for an action's options; all " +
+      'of them are listed below.',
+  ),
+  positionals: [{ name: 'action', description: 'train or eval' }],
+  options: (() => {
+    const merged: Record<string, OptionSpec> = {};
+    for (const a of Object.values(ACTIONS))
+      for (const [k, v] of Object.entries(a.spec.options)) merged[k] ??= v;
+    return merged;
+  })(),
+  examples: [TRAIN_SPEC.examples[1], EVAL_SPEC.examples[0]],
+};
+
+export const saeCommand: CliCommand = {
+  spec: SAE_SPEC,
+  hidden: false,
+  run: async (argv, out) => {
+    let k = 0;
+    while (argv[k] === '--json') k++;
+    const action = argv[k];
+    if (action === undefined || action === '--help' || action === '-h' || action === 'help') {
+      out.stdout.write(formatHelp(SAE_SPEC));
+      return;
+    }
+    const sub = ACTIONS[action];
+    if (sub === undefined)
+      throw new OptionError(
+        `unknown action '${action.slice(0, 40)}' for 'steerguard sae'; expected ${Object.keys(ACTIONS).join(', ')}`,
+      );
+    await sub.run([...argv.slice(0, k), ...argv.slice(k + 1)], out);
+  },
+};

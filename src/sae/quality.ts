@@ -1,0 +1,166 @@
+/**
+ * How good an SAE is, measured as SAELens and Anthropic measure it:
+ *
+ * - explained variance: 1 - Σ||x - x_hat||² / Σ||x - mean(x)||² over held-out rows;
+ * - L0: mean number of active latents per row;
+ * - dead share: latents active on none of the rows;
+ * - CE-loss recovered: (CE_zero - CE_spliced) / (CE_zero - CE_clean), where CE is the mean
+ *   next-token cross-entropy of the prompts' own tokens, clean, with x_hat spliced in for x at the
+ *   SAE's hook on every position (optionally all but the first), and with that activation set to
+ *   zero at the same positions.
+ */
+import type { Backend } from '../engine/backend.js';
+import { OptionError } from '../formats/errors.js';
+import type { Hook, HookName } from '../hooks/hooks.js';
+import type { Model } from '../model/model.js';
+import type { Sae } from './sae.js';
+import type { ActivationSource } from './source.js';
+
+export interface SaeReconstructionQuality {
+  readonly rows: number;
+  readonly explainedVariance: number;
+  /** Mean squared error per row (sum over the row's values). */
+  readonly mse: number;
+  readonly l0: number;
+  readonly deadShare: number;
+}
+
+/** Explained variance, L0 and dead share of `sae` over `source` (at most `maxRows` rows). */
+export async function reconstructionQuality(
+  sae: Sae,
+  backend: Backend,
+  source: ActivationSource,
+  maxRows = Infinity,
+): Promise<SaeReconstructionQuality> {
+  const { dIn, dSae } = sae.config;
+  if (source.dIn !== dIn)
+    throw new OptionError(`SAE reads width ${dIn} but ${source.id} holds rows of width ${source.dIn}`);
+  let rows = 0;
+  let sq = 0;
+  let err = 0;
+  let active = 0;
+  const sum = new Float64Array(dIn);
+  const fired = new Uint8Array(dSae);
+  for await (const full of source.chunks(0)) {
+    const n = Math.min(full.length / dIn, maxRows - rows);
+    const x = full.subarray(0, n * dIn);
+    const codes = sae.encode(backend, x, n);
+    const xHat = sae.decode(codes);
+    for (let i = 0; i < x.length; i++) {
+      sq += x[i] * x[i];
+      sum[i % dIn] += x[i];
+      err += (x[i] - xHat[i]) ** 2;
+    }
+    active += codes.latents.length;
+    for (const j of codes.latents) fired[j] = 1;
+    rows += n;
+    if (rows >= maxRows) break;
+  }
+  if (rows === 0) throw new OptionError(`${source.id}: no rows to measure the SAE on`);
+  let meanSq = 0;
+  for (const s of sum) meanSq += s * s;
+  const total = sq - meanSq / rows;
+  let nFired = 0;
+  for (const f of fired) nFired += f;
+  return {
+    rows,
+    explainedVariance: total > 0 ? 1 - err / total : NaN,
+    mse: err / rows,
+    l0: active / rows,
+    deadShare: 1 - nFired / dSae,
+  };
+}
+
+/**
+ * A hook that replaces the activation at the SAE's hook by the SAE's reconstruction; with
+ * `skipFirstToken`, rows at position 0 (BOS, whose norm is far above every other token's) stay.
+ */
+export function spliceHook(sae: Sae, backend: Backend, skipFirstToken = false): Hook {
+  const name = sae.config.hookName as HookName;
+  const dIn = sae.config.dIn;
+  return {
+    name,
+    fn: (act, ctx) => {
+      if (ctx.width !== dIn)
+        throw new OptionError(`SAE reads width ${dIn} but ${name} has width ${ctx.width}`);
+      const xHat = sae.reconstruct(backend, act, ctx.rows);
+      for (let r = 0; r < ctx.rows; r++)
+        if (!(skipFirstToken && ctx.pos[r] === 0)) act.set(xHat.subarray(r * dIn, (r + 1) * dIn), r * dIn);
+    },
+  };
+}
+
+export interface CeRecovered {
+  /** Predicted tokens scored (every token of every prompt but the first). */
+  readonly tokens: number;
+  readonly ceClean: number;
+  readonly ceSpliced: number;
+  readonly ceZeroAblation: number;
+  /** (ceZeroAblation - ceSpliced) / (ceZeroAblation - ceClean). */
+  readonly recovered: number;
+}
+
+/**
+ * CE-loss recovered by `sae` on token sequences `prompts` (each at least two tokens), run
+ * one at a time with every row's logits. With `skipFirstToken`, position 0 is left as it is in
+ * both the spliced and the zero-ablated runs (for SAEs trained without the first token).
+ */
+export function ceLossRecovered(
+  model: Model,
+  sae: Sae,
+  prompts: readonly (readonly number[])[],
+  skipFirstToken = false,
+): CeRecovered {
+  model.checkHookName(sae.config.hookName);
+  if (model.config.dModel !== sae.config.dIn)
+    throw new OptionError(
+      `the SAE reads width ${sae.config.dIn} but ${model.identity.path} has d_model ${model.config.dModel}`,
+    );
+  const name = sae.config.hookName as HookName;
+  const D = sae.config.dIn;
+  const zero: Hook = {
+    name,
+    fn: (act, ctx) => {
+      for (let r = 0; r < ctx.rows; r++)
+        if (!(skipFirstToken && ctx.pos[r] === 0)) act.fill(0, r * D, (r + 1) * D);
+    },
+  };
+  const splice = spliceHook(sae, model.backend, skipFirstToken);
+  const V = model.config.vocabSize;
+  const totals = { clean: 0, spliced: 0, zero: 0 };
+  let tokens = 0;
+  for (const [i, p] of prompts.entries()) {
+    if (p.length < 2)
+      throw new OptionError(`CE recovered: prompt ${i} has ${p.length} token(s); at least 2 are needed`);
+    for (const [key, hooks] of [
+      ['clean', []],
+      ['spliced', [splice]],
+      ['zero', [zero]],
+    ] as const) {
+      const logits = model.run([{ tokens: [...p] }], { logits: 'all', hooks }).logits[0];
+      for (let t = 0; t + 1 < p.length; t++)
+        totals[key] -= logProb(logits.subarray(t * V, (t + 1) * V), p[t + 1]);
+    }
+    tokens += p.length - 1;
+  }
+  if (tokens === 0) throw new OptionError('CE recovered: no prompts');
+  const ceClean = totals.clean / tokens;
+  const ceSpliced = totals.spliced / tokens;
+  const ceZeroAblation = totals.zero / tokens;
+  return {
+    tokens,
+    ceClean,
+    ceSpliced,
+    ceZeroAblation,
+    recovered: (ceZeroAblation - ceSpliced) / (ceZeroAblation - ceClean),
+  };
+}
+
+/** log softmax(row)[token], in double precision. */
+function logProb(row: Float32Array, token: number): number {
+  let max = -Infinity;
+  for (const x of row) max = Math.max(max, x);
+  let sum = 0;
+  for (const x of row) sum += Math.exp(x - max);
+  return row[token] - max - Math.log(sum);
+}
