@@ -82,6 +82,8 @@ export function readLabels(file: string): ReplyLabel[] {
       ['unsafe', 'boolean'],
     ] as const)
       if (typeof o[k] !== t) throw new FormatError(file, `${at}: ${k}`, `expected a ${t}`);
+    if (!Number.isInteger(o.index) || (o.index as number) < 0)
+      throw new FormatError(file, `${at}: index`, 'expected an integer >= 0');
     if (!/^[0-9a-f]{64}$/.test(o.sha256 as string))
       throw new FormatError(file, `${at}: sha256`, 'expected 64 hex digits');
     const key = replyKey(o.run as string, o.set as string, o.index as number);
@@ -124,7 +126,15 @@ export function matchLabels(
       const run = typeof o.run === 'string' ? o.run : base;
       if (typeof o.set !== 'string' || typeof o.index !== 'number')
         throw new FormatError(file, `line ${i + 1}`, 'a reply needs set and index');
-      byKey.set(replyKey(run, o.set, o.index), { prompt: o.prompt, response: o.response, file });
+      const key = replyKey(run, o.set, o.index);
+      const seen = byKey.get(key);
+      if (seen)
+        throw new FormatError(
+          file,
+          `line ${i + 1}`,
+          `reply ${key} is also in ${seen.file}: which one was labelled is ambiguous`,
+        );
+      byKey.set(key, { prompt: o.prompt, response: o.response, file });
     });
   }
   return labels.map((l) => {

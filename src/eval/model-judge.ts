@@ -179,13 +179,12 @@ export function modelJudge(judgeModel: Model, opts: ModelJudgeOptions): Judge {
           chunk.forEach(() => results.push({ kind: 'error', error: 'judging was aborted' }));
           continue;
         }
+        // Tokenized once: the length check and generation read the same ids.
         const prompts = chunk.map((it) => ({
-          messages: [{ role: 'user' as const, content: spec.prompt(it) }],
+          tokens: judgeModel.tokenize({ messages: [{ role: 'user' as const, content: spec.prompt(it) }] }),
         }));
         // A judge prompt past the judge's context is that item's error, not the run's.
-        const fits = prompts.map(
-          (p) => judgeModel.tokenize(p).length + maxNewTokens <= judgeModel.config.maxContext,
-        );
+        const fits = prompts.map((p) => p.tokens.length + maxNewTokens <= judgeModel.config.maxContext);
         const answers = await judgeModel.generate(
           prompts.filter((_, i) => fits[i]),
           { maxNewTokens, maxBatch: batch, signal: run.signal },
