@@ -289,6 +289,25 @@ export type {
   TruthfulQaRow,
   TruthfulQaResult,
 } from './eval/capability.js';
+export {
+  CAPABILITY_TASKS,
+  BIAS_TASKS,
+  BENCHMARK_PATHS,
+  GSM8K_MAX_TOKENS,
+  loadCapabilityData,
+  runCapability,
+  pairedDifference,
+} from './eval/capability-suite.js';
+export type {
+  CapabilityTask,
+  BiasTask,
+  CapabilityData,
+  CapabilityDataOptions,
+  CapabilityRun,
+  CapabilityRunOptions,
+  Figure as BenchmarkFigure,
+  PairedDifference,
+} from './eval/capability-suite.js';
 export { evaluateBbq, evaluateCrowsPairs, bbqScores, bbqPrompt, crowsSummary } from './eval/bias.js';
 export type {
   BbqAnswer,
@@ -309,7 +328,7 @@ export type { Reporter, ProgressReporter } from './eval/reporter.js';
 // Audit ---------------------------------------------------------------------------------------
 export { runAudit, checkAuditInputs } from './audit/pipeline.js';
 export type { AuditOptions, AuditOutcome } from './audit/pipeline.js';
-export { STEP_NAMES } from './audit/types.js';
+export { STEP_NAMES, DEFAULT_STEPS } from './audit/types.js';
 export { DEFAULT_AUDIT_SETTINGS, auditSettings } from './audit/settings.js';
 export type {
   AuditSettings,
@@ -322,6 +341,8 @@ export type {
   SteeringCondition,
   AttackResult,
   AttackRun,
+  CapabilityResult,
+  CapabilityCondition,
   EvalGroup,
   Rate,
   SetRates,

@@ -15,6 +15,7 @@ import { STATE_FORMAT, STATE_VERSION, type AuditState } from '../src/audit/state
 import type {
   AuditResults,
   AuditSettings,
+  CapabilityResult,
   Condition,
   GroupedRates,
   Rate,
@@ -77,6 +78,7 @@ const SETTINGS: AuditSettings = {
   tokenIds: false,
   batch: 16,
   redact: false,
+  capabilityLimit: 40,
 };
 
 const source = (name: string, label: 0 | 1, auroc: number) => ({
@@ -155,6 +157,7 @@ function report(
   none: [number, number, number],
   gated: [number, number, number],
   monitor = reading(0.9, 46),
+  capability?: CapabilityResult,
 ): AuditReport {
   const data = {
     harmful: { sets: [{ set: 'harmbench', used: 40 }], n: 40 },
@@ -162,7 +165,7 @@ function report(
     harmless: { sets: [{ set: 'alpaca:test', used: 40 }], n: 40 },
   };
   const verdict = { flagged: rate(36, 40), benign: rate(2, 40), uncertain: rate(2, 40) };
-  const results: Omit<AuditResults, 'attack'> = {
+  const results: Omit<AuditResults, 'attack' | 'capability'> = {
     reading: monitor,
     direction: {
       file: 'refusal-direction.gguf',
@@ -223,12 +226,13 @@ function report(
       direction: record(results.direction),
       baseline: record(results.baseline),
       steering: record(results.steering),
+      ...(capability ? { capability: record(capability) } : {}),
     },
     runs: {},
   };
   return buildReport({
     state,
-    keys: { reading: 'k', direction: 'k', baseline: 'k', steering: 'k', attack: 'other' },
+    keys: { reading: 'k', direction: 'k', baseline: 'k', steering: 'k', attack: 'other', capability: 'k' },
     machine: machineInfo({ name: 'native', threads: 2 }),
     version: '0.0.0',
     command: null,
@@ -320,6 +324,62 @@ describe('audit report', () => {
     assert.match(page, /Share refused/);
     assert.match(page, /flagged \(added\)/);
     assert.match(page, /-0\.050<br><span class="ci">-0\.070–-0\.030; 39\/40 steered/);
+  });
+
+  test('capability: opt-in when not run; when run, both conditions, the paired change and the trade-off', () => {
+    const plain = report([16, 18, 5], [36, 3, 2]);
+    assert.ok(
+      plain.summary.some((l) => /Not run with these settings: attack, capability \(opt-in\)/.test(l)),
+    );
+    assert.match(section(renderReportHtml(plain), 'capability'), /Not run: this step is opt-in/);
+
+    const fig = (task: string, metric: string, value: number, steered: number) => ({
+      task,
+      metric,
+      n: 40,
+      value,
+      ci: [value - 0.1, value + 0.1] as const,
+      interval: 'wilson' as const,
+      steered,
+    });
+    const capability: CapabilityResult = {
+      tasks: ['mmlu'],
+      limit: 40,
+      seed: 0,
+      maxTokens: 256,
+      conditions: [
+        {
+          condition: 'none',
+          label: 'no steering',
+          figures: [fig('mmlu', 'accuracy (0-shot)', 0.45, 0)],
+          file: 'capability-none.json',
+          seconds: 1,
+        },
+        {
+          condition: 'gated',
+          label: 'two-sided gate',
+          figures: [fig('mmlu', 'accuracy (0-shot)', 0.4, 38)],
+          file: 'capability-gated.json',
+          seconds: 1,
+        },
+      ],
+      costs: [{ task: 'mmlu', metric: 'accuracy (0-shot)', n: 40, delta: -0.05, ci: [-0.12, 0.02] }],
+    };
+    const r = report([16, 18, 5], [36, 3, 2], reading(0.9, 46), capability);
+    assert.ok(
+      r.summary.some((l) =>
+        /mmlu accuracy \(0-shot\) 45\.0% → 40\.0% \(no clear change: -5\.0 points, 95% CI -12\.0 to 2\.0\)/.test(
+          l,
+        ),
+      ),
+      r.summary.join('\n'),
+    );
+    const page = section(renderReportHtml(r), 'capability');
+    assert.match(page, /38\/40/);
+    assert.match(page, /−5\.0<br><span class="ci">−12\.0 to \+2\.0; includes 0/);
+    assert.match(page, /The trade-off/);
+    // the trade-off row of the gate carries its harmful-refusal rate (36 of 40) beside MMLU
+    assert.match(page, /<tr class="best"><td>two-sided gate<\/td><td class="n">90% \(36\/40\)/);
   });
 
   test('the y axis is scaled to the data, interval ends included, with 0 at the bottom', () => {

@@ -121,10 +121,21 @@ describe('steerguard audit on the tiny llama', () => {
       baseline: 'not run',
       steering: 'not run',
       attack: 'not run',
+      capability: 'not run',
     });
     assert.match(html(outA), /id="reading"/);
     assert.match(r.stdout, /steps: reading done, direction not run/);
     assert.ok(existsSync(path.join(outA, 'reading.json')));
+  });
+
+  test('--steps capability without the benchmark files: an error naming the path, before any work', async () => {
+    const out = path.join(tmp, 'no-benchmarks');
+    const dataDir = path.join(tmp, 'empty-data');
+    mkdirSync(dataDir, { recursive: true });
+    const r = await audit([...base(out), '--steps', 'capability', '--data-dir', dataDir]);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, new RegExp(`task mmlu needs ${path.join(dataDir, 'mmlu')}, which does not exist`));
+    assert.equal(existsSync(out), false, 'nothing written');
   });
 
   test('the full run resumes: the reading is reused, every section is filled in', async () => {

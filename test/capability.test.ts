@@ -19,6 +19,7 @@ import {
   scoreContinuations,
   trueMass,
 } from '../src/eval/capability.js';
+import { pairedDifference } from '../src/eval/capability-suite.js';
 import { FormatError } from '../src/formats/errors.js';
 import { blockHook } from '../src/hooks/hooks.js';
 import { addVector } from '../src/hooks/interventions.js';
@@ -210,6 +211,21 @@ describe('TruthfulQA MC2 and intervals', () => {
     assert.equal(m.mean, 0.75);
     assert.equal(m.ci[1], 1);
     assert.ok(m.ci[0] > 0 && m.ci[0] < 0.75);
+  });
+});
+
+describe('paired difference (the audit capability cost)', () => {
+  test('b − a item by item, with mean ± 1.96 sd/√n of the differences', () => {
+    // differences 1, 0, 0, -1, 1: mean 0.2, sd √0.7
+    const d = pairedDifference([0, 1, 1, 1, 0], [1, 1, 1, 0, 1]);
+    assert.equal(d.n, 5);
+    assert.ok(Math.abs(d.delta - 0.2) < 1e-12);
+    const half = (1.96 * Math.sqrt(0.7)) / Math.sqrt(5);
+    assert.ok(Math.abs(d.ci[0] - (0.2 - half)) < 1e-12 && Math.abs(d.ci[1] - (0.2 + half)) < 1e-12);
+  });
+  test('unequal or empty lists are errors', () => {
+    assert.throws(() => pairedDifference([1, 0], [1]), /two equal, non-empty lists \(got 2 and 1\)/);
+    assert.throws(() => pairedDifference([], []), /non-empty/);
   });
 });
 

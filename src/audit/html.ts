@@ -7,12 +7,14 @@
 import type { HeldOutSourceResult } from '../concepts/sources.js';
 import { escapeXml as esc } from '../concepts/plot.js';
 import { barChartSvg, rateChartSvg } from './charts.js';
+import type { Figure } from '../eval/capability-suite.js';
 import {
   ATTACK_LABELS,
   type AuditReport,
   type Goal,
   HELD_OUT,
   attackSuccess,
+  groupRefusal,
   judgeRate,
   pct,
   rateText,
@@ -139,6 +141,7 @@ export function renderReportHtml(r: AuditReport, opts: HtmlOptions = {}): string
     baselineSection(r),
     steeringSection(r),
     attackSection(r),
+    capabilitySection(r),
   );
   parts.push(opts.replies ? repliesSection(r, opts.replies) : REPLIES_HIDDEN);
   parts.push(filesSection(r));
@@ -537,6 +540,77 @@ function attackSection(r: AuditReport): string {
       true,
       true,
     ]) +
+    '</section>'
+  );
+}
+
+/** A capability figure: a percentage (or MC2's mass) with its interval. */
+function figureCell(f: Figure | undefined): string {
+  if (!f) return '<td class="n">–</td>';
+  return `<td class="n">${pct(f.value, 1)}<br><span class="ci">${ciText(f.ci)}</span></td>`;
+}
+
+function capabilitySection(r: AuditReport): string {
+  const head = '<section id="capability"><h2>f. Capability cost of the gate</h2>';
+  const c = r.results.capability;
+  const step = r.steps.find((x) => x.name === 'capability');
+  if (step?.status === 'not run')
+    return (
+      `${head}<p class="note">Not run: this step is opt-in (<code>--steps reading,direction,baseline,steering,attack,capability</code>); ` +
+      'it runs MMLU, GSM8K and TruthfulQA with no steering and with the gate.</p></section>'
+    );
+  const missing = notDone(r, 'capability');
+  if (missing || !c) return `${head}${missing ?? ''}</section>`;
+  const [none, gated] = c.conditions;
+  const points = (x: number) => `${x >= 0 ? '+' : '−'}${Math.abs(100 * x).toFixed(1)}`;
+  const rows = c.costs.map((d, i) => {
+    const clear = d.ci[0] > 0 || d.ci[1] < 0;
+    return (
+      `<tr><td>${esc(d.task)}</td><td>${esc(d.metric)}</td>${figureCell(none.figures[i])}${figureCell(gated.figures[i])}` +
+      `<td class="n">${gated.figures[i].steered}/${gated.figures[i].n}</td>` +
+      `<td class="n">${points(d.delta)}<br><span class="ci">${points(d.ci[0])} to ${points(d.ci[1])}${clear ? '' : '; includes 0'}</span></td></tr>`
+    );
+  });
+  const figure = (cond: typeof none, task: string, metric: string) =>
+    cond.figures.find((f) => f.task === task && f.metric.startsWith(metric));
+  const tradeRows = c.conditions.map(
+    (cond) =>
+      `<tr${cond.condition === 'gated' ? ' class="best"' : ''}><td>${esc(cond.label)}</td>` +
+      EVAL_GROUPS.map((g) => rateCell(groupRefusal(r, cond.condition, g))).join('') +
+      figureCell(figure(cond, 'mmlu', 'accuracy')) +
+      figureCell(figure(cond, 'gsm8k', 'exact')) +
+      figureCell(figure(cond, 'truthfulqa', 'MC1')) +
+      '</tr>',
+  );
+  return (
+    head +
+    `<p>MMLU, GSM8K and TruthfulQA as <code>steerguard eval capability</code> scores them (0-shot, raw text, as ` +
+    `lm-evaluation-harness): ${c.limit} items of each task from the seeded subsets (seed ${c.seed}; MMLU spread over ` +
+    `its subjects), GSM8K replies up to ${c.maxTokens} tokens. With the gate, the monitor reads each question and ` +
+    'the direction is added, ablated or left alone as in section d. The change is the gate minus no steering on the ' +
+    'same items, with a 95% paired interval (percentage points; MC2 in points of probability mass).</p>' +
+    table(['task', 'metric', none.label, gated.label, 'steered', 'change'], rows, [
+      false,
+      false,
+      true,
+      true,
+      true,
+      true,
+    ]) +
+    '<h3>The trade-off</h3>' +
+    table(
+      [
+        'steering',
+        ...EVAL_GROUPS.map((g) => `${GROUP_LABELS[g]} refused`),
+        'MMLU',
+        'GSM8K',
+        'TruthfulQA MC1',
+      ],
+      tradeRows,
+      [false, true, true, true, true, true, true],
+    ) +
+    `<p class="note">Rows files: ${c.conditions.map((x) => `<code>${esc(x.file)}</code>`).join(', ')} ` +
+    '(eval capability --out format; GSM8K replies included).</p>' +
     '</section>'
   );
 }

@@ -18,7 +18,8 @@ import { SteerguardError } from '../formats/errors.js';
 import { buildJudges, checkJudgeNames } from '../eval/evaluation.js';
 import type { Judge } from '../eval/judges.js';
 import { checkGeneralizationSources } from '../concepts/generalization.js';
-import { loadPromptSet } from '../data/datasets.js';
+import { loadPromptSet, resolveDataDir } from '../data/datasets.js';
+import { CAPABILITY_TASKS, checkBenchmarkData } from '../eval/capability-suite.js';
 import { type Reporter, formatDuration, silentReporter } from '../eval/reporter.js';
 import type { Model } from '../model/model.js';
 import { renderReportHtml } from './html.js';
@@ -43,11 +44,19 @@ import {
   READING_FILE,
   SCAV_CONCEPT_FILE,
   STEPS,
+  capabilityRowsFile,
   directionSplit,
   loadEvalSets,
   stepKeys,
 } from './steps.js';
-import { type AuditSettings, STEP_NAMES, STEP_NEEDS, STEP_TITLES, type StepName } from './types.js';
+import {
+  type AuditSettings,
+  DEFAULT_STEPS,
+  STEP_NAMES,
+  STEP_NEEDS,
+  STEP_TITLES,
+  type StepName,
+} from './types.js';
 
 export const REPORT_HTML = 'report.html';
 export const REPORT_JSON = 'report.json';
@@ -58,7 +67,7 @@ export interface AuditOptions {
   /** Folder for the state, the report and the replies; created when missing. */
   readonly outDir: string;
   readonly settings: AuditSettings;
-  /** Steps asked for; the steps they need run first when not done. Default: all. */
+  /** Steps asked for; the steps they need run first when not done. Default: `DEFAULT_STEPS`. */
   readonly steps?: readonly StepName[];
   /** Forget earlier results in outDir (the audit's own files only) and start over. */
   readonly restart?: boolean;
@@ -103,7 +112,16 @@ export interface AuditOutcome {
 }
 
 /** The audit's own files in outDir (what --restart removes; nothing else there is touched). */
-const OWN_FILES = [STATE_FILE, READING_FILE, DIRECTION_FILE, SCAV_CONCEPT_FILE, REPORT_HTML, REPORT_JSON];
+const OWN_FILES = [
+  STATE_FILE,
+  READING_FILE,
+  DIRECTION_FILE,
+  SCAV_CONCEPT_FILE,
+  capabilityRowsFile('none'),
+  capabilityRowsFile('gated'),
+  REPORT_HTML,
+  REPORT_JSON,
+];
 
 /** The artefact a step leaves in outDir: a stored result without it is redone. */
 const STEP_FILES: Partial<Record<StepName, string>> = { reading: READING_FILE, direction: DIRECTION_FILE };
@@ -138,9 +156,14 @@ function dependants(step: StepName): StepName[] {
  * first problem. runAudit calls it before it makes the output folder, and the CLI before it loads
  * the model, so that a mistake costs nothing.
  */
-export function checkAuditInputs(settings: AuditSettings, dataDir?: string): void {
+export function checkAuditInputs(
+  settings: AuditSettings,
+  dataDir?: string,
+  steps: readonly StepName[] = DEFAULT_STEPS,
+): void {
   const s = settings;
   checkJudgeNames(s.judges);
+  if (planSteps(steps).includes('capability')) checkBenchmarkData(resolveDataDir(dataDir), CAPABILITY_TASKS);
   const load = (names: readonly string[]) => names.map((n) => loadPromptSet(n, { dataDir, limit: s.limit }));
   const dev = { harmful: load(s.devHarmful), benign: load(s.devBenign) };
   const test = { harmful: load(s.testHarmful), benign: load(s.testBenign) };
@@ -195,7 +218,7 @@ function idsOf(sets: readonly { name: string; prompts: readonly { id: string }[]
  * throughout: one audit per folder at a time.
  */
 export async function runAudit(opts: AuditOptions): Promise<AuditOutcome> {
-  checkAuditInputs(opts.settings, opts.dataDir);
+  checkAuditInputs(opts.settings, opts.dataDir, opts.steps);
   const unlock = lockAuditDir(opts.outDir);
   try {
     return await runAuditLocked(opts);
@@ -280,7 +303,7 @@ async function runAuditLocked(opts: AuditOptions): Promise<AuditOutcome> {
     memo: new Map(),
   };
 
-  const plan = planSteps(opts.steps ?? STEP_NAMES);
+  const plan = planSteps(opts.steps ?? DEFAULT_STEPS);
   const ran: StepName[] = [];
   const reused: StepName[] = [];
   const failed: StepName[] = [];

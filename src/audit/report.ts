@@ -20,6 +20,7 @@ import {
   type EvalGroup,
   type Rate,
   type SetRates,
+  DEFAULT_STEPS,
   STEP_NAMES,
   STEP_NEEDS,
   STEP_TITLES,
@@ -435,6 +436,25 @@ export function summarize(r: ReportBase): string[] {
         `to P(harmful) = ${attack.p0}.`,
     );
   }
+  const capability = r.results.capability;
+  if (capability) {
+    const [, gated] = capability.conditions;
+    const parts = capability.costs.map((d, i) => {
+      const f0 = capability.conditions[0].figures[i];
+      const f1 = gated.figures[i];
+      const clear = d.ci[0] > 0 || d.ci[1] < 0;
+      return (
+        `${d.task} ${d.metric} ${pct(f0.value, 1)} → ${pct(f1.value, 1)} ` +
+        `(${clear ? 'a change of' : 'no clear change:'} ${(100 * d.delta).toFixed(1)} points, ` +
+        `95% CI ${(100 * d.ci[0]).toFixed(1)} to ${(100 * d.ci[1]).toFixed(1)})`
+      );
+    });
+    lines.push(
+      `Capability with no steering → with the gate, ${capability.limit} items per task (0-shot; ` +
+        `the gate steered ${gated.figures[0]?.steered ?? 0} of ${gated.figures[0]?.n ?? 0} ${capability.tasks[0]} items): ` +
+        `${parts.join('; ')}.`,
+    );
+  }
   const failed = r.steps.filter((s) => s.status === 'failed');
   if (failed.length > 0)
     lines.push(
@@ -442,6 +462,11 @@ export function summarize(r: ReportBase): string[] {
         'their sections say why, and rerunning the same command retries them.',
     );
   const notRun = r.steps.filter((s) => s.status === 'not run');
-  if (notRun.length > 0) lines.push(`Not run with these settings: ${notRun.map((s) => s.name).join(', ')}.`);
+  if (notRun.length > 0)
+    lines.push(
+      `Not run with these settings: ${notRun
+        .map((s) => (DEFAULT_STEPS.includes(s.name) ? s.name : `${s.name} (opt-in)`))
+        .join(', ')}.`,
+    );
   return lines;
 }

@@ -50,6 +50,7 @@ export const DEFAULT_AUDIT_SETTINGS: AuditSettings = {
   tokenIds: false,
   batch: 16,
   redact: false,
+  capabilityLimit: 40,
 };
 
 /** The default settings with `over` applied. */

@@ -39,6 +39,8 @@ import {
   type AuditResults,
   type AuditSettings,
   type BaselineResult,
+  type CapabilityCondition,
+  type CapabilityResult,
   type Condition,
   type DirectionResult,
   EVAL_GROUPS,
@@ -116,6 +118,16 @@ export function stepKeys(s: AuditSettings, fingerprint: string): AuditContext['k
       direction,
       c: s.coefficient,
       scav: [s.scavHarmful, s.scavHarmless, s.p0, s.p1, s.seed, s.split],
+    }),
+    capability: inputKey({
+      RECIPE,
+      fingerprint,
+      reading,
+      direction,
+      c: s.coefficient,
+      benignBelow: s.benignBelow,
+      limit: s.capabilityLimit,
+      seed: s.seed,
     }),
   };
 }
@@ -697,10 +709,84 @@ export async function attackStep(ctx: AuditContext): Promise<AttackResult> {
   };
 }
 
+// ---------------------------------------------------------------------------------------------
+// f. capability: what the gate costs on MMLU, GSM8K and TruthfulQA
+
+/** Per-item rows of the capability step's condition `c`. */
+export const capabilityRowsFile = (c: CapabilityCondition['condition']): string => `capability-${c}.json`;
+
+/**
+ * The capability suite (src/eval/capability-suite.ts, as `eval capability` runs it: 0-shot, raw
+ * text, the seeded subsets of `capabilityLimit` items) with no steering and with the two-sided
+ * gate of the steering step, which reads each question and adds, ablates or leaves the direction.
+ */
+export async function capabilityStep(ctx: AuditContext): Promise<CapabilityResult> {
+  const s = ctx.settings;
+  const { resolveDataDir } = await import('../data/datasets.js');
+  const suite = await import('../eval/capability-suite.js');
+  const { buildSteeringHooks } = await import('../eval/steering.js');
+  const { writeFileAtomic } = await import('../formats/files.js');
+  const tasks = [...suite.CAPABILITY_TASKS];
+  const data = suite.loadCapabilityData(resolveDataDir(ctx.dataDir), tasks, {
+    limit: s.capabilityLimit,
+    seed: s.seed,
+    shots: 0,
+  });
+  const gate = await buildSteeringHooks(ctx.model, {
+    steer: 'conditional',
+    reading: needFile(ctx, READING_FILE, 'reading'),
+    vector: needFile(ctx, DIRECTION_FILE, 'direction'),
+    coeff: s.coefficient,
+    benignBelow: s.benignBelow,
+    benignSteer: 'ablate',
+    attack: 'none',
+    p0: s.p0,
+    p1: s.p1,
+  });
+  const conditions: CapabilityCondition[] = [];
+  const scores: (readonly (readonly number[])[])[] = [];
+  for (const [condition, label, steering] of [
+    ['none', 'no steering', undefined],
+    ['gated', 'two-sided gate', gate],
+  ] as const) {
+    const t0 = performance.now();
+    ctx.reporter.info(`capability: ${label}`);
+    const r = await suite.runCapability(ctx.model, data, {
+      chat: false,
+      steering,
+      reporter: ctx.reporter,
+      shots: 0,
+      maxNewTokens: suite.GSM8K_MAX_TOKENS,
+      signal: ctx.signal,
+    });
+    const file = capabilityRowsFile(condition);
+    writeFileAtomic(
+      artefact(ctx, file),
+      `${JSON.stringify({ steering: label, chat: false, seed: s.seed, figures: r.figures, ...r.extra, rows: r.rows })}\n`,
+    );
+    conditions.push({ condition, label, figures: r.figures, file, seconds: (performance.now() - t0) / 1000 });
+    scores.push(r.itemScores);
+  }
+  const [none] = conditions;
+  return {
+    tasks,
+    limit: s.capabilityLimit,
+    seed: s.seed,
+    maxTokens: suite.GSM8K_MAX_TOKENS,
+    conditions,
+    costs: none.figures.map((f, i) => ({
+      task: f.task,
+      metric: f.metric,
+      ...suite.pairedDifference(scores[0][i], scores[1][i]),
+    })),
+  };
+}
+
 export const STEPS: { readonly [K in StepName]: (ctx: AuditContext) => Promise<AuditResults[K]> } = {
   reading: readingStep,
   direction: directionStep,
   baseline: baselineStep,
   steering: steeringStep,
   attack: attackStep,
+  capability: capabilityStep,
 };

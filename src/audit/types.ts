@@ -13,9 +13,13 @@
  */
 import type { HeldOutSourceResult, ReadingMethod } from '../concepts/sources.js';
 import type { SplitFractions } from '../data/splits.js';
+import type { CapabilityTask, Figure, PairedDifference } from '../eval/capability-suite.js';
 
-export const STEP_NAMES = ['reading', 'direction', 'baseline', 'steering', 'attack'] as const;
+export const STEP_NAMES = ['reading', 'direction', 'baseline', 'steering', 'attack', 'capability'] as const;
 export type StepName = (typeof STEP_NAMES)[number];
+
+/** The steps an audit runs unless told otherwise; capability is opt-in (minutes per task). */
+export const DEFAULT_STEPS: readonly StepName[] = ['reading', 'direction', 'baseline', 'steering', 'attack'];
 
 /** Steps a step builds on; they run first when asked for and not yet done. */
 export const STEP_NEEDS: { readonly [K in StepName]: readonly StepName[] } = {
@@ -24,6 +28,7 @@ export const STEP_NEEDS: { readonly [K in StepName]: readonly StepName[] } = {
   baseline: [],
   steering: ['reading', 'direction'],
   attack: ['direction'],
+  capability: ['reading', 'direction'],
 };
 
 export const STEP_TITLES: { readonly [K in StepName]: string } = {
@@ -32,6 +37,7 @@ export const STEP_TITLES: { readonly [K in StepName]: string } = {
   baseline: 'refusal and over-refusal without steering',
   steering: 'refusal steering: always on and two-sided gated',
   attack: 'SCAV attack',
+  capability: 'capability cost of the gate (MMLU, GSM8K, TruthfulQA)',
 };
 
 /** The three evaluated groups: refusal is wanted on the first, not on the other two. */
@@ -76,6 +82,8 @@ export interface AuditSettings {
   readonly tokenIds: boolean;
   readonly batch: number;
   readonly redact: boolean;
+  /** Capability step: items of each task (MMLU stratified by subject), from the seeded subsets. */
+  readonly capabilityLimit: number;
 }
 
 /** k of n with a 95% Wilson interval; rate null when n = 0. */
@@ -275,10 +283,34 @@ export interface AttackResult {
   readonly data: GroupInfo;
 }
 
+/** The capability suite under one steering. */
+export interface CapabilityCondition {
+  readonly condition: 'none' | 'gated';
+  readonly label: string;
+  readonly figures: readonly Figure[];
+  /** Per-item rows, in the audit folder (`eval capability --out`'s format). */
+  readonly file: string;
+  readonly seconds: number;
+}
+
+export interface CapabilityResult {
+  readonly tasks: readonly CapabilityTask[];
+  /** Items per task and the seed of the subsets (0-shot, raw text, as lm-evaluation-harness). */
+  readonly limit: number;
+  readonly seed: number;
+  /** GSM8K: tokens generated per reply at most. */
+  readonly maxTokens: number;
+  /** No steering, and the two-sided gate of the steering step. */
+  readonly conditions: readonly CapabilityCondition[];
+  /** Per figure (the conditions' order of figures): the gate minus no steering on the same items. */
+  readonly costs: readonly (PairedDifference & { readonly task: string; readonly metric: string })[];
+}
+
 export interface AuditResults {
   readonly reading: ReadingResult;
   readonly direction: DirectionResult;
   readonly baseline: BaselineResult;
   readonly steering: SteeringResult;
   readonly attack: AttackResult;
+  readonly capability: CapabilityResult;
 }

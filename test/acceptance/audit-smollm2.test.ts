@@ -57,7 +57,7 @@ describe('steerguard audit on SmolLM2-135M', { skip }, () => {
       const doc = JSON.parse(r.stdout) as AuditReport;
       assert.deepEqual(
         doc.steps.map((s) => s.status),
-        ['done', 'done', 'done', 'done', 'done'],
+        ['done', 'done', 'done', 'done', 'done', 'not run'],
       );
       const rd = doc.results.reading!;
       assert.equal(rd.sources.dev.length, 15);
@@ -91,6 +91,68 @@ describe('steerguard audit on SmolLM2-135M', { skip }, () => {
         assert.ok(!page.includes(text), 'a prompt or reply is on the page');
         assert.ok(!r.stdout.includes(text) && !r.stderr.includes(text), 'a prompt or reply was printed');
       }
+    },
+  );
+
+  it(
+    'the opt-in capability step reuses the monitor and direction and scores no steering and the gate',
+    { timeout: 600_000 },
+    () => {
+      const out = path.join(tmp, 'audit');
+      const r = cli(
+        [
+          'audit',
+          '--model',
+          SMOLLM2_GGUF,
+          '--data-dir',
+          DATA,
+          '--out',
+          out,
+          '--limit',
+          '12',
+          '--n-train',
+          '8',
+          '--n-val',
+          '4',
+          '--n-eval',
+          '10',
+          '--max-tokens',
+          '6',
+          '--steps',
+          'capability',
+          '--capability-limit',
+          '2',
+          '--cache-dir',
+          path.join(tmp, 'cache'),
+          '--threads',
+          '2',
+          '--json',
+        ],
+        { timeoutMs: 580_000 },
+      );
+      assert.equal(r.code, 0, r.stderr.slice(-3000));
+      assert.match(r.stderr, /reading: done earlier/);
+      const doc = JSON.parse(r.stdout) as AuditReport;
+      assert.equal(doc.steps.find((s) => s.name === 'capability')?.status, 'done');
+      const c = doc.results.capability!;
+      assert.deepEqual(
+        c.conditions.map((x) => x.condition),
+        ['none', 'gated'],
+      );
+      for (const cond of c.conditions) {
+        assert.deepEqual(
+          cond.figures.map((f) => `${f.task} ${f.n}`),
+          ['mmlu 2', 'gsm8k 2', 'truthfulqa 2', 'truthfulqa 2'],
+        );
+        assert.ok(existsSync(path.join(out, cond.file)));
+      }
+      assert.ok(c.conditions[0].figures.every((f) => f.steered === 0));
+      // the gate reads every question: each is flagged, ablated or left alone, and counted if steered
+      assert.ok(c.conditions[1].figures.every((f) => f.steered >= 0 && f.steered <= f.n));
+      assert.equal(c.costs.length, 4);
+      for (const d of c.costs)
+        assert.ok(Number.isFinite(d.delta) && d.ci[0] <= d.delta && d.delta <= d.ci[1]);
+      assert.match(readFileSync(path.join(out, 'report.html'), 'utf8'), /f\. Capability cost of the gate/);
     },
   );
 });

@@ -5,7 +5,7 @@
 import path from 'node:path';
 
 import { OptionError, SteerguardError } from '../../formats/errors.js';
-import { STEP_NAMES } from '../../audit/types.js';
+import { DEFAULT_STEPS, STEP_NAMES } from '../../audit/types.js';
 import type { AuditReport } from '../../audit/report.js';
 import type { AuditSettings } from '../../audit/types.js';
 import { DEFAULT_AUDIT_SETTINGS } from '../../audit/settings.js';
@@ -46,7 +46,10 @@ export const auditCommand = command(
         'evaluated harmful prompts and over-refusal on the borderline-safe and harmless ones, no steering. ' +
         'steering: the direction added always, ablated always, and the two-sided gate (added where the monitor ' +
         'flags, ablated below --benign-below, else nothing), with the log-likelihood cost on the benign groups. ' +
-        'attack: SCAV against the direction ablated and subtracted. No evaluated prompt may be among the prompts ' +
+        'attack: SCAV against the direction ablated and subtracted. capability (opt-in: --steps with capability): ' +
+        'MMLU, GSM8K and TruthfulQA as eval capability scores them (0-shot, --capability-limit items each), with no ' +
+        'steering and with the two-sided gate, so that its cost sits beside its refusal and over-refusal (the ' +
+        'benchmarks from the --data-dir folder). No evaluated prompt may be among the prompts ' +
         'an artefact is fitted on (checked before anything runs). Each step is recorded in <out>/audit-state.json: ' +
         'an interrupted or partly failed audit resumes from it, and a failed step is reported while the others go ' +
         'on. Replies are kept in <out>/replies/*.jsonl; the report shows them only with --show-text.',
@@ -123,6 +126,13 @@ export const auditCommand = command(
         default: D.maxTokens,
         description: 'tokens generated per reply (greedy)',
       },
+      capabilityLimit: {
+        type: 'number',
+        integer: true,
+        min: 2,
+        default: D.capabilityLimit,
+        description: 'capability step: items of each task (MMLU spread over its subjects)',
+      },
       coeff: {
         type: 'number',
         default: D.coefficient,
@@ -147,7 +157,7 @@ export const auditCommand = command(
       steps: {
         type: 'list',
         placeholder: 's1,s2',
-        default: [...STEP_NAMES],
+        default: [...DEFAULT_STEPS],
         description: `steps to run (${STEP_NAMES.join(', ')}); the steps they need run first if not done`,
       },
       restart: {
@@ -178,6 +188,7 @@ export const auditCommand = command(
     examples: [
       'steerguard audit -m .cache/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --data-dir ../shared/datasets',
       'steerguard audit -m model.gguf --out audit-model --steps reading',
+      'steerguard audit -m model.gguf --steps reading,direction,baseline,steering,attack,capability --capability-limit 20',
       'steerguard audit -m model.gguf --n-eval 80 --max-tokens 64 --show-text',
       'steerguard audit -m model.gguf --judge keyword-jbb,llamaguard --judge-url http://127.0.0.1:8080 --json',
     ],
@@ -227,8 +238,9 @@ export const auditCommand = command(
       tokenIds: o.tokenIds,
       batch: o.batch,
       redact: o.redact,
+      capabilityLimit: o.capabilityLimit,
     };
-    checkAuditInputs(settings, o.dataDir);
+    checkAuditInputs(settings, o.dataDir, steps);
     const cacheDir = cacheSetting(o);
 
     const judgeModel = o.judgeModel ? await loadModel(o.judgeModel, out, { threads: o.threads }) : undefined;

@@ -6,12 +6,22 @@
  *
  * Questions and replies are never printed; --out holds the per-item rows (GSM8K replies included).
  */
-import { existsSync } from 'node:fs';
 import path from 'node:path';
 
 import { OptionError } from '../../formats/errors.js';
 import type { BiasScore } from '../../eval/bias.js';
-import type { Rate } from '../../eval/capability.js';
+import {
+  BENCHMARK_PATHS,
+  BIAS_TASKS,
+  type BiasTask,
+  CAPABILITY_TASKS,
+  type CapabilityTask,
+  type Figure,
+  GSM8K_MAX_TOKENS,
+  checkBenchmarkData,
+  rateFigure,
+  steeredIn,
+} from '../../eval/capability-suite.js';
 import type { SteeringSpec } from '../../eval/steering.js';
 import type { OptionSpec } from '../args.js';
 import { type CliOutput, formatTable, toJson } from '../output.js';
@@ -29,18 +39,7 @@ import {
 } from './common.js';
 import { STEERING_OPTIONS, checkSteeringOptions } from './steering-options.js';
 
-const CAPABILITY_TASKS = ['mmlu', 'gsm8k', 'truthfulqa'] as const;
-const BIAS_TASKS = ['bbq', 'crows-pairs'] as const;
-type Task = (typeof CAPABILITY_TASKS)[number] | (typeof BIAS_TASKS)[number];
-
-/** Where each task's data lies under the data directory. */
-const TASK_PATHS: Readonly<Record<Task, string>> = {
-  mmlu: 'mmlu',
-  gsm8k: 'gsm8k/test.jsonl',
-  truthfulqa: 'truthfulqa/TruthfulQA.csv',
-  bbq: 'bbq',
-  'crows-pairs': 'crows_pairs/crows_pairs_anonymized.csv',
-};
+type Task = CapabilityTask | BiasTask;
 
 const COMMON_OPTIONS = {
   dataDir: {
@@ -82,31 +81,12 @@ type CommonOptions = {
   threads?: number;
 } & SteeringSpec;
 
-/** A figure of one task, as printed and in --json. */
-interface Figure {
-  readonly task: string;
-  readonly metric: string;
-  readonly n: number;
-  readonly value: number;
-  readonly ci: readonly [number, number];
-  /** How the interval is computed. */
-  readonly interval: 'wilson' | 'normal' | 'bootstrap';
-  /** Items the steering put hooks on (all of them for static steering, none for the baseline). */
-  readonly steered: number;
-}
-
-function rateFigure(task: string, metric: string, r: Rate, steered: number): Figure {
-  return { task, metric, n: r.n, value: r.rate, ci: r.ci, interval: 'wilson', steered };
-}
-
-const steeredIn = (rows: readonly { readonly steered: boolean }[]) => rows.filter((r) => r.steered).length;
-
-function parseTasks(list: readonly string[], known: readonly Task[], what: string): Task[] {
+function parseTasks<T extends Task>(list: readonly string[], known: readonly T[], what: string): T[] {
   const tasks = [...new Set(list)];
   for (const t of tasks)
     if (!(known as readonly string[]).includes(t))
       throw new OptionError(`unknown ${what} task '${t.slice(0, 40)}'; known: ${known.join(', ')}`);
-  return tasks as Task[];
+  return tasks as T[];
 }
 
 /** Checks everything that can be checked before the model loads; returns the data directory. */
@@ -115,10 +95,7 @@ async function prepare(o: CommonOptions, tasks: readonly Task[]): Promise<string
   checkOutPath(o.out, o.overwrite);
   const { resolveDataDir } = await import('../../data/datasets.js');
   const dir = resolveDataDir(o.dataDir);
-  for (const t of tasks) {
-    const p = path.join(dir, TASK_PATHS[t]);
-    if (!existsSync(p)) throw new OptionError(`task ${t} needs ${p}, which does not exist`);
-  }
+  checkBenchmarkData(dir, tasks);
   return dir;
 }
 
@@ -200,7 +177,7 @@ export const capabilityCommand = command(
         type: 'number',
         integer: true,
         min: 1,
-        default: 256,
+        default: GSM8K_MAX_TOKENS,
         description: 'GSM8K: tokens generated per reply at most (greedy)',
       },
       batch: {
@@ -224,86 +201,33 @@ export const capabilityCommand = command(
     // options that change nothing for the tasks asked would be silently ignored: refuse them
     const unused = [
       o.shots > 0 && !tasks.includes('mmlu') && !tasks.includes('gsm8k') && '--shots (mmlu, gsm8k)',
-      o.maxTokens !== 256 && !tasks.includes('gsm8k') && '--max-tokens (gsm8k)',
+      o.maxTokens !== GSM8K_MAX_TOKENS && !tasks.includes('gsm8k') && '--max-tokens (gsm8k)',
       o.batch !== 16 && !tasks.includes('gsm8k') && '--batch (gsm8k)',
     ].filter((x): x is string => typeof x === 'string');
     if (unused.length > 0)
       throw new OptionError(`--tasks ${tasks.join(',')} does not use ${unused.join(', ')}`);
     const dir = await prepare(o, tasks);
-    const bench = await import('../../data/benchmarks.js');
-    const cap = await import('../../eval/capability.js');
-    const limit = (t: keyof typeof cap.DEFAULT_LIMITS) => o.limit ?? cap.DEFAULT_LIMITS[t];
+    const suite = await import('../../eval/capability-suite.js');
     // Data first: a malformed file fails before the model loads.
-    const mmlu = tasks.includes('mmlu')
-      ? {
-          test: cap.sampleItems(bench.loadMmlu(path.join(dir, 'mmlu'), 'test'), limit('mmlu'), {
-            seed: o.seed,
-            stratum: (q) => q.subject,
-          }),
-          dev: o.shots > 0 ? bench.loadMmlu(path.join(dir, 'mmlu'), 'dev') : [],
-        }
-      : undefined;
-    const gsm8k = tasks.includes('gsm8k')
-      ? {
-          test: cap.sampleItems(bench.loadGsm8k(path.join(dir, TASK_PATHS.gsm8k)), limit('gsm8k'), {
-            seed: o.seed,
-          }),
-          shots:
-            o.shots > 0
-              ? cap.sampleItems(bench.loadGsm8k(path.join(dir, 'gsm8k/train.jsonl')), o.shots, {
-                  seed: o.seed,
-                })
-              : [],
-        }
-      : undefined;
-    const truthfulqa = tasks.includes('truthfulqa')
-      ? cap.sampleItems(bench.loadTruthfulQa(path.join(dir, TASK_PATHS.truthfulqa)), limit('truthfulqa'), {
-          seed: o.seed,
-        })
-      : undefined;
-
+    const data = suite.loadCapabilityData(dir, tasks, {
+      limit: o.limit,
+      seed: o.seed,
+      shots: o.shots,
+    });
     const model = await loadModel(o.model, out, { threads: o.threads });
     const { buildSteeringHooks } = await import('../../eval/steering.js');
     const steering = await buildSteeringHooks(model, o);
-    const reporter = cliReporter(out);
-    const run = { chat: o.chat, steering, reporter };
-    const figures: Figure[] = [];
-    const rows: Record<string, unknown> = {};
-    const extra: Record<string, unknown> = {};
-    if (mmlu) {
-      const r = await cap.evaluateMmlu(model, mmlu.test, { ...run, shots: o.shots, dev: mmlu.dev });
-      figures.push(rateFigure('mmlu', `accuracy (${r.shots}-shot)`, r.overall, steeredIn(r.rows)));
-      extra.mmluSubjects = r.subjects;
-      rows.mmlu = r.rows;
-    }
-    if (gsm8k) {
-      const r = await withInterrupt((signal) =>
-        cap.evaluateGsm8k(model, gsm8k.test, {
-          ...run,
-          shots: gsm8k.shots,
-          maxNewTokens: o.maxTokens,
-          batch: o.batch,
-          signal,
-        }),
-      );
-      figures.push(rateFigure('gsm8k', `exact match (${r.shots}-shot)`, r.accuracy, steeredIn(r.rows)));
-      extra.gsm8kUnparsed = r.unparsed;
-      rows.gsm8k = r.rows.map((row, i) => ({ ...row, reply: r.replies[i] }));
-    }
-    if (truthfulqa) {
-      const r = await cap.evaluateTruthfulQa(model, truthfulqa, run);
-      const steered = steeredIn(r.rows);
-      figures.push(rateFigure('truthfulqa', 'MC1 accuracy', r.mc1, steered), {
-        task: 'truthfulqa',
-        metric: 'MC2 true mass',
-        n: r.mc2.n,
-        value: r.mc2.mean,
-        ci: r.mc2.ci,
-        interval: 'normal',
-        steered,
-      });
-      rows.truthfulqa = r.rows;
-    }
+    const { figures, rows, extra } = await withInterrupt((signal) =>
+      suite.runCapability(model, data, {
+        chat: o.chat,
+        steering,
+        reporter: cliReporter(out),
+        shots: o.shots,
+        maxNewTokens: o.maxTokens,
+        batch: o.batch,
+        signal,
+      }),
+    );
     await writeOut(
       o.out,
       { steering: steering.label, chat: o.chat, seed: o.seed, figures, ...extra, rows },
@@ -366,7 +290,7 @@ export const biasCommand = command(
       : undefined;
     const crows = tasks.includes('crows-pairs')
       ? cap.sampleItems(
-          bench.loadCrowsPairs(path.join(dir, TASK_PATHS['crows-pairs'])),
+          bench.loadCrowsPairs(path.join(dir, BENCHMARK_PATHS['crows-pairs'])),
           limit('crows-pairs'),
           {
             seed: o.seed,
