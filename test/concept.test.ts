@@ -465,6 +465,10 @@ describe('concept CLI', () => {
     const bad = await runConcept(['frobnicate']);
     assert.equal(bad.code, 2);
     assert.match(bad.stderr, /unknown action 'frobnicate'/);
+    // a name every object inherits is not an action either
+    const inherited = await runConcept(['toString']);
+    assert.equal(inherited.code, 2);
+    assert.match(inherited.stderr, /unknown action 'toString' for 'steerguard concept'/);
     const help = await runConcept(['train', '--help']);
     assert.match(help.stdout, /^Usage: steerguard concept train /);
   });

@@ -59,6 +59,56 @@ export function command<const O extends Record<string, OptionSpec>>(
   };
 }
 
+/**
+ * A command of one word and several actions (`steerguard concept train ...`): the action is the
+ * first word after any `--json`, the rest goes to that action's own command. The group's --help
+ * lists every action's options (each action checks its own); an unknown action is an error.
+ */
+export function actionGroup(group: {
+  readonly name: string;
+  readonly summary: string;
+  /** Already wrapped with `para`. */
+  readonly description: string;
+  readonly actions: Readonly<Record<string, CliCommand>>;
+  readonly examples: readonly string[];
+}): CliCommand {
+  const names = Object.keys(group.actions);
+  const options: Record<string, OptionSpec> = {};
+  for (const a of Object.values(group.actions))
+    for (const [k, v] of Object.entries(a.spec.options)) options[k] ??= v;
+  const spec: CommandSpec = {
+    name: group.name,
+    summary: group.summary,
+    description: group.description,
+    positionals: [
+      {
+        name: 'action',
+        description: names.length > 1 ? `${names.slice(0, -1).join(', ')} or ${names.at(-1)}` : names[0],
+      },
+    ],
+    options,
+    examples: group.examples,
+  };
+  return {
+    spec,
+    hidden: false,
+    run: async (argv, out) => {
+      let k = 0;
+      while (argv[k] === '--json') k++;
+      const action = argv[k];
+      if (action === undefined || action === '--help' || action === '-h' || action === 'help') {
+        out.stdout.write(formatHelp(spec));
+        return;
+      }
+      if (!Object.hasOwn(group.actions, action))
+        throw new OptionError(
+          `unknown action '${action.slice(0, 40)}' for 'steerguard ${group.name}'; expected ${names.join(', ')}`,
+        );
+      await group.actions[action].run([...argv.slice(0, k), ...argv.slice(k + 1)], out);
+    },
+  };
+}
+
 export const MODEL_OPTION = {
   type: 'string',
   short: 'm',

@@ -14,13 +14,14 @@ import type { Concept, ConceptEvaluation, TrainReport } from '../../concepts/con
 import { type LoadedExamples, checkTokenIds, loadExamples } from '../../eval/prompt-sets.js';
 import { generalizeCommand } from './concept-generalize.js';
 import { tokenMonitorCommand } from './concept-token-monitor.js';
-import { type CommandSpec, type OptionSpec, formatHelp } from '../args.js';
+import { type CommandSpec, type OptionSpec } from '../args.js';
 import { type CliOutput, formatNumber, formatTable } from '../output.js';
 import { cliReporter } from '../reporter.js';
 import {
   CHAT_OPTIONS,
   COLUMN_OPTION,
   type CliCommand,
+  actionGroup,
   DATA_DIR_OPTION,
   MODEL_OPTION,
   SPLIT_OPTIONS,
@@ -640,15 +641,7 @@ const ACTIONS: Readonly<Record<string, CliCommand>> = {
   'token-monitor': tokenMonitorCommand,
 };
 
-/** Options of all actions, for `steerguard concept --help` (each action checks its own). */
-function mergedOptions(): Record<string, OptionSpec> {
-  const merged: Record<string, OptionSpec> = {};
-  for (const a of Object.values(ACTIONS))
-    for (const [k, v] of Object.entries(a.spec.options)) merged[k] ??= v;
-  return merged;
-}
-
-const CONCEPT_SPEC: CommandSpec = {
+export const conceptCommand: CliCommand = actionGroup({
   name: 'concept',
   summary: 'safety concepts: train per-layer probes, evaluate, calibrate a monitor threshold, show',
   description: para(
@@ -657,36 +650,14 @@ const CONCEPT_SPEC: CommandSpec = {
       "false-positive rate; 'show' prints a concept file; 'generalize' measures readings on held-out sources; 'token-monitor' reads one along generated replies. Run 'steerguard concept <action> --help' for the " +
       'options of one action; all of them are listed below.',
   ),
-  positionals: [{ name: 'action', description: 'train, eval, calibrate, show, generalize or token-monitor' }],
-  options: mergedOptions(),
+  actions: ACTIONS,
   examples: [
     ...TRAIN_SPEC.examples.slice(0, 1),
     ...EVAL_SPEC.examples.slice(0, 1),
     ...CALIBRATE_SPEC.examples.slice(0, 1),
     SHOW_SPEC.examples[0],
   ],
-};
-
-export const conceptCommand: CliCommand = {
-  spec: CONCEPT_SPEC,
-  hidden: false,
-  run: async (argv, out) => {
-    let k = 0;
-    while (argv[k] === '--json') k++;
-    const action = argv[k];
-    if (action === undefined || action === '--help' || action === '-h' || action === 'help') {
-      out.stdout.write(formatHelp(CONCEPT_SPEC));
-      return;
-    }
-    const sub = ACTIONS[action];
-    if (sub === undefined) {
-      throw new OptionError(
-        `unknown action '${action.slice(0, 40)}' for 'steerguard concept'; expected ${Object.keys(ACTIONS).join(', ')}`,
-      );
-    }
-    await sub.run([...argv.slice(0, k), ...argv.slice(k + 1)], out);
-  },
-};
+});
 
 // ---------------------------------------------------------------------------------------------
 // bench-probes (hidden): how long extraction and the probe fits take

@@ -8,12 +8,10 @@ import path from 'node:path';
 
 import type { FileState } from '../../data/fetch.js';
 import type { SourceFile } from '../../data/sources.js';
-import { OptionError } from '../../formats/errors.js';
-import type { CommandSpec, OptionSpec } from '../args.js';
-import { formatHelp } from '../args.js';
-import { type CliOutput, formatTable } from '../output.js';
+import type { CommandSpec } from '../args.js';
+import { formatTable } from '../output.js';
 import { Progress } from '../progress.js';
-import { type CliCommand, command, formatBytes, para } from './common.js';
+import { type CliCommand, actionGroup, command, formatBytes, para } from './common.js';
 
 /** Downloads at least this large get a progress bar; smaller ones a line each. */
 const PROGRESS_BYTES = 1_000_000;
@@ -243,14 +241,7 @@ const fetchCommand = command(FETCH_SPEC, async (args, out) => {
 
 const ACTIONS: Readonly<Record<string, CliCommand>> = { list: listCommand, fetch: fetchCommand };
 
-function mergedOptions(): Record<string, OptionSpec> {
-  const merged: Record<string, OptionSpec> = {};
-  for (const a of Object.values(ACTIONS))
-    for (const [k, v] of Object.entries(a.spec.options)) merged[k] ??= v;
-  return merged;
-}
-
-const DATA_SPEC: CommandSpec = {
+export const dataCommand: CliCommand = actionGroup({
   name: 'data',
   summary: 'the public datasets: list what the data directory holds, fetch them into the cache',
   description: para(
@@ -259,28 +250,6 @@ const DATA_SPEC: CommandSpec = {
       "neither --data-dir nor $STEERGUARD_DATA is given. Run 'steerguard data <action> --help' for the " +
       'options of one action; all of them are listed below.',
   ),
-  positionals: [{ name: 'action', description: 'list or fetch' }],
-  options: mergedOptions(),
+  actions: ACTIONS,
   examples: [LIST_SPEC.examples[0], FETCH_SPEC.examples[0], FETCH_SPEC.examples[1]],
-};
-
-export const dataCommand: CliCommand = {
-  spec: DATA_SPEC,
-  hidden: false,
-  run: async (argv: readonly string[], out: CliOutput) => {
-    let k = 0;
-    while (argv[k] === '--json') k++;
-    const action = argv[k];
-    if (action === undefined || action === '--help' || action === '-h' || action === 'help') {
-      out.stdout.write(formatHelp(DATA_SPEC));
-      return;
-    }
-    const sub = ACTIONS[action];
-    if (sub === undefined) {
-      throw new OptionError(
-        `unknown action '${action.slice(0, 40)}' for 'steerguard data'; expected ${Object.keys(ACTIONS).join(', ')}`,
-      );
-    }
-    await sub.run([...argv.slice(0, k), ...argv.slice(k + 1)], out);
-  },
-};
+});

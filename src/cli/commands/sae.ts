@@ -8,11 +8,12 @@ import path from 'node:path';
 
 import { OptionError } from '../../formats/errors.js';
 import type { Model } from '../../model/model.js';
-import { type CommandSpec, type OptionSpec, formatHelp } from '../args.js';
+import { type CommandSpec, type OptionSpec } from '../args.js';
 import { formatNumber } from '../output.js';
 import { Progress } from '../progress.js';
 import {
   type CliCommand,
+  actionGroup,
   COLUMN_OPTION,
   MODEL_OPTION,
   THREADS_OPTION,
@@ -307,7 +308,7 @@ const evalCommand = command(EVAL_SPEC, async (args, out) => {
 
 const ACTIONS: Record<string, CliCommand> = { train: trainCommand, eval: evalCommand };
 
-const SAE_SPEC: CommandSpec = {
+export const saeCommand: CliCommand = actionGroup({
   name: 'sae',
   summary: 'sparse autoencoders: train a Top-k SAE on stored activations, evaluate one on prompts',
   description: para(
@@ -316,32 +317,6 @@ const SAE_SPEC: CommandSpec = {
       "jumprelu such as GemmaScope's) load too. Run 'steerguard sae <action> --help' for an action's options; all " +
       'of them are listed below.',
   ),
-  positionals: [{ name: 'action', description: 'train or eval' }],
-  options: (() => {
-    const merged: Record<string, OptionSpec> = {};
-    for (const a of Object.values(ACTIONS))
-      for (const [k, v] of Object.entries(a.spec.options)) merged[k] ??= v;
-    return merged;
-  })(),
+  actions: ACTIONS,
   examples: [TRAIN_SPEC.examples[1], EVAL_SPEC.examples[0]],
-};
-
-export const saeCommand: CliCommand = {
-  spec: SAE_SPEC,
-  hidden: false,
-  run: async (argv, out) => {
-    let k = 0;
-    while (argv[k] === '--json') k++;
-    const action = argv[k];
-    if (action === undefined || action === '--help' || action === '-h' || action === 'help') {
-      out.stdout.write(formatHelp(SAE_SPEC));
-      return;
-    }
-    const sub = ACTIONS[action];
-    if (sub === undefined)
-      throw new OptionError(
-        `unknown action '${action.slice(0, 40)}' for 'steerguard sae'; expected ${Object.keys(ACTIONS).join(', ')}`,
-      );
-    await sub.run([...argv.slice(0, k), ...argv.slice(k + 1)], out);
-  },
-};
+});
