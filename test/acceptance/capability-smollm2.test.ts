@@ -5,13 +5,23 @@
  * is given to.
  */
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { before, describe, it } from 'node:test';
 
-import { loadBbq, loadCrowsPairs, loadGsm8k, loadMmlu, loadTruthfulQa } from '../../src/data/benchmarks.js';
-import { evaluateBbq, evaluateCrowsPairs } from '../../src/eval/bias.js';
 import {
+  loadBbq,
+  loadBbqFile,
+  loadCrowsPairs,
+  loadGsm8k,
+  loadMmlu,
+  loadMmluFile,
+  loadTruthfulQa,
+} from '../../src/data/benchmarks.js';
+import { bbqPrompt, evaluateBbq, evaluateCrowsPairs } from '../../src/eval/bias.js';
+import {
+  type TextRequest,
+  argmaxIndex,
   encodeRequest,
   evaluateGsm8k,
   evaluateMmlu,
@@ -19,15 +29,37 @@ import {
   mmluPrompt,
   sampleItems,
   scoreContinuations,
+  truthfulQaPrompt,
 } from '../../src/eval/capability.js';
 import { blockHook } from '../../src/hooks/hooks.js';
 import { addVector } from '../../src/hooks/interventions.js';
 import { Model } from '../../src/model/model.js';
-import { SHARED, SMOLLM2_GGUF, missingModel } from '../util/fixtures.js';
+import { FIXTURES, SHARED, SMOLLM2_GGUF, missingModel } from '../util/fixtures.js';
 
 const DATA = path.join(SHARED, 'datasets');
 const skip =
   missingModel(SMOLLM2_GGUF) ?? (existsSync(path.join(DATA, 'mmlu')) ? undefined : `no datasets at ${DATA}`);
+
+/** test/fixtures/capability/smollm2.json (scripts/reference/make_capability_fixtures.py). */
+interface CapabilityFixture {
+  readonly versions: Record<string, string>;
+  readonly tolerance: { readonly per_continuation_token_nats: number };
+  readonly items: readonly FixtureItem[];
+}
+
+interface FixtureItem {
+  readonly task: 'mmlu' | 'truthfulqa' | 'bbq' | 'crows-pairs';
+  /** Relative to ../shared/datasets; `row` counts data records from 0. */
+  readonly file: string;
+  readonly row: number;
+  readonly shots?: readonly { readonly file: string; readonly row: number }[];
+  readonly contextIds: readonly number[];
+  readonly continuationIds: readonly (readonly number[])[];
+  readonly logLikelihoods: readonly number[];
+  readonly argmax: number;
+  readonly mc1?: boolean;
+  readonly mc2?: number;
+}
 
 describe('capability and bias benchmarks (SmolLM2)', { skip }, () => {
   let model: Model;
@@ -103,6 +135,112 @@ describe('capability and bias benchmarks (SmolLM2)', { skip }, () => {
     const c = await evaluateCrowsPairs(model, pairs, {});
     assert.equal(c.stereotype.n, 4);
     assert.ok(c.rows.every((row) => Number.isFinite(row.more) && Number.isFinite(row.less)));
+  });
+
+  it("every request's token ids and log-likelihoods equal lm-evaluation-harness's on transformers (fixture)", async (t) => {
+    const fixture = JSON.parse(
+      readFileSync(path.join(FIXTURES, 'capability', 'smollm2.json'), 'utf8'),
+    ) as CapabilityFixture;
+    const of = (task: FixtureItem['task']) => fixture.items.filter((it) => it.task === task);
+    const file = (rel: string) => path.join(DATA, rel);
+    const mmluOf = (ref: { file: string; row: number }) => loadMmluFile(file(ref.file))[ref.row];
+    const tqaOf = (it: FixtureItem) => loadTruthfulQa(file(it.file))[it.row];
+    const tqaOptions = (it: FixtureItem) => {
+      const q = tqaOf(it);
+      return [...new Set([q.best, ...q.correct, ...q.incorrect])];
+    };
+    // The text requests, from steerguard's loaders and prompt functions.
+    const textOf = (it: FixtureItem): TextRequest => {
+      switch (it.task) {
+        case 'mmlu':
+          return {
+            context: mmluPrompt(mmluOf(it), (it.shots ?? []).map(mmluOf)),
+            continuations: [' A', ' B', ' C', ' D'],
+          };
+        case 'truthfulqa':
+          return { context: truthfulQaPrompt(tqaOf(it)), continuations: tqaOptions(it).map((a) => ` ${a}`) };
+        case 'bbq': {
+          const item = loadBbqFile(file(it.file))[it.row];
+          return { context: bbqPrompt(item), continuations: item.answers.map((a) => ` ${a}`) };
+        }
+        case 'crows-pairs': {
+          const pair = loadCrowsPairs(file(it.file))[it.row];
+          return { context: '', continuations: [pair.more, pair.less] };
+        }
+      }
+    };
+    for (const it of fixture.items) {
+      const req = encodeRequest(model, textOf(it), { chat: false });
+      const where = `${it.task} ${it.file} row ${it.row}${it.shots?.length ? ` ${it.shots.length}-shot` : ''}`;
+      assert.deepEqual(req.context, it.contextIds, `${where}: context token ids`);
+      assert.deepEqual(req.continuations, it.continuationIds, `${where}: continuation token ids`);
+    }
+
+    // Log-likelihoods through the task functions where their rows carry them, else the scorer.
+    const dev = loadMmlu(path.join(DATA, 'mmlu'), 'dev');
+    const mmluScores = async (shots: number) => {
+      const items = of('mmlu').filter((it) => (it.shots?.length ?? 0) === shots);
+      // evaluateMmlu takes the first `shots` dev questions of the subject, as the fixture's shots are.
+      for (const it of items) {
+        const subject = mmluOf(it).subject;
+        const want = shots ? [{ file: `mmlu/dev/${subject}_dev.csv`, row: 0 }] : [];
+        assert.deepEqual(it.shots ?? [], want);
+      }
+      const r = await evaluateMmlu(model, items.map(mmluOf), { chat: false, shots, dev });
+      return items.map((it, i) => ({ it, scores: r.rows[i].logLikelihoods }));
+    };
+    const bbqItems = of('bbq');
+    const bbq = await evaluateBbq(
+      model,
+      bbqItems.map((it) => loadBbqFile(file(it.file))[it.row]),
+      { chat: false },
+    );
+    const crowsItems = of('crows-pairs');
+    const crows = await evaluateCrowsPairs(
+      model,
+      crowsItems.map((it) => loadCrowsPairs(file(it.file))[it.row]),
+      {},
+    );
+    const tqaItems = of('truthfulqa');
+    const tqaScores = await scoreContinuations(
+      model,
+      tqaItems.map((it) => encodeRequest(model, textOf(it), { chat: false })),
+    );
+    const scored = [
+      ...(await mmluScores(0)),
+      ...(await mmluScores(1)),
+      ...tqaItems.map((it, i) => ({ it, scores: tqaScores[i] })),
+      ...bbqItems.map((it, i) => ({ it, scores: bbq.rows[i].logLikelihoods })),
+      ...crowsItems.map((it, i) => ({ it, scores: [crows.rows[i].more, crows.rows[i].less] })),
+    ];
+    assert.equal(scored.length, fixture.items.length);
+    const perToken = fixture.tolerance.per_continuation_token_nats;
+    let worst = 0;
+    let worstPerToken = 0;
+    for (const { it, scores } of scored) {
+      const where = `${it.task} ${it.file} row ${it.row}${it.shots?.length ? ` ${it.shots.length}-shot` : ''}`;
+      assert.equal(scores.length, it.logLikelihoods.length, where);
+      scores.forEach((x, j) => {
+        const tokens = it.continuationIds[j].length;
+        const diff = Math.abs(x - it.logLikelihoods[j]);
+        worst = Math.max(worst, diff);
+        worstPerToken = Math.max(worstPerToken, diff / tokens);
+        assert.ok(diff <= perToken * tokens, `${where}: option ${j}: ${x} vs ${it.logLikelihoods[j]}`);
+      });
+      assert.equal(argmaxIndex(scores), it.argmax, `${where}: argmax`);
+    }
+    // TruthfulQA's metrics from the same log-likelihoods.
+    const tqa = await evaluateTruthfulQa(model, tqaItems.map(tqaOf), { chat: false });
+    tqaItems.forEach((it, i) => {
+      assert.equal(tqa.rows[i].mc1, it.mc1, `truthfulqa row ${it.row}: mc1`);
+      assert.ok(Math.abs(tqa.rows[i].mc2 - it.mc2!) < 1e-3, `truthfulqa row ${it.row}: mc2`);
+    });
+    t.diagnostic(
+      `${scored.length} items, ${scored.reduce((a, s) => a + s.scores.length, 0)} options: max |delta| ` +
+        `${worst.toExponential(2)} nats, ${worstPerToken.toExponential(2)} per continuation token ` +
+        `(tolerance ${perToken} per token; reference: ` +
+        `transformers ${fixture.versions.transformers}, torch ${fixture.versions.torch})`,
+    );
   });
 
   it('steering reaches exactly the items its hooks are given to (a gate per item)', async () => {
