@@ -251,6 +251,7 @@ describe('MMLU prompt and benchmark files', () => {
     question: ' Why? ',
     choices: ['a', 'b', 'c', 'd'],
     answer: 2,
+    row: 0,
   } as const;
   test('the lm-evaluation-harness layout', () => {
     assert.equal(
@@ -268,7 +269,7 @@ describe('MMLU prompt and benchmark files', () => {
 
   test('an MMLU file is read with its subject', () => {
     assert.deepEqual(loadMmlu(mmluDir, 'test'), [
-      { subject: 'anatomy', question: 'What?', choices: ['w', 'x', 'y, z', 'v'], answer: 2 },
+      { subject: 'anatomy', question: 'What?', choices: ['w', 'x', 'y, z', 'v'], answer: 2, row: 0 },
     ]);
   });
 

@@ -423,14 +423,18 @@ def check_rows(args):
     test = [(f"mmlu/test/{f}", r) for f in files for r in range(len(csv_rows(data / "mmlu" / "test" / f)))]
     subject_of = lambda ref: re.sub(r"_test$", "", Path(ref[0]).stem)  # noqa: E731
     chosen = [test[i] for i in sample_items(test, len(rows), seed, subject_of)]
-    # A row's `index` counts questions of its subject within the evaluated (sampled) list.
     docs = [mmlu_doc(data, f, r) for f, r in chosen]
     assert [d["subject"] for d in docs] == [r["subject"] for r in rows], "subjects differ: not the same subset"
     assert [d["answer"] for d in docs] == [r["answer"] for r in rows], "answers differ: not the same subset"
-    seen: dict[str, int] = {}
-    for d, r in zip(docs, rows):
-        assert r["index"] == seen.get(d["subject"], 0), "row index is not the position within the subset"
-        seen[d["subject"]] = r["index"] + 1
+    if "row" in rows[0]:
+        # rows files since the fix carry each question's file row
+        assert [r["row"] for r in rows] == [fr for _, fr in chosen], "file rows differ: not the same subset"
+    else:
+        # older rows files: `index` counts questions of its subject within the evaluated (sampled) list
+        seen: dict[str, int] = {}
+        for d, r in zip(docs, rows):
+            assert r["index"] == seen.get(d["subject"], 0), "row index is not the position within the subset"
+            seen[d["subject"]] = r["index"] + 1
     n = min(args.limit, len(rows))
     log(f"{len(rows)} rows, {shots}-shot, seed {seed}: the subset is reconstructed (subjects, answers and "
         f"per-subject indices agree on all rows); checking the first {n}")
@@ -454,13 +458,13 @@ def check_rows(args):
         ours_correct += row["predicted"] == row["answer"]
         # The misreading: `index` taken as the row of the subject's test file.
         naive = "same question"
-        if row["index"] != r:
+        if "index" in row and row["index"] != r:
             nd = mmlu_doc(data, f, row["index"])
             naive_lls = mmlu_lls(model, tok, nd, shot_docs)
             nd_diff = max(abs(a - b) for a, b in zip(naive_lls, row["logLikelihoods"]))
             worst_naive = max(worst_naive, nd_diff)
             naive = f"file row {row['index']}: {nd_diff:.3f}"
-        log(f"  {d['subject']} test row {r} (rows index {row['index']}): max |delta| {diff:.2e}; "
+        log(f"  {d['subject']} test row {r}: max |delta| {diff:.2e}; "
             f"argmax {pred} vs {row['predicted']}; index as file row -> {naive}")
     print(json.dumps({
         "rows_file": str(args.check_rows), "model": gguf_path.name, "checked": n, "shots": shots,

@@ -21,6 +21,8 @@ export interface MmluQuestion {
   readonly choices: readonly [string, string, string, string];
   /** Index of the right option (0 to 3). */
   readonly answer: number;
+  /** Row of the question in its file (0-based, the header not counted). */
+  readonly row: number;
 }
 
 /** The header of the MMLU files (`mmlu/{dev,test}/<subject>_<split>.csv`). */
@@ -48,7 +50,7 @@ export function loadMmluFile(file: string): MmluQuestion[] {
   });
   if (head.values.length !== MMLU_HEADER.length)
     throw new FormatError(file, 'header', `${head.values.length} columns; expected ${MMLU_HEADER.join(',')}`);
-  return rows.map((r) => {
+  return rows.map((r, row) => {
     if (r.values.length !== MMLU_HEADER.length)
       throw new FormatError(
         file,
@@ -63,7 +65,7 @@ export function loadMmluFile(file: string): MmluQuestion[] {
         `expected 0, 1, 2 or 3, found '${answer.slice(0, 20)}'`,
       );
     if (question.trim() === '') throw new FormatError(file, `line ${r.line}: question`, 'empty');
-    return { subject, question, choices: [c0, c1, c2, c3], answer: Number(answer.trim()) };
+    return { subject, question, choices: [c0, c1, c2, c3], answer: Number(answer.trim()), row };
   });
 }
 

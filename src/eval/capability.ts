@@ -456,8 +456,8 @@ export function mmluPrompt(q: MmluQuestion, shots: readonly MmluQuestion[]): str
 
 export interface MmluRow {
   readonly subject: string;
-  /** Position of the question in its subject's test file. */
-  readonly index: number;
+  /** Row of the question in its subject's test file (0-based, the header not counted). */
+  readonly row: number;
   readonly answer: number;
   readonly predicted: number;
   readonly correct: boolean;
@@ -502,12 +502,11 @@ export async function evaluateMmlu(
     })),
     { ...opts, label: `mmlu ${opts.shots}-shot` },
   );
-  const indexOf = subjectIndices(questions);
   const rows = questions.map((q, i) => {
     const predicted = argmaxIndex(scores[i]);
     return {
       subject: q.subject,
-      index: indexOf[i],
+      row: q.row,
       answer: q.answer,
       predicted,
       correct: predicted === q.answer,
@@ -525,16 +524,6 @@ export async function evaluateMmlu(
     subjects,
     rows,
   };
-}
-
-/** Each question's position within its subject, counting every question of the list. */
-function subjectIndices(questions: readonly MmluQuestion[]): number[] {
-  const seen = new Map<string, number>();
-  return questions.map((q) => {
-    const k = seen.get(q.subject) ?? 0;
-    seen.set(q.subject, k + 1);
-    return k;
-  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -693,6 +682,7 @@ export function truthfulQaPrompt(q: TruthfulQaQuestion): string {
 }
 
 export interface TruthfulQaRow {
+  /** Position of the question in the evaluated list. */
   readonly index: number;
   /** MC1: the best answer has the largest log-likelihood among it and the incorrect answers. */
   readonly mc1: boolean;
