@@ -291,8 +291,23 @@ describe('steerguard serve', () => {
     assert.ok(crossing, 'a token of the free reply scores above the threshold');
     assert.equal(stopped.choices[0].finish_reason, 'content_filter');
     assert.equal(ext(stopped).stopped, true);
-    // token k's score is read when it is fed back, in the step that picks token k + 1
-    assert.equal(stopped.usage?.completion_tokens, crossing.index + 2);
+    // token k's score is read when it is fed back: the reply ends with token k, as streamed
+    assert.equal(stopped.usage?.completion_tokens, crossing.index + 1);
+    const stream = await client.chat.completions.create({
+      model: modelId,
+      messages: [{ role: 'user', content: FLAGGED }],
+      max_tokens: 24,
+      stream: true,
+      steerguard: { policy: 'stop' },
+    } as OpenAI.ChatCompletionCreateParamsStreaming);
+    let streamed = '';
+    let finish: string | null = null;
+    for await (const chunk of stream) {
+      streamed += chunk.choices[0]?.delta.content ?? '';
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+    }
+    assert.equal(streamed, text);
+    assert.equal(finish, 'content_filter');
   });
 
   test('bad fields: 400 with an OpenAI error body naming the field', async () => {

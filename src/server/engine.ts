@@ -5,6 +5,7 @@
  */
 import { Worker } from 'node:worker_threads';
 
+import { NativeUnavailableError, loadNativeBackend } from '../engine/native.js';
 import { SteerguardError } from '../formats/errors.js';
 import type {
   EngineInfo,
@@ -81,6 +82,7 @@ export class ModelWorker {
 
   /** Starts the worker and waits until the model is loaded; throws what the worker could not load. */
   static start(settings: EngineSettings): Promise<ModelWorker> {
+    pinNativeEngine(settings.threads);
     const worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: settings });
     return new Promise((resolve, reject) => {
       const onExit = (code: number) => reject(new SteerguardError(`the model worker exited (code ${code})`));
@@ -196,5 +198,20 @@ export class ModelWorker {
       else deliver(job, (l) => l.onFailed(error));
     }
     this.jobs.clear();
+  }
+}
+
+/**
+ * Loads the native engine in this thread too, for the life of the process. An addon loaded only
+ * by a worker is unloaded when the worker exits, and OpenBLAS with it, while OpenBLAS's own
+ * threads (started when threads > 1) still run: they then jump into unmapped code (a segfault at
+ * shutdown). The thread count is process-wide, so this sets the one the worker sets.
+ */
+function pinNativeEngine(threads: number | undefined): void {
+  if (process.env.STEERGUARD_BACKEND === 'reference') return;
+  try {
+    loadNativeBackend({ threads });
+  } catch (e) {
+    if (!(e instanceof NativeUnavailableError)) throw e;
   }
 }

@@ -29,6 +29,10 @@ interface Live {
   readonly controller: AbortController;
   /** Policy stop ended the reply: nothing more is sent. */
   stopped: boolean;
+  /** Text posted so far (a stopped reply is what its client has seen). */
+  sent: string;
+  /** Tokens of the reply when policy stop ended it. */
+  keptTokens: number;
 }
 
 export class ModelService {
@@ -214,14 +218,16 @@ export class ModelService {
       gateDid = gateHooks.length === 0 ? 'none' : verdict.verdict === 'flagged' ? 'add' : 'ablate';
     }
 
-    const live: Live = { controller: new AbortController(), stopped: false };
+    const live: Live = { controller: new AbortController(), stopped: false, sent: '', keptTokens: 0 };
     const readScores = monitor && (ext.scores || ext.policy === 'stop');
     const readers = readScores
       ? tokenScoreHooks(monitor, tokens.length, (index, score) => {
           if (live.stopped) return;
           if (ext.scores) this.post({ type: 'score', id, index, score });
           if (ext.policy === 'stop' && score > monitor.threshold) {
+            // Token `index` is the last one kept; the one this pass picks next is dropped.
             live.stopped = true;
+            live.keptTokens = index + 1;
             live.controller.abort();
           }
         })
@@ -238,7 +244,9 @@ export class ModelService {
         hooks: [...steerHooks, ...gateHooks, ...readers],
         signal: live.controller.signal,
         onText: (text) => {
-          if (!live.stopped && text !== '') this.post({ type: 'text', id, text });
+          if (live.stopped || text === '') return;
+          live.sent += text;
+          this.post({ type: 'text', id, text });
         },
       },
     );
@@ -261,8 +269,8 @@ export class ModelService {
             : g.finishReason === 'aborted'
               ? 'cancelled'
               : g.finishReason,
-          completionTokens: g.tokens.length,
-          text: g.text,
+          completionTokens: live.stopped ? live.keptTokens : g.tokens.length,
+          text: live.stopped ? live.sent : g.text,
         });
       },
       (e: unknown) => {
