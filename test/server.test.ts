@@ -70,6 +70,8 @@ describe('steerguard serve', () => {
   let client: OpenAI;
   let modelId: string;
   let threshold: number;
+  const logLines: string[] = [];
+  const replies: string[] = [];
 
   before(async () => {
     const model = await Model.load(modelFile);
@@ -127,6 +129,7 @@ describe('steerguard serve', () => {
       apiKey: API_KEY,
       queue: 2,
       bodyLimit: 64 * 1024,
+      log: (line) => logLines.push(line),
     });
     client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: API_KEY, maxRetries: 0 });
     modelId = server.info.model;
@@ -146,6 +149,15 @@ describe('steerguard serve', () => {
       headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}`, ...headers },
       body: typeof body === 'string' ? body : JSON.stringify(body),
     });
+
+  test('a sampled reply depends on its seed only, not on the requests beside it', async () => {
+    const sampled = { temperature: 1, top_p: 0.9, seed: 7, max_tokens: 16 };
+    const alone = (await chat(BENIGN, sampled)).choices[0].message.content;
+    const [beside] = await Promise.all([chat(BENIGN, sampled), chat(FLAGGED, { ...sampled, seed: 8 })]);
+    assert.equal(beside.choices[0].message.content, alone);
+    assert.notEqual((await chat(BENIGN, { ...sampled, seed: 9 })).choices[0].message.content, alone);
+    replies.push(alone ?? '');
+  });
 
   test('/v1/models lists the model; /health answers without the key', async () => {
     const models = await client.models.list();
@@ -168,6 +180,7 @@ describe('steerguard serve', () => {
     assert.equal(e.verdict?.verdict, 'benign');
     assert.ok(e.verdict!.score < threshold);
     assert.equal(e.policy, 'flag');
+    replies.push(res.choices[0].message.content ?? '');
     assert.equal(ext(await chat(FLAGGED)).verdict?.verdict, 'flagged');
   });
 
@@ -409,6 +422,11 @@ describe('steerguard serve', () => {
       'steerguard_verdicts_total',
     ])
       assert.ok(text.includes(name), name);
+    // the log: one line per request, never prompt or reply text
+    assert.ok(logLines.length > 50, `${logLines.length} lines`);
+    assert.ok(logLines.some((l) => /^POST \/v1\/chat\/completions 200 \d+ms$/.test(l)));
+    for (const text of [FLAGGED, BENIGN, 'once upon a time', ...replies.filter((r) => r.length > 4)])
+      assert.ok(!logLines.some((l) => l.includes(text)), 'no prompt or reply text in the log');
     // streamed replies are counted too (Fastify does not see their end)
     // completions answered 200: 2 in the completions test (1 of them streamed), 6 past the queue
     assert.match(text, /steerguard_requests_total\{endpoint="\/v1\/completions",status="200"\} 8\n/);

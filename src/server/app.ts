@@ -154,7 +154,7 @@ export function buildServer(opts: ServerOptions): FastifyInstance {
         metrics.verdicts.inc({ verdict: 'stopped' });
       metrics.latency.observe({ endpoint }, (performance.now() - started) / 1000);
     };
-    const reply_ = new Reply(endpoint, parsed, accepted, engine.info.model);
+    const shape = new Reply(endpoint, parsed, accepted, engine.info.model);
     if (!parsed.stream) {
       const result = await collect(handle, onFirstText);
       onEnd(result.finished);
@@ -165,9 +165,9 @@ export function buildServer(opts: ServerOptions): FastifyInstance {
           null,
           'cancelled',
         );
-      return reply_.whole(result.finished, result.scores);
+      return shape.whole(result.finished, result.scores);
     }
-    return streamEvents(reply, handle, reply_, onFirstText, onEnd);
+    return streamEvents(reply, handle, shape, onFirstText, onEnd);
   };
   app.post('/v1/chat/completions', generate('chat'));
   app.post('/v1/completions', generate('completions'));
