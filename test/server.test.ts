@@ -25,6 +25,7 @@ import { Model } from '../src/model/model.js';
 import { type RunningServer, checkExposure, startServer } from '../src/server/serve.js';
 import { monitorPrompts } from '../src/steering/conditional.js';
 import { ControlVector } from '../src/steering/control-vector.js';
+import { cli } from './util/cli.js';
 import { FIXTURES, SMOLLM2_GGUF, missingModel } from './util/fixtures.js';
 import { hfToGguf } from './util/hf-to-gguf.js';
 import { seededUniform } from './util/random.js';
@@ -513,7 +514,11 @@ describe('steerguard serve: cancelling', { skip: missingModel(SMOLLM2_GGUF) }, (
 });
 
 test('binding beyond loopback needs an API key', () => {
+  const r = cli(['serve', '-m', modelFile, '--host', '0.0.0.0'], { env: { STEERGUARD_API_KEY: '' } });
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, /--host 0\.0\.0\.0 exposes the server beyond this machine: it needs --api-key/);
   assert.throws(() => checkExposure('0.0.0.0', undefined), /--api-key/);
+  assert.throws(() => checkExposure('0.0.0.0', 'short'), /at least 16 characters/);
   assert.doesNotThrow(() => checkExposure('127.0.0.1', undefined));
   assert.doesNotThrow(() => checkExposure('0.0.0.0', 'a-long-enough-key-123'));
 });

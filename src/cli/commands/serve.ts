@@ -155,7 +155,7 @@ export const serveCommand = command(
     checkInputFile('--concept', o.concept);
     checkInputFile('--vector', o.vector);
     checkInputFile('--vectors', o.vectors);
-    const apiKey = o.apiKey ?? process.env.STEERGUARD_API_KEY;
+    const apiKey = o.apiKey ?? (process.env.STEERGUARD_API_KEY || undefined);
     const { checkExposure, startServer } = await import('../../server/serve.js');
     checkExposure(o.host, apiKey);
     out.info(`loading ${o.model} in the model worker`);
