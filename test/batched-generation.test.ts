@@ -170,4 +170,10 @@ describe('batched generation', async () => {
     for (const maxBatch of [0, 1.5, -1])
       await assert.rejects(model.generate(prompts, { ...base, maxBatch }), OptionError);
   });
+
+  test('bad options are errors even with no prompt to generate', async () => {
+    await assert.rejects(model.generate([], { maxNewTokens: -1 }), OptionError);
+    await assert.rejects(model.generate([], { temperature: -1 }), OptionError);
+    await assert.rejects(model.generate([], { maxBatch: 0 }), OptionError);
+  });
 });

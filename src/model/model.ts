@@ -540,6 +540,7 @@ export class Model {
    */
   async generate(prompts: readonly Prompt[], opts: GenerateOptions = {}): Promise<Generation[]> {
     checkSampling(opts);
+    checkMaxNewTokens(opts.maxNewTokens); // also when there are no prompts
     const { hooks, promptHooks, prefix, maxBatch, onText, onToken, signal, seed, ...perSequence } = opts;
     const decoder = this.decoder({ maxBatch, hooks });
     // A failed pass rejects its sequences; the others then stop too, and the call rejects.
@@ -698,9 +699,7 @@ export class Model {
     return {
       add: (prompt, o = {}) => {
         checkSampling(o);
-        const maxNew = o.maxNewTokens ?? 128;
-        if (!(Number.isInteger(maxNew) && maxNew >= 0))
-          throw new OptionError(`maxNewTokens must be an integer >= 0, got ${maxNew}`);
+        const maxNew = checkMaxNewTokens(o.maxNewTokens);
         const id = freeId();
         const what = `prompt ${id}`;
         const prefix = this.ownPrefix(o.prefix, what);
@@ -759,4 +758,12 @@ export class Model {
       },
     };
   }
+}
+
+/** `maxNewTokens` or its default (128); throws unless an integer >= 0. */
+function checkMaxNewTokens(n: number | undefined): number {
+  const maxNew = n ?? 128;
+  if (!(Number.isInteger(maxNew) && maxNew >= 0))
+    throw new OptionError(`maxNewTokens must be an integer >= 0, got ${maxNew}`);
+  return maxNew;
 }
