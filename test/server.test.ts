@@ -513,6 +513,24 @@ describe('steerguard serve: cancelling', { skip: missingModel(SMOLLM2_GGUF) }, (
   });
 });
 
+test('what the worker cannot load is an error of startServer, naming it', async () => {
+  const empty = path.join(tmp, 'no-vectors');
+  mkdirSync(empty);
+  const engine = {
+    model: modelFile,
+    coeff: 1,
+    maxBatch: 1,
+    maxPromptTokens: 8,
+    maxTokens: 8,
+    blockMessage: '',
+  };
+  await assert.rejects(startServer({ engine: { ...engine, vectorsDir: empty }, port: 0 }), /holds no \.gguf/);
+  await assert.rejects(
+    startServer({ engine: { ...engine, reading: path.join(tmp, 'missing.json') }, port: 0 }),
+    /missing\.json/,
+  );
+});
+
 test('binding beyond loopback needs an API key', () => {
   const r = cli(['serve', '-m', modelFile, '--host', '0.0.0.0'], { env: { STEERGUARD_API_KEY: '' } });
   assert.equal(r.code, 2, r.stderr);

@@ -68,6 +68,9 @@ export class ModelWorker {
   private readonly jobs = new Map<number, Pending>();
   private nextId = 1;
   private failure: string | undefined;
+  private announceLoss!: (why: string) => void;
+  /** Resolves, with the reason, when the worker is gone (failed, or closed). */
+  readonly lost = new Promise<string>((resolve) => (this.announceLoss = resolve));
   /** Sequences queued in the worker's decoder, and decoding (as of its last step). */
   load = { waiting: 0, active: 0 };
 
@@ -192,6 +195,7 @@ export class ModelWorker {
 
   private fail(why: string): void {
     this.failure ??= why;
+    this.announceLoss(this.failure);
     const error = new RequestError(503, this.failure, null, 'model_unavailable');
     for (const job of this.jobs.values()) {
       if (!job.accepted) job.refuse(error);

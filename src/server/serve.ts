@@ -28,6 +28,8 @@ export interface RunningServer {
   /** e.g. http://127.0.0.1:8000 */
   readonly url: string;
   readonly info: EngineInfo;
+  /** Resolves with the reason if the model worker dies before `close` (the server is then useless). */
+  readonly lost: Promise<string>;
   /**
    * Stops accepting requests, lets those in flight finish for up to `graceMs` (default 30 s),
    * cancels the rest, then stops the worker.
@@ -74,6 +76,7 @@ export async function startServer(o: ServeOptions): Promise<RunningServer> {
   return {
     url: `http://${host.includes(':') ? `[${host}]` : host}:${port}`,
     info: engine.info,
+    lost: engine.lost.then((why) => (closing ? new Promise<string>(() => {}) : why)),
     close: (graceMs = 30_000) =>
       (closing ??= (async () => {
         const timer = setTimeout(() => engine.cancelAll(), graceMs);

@@ -3,7 +3,7 @@
  * Runs until SIGINT or SIGTERM, then stops accepting, lets requests in flight finish for
  * --grace seconds, cancels the rest and exits 0.
  */
-import { OptionError } from '../../formats/errors.js';
+import { OptionError, SteerguardError } from '../../formats/errors.js';
 import { POLICIES } from '../../server/requests.js';
 import { MODEL_OPTION, THREADS_OPTION, WEIGHTS_OPTION, checkInputFile, command, para } from './common.js';
 
@@ -191,7 +191,10 @@ export const serveCommand = command(
         `monitor ${i.monitor ? `threshold ${i.monitor.threshold}` : 'none'}; ` +
         `${i.vectors.length} vectors; ${apiKey ? 'API key required' : 'no API key'})`,
     );
-    await new Promise<void>((resolve) => {
+    const lost = server.lost.then((why) => {
+      throw new SteerguardError(`the model worker stopped: ${why}`);
+    });
+    const stopped = new Promise<void>((resolve) => {
       const stop = (signal: string) => {
         process.off('SIGINT', onInt);
         process.off('SIGTERM', onTerm);
@@ -203,6 +206,7 @@ export const serveCommand = command(
       process.on('SIGINT', onInt);
       process.on('SIGTERM', onTerm);
     });
+    await Promise.race([stopped, lost]);
     out.result({ url: server.url, stopped: true }, 'stopped');
   },
 );
