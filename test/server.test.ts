@@ -18,8 +18,8 @@ import { after, before, describe, test } from 'node:test';
 
 import OpenAI from 'openai';
 
-import { saveReading } from '../src/concepts/reading-file.js';
-import { readingMonitor } from '../src/concepts/reading-file.js';
+import { tokenExample, trainConcept } from '../src/concepts/concept.js';
+import { readingMonitor, saveReading } from '../src/concepts/reading-file.js';
 import { GgmlType } from '../src/formats/gguf.js';
 import { Model } from '../src/model/model.js';
 import { type RunningServer, checkExposure, startServer } from '../src/server/serve.js';
@@ -511,6 +511,54 @@ describe('steerguard serve: cancelling', { skip: missingModel(SMOLLM2_GGUF) }, (
     await closed;
     await assert.rejects(fetch(`${server.url}/health`));
   });
+});
+
+test('a concept as the monitor: its probe probability is the verdict score', async () => {
+  const model = await Model.load(modelFile);
+  // low letters (k..p) against letter pairs, as raw token prompts: the concept test's two distributions
+  const random = seededUniform(2);
+  const set = (lo: number, hi: number) =>
+    Array.from({ length: 30 }, () =>
+      tokenExample(
+        Array.from({ length: 4 + Math.floor(random() * 5) }, () => lo + Math.floor(random() * (hi - lo))),
+      ),
+    );
+  const { concept } = await trainConcept({
+    model,
+    positive: set(10, 16),
+    negative: set(150, 156),
+    cacheDir: path.join(tmp, 'concept-cache'),
+  });
+  const conceptFile = path.join(tmp, 'tiny.concept.safetensors');
+  concept.save(conceptFile);
+  const server = await startServer({
+    engine: {
+      model: modelFile,
+      concept: conceptFile,
+      coeff: 1,
+      maxBatch: 2,
+      maxPromptTokens: 64,
+      maxTokens: 8,
+      blockMessage: 'no',
+    },
+    port: 0,
+    policy: 'block',
+  });
+  try {
+    const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'none', maxRetries: 0 });
+    const flagged = await client.completions.create({
+      model: server.info.model,
+      prompt: 'klmnopmlk',
+      max_tokens: 4,
+    });
+    const e = ext(flagged);
+    assert.equal(e.verdict?.verdict, 'flagged');
+    assert.ok(e.verdict!.score > e.verdict!.threshold && e.verdict!.score <= 1);
+    assert.equal(e.blocked, true);
+    assert.equal(flagged.choices[0].text, 'no');
+  } finally {
+    await server.close(1000);
+  }
 });
 
 test('what the worker cannot load is an error of startServer, naming it', async () => {
