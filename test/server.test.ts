@@ -210,6 +210,14 @@ describe('steerguard serve', () => {
     assert.equal(usage?.completion_tokens, 12);
   });
 
+  test('stop strings cut the reply where one first appears (finish_reason stop)', async () => {
+    const free = (await chat(BENIGN, { max_tokens: 24 })).choices[0].message.content ?? '';
+    const stop = free.slice(6, 8);
+    const cut = await chat(BENIGN, { max_tokens: 24, stop: [stop, 'zzzzzz'] });
+    assert.equal(cut.choices[0].message.content, free.slice(0, free.indexOf(stop)));
+    assert.equal(cut.choices[0].finish_reason, 'stop');
+  });
+
   test('completions, streamed and not, give the same text', async () => {
     const whole = await client.completions.create({
       model: modelId,
@@ -494,6 +502,23 @@ describe('steerguard serve: cancelling', { skip: missingModel(SMOLLM2_GGUF) }, (
       body: JSON.stringify({ model: server.info.model, prompt: 'Hi', max_tokens: 2 }),
     });
     assert.equal(next.status, 200);
+  });
+
+  test('a client that leaves before a non-streamed reply is done has its generation cancelled', async () => {
+    const cancelledBefore = await metric(/steerguard_requests_cancelled_total (\d+)/);
+    const controller = new AbortController();
+    const res = fetch(`${server.url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: body(false),
+      signal: controller.signal,
+    });
+    for (let i = 0; i < 500 && (await metric(/steerguard_requests_in_flight (\d+)/)) === 0; i++)
+      await new Promise((r) => setTimeout(r, 10));
+    controller.abort();
+    await assert.rejects(res);
+    await idle();
+    assert.equal((await metric(/steerguard_requests_cancelled_total (\d+)/)) - cancelledBefore, 1);
   });
 
   test('close: no new requests; one still running past the grace period is cancelled with a 503', async () => {
