@@ -47,7 +47,9 @@ hfToGguf(path.join(FIXTURES, 'tiny', 'llama'), modelFile, GgmlType.F32, (entries
   { key: 'tokenizer.ggml.merges', value: [] as string[] },
   {
     key: 'tokenizer.chat_template',
-    value: '{% for m in messages %}{{ m.content }} {% endfor %}',
+    value:
+      "{% if messages[0].role == 'assistant' %}{{ raise_exception('a conversation starts with the user') }}{% endif %}" +
+      '{% for m in messages %}{{ m.content }} {% endfor %}',
   },
 ]);
 
@@ -347,6 +349,7 @@ describe('steerguard serve', () => {
       [{ steerguard: { policy: 'maybe' } }, 'steerguard.policy'],
       [{ steerguard: { gate: true } }, 'steerguard.gate'],
       [{ messages: [{ role: 'robot', content: 'hi' }] }, 'messages[0].role'],
+      [{ messages: [{ role: 'assistant', content: 'hi' }] }, 'messages'], // the template refuses it
       [{ messages: [{ role: 'user', content: 'a'.repeat(120) }] }, 'messages'],
     ];
     for (const [extra, param] of cases) {

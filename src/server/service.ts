@@ -124,9 +124,15 @@ export class ModelService {
         `messages: ${this.model.identity.name} has no chat template; use /v1/completions`,
         'messages',
       );
-    const tokens = this.model.tokenize(
-      job.prompt.kind === 'chat' ? { messages: job.prompt.messages } : job.prompt.text,
-    );
+    let tokens: number[];
+    try {
+      tokens = this.model.tokenize(
+        job.prompt.kind === 'chat' ? { messages: job.prompt.messages } : job.prompt.text,
+      );
+    } catch (e) {
+      // e.g. a chat template that refuses the conversation (raise_exception: roles must alternate)
+      throw new RequestError(400, `${field}: ${e instanceof Error ? e.message : String(e)}`, field);
+    }
     const context = this.model.config.maxContext;
     const limit = Math.min(this.settings.maxPromptTokens, context - 1);
     if (tokens.length > limit)
