@@ -543,9 +543,10 @@ export class Model {
     checkMaxNewTokens(opts.maxNewTokens); // also when there are no prompts
     const { hooks, promptHooks, prefix, maxBatch, onText, onToken, signal, seed, ...perSequence } = opts;
     const decoder = this.decoder({ maxBatch, hooks });
-    // A failed pass rejects its sequences; the others then stop too, and the call rejects.
-    const failed = new AbortController();
-    const stop = signal ? AbortSignal.any([signal, failed.signal]) : failed.signal;
+    // One signal ends every sequence: the caller's, or a failed pass (which rejects its own
+    // sequences; the others then stop too, and the call rejects).
+    const stop = new AbortController();
+    const onAbort = () => stop.abort();
     const replies = prompts.map((prompt, i) =>
       decoder.add(prompt, {
         ...perSequence,
@@ -554,14 +555,20 @@ export class Model {
         hooks: promptHooks?.(i),
         onText: onText && ((text) => onText(i, text)),
         onToken: onToken && ((token, position) => onToken(i, token, position)),
-        signal: stop,
+        signal: stop.signal,
       }),
     );
-    for (const r of replies) r.catch(() => failed.abort());
-    while (!decoder.idle) {
-      decoder.step();
-      // Let I/O (streams, servers, Ctrl-C) through between steps.
-      await new Promise((r) => setImmediate(r));
+    for (const r of replies) r.catch(onAbort);
+    if (signal?.aborted) stop.abort();
+    signal?.addEventListener('abort', onAbort);
+    try {
+      while (!decoder.idle) {
+        decoder.step();
+        // Let I/O (streams, servers, Ctrl-C) through between steps.
+        await new Promise((r) => setImmediate(r));
+      }
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
     }
     return Promise.all(replies);
   }
