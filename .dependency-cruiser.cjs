@@ -13,7 +13,7 @@ const LAYERS = [
   ['methods', 'src/(concepts|steering|training|sae)/'],
   ['eval', 'src/eval/'],
   ['audit', 'src/audit/'],
-  ['interfaces', 'src/cli/'],
+  ['interfaces', 'src/(cli|server)/'],
 ];
 
 const anchored = (prefix) => `^${prefix}`;

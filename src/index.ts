@@ -84,6 +84,9 @@ export type {
   CacheRequest,
   GenerateOptions,
   Generation,
+  Decoder,
+  DecoderOptions,
+  SequenceOptions,
   HookHandle,
 } from './model/model.js';
 export type { ModelConfig, Architecture } from './model/config.js';

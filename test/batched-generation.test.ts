@@ -12,7 +12,7 @@ import { OptionError } from '../src/formats/errors.js';
 import { GgmlType } from '../src/formats/quant.js';
 import { type Hook, blockHook } from '../src/hooks/hooks.js';
 import { addVector } from '../src/hooks/interventions.js';
-import { type GenerateOptions, Model } from '../src/model/model.js';
+import { type GenerateOptions, Model, type SequenceOptions } from '../src/model/model.js';
 import { FIXTURES } from './util/fixtures.js';
 import { hfToGguf } from './util/hf-to-gguf.js';
 import { seededUniform } from './util/random.js';
@@ -121,8 +121,59 @@ describe('batched generation', async () => {
     });
   });
 
+  const seqBase: SequenceOptions = { maxNewTokens: 16, stopTokens };
+
+  test('a decoder: prompts that join while others decode get the tokens of one-at-a-time generation', async () => {
+    const own = (i: number): Hook[] => (i % 2 === 1 ? [addVector(name, steer, { scale: 4 })] : []);
+    const want = await alone(base, own);
+    const decoder = model.decoder({ maxBatch: 3 });
+    const replies: Promise<number[]>[] = [];
+    const add = (i: number) =>
+      replies.push(decoder.add(prompts[i], { ...seqBase, hooks: own(i) }).then((g) => g.tokens));
+    // two prompts at first, then one more after every step: each joins a batch mid-decode
+    add(0);
+    add(1);
+    let next = 2;
+    let steps = 0;
+    while (!decoder.idle || next < prompts.length) {
+      decoder.step();
+      steps++;
+      assert.ok(decoder.active <= 3, `at most maxBatch decode together (${decoder.active})`);
+      if (next < prompts.length) add(next++);
+    }
+    assert.deepEqual(await Promise.all(replies), want);
+    assert.ok(steps > 16, `${steps} steps`);
+  });
+
+  test('a decoder: an aborted sequence ends alone, a failing hook fails only its sequence', async () => {
+    const decoder = model.decoder({ maxBatch: 4 });
+    const controller = new AbortController();
+    const broken: Hook = {
+      name,
+      fn: () => {
+        throw new Error('hook failed');
+      },
+    };
+    const aborted = decoder.add(prompts[0], { ...seqBase, signal: controller.signal });
+    const failing = decoder.add(prompts[1], { ...seqBase, hooks: [broken] });
+    const fine = decoder.add(prompts[2], seqBase);
+    decoder.step();
+    controller.abort();
+    while (!decoder.idle) decoder.step();
+    assert.equal((await aborted).finishReason, 'aborted');
+    assert.equal((await aborted).tokens.length, 1);
+    await assert.rejects(failing, /hook failed/);
+    assert.deepEqual((await fine).tokens, (await alone(base))[2]);
+  });
+
   test('maxBatch must be a positive integer', async () => {
     for (const maxBatch of [0, 1.5, -1])
       await assert.rejects(model.generate(prompts, { ...base, maxBatch }), OptionError);
+  });
+
+  test('bad options are errors even with no prompt to generate', async () => {
+    await assert.rejects(model.generate([], { maxNewTokens: -1 }), OptionError);
+    await assert.rejects(model.generate([], { temperature: -1 }), OptionError);
+    await assert.rejects(model.generate([], { maxBatch: 0 }), OptionError);
   });
 });

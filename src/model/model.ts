@@ -187,6 +187,51 @@ export interface Generation {
   readonly finishReason: 'stop' | 'length' | 'aborted';
 }
 
+/** One sequence of a `Decoder`: `GenerateOptions` for a single prompt. */
+export interface SequenceOptions extends SamplingOptions {
+  /** Default 128; prompt + maxNewTokens must fit the model's context (`add` throws otherwise). */
+  readonly maxNewTokens?: number;
+  /** As in `GenerateOptions.stop`. */
+  readonly stop?: readonly string[];
+  /** As in `GenerateOptions.stopTokens`. */
+  readonly stopTokens?: readonly number[];
+  /** A prefix this prompt continues, as in `GenerateOptions.prefix`. */
+  readonly prefix?: PromptPrefix;
+  /** This sequence's own hooks (see `GenerateOptions.promptHooks`). */
+  readonly hooks?: readonly Hook[];
+  /** Each piece of text as it is decoded (held back as in `GenerateOptions.stop`). */
+  readonly onText?: (text: string) => void;
+  /** Each generated token id as it is chosen (`position` counts from 0). */
+  readonly onToken?: (token: number, position: number) => void;
+  /** Checked before each step: once aborted, the sequence ends with `finishReason: 'aborted'`. */
+  readonly signal?: AbortSignal;
+}
+
+export interface DecoderOptions {
+  /** Sequences decoded together (default 16); more wait for a free place. */
+  readonly maxBatch?: number;
+  /** Hooks on every sequence, fired after each sequence's own. */
+  readonly hooks?: readonly Hook[];
+}
+
+/** A decoding batch that sequences join and leave between steps (see `Model.decoder`). */
+export interface Decoder {
+  /**
+   * Queues `prompt`; throws (an OptionError) at once for bad options or a prompt that does not
+   * fit the context. The promise resolves when the sequence finishes, and rejects when a forward
+   * pass it was part of throws (the other sequences go on).
+   */
+  add(prompt: Prompt, opts?: SequenceOptions): Promise<Generation>;
+  /** Ends aborted sequences, admits waiting ones into free places, decodes one token for the rest. */
+  step(): void;
+  /** Sequences queued, not yet in the batch. */
+  readonly waiting: number;
+  /** Sequences in the batch. */
+  readonly active: number;
+  /** Nothing waiting or decoding. */
+  readonly idle: boolean;
+}
+
 /** Handle returned by `addHook`. */
 export interface HookHandle {
   remove(): void;
@@ -490,129 +535,242 @@ export class Model {
    * Generates a continuation for each prompt, up to `maxBatch` sequences at a time (one token per
    * sequence per step, with a KV cache; a finished sequence's place goes to the next prompt).
    * Greedy unless `temperature` > 0. Each sequence's arithmetic is its own: the replies do not
-   * depend on the batch size or on the other prompts.
+   * depend on the batch size or on the other prompts. Built on `decoder()`: every prompt is
+   * checked (and the call throws) before any compute.
    */
   async generate(prompts: readonly Prompt[], opts: GenerateOptions = {}): Promise<Generation[]> {
     checkSampling(opts);
-    const maxNew = opts.maxNewTokens ?? 128;
-    if (!(Number.isInteger(maxNew) && maxNew >= 0))
-      throw new OptionError(`maxNewTokens must be an integer >= 0, got ${maxNew}`);
+    checkMaxNewTokens(opts.maxNewTokens); // also when there are no prompts
+    const { hooks, promptHooks, prefix, maxBatch, onText, onToken, signal, seed, ...perSequence } = opts;
+    const decoder = this.decoder({ maxBatch, hooks });
+    // One signal ends every sequence: the caller's, or a failed pass (which rejects its own
+    // sequences; the others then stop too, and the call rejects).
+    const stop = new AbortController();
+    const onAbort = () => stop.abort();
+    const replies = prompts.map((prompt, i) =>
+      decoder.add(prompt, {
+        ...perSequence,
+        seed: (seed ?? 0) + i * 7919,
+        prefix: typeof prefix === 'function' ? prefix(i) : prefix,
+        hooks: promptHooks?.(i),
+        onText: onText && ((text) => onText(i, text)),
+        onToken: onToken && ((token, position) => onToken(i, token, position)),
+        signal: stop.signal,
+      }),
+    );
+    for (const r of replies) r.catch(onAbort);
+    if (signal?.aborted) stop.abort();
+    signal?.addEventListener('abort', onAbort);
+    try {
+      while (!decoder.idle) {
+        decoder.step();
+        // Let I/O (streams, servers, Ctrl-C) through between steps.
+        await new Promise((r) => setImmediate(r));
+      }
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
+    return Promise.all(replies);
+  }
+
+  /**
+   * A batch that sequences join and leave between decoding steps: the step-level form of
+   * `generate` (which is built on it), for callers whose prompts arrive while others decode (a
+   * server). `add` queues a prompt with its own options and returns its generation's promise;
+   * each `step()` first lets queued prompts take free places (a prompt pass of its own each),
+   * then decodes one token for every sequence already in the batch. Nothing runs between steps,
+   * so the caller decides when (e.g. after letting I/O through).
+   */
+  decoder(opts: DecoderOptions = {}): Decoder {
     const maxBatch = opts.maxBatch ?? 16;
     if (!(Number.isInteger(maxBatch) && maxBatch >= 1))
       throw new OptionError(`maxBatch must be an integer >= 1, got ${maxBatch}`);
-    const prefixes = prompts.map((_, i) =>
-      this.ownPrefix(typeof opts.prefix === 'function' ? opts.prefix(i) : opts.prefix, `prompt ${i}`),
-    );
-    const promptTokens = prompts.map((p, i) =>
-      prefixes[i] ? this.continuationTokens(p, `prompt ${i}`) : this.tokenize(p),
-    );
-    promptTokens.forEach((t, i) => this.checkFits(i, t.length, maxNew, prefixes[i]?.tokens.length ?? 0));
-    const stopTokens = new Set(opts.stopTokens ?? this.loaded.tokenizer?.eosTokenIds ?? []);
-    const stops = opts.stop ?? [];
-    const hooks = [...this.permanentHooks];
     const callHooks = [...(opts.hooks ?? [])];
     for (const h of callHooks) this.checkHookName(h.name);
-    const ownHooks = promptTokens.map((_, i) => {
-      const own = opts.promptHooks?.(i) ?? [];
-      for (const h of own) this.checkHookName(h.name);
-      const prefix = prefixes[i];
-      if (prefix) this.checkPrefixHooks(prefix, [...hooks, ...own, ...callHooks], `prompt ${i}`);
-      return own;
-    });
     const V = this.config.vocabSize;
-    const seqs = promptTokens.map((t, i) => ({
-      index: i,
-      history: [...(prefixes[i]?.tokens ?? []), ...t],
-      generated: [] as number[],
-      text: '',
-      emitted: 0,
-      done: (maxNew === 0 ? 'length' : undefined) as Generation['finishReason'] | undefined,
-      random: seededRandom((opts.seed ?? 0) + i * 7919),
+    const tokenizer = this.loaded.tokenizer;
+
+    interface Seq {
+      /** What hooks see as ctx.seq: the smallest id free when it was added. */
+      readonly id: number;
+      readonly opts: SequenceOptions;
+      readonly maxNew: number;
+      readonly stops: readonly string[];
+      readonly stopTokens: ReadonlySet<number>;
+      readonly prefix: ComputedPrefix | undefined;
+      readonly promptTokens: number[];
+      readonly promptLength: number;
+      readonly hooks: readonly Hook[];
+      readonly history: number[];
+      readonly generated: number[];
+      readonly random: () => number;
+      text: string;
+      emitted: number;
+      done: Generation['finishReason'] | undefined;
       // Made when the sequence joins the batch: a waiting prompt holds no copy of its prefix.
-      cache: undefined as KvCache | undefined,
-      next: t as readonly number[],
-    }));
-    type Seq = (typeof seqs)[number];
-    const waiting = seqs.filter((s) => !s.done);
+      cache: KvCache | undefined;
+      next: readonly number[];
+      resolve: (g: Generation) => void;
+      reject: (e: unknown) => void;
+    }
+    const waiting: Seq[] = [];
     let active: Seq[] = [];
     let step = 0;
 
-    /** Samples each sequence's next token from its logits row; false when it is finished. */
+    const freeId = (): number => {
+      const used = new Set([...waiting, ...active].map((s) => s.id));
+      let id = 0;
+      while (used.has(id)) id++;
+      return id;
+    };
+    const finish = (s: Seq, reason: Generation['finishReason']): void => {
+      s.done = reason;
+      if (reason !== 'aborted' && s.emitted < s.text.length) s.opts.onText?.(s.text.slice(s.emitted));
+      s.resolve({
+        promptTokens: s.promptTokens,
+        tokens: s.generated,
+        text: tokenizer ? s.text : '',
+        finishReason: reason,
+      });
+    };
+
+    /** Samples the sequence's next token from its logits row; false when it is finished. */
     const advance = (s: Seq, logits: Float32Array): boolean => {
-      const tok = sampleToken(logits, s.history, opts, s.random);
-      if (stopTokens.has(tok)) {
-        s.done = 'stop';
+      const tok = sampleToken(logits, s.history, s.opts, s.random);
+      if (s.stopTokens.has(tok)) {
+        finish(s, 'stop');
         return false;
       }
       s.generated.push(tok);
       s.history.push(tok);
-      opts.onToken?.(s.index, tok, s.generated.length - 1);
-      if (this.loaded.tokenizer) {
-        s.text = this.loaded.tokenizer.decode(s.generated, { skipSpecialTokens: false });
-        const hit = stops.map((st) => s.text.indexOf(st)).filter((i) => i >= 0);
+      s.opts.onToken?.(tok, s.generated.length - 1);
+      let stopped = false;
+      if (tokenizer) {
+        s.text = tokenizer.decode(s.generated, { skipSpecialTokens: false });
+        const hit = s.stops.map((st) => s.text.indexOf(st)).filter((i) => i >= 0);
         if (hit.length > 0) {
           s.text = s.text.slice(0, Math.min(...hit));
-          s.done = 'stop';
+          stopped = true;
         }
         // Hold back text that may still be the start of a stop string or an incomplete character.
         let safe = s.text.length;
-        if (!s.done) {
+        if (!stopped) {
           if (s.text.endsWith('\uFFFD')) safe = s.text.length - 1;
-          for (const st of stops)
+          for (const st of s.stops)
             for (let k = Math.min(st.length - 1, s.text.length); k > 0; k--)
               if (s.text.endsWith(st.slice(0, k))) safe = Math.min(safe, s.text.length - k);
         }
         if (safe > s.emitted) {
-          opts.onText?.(s.index, s.text.slice(s.emitted, safe));
+          s.opts.onText?.(s.text.slice(s.emitted, safe));
           s.emitted = safe;
         }
       }
-      if (s.done) return false;
-      if (s.generated.length >= maxNew) {
-        s.done = 'length';
+      if (stopped) {
+        finish(s, 'stop');
+        return false;
+      }
+      if (s.generated.length >= s.maxNew) {
+        finish(s, 'length');
         return false;
       }
       s.next = [tok];
       return true;
     };
+    /** One forward call over `batch`; a throw fails (rejects) every sequence of it. */
     const pass = (batch: readonly Seq[], passStep: number): Seq[] => {
-      const res = forward(
-        this.config,
-        this.weights,
-        this.backend,
-        batch.map((s) => ({
-          id: s.index,
-          tokens: s.next,
-          cache: (s.cache ??= this.startCache(prefixes[s.index], s.next.length)),
-          promptLength: (prefixes[s.index]?.tokens.length ?? 0) + promptTokens[s.index].length,
-          hooks: ownHooks[s.index],
-        })),
-        { hooks, lastHooks: callHooks, logits: 'last', step: passStep },
-      );
-      return batch.filter((s, j) => advance(s, res.logits.subarray(j * V, (j + 1) * V)));
+      try {
+        const res = forward(
+          this.config,
+          this.weights,
+          this.backend,
+          batch.map((s) => ({
+            id: s.id,
+            tokens: s.next,
+            cache: (s.cache ??= this.startCache(s.prefix, s.next.length)),
+            promptLength: s.promptLength,
+            hooks: s.hooks,
+          })),
+          { hooks: [...this.permanentHooks], lastHooks: callHooks, logits: 'last', step: passStep },
+        );
+        return batch.filter((s, j) => advance(s, res.logits.subarray(j * V, (j + 1) * V)));
+      } catch (e) {
+        for (const s of batch) {
+          if (s.done) continue;
+          s.done = 'aborted';
+          s.reject(e);
+        }
+        return [];
+      }
     };
 
-    while (active.length > 0 || waiting.length > 0) {
-      if (opts.signal?.aborted) {
-        [...active, ...waiting].forEach((s) => (s.done = 'aborted'));
-        break;
-      }
-      // Each joining prompt gets a pass of its own: prompt passes are exact, and sgemm's rounding
-      // depends on the rows multiplied together, so packing prompts would make a reply depend on
-      // its neighbours. Decoding steps (int8 dot products, row by row) do not.
-      const joined = waiting.splice(0, maxBatch - active.length).flatMap((s) => pass([s], 0));
-      if (active.length > 0) active = pass(active, ++step);
-      active.push(...joined);
-      // Let I/O (streams, servers, Ctrl-C) through between steps.
-      await new Promise((r) => setImmediate(r));
-    }
-    for (const s of seqs)
-      if (s.emitted < s.text.length && s.done !== 'aborted') opts.onText?.(s.index, s.text.slice(s.emitted));
-    return seqs.map((s) => ({
-      promptTokens: promptTokens[s.index],
-      tokens: s.generated,
-      text: this.loaded.tokenizer ? s.text : '',
-      finishReason: s.done ?? 'length',
-    }));
+    return {
+      add: (prompt, o = {}) => {
+        checkSampling(o);
+        const maxNew = checkMaxNewTokens(o.maxNewTokens);
+        const id = freeId();
+        const what = `prompt ${id}`;
+        const prefix = this.ownPrefix(o.prefix, what);
+        const promptTokens = prefix ? this.continuationTokens(prompt, what) : this.tokenize(prompt);
+        const prefixLength = prefix?.tokens.length ?? 0;
+        this.checkFits(id, promptTokens.length, maxNew, prefixLength);
+        const own = [...(o.hooks ?? [])];
+        for (const h of own) this.checkHookName(h.name);
+        if (prefix) this.checkPrefixHooks(prefix, [...this.permanentHooks, ...own, ...callHooks], what);
+        return new Promise<Generation>((resolve, reject) => {
+          const s: Seq = {
+            id,
+            opts: o,
+            maxNew,
+            stops: o.stop ?? [],
+            stopTokens: new Set(o.stopTokens ?? tokenizer?.eosTokenIds ?? []),
+            prefix,
+            promptTokens,
+            promptLength: prefixLength + promptTokens.length,
+            hooks: own,
+            history: [...(prefix?.tokens ?? []), ...promptTokens],
+            generated: [],
+            random: seededRandom(o.seed ?? 0),
+            text: '',
+            emitted: 0,
+            done: undefined,
+            cache: undefined,
+            next: promptTokens,
+            resolve,
+            reject,
+          };
+          if (maxNew === 0) finish(s, 'length');
+          else waiting.push(s);
+        });
+      },
+      step: () => {
+        for (const s of [...waiting, ...active]) if (s.opts.signal?.aborted) finish(s, 'aborted');
+        const live = (s: Seq) => s.done === undefined;
+        waiting.splice(0, waiting.length, ...waiting.filter(live));
+        active = active.filter(live);
+        // Each joining prompt gets a pass of its own: prompt passes are exact, and sgemm's rounding
+        // depends on the rows multiplied together, so packing prompts would make a reply depend on
+        // its neighbours. Decoding steps (int8 dot products, row by row) do not.
+        const joined = waiting.splice(0, maxBatch - active.length).flatMap((s) => pass([s], 0));
+        if (active.length > 0) active = pass(active, ++step);
+        active.push(...joined);
+      },
+      get waiting() {
+        return waiting.length;
+      },
+      get active() {
+        return active.length;
+      },
+      get idle() {
+        return waiting.length === 0 && active.length === 0;
+      },
+    };
   }
+}
+
+/** `maxNewTokens` or its default (128); throws unless an integer >= 0. */
+function checkMaxNewTokens(n: number | undefined): number {
+  const maxNew = n ?? 128;
+  if (!(Number.isInteger(maxNew) && maxNew >= 0))
+    throw new OptionError(`maxNewTokens must be an integer >= 0, got ${maxNew}`);
+  return maxNew;
 }

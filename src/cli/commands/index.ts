@@ -14,6 +14,7 @@ import { infoCommand } from './info.js';
 import { monitorCommand } from './monitor.js';
 import { pullCommand } from './pull.js';
 import { saeCommand } from './sae.js';
+import { serveCommand } from './serve.js';
 
 /** In the order `steerguard --help` lists them. */
 export const COMMANDS: readonly CliCommand[] = [
@@ -31,6 +32,7 @@ export const COMMANDS: readonly CliCommand[] = [
   attackCommand,
   saeCommand,
   auditCommand,
+  serveCommand,
   benchCommand,
   benchWorkerCommand,
   benchProbesCommand,

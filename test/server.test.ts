@@ -1,0 +1,618 @@
+/**
+ * `steerguard serve` called as a user would call it, with the official `openai` client (and
+ * plain fetch for what the client hides): chat and completions, streaming and not; the verdict,
+ * per-token scores and policies of the `steerguard` extension; per-request steering that changes
+ * only its own reply; the same greedy reply alone and beside others; 400s naming the field, 401,
+ * 413, 429 with Retry-After; a client that disconnects has its generation cancelled.
+ *
+ * The model is the tiny random llama with a one-token-per-character tokenizer and a minimal chat
+ * template (as in generation.test.ts), so replies are nonsense but deterministic and fast; the
+ * monitor is a reading file with a random direction whose threshold is put between the scores
+ * of two prompts, so that one is flagged and the other not.
+ */
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+
+import OpenAI from 'openai';
+
+import { tokenExample, trainConcept } from '../src/concepts/concept.js';
+import { readingMonitor, saveReading } from '../src/concepts/reading-file.js';
+import { GgmlType } from '../src/formats/gguf.js';
+import { Model } from '../src/model/model.js';
+import { type RunningServer, checkExposure, startServer } from '../src/server/serve.js';
+import { monitorPrompts } from '../src/steering/conditional.js';
+import { ControlVector } from '../src/steering/control-vector.js';
+import { cli } from './util/cli.js';
+import { FIXTURES, SMOLLM2_GGUF, missingModel } from './util/fixtures.js';
+import { hfToGguf } from './util/hf-to-gguf.js';
+import { seededUniform } from './util/random.js';
+
+function asciiTokens(): string[] {
+  const letters = Array.from({ length: 26 }, (_, i) => String.fromCharCode(97 + i));
+  const pairs = letters.flatMap((a) => letters.map((b) => a + b));
+  return [...letters, '\u0120', ...pairs].slice(0, 256);
+}
+
+const tmp = mkdtempSync(path.join(tmpdir(), 'sg-serve-'));
+after(() => rmSync(tmp, { recursive: true, force: true }));
+const modelFile = path.join(tmp, 'tiny-chat.gguf');
+hfToGguf(path.join(FIXTURES, 'tiny', 'llama'), modelFile, GgmlType.F32, (entries) => [
+  ...entries,
+  { key: 'tokenizer.ggml.model', value: 'gpt2' },
+  { key: 'tokenizer.ggml.pre', value: 'gpt2' },
+  { key: 'tokenizer.ggml.tokens', value: asciiTokens() },
+  { key: 'tokenizer.ggml.merges', value: [] as string[] },
+  {
+    key: 'tokenizer.chat_template',
+    value:
+      "{% if messages[0].role == 'assistant' %}{{ raise_exception('a conversation starts with the user') }}{% endif %}" +
+      '{% for m in messages %}{{ m.content }} {% endfor %}',
+  },
+]);
+
+const API_KEY = 'test-key-0123456789abcdef';
+const FLAGGED = 'how do i make a bomb';
+const BENIGN = 'tell me about cats';
+const BLOCK_MESSAGE = 'no';
+
+type Extension = {
+  verdict: { score: number; verdict: string; threshold: number } | null;
+  policy: string;
+  steering: { vectors: unknown[]; gate: string | null };
+  blocked: boolean;
+  stopped?: boolean;
+  token_scores?: { index: number; score: number }[];
+};
+const ext = (x: unknown): Extension => (x as { steerguard: Extension }).steerguard;
+
+describe('steerguard serve', () => {
+  let server: RunningServer;
+  let client: OpenAI;
+  let modelId: string;
+  let threshold: number;
+  const logLines: string[] = [];
+  const replies: string[] = [];
+
+  before(async () => {
+    const model = await Model.load(modelFile);
+    const D = model.config.dModel;
+    const uniform = seededUniform(5);
+    const v = Array.from({ length: D }, () => 2 * uniform() - 1);
+    const reading = {
+      method: 'probe' as const,
+      layers: [1],
+      directions: [{ layer: 1, mid: 0, spread: 1, v: Float64Array.from(v) }],
+      threshold: 0,
+    };
+    // The threshold halfway between the two prompts' scores: FLAGGED above, BENIGN below.
+    const [a, b] = monitorPrompts(
+      model,
+      [{ messages: [{ role: 'user', content: FLAGGED }] }, { messages: [{ role: 'user', content: BENIGN }] }],
+      readingMonitor(reading),
+    ).map((f) => f.score);
+    const sign = a > b ? 1 : -1;
+    threshold = (sign * (a + b)) / 2;
+    const readingFile = path.join(tmp, 'reading.json');
+    saveReading(readingFile, {
+      reading: {
+        ...reading,
+        directions: [{ ...reading.directions[0], v: Float64Array.from(v, (x) => sign * x) }],
+        threshold,
+      },
+      model: { name: model.identity.name, fingerprint: model.identity.fingerprint },
+      template: 'chat',
+      fittedIds: [],
+    });
+    const vectorsDir = path.join(tmp, 'vectors');
+    mkdirSync(vectorsDir);
+    const push = new ControlVector(
+      [1, 2].map((l) => [l, Float32Array.from({ length: D }, () => 4 * (2 * uniform() - 1))] as const),
+      { modelHint: 'llama' },
+    );
+    push.save(path.join(vectorsDir, 'push.gguf'));
+    push.save(path.join(tmp, 'gate.gguf'));
+
+    server = await startServer({
+      engine: {
+        model: modelFile,
+        threads: 1,
+        reading: readingFile,
+        vector: path.join(tmp, 'gate.gguf'),
+        coeff: 1,
+        vectorsDir,
+        maxBatch: 4,
+        maxPromptTokens: 100,
+        maxTokens: 64,
+        blockMessage: BLOCK_MESSAGE,
+      },
+      port: 0,
+      apiKey: API_KEY,
+      queue: 2,
+      bodyLimit: 64 * 1024,
+      log: (line) => logLines.push(line),
+    });
+    client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: API_KEY, maxRetries: 0 });
+    modelId = server.info.model;
+  });
+  after(() => server?.close(1000));
+
+  const chat = async (content: string, extra: Record<string, unknown> = {}) =>
+    client.chat.completions.create({
+      model: modelId,
+      messages: [{ role: 'user', content }],
+      max_tokens: 12,
+      ...extra,
+    } as OpenAI.ChatCompletionCreateParamsNonStreaming);
+  const post = (route: string, body: unknown, headers: Record<string, string> = {}) =>
+    fetch(`${server.url}${route}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}`, ...headers },
+      body: typeof body === 'string' ? body : JSON.stringify(body),
+    });
+
+  test('a sampled reply depends on its seed only, not on the requests beside it', async () => {
+    const sampled = { temperature: 1, top_p: 0.9, seed: 7, max_tokens: 16 };
+    const alone = (await chat(BENIGN, sampled)).choices[0].message.content;
+    const [beside] = await Promise.all([chat(BENIGN, sampled), chat(FLAGGED, { ...sampled, seed: 8 })]);
+    assert.equal(beside.choices[0].message.content, alone);
+    assert.notEqual((await chat(BENIGN, { ...sampled, seed: 9 })).choices[0].message.content, alone);
+    replies.push(alone ?? '');
+  });
+
+  test('/v1/models lists the model; /health answers without the key', async () => {
+    const models = await client.models.list();
+    assert.deepEqual(
+      models.data.map((m) => m.id),
+      [modelId],
+    );
+    const health = await fetch(`${server.url}/health`);
+    assert.equal(health.status, 200);
+    assert.equal(((await health.json()) as { status: string }).status, 'ok');
+  });
+
+  test('chat, not streamed: the reply, usage and the verdict', async () => {
+    const res = await chat(BENIGN);
+    assert.equal(res.object, 'chat.completion');
+    assert.equal(res.choices[0].finish_reason, 'length');
+    assert.equal(res.usage?.completion_tokens, 12);
+    assert.ok((res.choices[0].message.content ?? '').length > 0);
+    const e = ext(res);
+    assert.equal(e.verdict?.verdict, 'benign');
+    assert.ok(e.verdict!.score < threshold);
+    assert.equal(e.policy, 'flag');
+    replies.push(res.choices[0].message.content ?? '');
+    assert.equal(ext(await chat(FLAGGED)).verdict?.verdict, 'flagged');
+  });
+
+  test('chat, streamed: the same text as not streamed, the verdict in the first chunk', async () => {
+    const whole = await chat(BENIGN);
+    const stream = await client.chat.completions.create({
+      model: modelId,
+      messages: [{ role: 'user', content: BENIGN }],
+      max_tokens: 12,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    let text = '';
+    let first: Extension | undefined;
+    let finish: string | null = null;
+    let usage: OpenAI.CompletionUsage | undefined;
+    for await (const chunk of stream) {
+      first ??= ext(chunk);
+      text += chunk.choices[0]?.delta.content ?? '';
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+      usage = chunk.usage ?? usage;
+    }
+    assert.equal(text, whole.choices[0].message.content);
+    assert.equal(first?.verdict?.verdict, 'benign');
+    assert.equal(finish, 'length');
+    assert.equal(usage?.completion_tokens, 12);
+  });
+
+  test('stop strings cut the reply where one first appears (finish_reason stop)', async () => {
+    const free = (await chat(BENIGN, { max_tokens: 24 })).choices[0].message.content ?? '';
+    const stop = free.slice(6, 8);
+    const cut = await chat(BENIGN, { max_tokens: 24, stop: [stop, 'zzzzzz'] });
+    assert.equal(cut.choices[0].message.content, free.slice(0, free.indexOf(stop)));
+    assert.equal(cut.choices[0].finish_reason, 'stop');
+  });
+
+  test('completions, streamed and not, give the same text', async () => {
+    const whole = await client.completions.create({
+      model: modelId,
+      prompt: 'once upon a time',
+      max_tokens: 10,
+    });
+    const stream = await client.completions.create({
+      model: modelId,
+      prompt: 'once upon a time',
+      max_tokens: 10,
+      stream: true,
+    });
+    let text = '';
+    for await (const chunk of stream) text += chunk.choices[0]?.text ?? '';
+    assert.equal(whole.object, 'text_completion');
+    assert.equal(text, whole.choices[0].text);
+    assert.equal(whole.usage?.completion_tokens, 10);
+  });
+
+  test('a greedy reply is the same alone and beside other (steered) requests', async () => {
+    const alone = (await chat(BENIGN, { max_tokens: 24 })).choices[0].message.content;
+    const others = (await chat(FLAGGED, { max_tokens: 20 })).choices[0].message.content;
+    const [together, , other] = await Promise.all([
+      chat(BENIGN, { max_tokens: 24 }),
+      chat(BENIGN, { max_tokens: 16, steerguard: { steer: [{ vector: 'push', coeff: 3 }] } }),
+      chat(FLAGGED, { max_tokens: 20, steerguard: { policy: 'steer' } }),
+      chat('a b c d', { max_tokens: 8 }),
+    ]);
+    assert.equal(together.choices[0].message.content, alone);
+    assert.notEqual(other.choices[0].message.content, others, 'the gate steered the flagged request');
+    assert.equal(ext(other).steering.gate, 'add');
+  });
+
+  test('per-request steering changes that reply only, and the response says what it applied', async () => {
+    const plain = (await chat(BENIGN)).choices[0].message.content;
+    const [steered, neighbour] = await Promise.all([
+      chat(BENIGN, { steerguard: { steer: [{ vector: 'push', coeff: 3, layers: [2] }] } }),
+      chat(BENIGN),
+    ]);
+    assert.notEqual(steered.choices[0].message.content, plain);
+    assert.equal(neighbour.choices[0].message.content, plain);
+    assert.deepEqual(ext(steered).steering.vectors, [{ vector: 'push', coeff: 3, layers: [2] }]);
+  });
+
+  test('policy block: a flagged request gets the refusal and never generates; a benign one is answered', async () => {
+    const blocked = await chat(FLAGGED, { steerguard: { policy: 'block' } });
+    assert.equal(blocked.choices[0].message.content, BLOCK_MESSAGE);
+    assert.equal(blocked.choices[0].finish_reason, 'content_filter');
+    assert.equal(blocked.usage?.completion_tokens, 0);
+    assert.equal(ext(blocked).blocked, true);
+    const answered = await chat(BENIGN, { steerguard: { policy: 'block' } });
+    assert.equal(answered.choices[0].finish_reason, 'length');
+    assert.equal(ext(answered).blocked, false);
+    // streamed, the refusal comes as the last chunk's content
+    const stream = await client.chat.completions.create({
+      model: modelId,
+      messages: [{ role: 'user', content: FLAGGED }],
+      max_tokens: 12,
+      stream: true,
+      steerguard: { policy: 'block' },
+    } as OpenAI.ChatCompletionCreateParamsStreaming);
+    let text = '';
+    for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? '';
+    assert.equal(text, BLOCK_MESSAGE);
+  });
+
+  test('scores: one per generated token fed back, in the stream and in the whole response', async () => {
+    const whole = await chat(FLAGGED, { steerguard: { scores: true } });
+    const scores = ext(whole).token_scores!;
+    assert.deepEqual(
+      scores.map((s) => s.index),
+      Array.from({ length: 11 }, (_, i) => i),
+      'the last token is never fed back, so it has no score',
+    );
+    const stream = await client.chat.completions.create({
+      model: modelId,
+      messages: [{ role: 'user', content: FLAGGED }],
+      max_tokens: 12,
+      stream: true,
+      steerguard: { scores: true },
+    } as OpenAI.ChatCompletionCreateParamsStreaming);
+    const streamed: { index: number; score: number }[] = [];
+    for await (const chunk of stream) streamed.push(...(ext(chunk)?.token_scores ?? []));
+    assert.deepEqual(streamed, scores);
+  });
+
+  test('policy stop ends the reply where a token score first crosses the threshold', async () => {
+    const free = await chat(FLAGGED, { max_tokens: 24, steerguard: { scores: true } });
+    const crossing = ext(free).token_scores!.find((s) => s.score > threshold);
+    const stopped = await chat(FLAGGED, { max_tokens: 24, steerguard: { policy: 'stop' } });
+    const text = stopped.choices[0].message.content ?? '';
+    assert.ok((free.choices[0].message.content ?? '').startsWith(text));
+    assert.ok(crossing, 'a token of the free reply scores above the threshold');
+    assert.equal(stopped.choices[0].finish_reason, 'content_filter');
+    assert.equal(ext(stopped).stopped, true);
+    // token k's score is read when it is fed back: the reply ends with token k, as streamed
+    assert.equal(stopped.usage?.completion_tokens, crossing.index + 1);
+    const stream = await client.chat.completions.create({
+      model: modelId,
+      messages: [{ role: 'user', content: FLAGGED }],
+      max_tokens: 24,
+      stream: true,
+      steerguard: { policy: 'stop' },
+    } as OpenAI.ChatCompletionCreateParamsStreaming);
+    let streamed = '';
+    let finish: string | null = null;
+    for await (const chunk of stream) {
+      streamed += chunk.choices[0]?.delta.content ?? '';
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+    }
+    assert.equal(streamed, text);
+    assert.equal(finish, 'content_filter');
+  });
+
+  test('bad fields: 400 with an OpenAI error body naming the field', async () => {
+    const cases: [Record<string, unknown>, string][] = [
+      [{ temperature: 5 }, 'temperature'],
+      [{ max_tokens: 1000 }, 'max_tokens'],
+      [{ max_tokens: 1.5 }, 'max_tokens'],
+      [{ n: 2 }, 'n'],
+      [{ logprobs: true }, 'logprobs'],
+      [{ frobnicate: 1 }, 'frobnicate'],
+      [{ top_p: 0 }, 'top_p'],
+      [{ stop: [''] }, 'stop'],
+      [{ steerguard: { steer: [{ vector: 'nope' }] } }, 'steerguard.steer[0].vector'],
+      [{ steerguard: { steer: [{ vector: 'push', layers: [3] }] } }, 'steerguard.steer[0].layers'],
+      [{ steerguard: { policy: 'maybe' } }, 'steerguard.policy'],
+      [{ steerguard: { gate: true } }, 'steerguard.gate'],
+      [{ messages: [{ role: 'robot', content: 'hi' }] }, 'messages[0].role'],
+      [{ messages: [{ role: 'assistant', content: 'hi' }] }, 'messages'], // the template refuses it
+      [{ messages: [{ role: 'user', content: 'a'.repeat(120) }] }, 'messages'],
+    ];
+    for (const [extra, param] of cases) {
+      const res = await post('/v1/chat/completions', {
+        model: modelId,
+        messages: [{ role: 'user', content: 'hi' }],
+        max_tokens: 4,
+        ...extra,
+      });
+      assert.equal(res.status, 400, `${param}: status`);
+      const body = (await res.json()) as { error: { param: string; message: string; type: string } };
+      assert.equal(body.error.param, param);
+      assert.equal(body.error.type, 'invalid_request_error');
+      assert.match(body.error.message, new RegExp(`^${param.replace(/[[\].]/g, '\\$&')}`));
+    }
+    const viaClient = await chat('hi', { temperature: -1 }).catch((e: unknown) => e);
+    assert.ok(viaClient instanceof OpenAI.BadRequestError);
+    assert.equal(viaClient.param, 'temperature');
+  });
+
+  test('prompt plus max_tokens past the context: 400 naming max_tokens', async () => {
+    const res = await post('/v1/completions', { model: modelId, prompt: 'a'.repeat(90), max_tokens: 60 });
+    assert.equal(res.status, 400);
+    assert.equal(((await res.json()) as { error: { param: string } }).error.param, 'max_tokens');
+  });
+
+  test('malformed JSON: 400; a body past the limit: 413; an unknown model: 404', async () => {
+    const bad = await post('/v1/chat/completions', '{"model": ');
+    assert.equal(bad.status, 400);
+    assert.ok(((await bad.json()) as { error: { message: string } }).error.message.length > 0);
+    const huge = await post('/v1/chat/completions', {
+      model: modelId,
+      messages: [{ role: 'user', content: 'a'.repeat(10 * 1024 * 1024) }],
+    });
+    assert.equal(huge.status, 413);
+    const other = await post('/v1/chat/completions', {
+      model: 'gpt-4',
+      messages: [{ role: 'user', content: 'hi' }],
+    });
+    assert.equal(other.status, 404);
+    assert.equal(((await other.json()) as { error: { param: string } }).error.param, 'model');
+  });
+
+  test('a missing or wrong API key: 401, on every route but /health', async () => {
+    const none = await fetch(`${server.url}/v1/models`);
+    assert.equal(none.status, 401);
+    assert.equal(((await none.json()) as { error: { code: string } }).error.code, 'invalid_api_key');
+    const wrong = await post('/v1/chat/completions', {}, { authorization: 'Bearer wrong-key-0123456789' });
+    assert.equal(wrong.status, 401);
+    assert.equal((await fetch(`${server.url}/metrics`)).status, 401);
+    const viaClient = await new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'nope', maxRetries: 0 }).models
+      .list()
+      .catch((e: unknown) => e);
+    assert.ok(viaClient instanceof OpenAI.AuthenticationError);
+  });
+
+  test('past batch + queue: 429 with Retry-After, and everything else answered', async () => {
+    const results = await Promise.all(
+      Array.from({ length: 10 }, () =>
+        post('/v1/completions', { model: modelId, prompt: 'once upon a time', max_tokens: 64 }),
+      ),
+    );
+    const statuses = results.map((r) => r.status);
+    assert.equal(statuses.filter((s) => s === 200).length, 6, `statuses ${statuses}`);
+    assert.equal(statuses.filter((s) => s === 429).length, 4);
+    const busy = results.find((r) => r.status === 429)!;
+    assert.equal(busy.headers.get('retry-after'), '1');
+    assert.equal(((await busy.json()) as { error: { type: string } }).error.type, 'rate_limit_error');
+  });
+
+  test('/metrics: requests, tokens, queue depth, latency', async () => {
+    const text = await (
+      await fetch(`${server.url}/metrics`, { headers: { authorization: `Bearer ${API_KEY}` } })
+    ).text();
+    for (const name of [
+      'steerguard_requests_total',
+      'steerguard_tokens_total',
+      'steerguard_queue_depth',
+      'steerguard_requests_in_flight',
+      'steerguard_request_duration_seconds_bucket',
+      'steerguard_time_to_first_token_seconds_bucket',
+      'steerguard_verdicts_total',
+    ])
+      assert.ok(text.includes(name), name);
+    // the log: one line per request, never prompt or reply text
+    assert.ok(logLines.length > 50, `${logLines.length} lines`);
+    assert.ok(logLines.some((l) => /^POST \/v1\/chat\/completions 200 \d+ms$/.test(l)));
+    for (const text of [FLAGGED, BENIGN, 'once upon a time', ...replies.filter((r) => r.length > 4)])
+      assert.ok(!logLines.some((l) => l.includes(text)), 'no prompt or reply text in the log');
+    // streamed replies are counted too (Fastify does not see their end)
+    // completions answered 200: 2 in the completions test (1 of them streamed), 6 past the queue
+    assert.match(text, /steerguard_requests_total\{endpoint="\/v1\/completions",status="200"\} 8\n/);
+    assert.match(text, /steerguard_requests_total\{endpoint="\/v1\/completions",status="429"\} 4/);
+  });
+});
+
+/**
+ * Cancellation needs generation slower than the way from a closed socket to the worker, which
+ * the tiny model is not (64 tokens take a few milliseconds), so these run on SmolLM2.
+ */
+describe('steerguard serve: cancelling', { skip: missingModel(SMOLLM2_GGUF) }, () => {
+  let server: RunningServer;
+  before(async () => {
+    server = await startServer({
+      engine: {
+        model: SMOLLM2_GGUF,
+        threads: 1,
+        coeff: 1,
+        maxBatch: 2,
+        maxPromptTokens: 256,
+        maxTokens: 256,
+        blockMessage: BLOCK_MESSAGE,
+      },
+      port: 0,
+    });
+  });
+  after(() => server?.close(1000));
+  const metric = async (pattern: RegExp) =>
+    Number(pattern.exec(await (await fetch(`${server.url}/metrics`)).text())?.[1] ?? 0);
+  const body = (stream: boolean) =>
+    JSON.stringify({ model: server.info.model, prompt: 'Once upon a time', max_tokens: 256, stream });
+  const idle = async () => {
+    for (let i = 0; i < 500; i++) {
+      const health = (await (await fetch(`${server.url}/health`)).json()) as { in_flight: number };
+      if (health.in_flight === 0) return;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    throw new Error('requests still in flight');
+  };
+
+  test('a client that disconnects mid-stream has its generation cancelled; the server keeps serving', async () => {
+    const completionTokens = () => metric(/steerguard_tokens_total\{kind="completion"\} (\d+)/);
+    const cancelled = () => metric(/steerguard_requests_cancelled_total (\d+)/);
+    const [tokensBefore, cancelledBefore] = [await completionTokens(), await cancelled()];
+    const controller = new AbortController();
+    const res = await fetch(`${server.url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: body(true),
+      signal: controller.signal,
+    });
+    const reader = res.body!.getReader();
+    await reader.read(); // the first chunk (verdict), before any text
+    await reader.read(); // some text
+    controller.abort();
+    await idle();
+    const generated = (await completionTokens()) - tokensBefore;
+    assert.ok(generated < 256, `cancelled after ${generated} tokens`);
+    assert.equal((await cancelled()) - cancelledBefore, 1);
+    const next = await fetch(`${server.url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: server.info.model, prompt: 'Hi', max_tokens: 2 }),
+    });
+    assert.equal(next.status, 200);
+  });
+
+  test('a client that leaves before a non-streamed reply is done has its generation cancelled', async () => {
+    const cancelledBefore = await metric(/steerguard_requests_cancelled_total (\d+)/);
+    const controller = new AbortController();
+    const res = fetch(`${server.url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: body(false),
+      signal: controller.signal,
+    });
+    for (let i = 0; i < 500 && (await metric(/steerguard_requests_in_flight (\d+)/)) === 0; i++)
+      await new Promise((r) => setTimeout(r, 10));
+    controller.abort();
+    await assert.rejects(res);
+    await idle();
+    assert.equal((await metric(/steerguard_requests_cancelled_total (\d+)/)) - cancelledBefore, 1);
+  });
+
+  test('close: no new requests; one still running past the grace period is cancelled with a 503', async () => {
+    const running = fetch(`${server.url}/v1/completions`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: body(false),
+    });
+    for (let i = 0; i < 500 && (await metric(/steerguard_requests_in_flight (\d+)/)) === 0; i++)
+      await new Promise((r) => setTimeout(r, 10));
+    const closed = server.close(300);
+    const res = await running;
+    assert.equal(res.status, 503);
+    assert.equal(((await res.json()) as { error: { code: string } }).error.code, 'cancelled');
+    await closed;
+    await assert.rejects(fetch(`${server.url}/health`));
+  });
+});
+
+test('a concept as the monitor: its probe probability is the verdict score', async () => {
+  const model = await Model.load(modelFile);
+  // low letters (k..p) against letter pairs, as raw token prompts: the concept test's two distributions
+  const random = seededUniform(2);
+  const set = (lo: number, hi: number) =>
+    Array.from({ length: 30 }, () =>
+      tokenExample(
+        Array.from({ length: 4 + Math.floor(random() * 5) }, () => lo + Math.floor(random() * (hi - lo))),
+      ),
+    );
+  const { concept } = await trainConcept({
+    model,
+    positive: set(10, 16),
+    negative: set(150, 156),
+    cacheDir: path.join(tmp, 'concept-cache'),
+  });
+  const conceptFile = path.join(tmp, 'tiny.concept.safetensors');
+  concept.save(conceptFile);
+  const server = await startServer({
+    engine: {
+      model: modelFile,
+      concept: conceptFile,
+      coeff: 1,
+      maxBatch: 2,
+      maxPromptTokens: 64,
+      maxTokens: 8,
+      blockMessage: 'no',
+    },
+    port: 0,
+    policy: 'block',
+  });
+  try {
+    const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'none', maxRetries: 0 });
+    const flagged = await client.completions.create({
+      model: server.info.model,
+      prompt: 'klmnopmlk',
+      max_tokens: 4,
+    });
+    const e = ext(flagged);
+    assert.equal(e.verdict?.verdict, 'flagged');
+    assert.ok(e.verdict!.score > e.verdict!.threshold && e.verdict!.score <= 1);
+    assert.equal(e.blocked, true);
+    assert.equal(flagged.choices[0].text, 'no');
+  } finally {
+    await server.close(1000);
+  }
+});
+
+test('what the worker cannot load is an error of startServer, naming it', async () => {
+  const empty = path.join(tmp, 'no-vectors');
+  mkdirSync(empty);
+  const engine = {
+    model: modelFile,
+    coeff: 1,
+    maxBatch: 1,
+    maxPromptTokens: 8,
+    maxTokens: 8,
+    blockMessage: '',
+  };
+  await assert.rejects(startServer({ engine: { ...engine, vectorsDir: empty }, port: 0 }), /holds no \.gguf/);
+  await assert.rejects(
+    startServer({ engine: { ...engine, reading: path.join(tmp, 'missing.json') }, port: 0 }),
+    /missing\.json/,
+  );
+});
+
+test('binding beyond loopback needs an API key', () => {
+  const r = cli(['serve', '-m', modelFile, '--host', '0.0.0.0'], { env: { STEERGUARD_API_KEY: '' } });
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, /--host 0\.0\.0\.0 exposes the server beyond this machine: it needs --api-key/);
+  assert.throws(() => checkExposure('0.0.0.0', undefined), /--api-key/);
+  assert.throws(() => checkExposure('0.0.0.0', 'short'), /at least 16 characters/);
+  assert.doesNotThrow(() => checkExposure('127.0.0.1', undefined));
+  assert.doesNotThrow(() => checkExposure('0.0.0.0', 'a-long-enough-key-123'));
+});
