@@ -85,6 +85,7 @@ export type {
   GenerateOptions,
   Generation,
   HookHandle,
+  AdapterHandle,
 } from './model/model.js';
 export type { ModelConfig, Architecture } from './model/config.js';
 export type { ModelIdentity, LoadOptions, WeightStorage } from './model/load.js';
@@ -185,7 +186,7 @@ export type {
 // Methods: training --------------------------------------------------------------------------
 export { loraLoss, loraLossAndGradients } from './training/backward.js';
 export type { TrainingSequence, LossAndGradients, TrainingOptions } from './training/backward.js';
-export { createLora, zeroLoraLayers, LORA_TARGETS } from './training/lora.js';
+export { createLora, zeroLoraLayers, LORA_TARGETS, checkLoraAdapter } from './training/lora.js';
 export type { LoraAdapter, LoraLayers, LoraPair, LoraTarget, LoraOptions } from './training/lora.js';
 export { AdamW } from './training/adamw.js';
 export type { AdamWOptions } from './training/adamw.js';
