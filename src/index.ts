@@ -188,6 +188,8 @@ export { loraLoss, loraLossAndGradients } from './training/backward.js';
 export type { TrainingSequence, LossAndGradients, TrainingOptions } from './training/backward.js';
 export { createLora, zeroLoraLayers, LORA_TARGETS, checkLoraAdapter } from './training/lora.js';
 export type { LoraAdapter, LoraLayers, LoraPair, LoraTarget, LoraOptions } from './training/lora.js';
+export { loadPeftAdapter, savePeftAdapter, readPeftConfig } from './training/peft.js';
+export type { PeftSaveOptions } from './training/peft.js';
 export { AdamW } from './training/adamw.js';
 export type { AdamWOptions } from './training/adamw.js';
 
