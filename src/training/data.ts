@@ -181,9 +181,19 @@ export function trainingSequences(
     const source = sources[i];
     let seq: TrainingSequence;
     if (r.kind === 'chat') {
-      if (!opts.tokenizer)
-        throw new FormatError(source.file, `line ${source.line}`, 'a chat needs a model with a tokenizer');
-      seq = chatSequence(opts.tokenizer(), r.messages, source);
+      let tokenizer: Tokenizer | undefined;
+      try {
+        tokenizer = opts.tokenizer?.();
+      } catch (e) {
+        throw new FormatError(
+          source.file,
+          `line ${source.line}`,
+          `a chat needs the model's tokenizer: ${(e as Error).message}`,
+        );
+      }
+      if (!tokenizer)
+        throw new FormatError(source.file, `line ${source.line}`, "a chat needs the model's tokenizer");
+      seq = chatSequence(tokenizer, r.messages, source);
     } else {
       seq = r.sequence;
       const bad = seq.tokens.find((t) => t >= opts.vocabSize);

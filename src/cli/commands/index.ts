@@ -14,6 +14,7 @@ import { infoCommand } from './info.js';
 import { monitorCommand } from './monitor.js';
 import { pullCommand } from './pull.js';
 import { saeCommand } from './sae.js';
+import { trainCommand } from './train.js';
 
 /** In the order `steerguard --help` lists them. */
 export const COMMANDS: readonly CliCommand[] = [
@@ -30,6 +31,7 @@ export const COMMANDS: readonly CliCommand[] = [
   evalCommand,
   attackCommand,
   saeCommand,
+  trainCommand,
   auditCommand,
   benchCommand,
   benchWorkerCommand,
