@@ -190,6 +190,16 @@ export { createLora, zeroLoraLayers, LORA_TARGETS, checkLoraAdapter } from './tr
 export type { LoraAdapter, LoraLayers, LoraPair, LoraTarget, LoraOptions } from './training/lora.js';
 export { loadPeftAdapter, savePeftAdapter, readPeftConfig } from './training/peft.js';
 export type { PeftSaveOptions } from './training/peft.js';
+export { trainLora, scheduledLr } from './training/train.js';
+export type {
+  LoraTrainOptions,
+  LoraTrainResult,
+  StepReport,
+  ValidationReport,
+  TrainingLog,
+} from './training/train.js';
+export { readTrainingFile, chatSequence, trainingSequences } from './training/data.js';
+export type { TrainingRecord, RecordSource } from './training/data.js';
 export { AdamW } from './training/adamw.js';
 export type { AdamWOptions } from './training/adamw.js';
 
