@@ -269,7 +269,11 @@ const refusalEvalCommand = command(
       runEvaluation(model, prompts, judges, steering, o, { reporter, signal }),
     );
     if (o.out !== undefined) {
-      await writeRows(o.out, result.rows, { redact: o.redact, extra: () => ({ run: steering.label }) });
+      await writeRows(o.out, result.rows, {
+        redact: o.redact,
+        // Rows of an adapted model say so: they are not the base model's.
+        extra: () => ({ run: steering.label, ...(o.adapter ? { adapters: o.adapter } : {}) }),
+      });
       out.info(`wrote ${result.rows.length} rows to ${o.out}`);
     }
     reportEvaluation(out, result, steering.label, sets, o.out);
