@@ -3,7 +3,7 @@
  * Writes the adapter in PEFT's layout, a training log, and a checkpoint that `--resume` continues.
  * Training text is never printed.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 
 import { OptionError } from '../../formats/errors.js';
@@ -138,7 +138,6 @@ const loraCommand = command(LORA_SPEC, async (args, out) => {
         `${model.config.maxContext} (use --max-tokens)`,
     );
 
-  const { mkdirSync } = await import('node:fs');
   mkdirSync(o.out, { recursive: true });
   let progress: Progress | undefined;
   let stopRequested = false;
