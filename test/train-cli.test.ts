@@ -3,6 +3,7 @@
  * tokenizer), and `--adapter` on `generate` with SmolLM2 (skipped when its file is missing).
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -11,9 +12,9 @@ import { LORA_TARGETS } from '../src/model/lora.js';
 import { Model } from '../src/model/model.js';
 import { seededRandom } from '../src/model/sampling.js';
 import { createLora } from '../src/training/lora.js';
-import { loadPeftAdapter, savePeftAdapter } from '../src/training/peft.js';
+import { PEFT_CONFIG_FILE, loadPeftAdapter, savePeftAdapter } from '../src/training/peft.js';
 import { cli } from './util/cli.js';
-import { FIXTURES, SMOLLM2_GGUF, missingModel } from './util/fixtures.js';
+import { FIXTURES, ROOT, SMOLLM2_GGUF, missingModel } from './util/fixtures.js';
 
 const scratch = mkdtempSync(path.join(tmpdir(), 'steerguard-train-cli-'));
 after(() => rmSync(scratch, { recursive: true, force: true }));
@@ -109,6 +110,67 @@ describe('steerguard train lora', () => {
     ]);
     assert.equal(missing.code, 1);
     assert.match(missing.stderr, /nope\.jsonl: cannot read/);
+  });
+});
+
+describe('train lora: Ctrl-C', () => {
+  test('interrupted, it checkpoints and exits 130; --resume ends where a straight run ends', async () => {
+    const data = path.join(scratch, 'many.jsonl');
+    const random = seededRandom(9);
+    writeFileSync(
+      data,
+      Array.from({ length: 300 }, () => {
+        const tokens = Array.from({ length: 8 }, () => Math.floor(random() * 256));
+        return JSON.stringify({ tokens, answer: tokens.map((_, t) => (t >= 4 ? 1 : 0)) });
+      }).join('\n'),
+    );
+    const args = (out: string) => [
+      'train',
+      'lora',
+      '-m',
+      TINY,
+      '--data',
+      data,
+      '--targets',
+      'q,down',
+      '--rank',
+      '2',
+      '--lr',
+      '1e-3',
+      '--checkpoint-every',
+      '50',
+      '--out',
+      out,
+    ];
+    const interrupted = path.join(scratch, 'interrupted');
+    const child = spawn(
+      process.execPath,
+      [path.join(ROOT, 'dist', 'src', 'cli', 'main.js'), ...args(interrupted)],
+      {
+        cwd: ROOT,
+      },
+    );
+    let stderr = '';
+    const code = await new Promise<number | null>((resolve) => {
+      child.stderr.on('data', (chunk: Buffer) => {
+        stderr += chunk.toString();
+        // The first step's line: the loop (and its Ctrl-C handler) is running.
+        if (/step 1\/300/.test(stderr) && !child.killed) child.kill('SIGINT');
+      });
+      child.on('close', resolve);
+    });
+    assert.equal(code, 130, stderr);
+    assert.match(stderr, /interrupted at step \d+ of 300; --resume continues/);
+    assert.ok(!existsSync(path.join(interrupted, PEFT_CONFIG_FILE)), 'no adapter from an unfinished run');
+    const resumed = cli([...args(interrupted), '--resume'], { timeoutMs: 300_000 });
+    assert.equal(resumed.code, 0, resumed.stderr);
+    assert.match(resumed.stderr, /resumed from step \d+/);
+    const straight = path.join(scratch, 'straight');
+    assert.equal(cli(args(straight), { timeoutMs: 300_000 }).code, 0);
+    assert.deepEqual(
+      readFileSync(path.join(interrupted, 'adapter_model.safetensors')),
+      readFileSync(path.join(straight, 'adapter_model.safetensors')),
+    );
   });
 });
 
