@@ -88,6 +88,7 @@ export type {
   DecoderOptions,
   SequenceOptions,
   HookHandle,
+  AdapterHandle,
 } from './model/model.js';
 export type { ModelConfig, Architecture } from './model/config.js';
 export type { ModelIdentity, LoadOptions, WeightStorage } from './model/load.js';
@@ -188,8 +189,20 @@ export type {
 // Methods: training --------------------------------------------------------------------------
 export { loraLoss, loraLossAndGradients } from './training/backward.js';
 export type { TrainingSequence, LossAndGradients, TrainingOptions } from './training/backward.js';
-export { createLora, zeroLoraLayers, LORA_TARGETS } from './training/lora.js';
+export { createLora, zeroLoraLayers, LORA_TARGETS, checkLoraAdapter } from './training/lora.js';
 export type { LoraAdapter, LoraLayers, LoraPair, LoraTarget, LoraOptions } from './training/lora.js';
+export { loadPeftAdapter, savePeftAdapter, readPeftConfig } from './training/peft.js';
+export type { PeftSaveOptions } from './training/peft.js';
+export { trainLora, scheduledLr } from './training/train.js';
+export type {
+  LoraTrainOptions,
+  LoraTrainResult,
+  StepReport,
+  ValidationReport,
+  TrainingLog,
+} from './training/train.js';
+export { readTrainingFile, chatSequence, trainingSequences } from './training/data.js';
+export type { TrainingRecord, RecordSource } from './training/data.js';
 export { AdamW } from './training/adamw.js';
 export type { AdamWOptions } from './training/adamw.js';
 

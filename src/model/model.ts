@@ -10,6 +10,13 @@
  * Hooks passed to a call apply to that call only. `addHook` attaches one to the model until its
  * handle's `remove()`; such hooks run before the per-call ones.
  *
+ * LoRA adapters (`addAdapter`) apply unmerged to every later call while enabled, several at once:
+ *
+ *   const lora = model.addAdapter(loadPeftAdapter('adapter/', model.config));
+ *   lora.disable(); // the base model again
+ *   lora.enable();
+ *   lora.remove();
+ *
  * Prompts that begin alike (the answer options of one question, questions after one few-shot
  * primer) can run their shared beginning once: `prefill` keeps its keys and values, and `run`
  * with `prefix` runs only what follows it.
@@ -31,6 +38,7 @@ import {
   rowSelected,
 } from '../hooks/hooks.js';
 import type { ModelConfig } from './config.js';
+import { type LoraAdapter, checkLoraAdapter } from './lora.js';
 import { type LoadOptions, type LoadedModel, type ModelIdentity, loadModelFiles } from './load.js';
 import { type SamplingOptions, checkSampling, sampleToken, seededRandom } from './sampling.js';
 import { KvCache, type SequenceStep, forward } from './transformer.js';
@@ -83,6 +91,7 @@ class ComputedPrefix implements PromptPrefix {
     readonly tokens: readonly number[],
     readonly cache: KvCache,
     readonly hooks: ReadonlySet<Hook>,
+    readonly adapters: readonly LoraAdapter<Float32Array>[],
   ) {}
 }
 
@@ -237,8 +246,22 @@ export interface HookHandle {
   remove(): void;
 }
 
+/** Handle returned by `addAdapter`. */
+export interface AdapterHandle {
+  readonly adapter: LoraAdapter<Float32Array>;
+  /** Whether later calls apply the adapter (true once added, false after `disable` or `remove`). */
+  readonly enabled: boolean;
+  /** Applies it again; an error after `remove`. */
+  enable(): void;
+  disable(): void;
+  /** Detaches it for good. */
+  remove(): void;
+}
+
 export class Model {
   private readonly permanentHooks: Hook[] = [];
+  /** Attached adapters in the order added; the enabled ones apply, in that order. */
+  private readonly adapterSlots: { readonly adapter: LoraAdapter<Float32Array>; enabled: boolean }[] = [];
   private knownHookNames: Set<string> | undefined;
 
   constructor(
@@ -316,6 +339,62 @@ export class Model {
         if (i >= 0) this.permanentHooks.splice(i, 1);
       },
     };
+  }
+
+  /**
+   * Attaches a LoRA adapter, enabled: every later call adds (alpha/r)·B·(A·x) to each adapted
+   * projection's output, without merging it into the weights. An adapter that does not fit this
+   * model (layers, shapes, rank, alpha, targets) is an error. A call in progress keeps the
+   * adapters it started with.
+   */
+  addAdapter(adapter: LoraAdapter<Float32Array>): AdapterHandle {
+    checkLoraAdapter(this.config, adapter);
+    for (const layer of adapter.layers)
+      for (const t of adapter.targets)
+        for (const m of [layer[t]!.a, layer[t]!.b])
+          if (!(m instanceof Float32Array))
+            throw new OptionError('an adapter applied at inference must hold Float32Array tensors');
+    const slot = { adapter, enabled: true };
+    this.adapterSlots.push(slot);
+    let removed = false;
+    return {
+      adapter,
+      get enabled() {
+        return slot.enabled;
+      },
+      enable: () => {
+        if (removed) throw new OptionError('enable: this adapter was removed from the model');
+        slot.enabled = true;
+      },
+      disable: () => {
+        slot.enabled = false;
+      },
+      remove: () => {
+        removed = true;
+        slot.enabled = false;
+        const i = this.adapterSlots.indexOf(slot);
+        if (i >= 0) this.adapterSlots.splice(i, 1);
+      },
+    };
+  }
+
+  /** The adapters a call starting now applies. */
+  private activeAdapters(): LoraAdapter<Float32Array>[] {
+    return this.adapterSlots.filter((s) => s.enabled).map((s) => s.adapter);
+  }
+
+  /** Throws unless `adapters` are the ones `prefix` was computed with. */
+  private checkPrefixAdapters(
+    prefix: ComputedPrefix,
+    adapters: readonly LoraAdapter<Float32Array>[],
+    what: string,
+  ): void {
+    if (adapters.length === prefix.adapters.length && adapters.every((a, i) => a === prefix.adapters[i]))
+      return;
+    throw new OptionError(
+      `${what}: its prefix was computed with other LoRA adapters enabled (${prefix.adapters.length} ` +
+        `there, ${adapters.length} now): a prefix's keys and values hold them; enable the same ones`,
+    );
   }
 
   /** Token ids of a prompt. */
@@ -404,7 +483,11 @@ export class Model {
     const parent = this.ownPrefix(opts.prefix, 'prefill');
     const tokens = parent ? this.continuationTokens(prompt, 'prefill') : this.tokenize(prompt);
     const hooks = this.hooksFor(opts.hooks);
-    if (parent) this.checkPrefixHooks(parent, hooks, 'prefill');
+    const adapters = this.activeAdapters();
+    if (parent) {
+      this.checkPrefixHooks(parent, hooks, 'prefill');
+      this.checkPrefixAdapters(parent, adapters, 'prefill');
+    }
     const parentLength = parent?.tokens.length ?? 0;
     const length = parentLength + tokens.length;
     if (tokens.length === 0)
@@ -420,8 +503,9 @@ export class Model {
       hooks,
       logits: 'none',
       step: 0,
+      adapters,
     });
-    return new ComputedPrefix(this, [...(parent?.tokens ?? []), ...tokens], cache, new Set(hooks));
+    return new ComputedPrefix(this, [...(parent?.tokens ?? []), ...tokens], cache, new Set(hooks), adapters);
   }
 
   /** One forward pass over each prompt, keeping the requested activations and logits. */
@@ -453,6 +537,7 @@ export class Model {
     for (const n of wanted) cache.set(n, new Array<Float32Array>(tokens.length));
     const logits = new Array<Float32Array>(tokens.length);
     const hooks = this.hooksFor(opts.hooks);
+    const adapters = this.activeAdapters();
     if (
       typeof logitsMode === 'object' &&
       !(Number.isInteger(logitsMode.lastTokens) && logitsMode.lastTokens >= 1)
@@ -462,7 +547,10 @@ export class Model {
       const own = opts.promptHooks?.(i) ?? [];
       for (const h of own) this.checkHookName(h.name);
       const prefix = prefixes[i];
-      if (prefix) this.checkPrefixHooks(prefix, [...hooks, ...own], `prompt ${i}`);
+      if (prefix) {
+        this.checkPrefixHooks(prefix, [...hooks, ...own], `prompt ${i}`);
+        this.checkPrefixAdapters(prefix, adapters, `prompt ${i}`);
+      }
       return own;
     });
     const promptLengths = tokens.map((t, i) => {
@@ -515,6 +603,7 @@ export class Model {
         lastHooks: readers,
         logits: logitsMode,
         step: 0,
+        adapters,
       });
       if (logitsMode === 'none') batch.forEach((_, b) => (logits[offset + b] = new Float32Array(0)));
       else {
@@ -587,6 +676,8 @@ export class Model {
       throw new OptionError(`maxBatch must be an integer >= 1, got ${maxBatch}`);
     const callHooks = [...(opts.hooks ?? [])];
     for (const h of callHooks) this.checkHookName(h.name);
+    // The adapters on when the decoder is made serve every sequence it decodes.
+    const adapters = this.activeAdapters();
     const V = this.config.vocabSize;
     const tokenizer = this.loaded.tokenizer;
 
@@ -690,7 +781,7 @@ export class Model {
             promptLength: s.promptLength,
             hooks: s.hooks,
           })),
-          { hooks: [...this.permanentHooks], lastHooks: callHooks, logits: 'last', step: passStep },
+          { hooks: [...this.permanentHooks], lastHooks: callHooks, logits: 'last', step: passStep, adapters },
         );
         return batch.filter((s, j) => advance(s, res.logits.subarray(j * V, (j + 1) * V)));
       } catch (e) {
@@ -715,7 +806,10 @@ export class Model {
         this.checkFits(id, promptTokens.length, maxNew, prefixLength);
         const own = [...(o.hooks ?? [])];
         for (const h of own) this.checkHookName(h.name);
-        if (prefix) this.checkPrefixHooks(prefix, [...this.permanentHooks, ...own, ...callHooks], what);
+        if (prefix) {
+          this.checkPrefixHooks(prefix, [...this.permanentHooks, ...own, ...callHooks], what);
+          this.checkPrefixAdapters(prefix, adapters, what);
+        }
         return new Promise<Generation>((resolve, reject) => {
           const s: Seq = {
             id,

@@ -11,6 +11,7 @@ import type { Backend } from '../engine/backend.js';
 import { ggmlTypeName } from '../formats/quant.js';
 import { type Hook, type HookContext, type HookFn, type HookName, blockHook } from '../hooks/hooks.js';
 import type { ModelConfig } from './config.js';
+import { type LoraAdapter, type LoraTarget, loraScale } from './lora.js';
 import { ropeFrequencies } from './rope.js';
 import { type ModelWeights, type WeightMatrix, matrixRow } from './weights.js';
 
@@ -91,6 +92,12 @@ export interface ForwardOptions {
   readonly logits: 'last' | 'all' | 'none' | { readonly lastTokens: number };
   /** 0 for the prompt pass, n for the n-th generation step (passed to hooks). */
   readonly step: number;
+  /**
+   * LoRA adapters applied unmerged, each adding (alpha/r)·B·(A·x) to its projections' outputs
+   * (after the bias, before any norm), in order. Their shapes are the caller's to check
+   * (`checkLoraAdapter`).
+   */
+  readonly adapters?: readonly LoraAdapter<Float32Array>[];
 }
 
 export interface ForwardResult {
@@ -168,6 +175,32 @@ export function forward(
     else throw new Error(`the ${be.name} backend cannot multiply ${ggmlTypeName(m.type)} weights`);
   };
 
+  // out[M, N] += (alpha/r)·(x·Aᵀ)·Bᵀ for each adapter on this projection of layer l.
+  const adapters = opts.adapters ?? [];
+  const maxRank = Math.max(0, ...adapters.map((a) => a.rank));
+  const loraIn = new Float32Array(M * maxRank);
+  const loraOut = adapters.length > 0 ? new Float32Array(M * Math.max(D, HE, F)) : new Float32Array(0);
+  const addLora = (
+    out: Float32Array,
+    x: Float32Array,
+    l: number,
+    target: LoraTarget,
+    K: number,
+    N: number,
+  ) => {
+    for (const adapter of adapters) {
+      const pair = adapter.layers[l][target];
+      if (!pair) continue;
+      const r = adapter.rank;
+      const ax = loraIn.subarray(0, M * r);
+      const bax = loraOut.subarray(0, M * N);
+      be.matmul(ax, x, pair.a, M, K, r);
+      be.matmul(bax, ax, pair.b, M, r, N);
+      const s = loraScale(adapter);
+      for (let i = 0; i < M * N; i++) out[i] += s * bax[i];
+    }
+  };
+
   const first = byHookName(opts.hooks);
   const last = byHookName(opts.lastHooks ?? []);
   const own = seqs.map((s) => (s.hooks && s.hooks.length > 0 ? byHookName(s.hooks) : undefined));
@@ -240,6 +273,9 @@ export function forward(
     mm(q, h, lw.wq, M, D, HE, lw.bq);
     mm(k, h, lw.wk, M, D, GE, lw.bk);
     mm(v, h, lw.wv, M, D, GE, lw.bv);
+    addLora(q, h, l, 'q', D, HE);
+    addLora(k, h, l, 'k', D, GE);
+    addLora(v, h, l, 'v', D, GE);
     if (lw.qNorm && lw.kNorm) {
       be.rmsnorm(q, q, lw.qNorm, M * H, E, eps);
       be.rmsnorm(k, k, lw.kNorm, M * G, E, eps);
@@ -269,6 +305,7 @@ export function forward(
       );
     }
     mm(out, att, lw.wo, M, HE, D);
+    addLora(out, att, l, 'o', HE, D);
     if (lw.postAttnNorm) be.rmsnorm(out, out, lw.postAttnNorm, M, D, eps);
     fire(blockHook(l, 'hook_attn_out'), out);
     for (let i = 0; i < x.length; i++) x[i] += out[i];
@@ -278,8 +315,11 @@ export function forward(
     be.rmsnorm(h, x, lw.mlpNorm, M, D, eps);
     mm(gate, h, lw.wGate, M, D, F);
     mm(up, h, lw.wUp, M, D, F);
+    addLora(gate, h, l, 'gate', D, F);
+    addLora(up, h, l, 'up', D, F);
     be.gatedAct(gate, gate, up, M * F, cfg.act);
     mm(out, gate, lw.wDown, M, F, D);
+    addLora(out, gate, l, 'down', F, D);
     if (lw.postMlpNorm) be.rmsnorm(out, out, lw.postMlpNorm, M, D, eps);
     fire(blockHook(l, 'hook_mlp_out'), out);
     for (let i = 0; i < x.length; i++) x[i] += out[i];

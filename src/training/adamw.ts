@@ -24,6 +24,13 @@ function checkRate(lr: number): void {
     throw new OptionError(`learning rate must be a finite number > 0, got ${lr}`);
 }
 
+/** What a checkpoint keeps of an AdamW: its step count and both moments, shaped like the adapter. */
+export interface AdamWState {
+  readonly steps: number;
+  readonly m: LoraLayers<Float64Array>;
+  readonly v: LoraLayers<Float64Array>;
+}
+
 /** One optimiser per adapter: it keeps the two moments of every parameter. */
 export class AdamW<A extends Floats> {
   private readonly beta1: number;
@@ -62,6 +69,36 @@ export class AdamW<A extends Floats> {
       });
     this.m = zeros();
     this.v = zeros();
+  }
+
+  /** The step count and the moments themselves (not copies), for a checkpoint. */
+  get state(): AdamWState {
+    return { steps: this.steps, m: this.m, v: this.v };
+  }
+
+  /** Continues from a checkpoint's state: its moments are copied in, their shapes checked. */
+  restore(state: AdamWState): void {
+    if (!(Number.isInteger(state.steps) && state.steps >= 0))
+      throw new OptionError(`AdamW state: steps must be an integer >= 0, got ${state.steps}`);
+    for (const [name, from, to] of [
+      ['m', state.m, this.m],
+      ['v', state.v, this.v],
+    ] as const) {
+      if (from.length !== to.length)
+        throw new OptionError(`AdamW state: ${name} has ${from.length} layers, the adapter ${to.length}`);
+      to.forEach((layer, l) => {
+        for (const t of this.adapter.targets)
+          for (const which of ['a', 'b'] as const) {
+            const src = from[l][t]?.[which];
+            if (src?.length !== layer[t]![which].length)
+              throw new OptionError(
+                `AdamW state: layer ${l} ${t}.${which}.${name} does not match the adapter`,
+              );
+            layer[t]![which].set(src);
+          }
+      });
+    }
+    this.steps = state.steps;
   }
 
   /**

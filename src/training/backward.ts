@@ -19,9 +19,7 @@ import { ropeFrequencies } from '../model/rope.js';
 import type { ModelWeights, WeightMatrix } from '../model/weights.js';
 import type { Floats, TrainingKernels } from './kernels.js';
 import {
-  LORA_TARGETS,
-  checkLoraOptions,
-  loraShape,
+  checkLoraAdapter,
   type LoraAdapter,
   type LoraLayers,
   type LoraPair,
@@ -120,31 +118,6 @@ function checkSequences(cfg: ModelConfig, seqs: readonly TrainingSequence[]): nu
   if (answers === 0)
     throw new OptionError('the sequences have no answer tokens, so there is no loss to train on');
   return answers;
-}
-
-/** An adapter made for another model shape (or a hand-built one with holes) is an error here. */
-function checkAdapter(cfg: ModelConfig, adapter: LoraAdapter<Floats>): void {
-  checkLoraOptions(adapter);
-  if (adapter.layers.length !== cfg.nLayers)
-    throw new OptionError(`the LoRA adapter has ${adapter.layers.length} layers, the model ${cfg.nLayers}`);
-  adapter.layers.forEach((layer, l) => {
-    for (const t of LORA_TARGETS) {
-      const pair = layer[t];
-      if (!adapter.targets.includes(t)) {
-        if (pair)
-          throw new OptionError(`LoRA layer ${l} has a ${t} pair, but ${t} is not one of its targets`);
-        continue;
-      }
-      const { inDim, outDim } = loraShape(cfg, t);
-      const want = { a: adapter.rank * inDim, b: outDim * adapter.rank };
-      for (const which of ['a', 'b'] as const)
-        if (pair?.[which].length !== want[which])
-          throw new OptionError(
-            `LoRA layer ${l} ${t}.${which} holds ${pair?.[which].length ?? 0} values; this model needs ` +
-              `${want[which]} (rank ${adapter.rank}, ${t} is ${outDim} x ${inDim}): an adapter for another model?`,
-          );
-    }
-  });
 }
 
 const view = <A extends Floats>(a: A, from: number, to: number): A => a.subarray(from, to) as A;
@@ -310,7 +283,7 @@ function trainingForward<A extends Floats>(
 ): Tape<A> {
   const { dModel: D, vocabSize: V, rmsEps: eps } = cfg;
   const R = checkSequences(cfg, seqs);
-  checkAdapter(cfg, adapter);
+  checkLoraAdapter(cfg, adapter);
 
   const B = seqs.length;
   const rowStart = new Int32Array(B);

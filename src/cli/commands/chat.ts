@@ -10,9 +10,11 @@ import type { ChatMessage } from '../../formats/tokenizer.js';
 import { hasChatTemplate } from '../../eval/prompt-sets.js';
 import type { Model } from '../../model/model.js';
 import {
+  ADAPTER_OPTION,
   SAMPLING_OPTIONS,
   THREADS_OPTION,
   WEIGHTS_OPTION,
+  attachAdapters,
   command,
   para,
   loadModel,
@@ -49,6 +51,7 @@ export const chatCommand = command(
       },
       threads: THREADS_OPTION,
       weights: WEIGHTS_OPTION,
+      adapter: ADAPTER_OPTION,
     },
     examples: [
       'steerguard chat .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf',
@@ -63,6 +66,7 @@ export const chatCommand = command(
       threads: o.threads,
       weights: o.weights,
     });
+    await attachAdapters(model, o.adapter, out);
     if (!hasChatTemplate(model)) {
       throw new SteerguardError(
         `${model.identity.name} has no chat template (a base model?); use 'steerguard generate --no-chat' instead`,

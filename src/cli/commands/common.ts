@@ -185,6 +185,28 @@ export const WEIGHTS_OPTION = {
     "how weights are held: quantized (the GGUF's blocks; prompts exact, generation steps with int8 dot products like llama.cpp; the default on the native engine) or f32 (exact everywhere, 4 bytes per weight; the only choice on the reference backend)",
 } as const satisfies EnumOption;
 
+export const ADAPTER_OPTION = {
+  type: 'list',
+  placeholder: 'dir',
+  description:
+    'LoRA adapter folders in PEFT layout (adapter_config.json + adapter_model.safetensors), applied together',
+} as const satisfies OptionSpec;
+
+/** Loads each PEFT adapter folder of --adapter and attaches it to `model`, enabled. */
+export async function attachAdapters(
+  model: Model,
+  dirs: readonly string[] | undefined,
+  out: CliOutput,
+): Promise<void> {
+  if (!dirs || dirs.length === 0) return;
+  const { loadPeftAdapter } = await import('../../training/peft.js');
+  for (const dir of dirs) {
+    const adapter = loadPeftAdapter(dir, model.config);
+    model.addAdapter(adapter);
+    out.info(`adapter ${dir}: rank ${adapter.rank}, alpha ${adapter.alpha} on ${adapter.targets.join(',')}`);
+  }
+}
+
 /** The steerguard package version, from the package.json above this file. */
 export function packageVersion(): string {
   let dir = path.dirname(fileURLToPath(import.meta.url));

@@ -36,6 +36,8 @@ import {
   para,
   useChat,
   withInterrupt,
+  ADAPTER_OPTION,
+  attachAdapters,
 } from './common.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -211,6 +213,7 @@ const refusalEvalCommand = command(
       ...GENERATION_OPTIONS,
       ...JUDGE_OPTIONS,
       ...OUTPUT_OPTIONS,
+      adapter: ADAPTER_OPTION,
       threads: THREADS_OPTION,
     },
     examples: [
@@ -251,6 +254,7 @@ const refusalEvalCommand = command(
     const judgeModel = o.judgeModel ? await loadModel(o.judgeModel, out, { threads: o.threads }) : undefined;
     const judges = await buildJudges(o, reporter, judgeModel);
     const model = await loadModel(o.model, out, { threads: o.threads });
+    await attachAdapters(model, o.adapter, out);
     const prompts = toEvalPrompts(model, sets, { ...o, chat: o.tokenIds ? false : useChat(model, o) });
     const steering = await buildSteering(model, o);
     if (steering.fittedIds.length > 0) {
@@ -265,7 +269,11 @@ const refusalEvalCommand = command(
       runEvaluation(model, prompts, judges, steering, o, { reporter, signal }),
     );
     if (o.out !== undefined) {
-      await writeRows(o.out, result.rows, { redact: o.redact, extra: () => ({ run: steering.label }) });
+      await writeRows(o.out, result.rows, {
+        redact: o.redact,
+        // Rows of an adapted model say so: they are not the base model's.
+        extra: () => ({ run: steering.label, ...(o.adapter ? { adapters: o.adapter } : {}) }),
+      });
       out.info(`wrote ${result.rows.length} rows to ${o.out}`);
     }
     reportEvaluation(out, result, steering.label, sets, o.out);
@@ -306,6 +314,7 @@ async function likelihoodEval(
     Parameters<typeof toEvalPrompts>[2] & {
       model: string;
       threads?: number;
+      adapter?: readonly string[];
       maxTokens: number;
       out?: string;
       allowOverlap?: boolean;
@@ -315,6 +324,7 @@ async function likelihoodEval(
   out: CliOutput,
 ): Promise<void> {
   const model = await loadModel(o.model, out, { threads: o.threads });
+  await attachAdapters(model, o.adapter, out);
   const prompts = toEvalPrompts(model, sets, { ...o, chat: o.tokenIds ? false : useChat(model, o) });
   const steering = await buildSteeringHooks(model, o);
   const overlap = checkLeakage(steering.fittedIds, prompts, {

@@ -4,10 +4,12 @@ import path from 'node:path';
 import { OptionError } from '../../formats/errors.js';
 import type { Generation, Prompt } from '../../model/model.js';
 import {
+  ADAPTER_OPTION,
   CHAT_OPTIONS,
   SAMPLING_OPTIONS,
   THREADS_OPTION,
   WEIGHTS_OPTION,
+  attachAdapters,
   command,
   para,
   loadModel,
@@ -66,6 +68,7 @@ export const generateCommand = command(
       },
       threads: THREADS_OPTION,
       weights: WEIGHTS_OPTION,
+      adapter: ADAPTER_OPTION,
     },
     examples: [
       "steerguard generate model.gguf 'Write a haiku about rivers.' --max-tokens 48",
@@ -95,6 +98,7 @@ export const generateCommand = command(
             .map((r) => r.text);
 
     const model = await loadModel(modelName, out, { threads: o.threads, weights: o.weights });
+    await attachAdapters(model, o.adapter, out);
     const chat = useChat(model, o);
     if (o.system !== undefined && !chat) {
       throw new OptionError(

@@ -15,6 +15,7 @@ import { monitorCommand } from './monitor.js';
 import { pullCommand } from './pull.js';
 import { saeCommand } from './sae.js';
 import { serveCommand } from './serve.js';
+import { trainCommand } from './train.js';
 
 /** In the order `steerguard --help` lists them. */
 export const COMMANDS: readonly CliCommand[] = [
@@ -31,6 +32,7 @@ export const COMMANDS: readonly CliCommand[] = [
   evalCommand,
   attackCommand,
   saeCommand,
+  trainCommand,
   auditCommand,
   serveCommand,
   benchCommand,
