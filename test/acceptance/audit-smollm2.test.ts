@@ -131,7 +131,7 @@ describe('steerguard audit on SmolLM2-135M', { skip }, () => {
         { timeoutMs: 580_000 },
       );
       assert.equal(r.code, 0, r.stderr.slice(-3000));
-      assert.match(r.stderr, /reading: done earlier/);
+      assert.match(r.stderr, /\] reading: .*: done earlier .*, reusing it/);
       const doc = JSON.parse(r.stdout) as AuditReport;
       assert.equal(doc.steps.find((s) => s.name === 'capability')?.status, 'done');
       const c = doc.results.capability!;
