@@ -142,20 +142,24 @@ const loraCommand = command(LORA_SPEC, async (args, out) => {
   let progress: Progress | undefined;
   let stopRequested = false;
   const started = performance.now();
+  // The training hyper-parameters, passed to the loop and recorded in the log as they were given.
+  const hyper = {
+    rank: o.rank,
+    alpha: o.alpha,
+    epochs: o.epochs,
+    lr: o.lr,
+    batch: o.batch,
+    gradAccum: o.gradAccum,
+    warmup: o.warmup,
+    weightDecay: o.weightDecay,
+    valSplit: o.valSplit,
+    seed: o.seed,
+  };
   const result = await withInterrupt(
     () =>
       trainLora(model.config, model.weights, backendKernels(model.backend), data.sequences, {
         targets: o.targets,
-        rank: o.rank,
-        alpha: o.alpha,
-        epochs: o.epochs,
-        lr: o.lr,
-        batch: o.batch,
-        gradAccum: o.gradAccum,
-        warmup: o.warmup,
-        weightDecay: o.weightDecay,
-        valSplit: o.valSplit,
-        seed: o.seed,
+        ...hyper,
         recompute: o.recompute,
         checkpointFile: checkpoint,
         checkpointEvery: o.checkpointEvery,
@@ -196,16 +200,7 @@ const loraCommand = command(LORA_SPEC, async (args, out) => {
     data: o.data,
     options: {
       targets: result.adapter.targets,
-      rank: o.rank,
-      alpha: o.alpha,
-      epochs: o.epochs,
-      lr: o.lr,
-      batch: o.batch,
-      gradAccum: o.gradAccum,
-      warmup: o.warmup,
-      weightDecay: o.weightDecay,
-      valSplit: o.valSplit,
-      seed: o.seed,
+      ...hyper,
       maxTokens: o.maxTokens ?? null,
     },
     sequences: {
