@@ -46,7 +46,7 @@ export function fittedIdsOf(meta: ReadonlyMap<string, unknown>): string[] {
 
 /** A steering (the CLI's `--steer` and `--attack` options). */
 export interface SteeringSpec {
-  readonly steer: 'none' | 'add' | 'ablate' | 'conditional';
+  readonly steer: 'none' | 'add' | 'ablate' | 'sae-clamp' | 'conditional';
   /** Control vector or refusal direction (GGUF) for add, ablate and (optionally) conditional. */
   readonly vector?: string;
   /** Use only the vector of this layer (block output, as in llama.cpp). */
@@ -68,11 +68,37 @@ export interface SteeringSpec {
   readonly benignSteer?: 'none' | 'ablate';
   /** Layer the monitor reads (default: the concept's). */
   readonly monitorLayer?: number;
+  /**
+   * SAE folder of sae-clamp, and of flagged prompts under conditional steering (then instead of
+   * `vector`): latent `feature` is clamped to `clamp` at the SAE's hook.
+   */
+  readonly sae?: string;
+  readonly feature?: number;
+  readonly clamp?: number;
   readonly attack: 'none' | 'scav';
   /** SCAV: target P(malicious) after the move. */
   readonly p0: number;
   /** SCAV: only layers whose probe test accuracy is above this. */
   readonly p1: number;
+}
+
+/** The hook clamping `feature` of the SAE in `sae` to `clamp`, checked against the model. */
+export async function saeClampHooks(
+  model: Model,
+  o: Pick<SteeringSpec, 'sae' | 'feature' | 'clamp'>,
+): Promise<LabelledHooks> {
+  if (o.sae === undefined || o.feature === undefined || o.clamp === undefined)
+    throw new OptionError('SAE clamping needs --sae DIR, --feature J and --clamp C');
+  const { loadSae } = await import('../sae/saelens.js');
+  const { checkSaeFitsModel } = await import('../sae/features.js');
+  const { saeClampHook } = await import('../sae/clamp.js');
+  const sae = loadSae(o.sae);
+  checkSaeFitsModel(model, sae);
+  return {
+    hooks: [saeClampHook(sae, model.backend, { feature: o.feature, value: o.clamp })],
+    label: `clamp ${path.basename(path.resolve(o.sae))} latent ${o.feature} to ${o.clamp}`,
+    fittedIds: [],
+  };
 }
 
 /** Static hooks of steer add / ablate from a control-vector or refusal-direction file. */
@@ -124,6 +150,10 @@ async function steeringParts(
       base,
       fixed: [...base, ...v.hooks],
     };
+  }
+  if (o.steer === 'sae-clamp') {
+    const v = await saeClampHooks(model, o);
+    return { label: `${prefix}${v.label}`, fittedIds: fitted, base, fixed: [...base, ...v.hooks] };
   }
   const c = await conditionalParts(model, o);
   return { label: `${prefix}${c.label}`, fittedIds: [...fitted, ...c.fittedIds], base, gate: c.options };
@@ -182,28 +212,45 @@ interface ConditionalParts {
   fittedIds: string[];
 }
 
-/** The monitor and the steering on each side of a conditional spec. */
-async function conditionalParts(model: Model, o: SteeringSpec): Promise<ConditionalParts> {
-  const ids: string[] = [];
-  let monitor: PromptMonitor;
-  let concept: Concept | undefined;
-  let monitorLabel: string;
+/** The prompt monitor a spec names: a reading, else a concept's probe (and that concept). */
+export async function specMonitor(
+  model: Model,
+  o: Pick<SteeringSpec, 'reading' | 'concept' | 'threshold' | 'benignBelow' | 'monitorLayer'>,
+): Promise<{ monitor: PromptMonitor; concept?: Concept; label: string; fittedIds: string[] }> {
   if (o.reading !== undefined) {
     const { loadReading, readingMonitor } = await import('../concepts/reading-file.js');
     const r = loadReading(o.reading, model);
-    monitor = readingMonitor(r.reading, { threshold: o.threshold, benignBelow: o.benignBelow });
-    ids.push(...r.fittedIds);
-    monitorLabel = path.basename(o.reading);
-  } else if (o.concept !== undefined) {
-    concept = await loadConcept(o.concept, model);
+    return {
+      monitor: readingMonitor(r.reading, { threshold: o.threshold, benignBelow: o.benignBelow }),
+      label: path.basename(o.reading),
+      fittedIds: [...r.fittedIds],
+    };
+  }
+  if (o.concept !== undefined) {
+    const concept = await loadConcept(o.concept, model);
     const m = await monitorFor(concept, { layer: o.monitorLayer, threshold: o.threshold });
-    monitor = { ...m, benignBelow: o.benignBelow };
-    ids.push(...concept.fittedIds);
-    monitorLabel = path.basename(o.concept);
-  } else throw new OptionError('--steer conditional needs --concept FILE or --reading FILE');
+    return {
+      monitor: { ...m, benignBelow: o.benignBelow },
+      concept,
+      label: path.basename(o.concept),
+      fittedIds: [...concept.fittedIds],
+    };
+  }
+  throw new OptionError('a monitor needs --concept FILE or --reading FILE');
+}
+
+/** The monitor and the steering on each side of a conditional spec. */
+async function conditionalParts(model: Model, o: SteeringSpec): Promise<ConditionalParts> {
+  if (o.reading === undefined && o.concept === undefined)
+    throw new OptionError('--steer conditional needs --concept FILE or --reading FILE');
+  const { monitor, concept, label: monitorLabel, fittedIds: ids } = await specMonitor(model, o);
   let steer: Hook[];
   let what: string;
-  if (o.vector !== undefined) {
+  if (o.sae !== undefined) {
+    const v = await saeClampHooks(model, o);
+    steer = v.hooks;
+    what = v.label;
+  } else if (o.vector !== undefined) {
     const v = await vectorHooks(model, { steer: 'add', vector: o.vector, layer: o.layer, coeff: o.coeff });
     steer = v.hooks;
     what = v.label;

@@ -8,12 +8,19 @@ import path from 'node:path';
 
 import { OptionError } from '../../formats/errors.js';
 import type { Model } from '../../model/model.js';
+import { type LoadedSet, loadSets, toEvalPrompts } from '../../eval/prompt-sets.js';
+import type { EvalPrompt } from '../../eval/refusal.js';
+import type { Judge } from '../../eval/judges.js';
+import type { Sae } from '../../sae/sae.js';
 import { type CommandSpec, type OptionSpec } from '../args.js';
 import { formatNumber } from '../output.js';
 import { Progress } from '../progress.js';
 import {
   type CliCommand,
   actionGroup,
+  CHAT_OPTIONS,
+  checkInputFile,
+  checkOutPath,
   COLUMN_OPTION,
   MODEL_OPTION,
   THREADS_OPTION,
@@ -21,8 +28,10 @@ import {
   command,
   loadModel,
   para,
+  useChat,
   withInterrupt,
 } from './common.js';
+import { GENERATION_OPTIONS, SET_OPTIONS } from './eval.js';
 
 const KEEP_FIRST_TOKEN_OPTION = {
   type: 'boolean',
@@ -304,16 +313,362 @@ const evalCommand = command(EVAL_SPEC, async (args, out) => {
 });
 
 // ---------------------------------------------------------------------------------------------
+// sae features and sae steer: choosing a latent and its clamp on development prompts
+
+const SEARCH_SET_OPTIONS = {
+  harmful: {
+    type: 'list',
+    placeholder: 's1,s2',
+    default: ['advbench'],
+    description: 'harmful development sets (short names or files); keep them apart from evaluation sets',
+  },
+  benign: {
+    type: 'list',
+    placeholder: 's1,s2',
+    default: ['alpaca:train'],
+    description: 'benign development sets (short names or files)',
+  },
+  ...SET_OPTIONS,
+  ...CHAT_OPTIONS,
+  maxTokens: { ...GENERATION_OPTIONS.maxTokens, default: 32 },
+  batch: GENERATION_OPTIONS.batch,
+  judge: {
+    type: 'enum',
+    values: ['keyword-gcg', 'keyword-jbb'],
+    default: 'keyword-gcg',
+    description: 'refusal judge that says which replies are refusals',
+  },
+} as const satisfies Record<string, OptionSpec>;
+
+const SAE_OPTION = {
+  type: 'string',
+  required: true,
+  placeholder: 'dir',
+  description: 'SAE folder (cfg.json + sae_weights.safetensors)',
+} as const satisfies OptionSpec;
+
+type SearchSetOptions = {
+  harmful: string[];
+  benign: string[];
+  chat: boolean;
+  noChat: boolean;
+  tokenIds?: boolean;
+  system?: string;
+} & Parameters<typeof loadSets>[1];
+
+/** The harmful and benign development prompts of a search (sets loaded before the model). */
+function searchSets(o: SearchSetOptions): { harmful: LoadedSet[]; benign: LoadedSet[] } {
+  return { harmful: loadSets(o.harmful, o), benign: loadSets(o.benign, o) };
+}
+
+function searchPrompts(
+  model: Model,
+  sets: { harmful: LoadedSet[]; benign: LoadedSet[] },
+  o: SearchSetOptions,
+): { harmful: EvalPrompt[]; benign: EvalPrompt[] } {
+  const form = { ...o, chat: o.tokenIds ? false : useChat(model, o) };
+  return {
+    harmful: toEvalPrompts(model, sets.harmful, form),
+    benign: toEvalPrompts(model, sets.benign, form),
+  };
+}
+
+async function loadSaeFor(model: Model, dir: string): Promise<Sae> {
+  const { loadSae } = await import('../../sae/saelens.js');
+  const { checkSaeFitsModel } = await import('../../sae/features.js');
+  const sae = loadSae(dir);
+  checkSaeFitsModel(model, sae);
+  return sae;
+}
+
+async function refusalJudge(name: string): Promise<Judge> {
+  const { buildJudges } = await import('../../eval/evaluation.js');
+  return (await buildJudges({ judge: [name], judgeTimeout: 60, judgeConcurrency: 1 }))[0];
+}
+
+const FEATURES_SPEC = {
+  name: 'sae features',
+  summary: 'rank SAE latents by refusal tokens and by correlation with the concept monitor',
+  description: para(
+    "Generates the model's greedy replies to --harmful and --benign development prompts, judges which are " +
+      'refusals (--judge), and ranks the latents two ways: by how much more they fire on the first --refusal-tokens ' +
+      "reply tokens of refusals than on the same tokens of the other replies (O'Brien et al. 2024), and, with " +
+      "--concept or --reading, by the Pearson correlation of their activation at the last prompt token with the monitor's " +
+      'score. Each listed latent comes with the token contexts where it fires most; their text is shown only with ' +
+      '--show-text (the prompts are harmful). The suggested clamp values for `sae steer` are 1, 2, 4 and 8 times the ' +
+      "top latent's largest activation on refusal tokens.",
+  ),
+  options: {
+    sae: SAE_OPTION,
+    model: MODEL_OPTION,
+    ...SEARCH_SET_OPTIONS,
+    refusalTokens: {
+      type: 'number',
+      integer: true,
+      min: 1,
+      default: 8,
+      description: 'reply tokens from the start that count as the refusal tokens',
+    },
+    top: { type: 'number', integer: true, min: 1, default: 10, description: 'latents listed per ranking' },
+    contexts: { type: 'number', integer: true, min: 1, default: 5, description: 'contexts kept per latent' },
+    concept: {
+      type: 'string',
+      placeholder: 'file',
+      description: 'concept file whose prompt monitor the latents are correlated with',
+    },
+    reading: {
+      type: 'string',
+      placeholder: 'reading.json',
+      description: 'reading file (concept generalize --save-reading) as the monitor, instead of --concept',
+    },
+    showText: { type: 'boolean', description: 'print the contexts as text (they come from harmful prompts)' },
+    out: {
+      type: 'string',
+      short: 'o',
+      placeholder: 'file.json',
+      description: 'write the rankings and contexts (token ids; text too with --show-text) here, atomically',
+    },
+    threads: THREADS_OPTION,
+  },
+  examples: [
+    'steerguard sae features --sae sae-l12/ -m qwen.gguf --harmful advbench --benign alpaca:train --part train --limit 64',
+    'steerguard sae features --sae sae-l12/ -m qwen.gguf --part train --limit 64 --reading reading.json --out features.json',
+  ],
+} as const satisfies CommandSpec;
+
+const featuresCommand = command(FEATURES_SPEC, async (args, out) => {
+  const o = args.options;
+  if (o.concept !== undefined && o.reading !== undefined)
+    throw new OptionError('--concept and --reading name two monitors: pass one');
+  checkInputFile('--concept', o.concept);
+  checkInputFile('--reading', o.reading);
+  if (o.out !== undefined) checkOutPath(o.out, true);
+  const sets = searchSets(o);
+  const judge = await refusalJudge(o.judge);
+  const model = await loadModel(o.model, out, { threads: o.threads });
+  const sae = await loadSaeFor(model, o.sae);
+  const { harmful, benign } = searchPrompts(model, sets, o);
+  const monitor =
+    o.concept !== undefined || o.reading !== undefined
+      ? (await (await import('../../eval/steering.js')).specMonitor(model, o)).monitor
+      : undefined;
+  const { searchSaeFeatures } = await import('../../eval/sae-steering.js');
+  const progress = new Progress({
+    total: harmful.length + benign.length,
+    label: 'replies',
+    unit: 'prompts',
+    json: out.json,
+  });
+  const found = await withInterrupt((signal) =>
+    searchSaeFeatures(model, sae, {
+      harmful,
+      benign,
+      judge,
+      maxNewTokens: o.maxTokens,
+      batchSize: o.batch,
+      refusalTokens: o.refusalTokens,
+      top: o.top,
+      contexts: o.contexts,
+      contextBefore: 8,
+      monitor,
+      onProgress: (done) => progress.update(done),
+      signal,
+    }),
+  );
+  progress.finish();
+  const text = (tokens: readonly number[]): string | undefined =>
+    o.showText ? model.tokenizer.decode([...tokens]) : undefined;
+  const contexts = Object.fromEntries(
+    [...found.contexts].map(([feature, list]) => [
+      feature,
+      list.map((c) => ({
+        ...c,
+        prompt: found.prompts[c.example].id,
+        set: found.prompts[c.example].set,
+        ...(o.showText ? { text: text(c.tokens) } : {}),
+      })),
+    ]),
+  );
+  const top = found.byRefusalTokens[0];
+  const suggested = [1, 2, 4, 8].map((m) => Number((m * top.maxOnRefusal).toPrecision(3)));
+  const doc = {
+    sae: o.sae,
+    hookName: sae.config.hookName,
+    judge: o.judge,
+    harmful: found.harmful,
+    benign: found.benign,
+    refusalTokens: found.refusalTokens,
+    byRefusalTokens: found.byRefusalTokens,
+    byMonitor: found.byMonitor,
+    contexts,
+    suggestedClampValues: suggested,
+  };
+  if (o.out !== undefined) {
+    const { writeFileAtomic } = await import('../../formats/files.js');
+    writeFileAtomic(o.out, JSON.stringify(doc, null, 1) + '\n');
+  }
+  const f = (x: number): string => formatNumber(x);
+  const pct = (x: number): string => `${(100 * x).toFixed(0)}%`;
+  const lines = [
+    `${found.harmful.refusals}/${found.harmful.n} harmful and ${found.benign.refusals}/${found.benign.n} benign replies are refusals (${o.judge})`,
+    `latents by refusal tokens (first ${o.refusalTokens} reply tokens of refusals vs of the other replies):`,
+    '  latent   score   mean on refusals   mean elsewhere   active on refusals   active elsewhere   max',
+    ...found.byRefusalTokens.map(
+      (r) =>
+        `  ${String(r.feature).padStart(6)}  ${f(r.score).padStart(6)}  ${f(r.meanOnRefusal).padStart(17)}  ${f(r.meanElsewhere).padStart(15)}  ${pct(r.freqOnRefusal).padStart(19)}  ${pct(r.freqElsewhere).padStart(17)}  ${f(r.maxOnRefusal)}`,
+    ),
+  ];
+  if (found.byMonitor) {
+    lines.push(
+      'latents by correlation with the monitor (last prompt token):',
+      '  latent       r   active   max',
+    );
+    for (const m of found.byMonitor)
+      lines.push(
+        `  ${String(m.feature).padStart(6)}  ${f(m.correlation).padStart(6)}  ${pct(m.freq).padStart(7)}  ${f(m.maxActivation)}`,
+      );
+  }
+  if (o.showText) {
+    lines.push('contexts (strongest first; the last token is where the latent fires):');
+    for (const [feature, list] of Object.entries(contexts))
+      for (const c of list) lines.push(`  ${feature}  ${f(c.activation)}  ${JSON.stringify(c.text)}`);
+  } else lines.push('contexts are kept as token ids (--show-text prints them)');
+  lines.push(`suggested clamp values for latent ${top.feature}: ${suggested.join(',')} (sae steer --values)`);
+  if (o.out !== undefined) lines.push(`wrote ${o.out}`);
+  out.result(doc, lines.join('\n'));
+});
+
+const STEER_SPEC = {
+  name: 'sae steer',
+  summary: 'grid-search the clamp value of one SAE latent on validation prompts',
+  description: para(
+    "Clamps latent --feature to each of --values at every position (x' = x + (C - f_J(x)) W_dec[J]), always on, " +
+      'generates greedy replies to the --harmful and --benign validation prompts, and reports per value the refusal ' +
+      'of harmful prompts, the over-refusal of benign ones and the degenerate-reply rate, each with a 95% interval. ' +
+      'The chosen value maximises refusal - over-refusal - degenerate rate (ties: the smaller |C|). Evaluate the ' +
+      'choice on held-out sets with `eval refusal --steer sae-clamp` (always on) or `--steer conditional --sae` (gated ' +
+      'by the monitor). Prompt and reply text are never printed.',
+  ),
+  options: {
+    sae: SAE_OPTION,
+    model: MODEL_OPTION,
+    feature: {
+      type: 'number',
+      integer: true,
+      min: 0,
+      required: true,
+      placeholder: 'J',
+      description: 'latent to clamp',
+    },
+    values: {
+      type: 'list',
+      required: true,
+      placeholder: 'c1,c2',
+      description: 'clamp values to try (sae features suggests some)',
+    },
+    ...SEARCH_SET_OPTIONS,
+    out: {
+      type: 'string',
+      short: 'o',
+      placeholder: 'file.json',
+      description: 'write the grid and the choice here, atomically',
+    },
+    threads: THREADS_OPTION,
+  },
+  examples: [
+    'steerguard sae steer --sae sae-l12/ -m qwen.gguf --feature 1234 --values 10,20,40,80 --part val --limit 24',
+  ],
+} as const satisfies CommandSpec;
+
+const steerCommand = command(STEER_SPEC, async (args, out) => {
+  const o = args.options;
+  const values = o.values.map((v) => {
+    const x = Number(v);
+    if (v.trim() === '' || !Number.isFinite(x))
+      throw new OptionError(`--values: '${v.slice(0, 20)}' is not a finite number`);
+    return x;
+  });
+  if (o.out !== undefined) checkOutPath(o.out, true);
+  const sets = searchSets(o);
+  const judge = await refusalJudge(o.judge);
+  const model = await loadModel(o.model, out, { threads: o.threads });
+  const sae = await loadSaeFor(model, o.sae);
+  const { checkClamp } = await import('../../sae/clamp.js');
+  for (const value of values) checkClamp(sae, { feature: o.feature, value });
+  const { harmful, benign } = searchPrompts(model, sets, o);
+  const { chooseClamp, clampGrid } = await import('../../eval/sae-steering.js');
+  const perValue = harmful.length + benign.length;
+  const progress = new Progress({
+    total: perValue * values.length,
+    label: 'sae steer',
+    unit: 'prompts',
+    json: out.json,
+  });
+  let before = 0;
+  const rows = await withInterrupt((signal) =>
+    clampGrid(model, sae, {
+      harmful,
+      benign,
+      feature: o.feature,
+      values,
+      judge,
+      maxNewTokens: o.maxTokens,
+      batchSize: o.batch,
+      onProgress: (done, total) => {
+        progress.update(before + done);
+        if (done === total) before += total;
+      },
+      signal,
+    }),
+  );
+  progress.finish();
+  const chosen = chooseClamp(rows);
+  const doc = {
+    sae: o.sae,
+    hookName: sae.config.hookName,
+    feature: o.feature,
+    judge: o.judge,
+    sets: { harmful: sets.harmful.map((s) => s.name), benign: sets.benign.map((s) => s.name) },
+    grid: rows,
+    chosen: chosen.value,
+  };
+  if (o.out !== undefined) {
+    const { writeFileAtomic } = await import('../../formats/files.js');
+    writeFileAtomic(o.out, JSON.stringify(doc, null, 1) + '\n');
+  }
+  const pct = (r: { rate: number; ci: readonly [number, number] }): string =>
+    `${(100 * r.rate).toFixed(1)}% (${(100 * r.ci[0]).toFixed(0)}–${(100 * r.ci[1]).toFixed(0)})`;
+  out.result(
+    doc,
+    [
+      `latent ${o.feature} of ${o.sae}, ${harmful.length} harmful and ${benign.length} benign validation prompts:`,
+      '  clamp      refusal (harmful)   over-refusal (benign)   degenerate   objective',
+      ...rows.map(
+        (r) =>
+          `  ${formatNumber(r.value).padStart(6)}  ${pct(r.refusal).padStart(18)}  ${pct(r.overRefusal).padStart(22)}  ${pct(r.flawed).padStart(11)}  ${r.objective.toFixed(3)}${r === chosen ? '  <- chosen' : ''}`,
+      ),
+      `evaluate it: steerguard eval refusal -m ${o.model} --sets <held-out sets> --steer sae-clamp --sae ${o.sae} --feature ${o.feature} --clamp ${chosen.value}`,
+    ].join('\n'),
+  );
+});
+
+// ---------------------------------------------------------------------------------------------
 // the group
 
-const ACTIONS: Record<string, CliCommand> = { train: trainCommand, eval: evalCommand };
+const ACTIONS: Record<string, CliCommand> = {
+  train: trainCommand,
+  eval: evalCommand,
+  features: featuresCommand,
+  steer: steerCommand,
+};
 
 export const saeCommand: CliCommand = actionGroup({
   name: 'sae',
-  summary: 'sparse autoencoders: train a Top-k SAE on stored activations, evaluate one on prompts',
+  summary: 'sparse autoencoders: train, evaluate, find refusal latents, choose a clamp',
   description: para(
     "Actions: 'train' fits a Top-k SAE to an activation file (resumable); 'eval' measures explained variance, " +
-      "L0, dead latents and CE-loss recovered. SAEs are folders in SAELens's layout, so SAELens SAEs (topk, " +
+      "L0, dead latents and CE-loss recovered; 'features' ranks latents by the refusal tokens of the model's refusals " +
+      "and by correlation with a concept monitor; 'steer' grid-searches a latent's clamp value on validation prompts. SAEs are folders in SAELens's layout, so SAELens SAEs (topk, " +
       "jumprelu such as GemmaScope's) load too. Run 'steerguard sae <action> --help' for an action's options; all " +
       'of them are listed below.',
   ),

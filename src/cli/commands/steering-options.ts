@@ -3,6 +3,8 @@
  * spec and one consistency check, so that the commands cannot drift apart. They describe a
  * `SteeringSpec` (src/eval/steering.ts).
  */
+import { existsSync } from 'node:fs';
+
 import { OptionError } from '../../formats/errors.js';
 import type { OptionSpec } from '../args.js';
 import { checkInputFile } from './common.js';
@@ -11,9 +13,28 @@ import { checkInputFile } from './common.js';
 export const STEERING_OPTIONS = {
   steer: {
     type: 'enum',
-    values: ['none', 'add', 'ablate', 'conditional'],
+    values: ['none', 'add', 'ablate', 'sae-clamp', 'conditional'],
     default: 'none',
     description: 'steering during generation',
+  },
+  sae: {
+    type: 'string',
+    placeholder: 'dir',
+    description:
+      'SAE folder (SAELens layout) for --steer sae-clamp; with --steer conditional, flagged prompts get the clamp instead of --vector',
+  },
+  feature: {
+    type: 'number',
+    integer: true,
+    min: 0,
+    placeholder: 'J',
+    description: 'SAE latent clamped (sae features ranks them)',
+  },
+  clamp: {
+    type: 'number',
+    placeholder: 'C',
+    description:
+      "value latent --feature is set to at every position: x' = x + (C - f_J(x)) W_dec[J] (sae steer chooses it)",
   },
   vector: {
     type: 'string',
@@ -93,8 +114,20 @@ export function checkSteeringOptions(o: {
   benignBelow?: number;
   benignSteer?: string;
   threshold?: number;
+  sae?: string;
+  feature?: number;
+  clamp?: number;
 }): void {
   const benignSteer = o.benignSteer ?? 'none';
+  const saeParts = [o.sae, o.feature, o.clamp].filter((v) => v !== undefined).length;
+  if (saeParts !== 0 && saeParts !== 3)
+    throw new OptionError('SAE clamping needs all of --sae DIR, --feature J and --clamp C');
+  if (o.steer === 'sae-clamp' && saeParts === 0)
+    throw new OptionError('--steer sae-clamp needs --sae DIR, --feature J and --clamp C');
+  if (saeParts === 3 && o.steer !== 'sae-clamp' && o.steer !== 'conditional')
+    throw new OptionError('--sae, --feature and --clamp need --steer sae-clamp or conditional');
+  if (o.steer === 'sae-clamp' && (o.vector !== undefined || o.layer !== undefined))
+    throw new OptionError('--steer sae-clamp takes no --vector or --layer');
   if (o.steer === 'none' && (o.vector !== undefined || o.layer !== undefined))
     throw new OptionError('--vector and --layer need --steer add, ablate or conditional');
   if ((o.steer === 'add' || o.steer === 'ablate') && o.vector === undefined)
@@ -117,4 +150,5 @@ export function checkSteeringOptions(o: {
   checkInputFile('--vector', o.vector);
   checkInputFile('--concept', o.concept);
   checkInputFile('--reading', o.reading);
+  if (o.sae !== undefined && !existsSync(o.sae)) throw new OptionError(`--sae: no such folder: ${o.sae}`);
 }
