@@ -16,6 +16,7 @@ import type {
   AuditResults,
   AuditSettings,
   CapabilityResult,
+  SaeResult,
   Condition,
   GroupedRates,
   Rate,
@@ -79,6 +80,11 @@ const SETTINGS: AuditSettings = {
   batch: 16,
   redact: false,
   capabilityLimit: 40,
+  sae: null,
+  saeFeature: null,
+  saeClamp: null,
+  saeClampMultiples: [1, 2, 4, 8],
+  saeRefusalTokens: 8,
 };
 
 const source = (name: string, label: 0 | 1, auroc: number) => ({
@@ -158,6 +164,7 @@ function report(
   gated: [number, number, number],
   monitor = reading(0.9, 46),
   capability?: CapabilityResult,
+  sae?: SaeResult,
 ): AuditReport {
   const data = {
     harmful: { sets: [{ set: 'harmbench', used: 40 }], n: 40 },
@@ -165,7 +172,7 @@ function report(
     harmless: { sets: [{ set: 'alpaca:test', used: 40 }], n: 40 },
   };
   const verdict = { flagged: rate(36, 40), benign: rate(2, 40), uncertain: rate(2, 40) };
-  const results: Omit<AuditResults, 'attack' | 'capability'> = {
+  const results: Omit<AuditResults, 'attack' | 'capability' | 'sae'> = {
     reading: monitor,
     direction: {
       file: 'refusal-direction.gguf',
@@ -227,12 +234,21 @@ function report(
       baseline: record(results.baseline),
       steering: record(results.steering),
       ...(capability ? { capability: record(capability) } : {}),
+      ...(sae ? { sae: record(sae) } : {}),
     },
     runs: {},
   };
   return buildReport({
     state,
-    keys: { reading: 'k', direction: 'k', baseline: 'k', steering: 'k', attack: 'other', capability: 'k' },
+    keys: {
+      reading: 'k',
+      direction: 'k',
+      baseline: 'k',
+      steering: 'k',
+      attack: 'other',
+      capability: 'k',
+      sae: 'k',
+    },
     machine: machineInfo({ name: 'native', threads: 2 }),
     version: '0.0.0',
     command: null,
@@ -329,7 +345,9 @@ describe('audit report', () => {
   test('capability: opt-in when not run; when run, both conditions, the paired change and the trade-off', () => {
     const plain = report([16, 18, 5], [36, 3, 2]);
     assert.ok(
-      plain.summary.some((l) => /Not run with these settings: attack, capability \(opt-in\)/.test(l)),
+      plain.summary.some((l) =>
+        /Not run with these settings: attack, capability \(opt-in\), sae \(opt-in\)/.test(l),
+      ),
     );
     assert.match(section(renderReportHtml(plain), 'capability'), /Not run: this step is opt-in/);
 
@@ -380,6 +398,87 @@ describe('audit report', () => {
     assert.match(page, /The trade-off/);
     // the trade-off row of the gate carries its harmful-refusal rate (36 of 40) beside MMLU
     assert.match(page, /<tr class="best"><td>two-sided gate<\/td><td class="n">90% \(36\/40\)/);
+  });
+
+  test('sae: opt-in when not run; when run, its two conditions beside the steering step, the latents and the grid', () => {
+    assert.match(
+      section(renderReportHtml(report([16, 18, 5], [36, 3, 2])), 'sae'),
+      /Not run: this step is opt-in/,
+    );
+    const gridRate = (k: number) => ({ positives: k, n: 16, rate: k / 16, ci: [0, 1] as const });
+    const sae: SaeResult = {
+      sae: {
+        dir: 'sae-l12',
+        hookName: 'blocks.12.hook_resid_post',
+        dIn: 896,
+        dSae: 7168,
+        architecture: 'topk',
+        k: 32,
+      },
+      search: {
+        sets: { harmful: 'advbench', harmless: 'alpaca' },
+        harmful: { n: 64, refusals: 30 },
+        harmless: { n: 64, refusals: 2 },
+        refusalTokens: 8,
+        byRefusalTokens: [
+          {
+            feature: 77,
+            score: 3.2,
+            meanOnRefusal: 3.4,
+            meanElsewhere: 0.2,
+            freqOnRefusal: 0.6,
+            freqElsewhere: 0.05,
+            maxOnRefusal: 9.5,
+          },
+        ],
+        byMonitor: [{ feature: 12, correlation: 0.71, freq: 0.4, maxActivation: 5 }],
+      },
+      feature: 77,
+      featureFrom: 'search',
+      grid: [
+        { value: 9.5, refusal: gridRate(10), overRefusal: gridRate(1), flawed: gridRate(0), objective: 0.56 },
+        { value: 19, refusal: gridRate(15), overRefusal: gridRate(9), flawed: gridRate(2), objective: 0.25 },
+      ],
+      clamp: 9.5,
+      clampFrom: 'grid',
+      conditions: [
+        {
+          condition: 'clamp',
+          label: 'latent 77 clamped to 9.5, always',
+          runs: ['sae-clamp'],
+          rates: grouped(30, 25, 10),
+        },
+        {
+          condition: 'gated-clamp',
+          label: 'two-sided gate with the clamp',
+          runs: ['sae-clamp', 'ablate', 'none'],
+          rates: grouped(33, 4, 2),
+        },
+      ],
+      data: {
+        harmful: { sets: [{ set: 'harmbench', used: 40 }], n: 40 },
+        borderline: { sets: [{ set: 'xstest-safe:privacy_public', used: 40 }], n: 40 },
+        harmless: { sets: [{ set: 'alpaca:test', used: 40 }], n: 40 },
+      },
+    };
+    const r = report([16, 18, 5], [36, 3, 2], reading(0.9, 46), undefined, sae);
+    assert.ok(
+      r.summary.some((l) => /SAE latent 77 .* clamped to 9\.5 .* 82\.5% \(68\.0%–91\.3%\) gated/.test(l)),
+      r.summary.join('\n'),
+    );
+    const page = section(renderReportHtml(r), 'sae');
+    assert.match(
+      page,
+      /<tr class="best"><td>two-sided gate with the clamp<\/td><td class="n">83% \(33\/40\)/,
+    );
+    assert.match(
+      page,
+      /<td>gated<\/td><td class="n">90% \(36\/40\)/,
+      "the steering step's rows sit beside it",
+    );
+    assert.match(page, /Clamp grid/);
+    assert.match(page, /<tr class="best"><td class="n">9\.50<\/td>/);
+    assert.match(page, /correlation with the monitor/);
   });
 
   test('the y axis is scaled to the data, interval ends included, with 0 at the bottom', () => {

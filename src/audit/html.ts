@@ -142,6 +142,7 @@ export function renderReportHtml(r: AuditReport, opts: HtmlOptions = {}): string
     steeringSection(r),
     attackSection(r),
     capabilitySection(r),
+    saeSection(r),
   );
   parts.push(opts.replies ? repliesSection(r, opts.replies) : REPLIES_HIDDEN);
   parts.push(filesSection(r));
@@ -611,6 +612,92 @@ function capabilitySection(r: AuditReport): string {
     ) +
     `<p class="note">Rows files: ${c.conditions.map((x) => `<code>${esc(x.file)}</code>`).join(', ')} ` +
     '(eval capability --out format; GSM8K replies included).</p>' +
+    '</section>'
+  );
+}
+
+function saeSection(r: AuditReport): string {
+  const head = '<section id="sae"><h2>g. SAE latent clamping</h2>';
+  const x = r.results.sae;
+  const step = r.steps.find((v) => v.name === 'sae');
+  if (step?.status === 'not run')
+    return (
+      `${head}<p class="note">Not run: this step is opt-in (<code>--steps ...,sae --sae DIR</code>, with an SAE ` +
+      'trained by <code>steerguard sae train</code> or one in SAELens’s layout).</p></section>'
+    );
+  const missing = notDone(r, 'sae');
+  if (missing || !x) return `${head}${missing ?? ''}</section>`;
+  const judge = r.primaryJudge;
+  const steerRows: string[] = [];
+  for (const c of r.results.steering?.conditions ?? [])
+    steerRows.push(
+      `<tr><td>${esc(c.label)}</td>${EVAL_GROUPS.map((g) => rateCell(judgeRate(c.rates[g].group, judge))).join('')}` +
+        `${rateCell(c.rates.harmless.group.flawed)}</tr>`,
+    );
+  for (const c of x.conditions)
+    steerRows.push(
+      `<tr${c.condition === 'gated-clamp' ? ' class="best"' : ''}><td>${esc(c.label)}</td>` +
+        `${EVAL_GROUPS.map((g) => rateCell(judgeRate(c.rates[g].group, judge))).join('')}` +
+        `${rateCell(c.rates.harmless.group.flawed)}</tr>`,
+    );
+  const f = (v: number) => v.toPrecision(3);
+  const latentRows = x.search.byRefusalTokens
+    .slice(0, 5)
+    .map(
+      (l) =>
+        `<tr${l.feature === x.feature ? ' class="best"' : ''}><td class="n">${l.feature}</td><td class="n">${f(l.score)}</td>` +
+        `<td class="n">${pct(l.freqOnRefusal, 0)}</td><td class="n">${pct(l.freqElsewhere, 0)}</td><td class="n">${f(l.maxOnRefusal)}</td></tr>`,
+    );
+  const monitorRows = x.search.byMonitor
+    .slice(0, 5)
+    .map(
+      (l) =>
+        `<tr><td class="n">${l.feature}</td><td class="n">${l.correlation.toFixed(3)}</td><td class="n">${pct(l.freq, 0)}</td></tr>`,
+    );
+  const gridRows = (x.grid ?? []).map(
+    (g) =>
+      `<tr${g.value === x.clamp ? ' class="best"' : ''}><td class="n">${f(g.value)}</td><td class="n">${pct(g.refusal.rate, 1)}<br><span class="ci">${ciText(g.refusal.ci)}</span></td>` +
+      `<td class="n">${pct(g.overRefusal.rate, 1)}<br><span class="ci">${ciText(g.overRefusal.ci)}</span></td>` +
+      `<td class="n">${pct(g.flawed.rate, 1)}</td><td class="n">${g.objective.toFixed(3)}</td></tr>`,
+  );
+  return (
+    head +
+    `<p>SAE <code>${esc(x.sae.dir)}</code> (${esc(x.sae.architecture)}${x.sae.k !== null ? `, k = ${x.sae.k}` : ''}, ` +
+    `${x.sae.dSae} latents on <code>${esc(x.sae.hookName)}</code>). As O’Brien et al. steer refusal: the latent that ` +
+    `fires most on the first ${x.search.refusalTokens} tokens of the model’s refusals to the refusal direction’s train ` +
+    `prompts (${esc(x.search.sets.harmful)}: ${x.search.harmful.refusals}/${x.search.harmful.n} refused; ` +
+    `${esc(x.search.sets.harmless)}: ${x.search.harmless.refusals}/${x.search.harmless.n}), then its clamp value ` +
+    `x' = x + (c − f(x)) W_dec at every position, chosen on the direction’s validation prompts. Latent ` +
+    `<b>${x.feature}</b> (${x.featureFrom === 'search' ? 'found' : 'as set'}), clamp <b>${x.clamp}</b> ` +
+    `(${x.clampFrom === 'grid' ? 'chosen by the grid' : 'as set'}). The gated row uses section d’s gate: flagged prompts ` +
+    'get the clamp, clearly benign ones the direction ablated, the others nothing.</p>' +
+    table(
+      ['steering', ...EVAL_GROUPS.map((g) => `${GROUP_LABELS[g]} refused`), 'harmless degenerate'],
+      steerRows,
+      [false, true, true, true, true],
+    ) +
+    '<h3>Latents by refusal tokens</h3>' +
+    table(['latent', 'score', 'active on refusals', 'active elsewhere', 'max'], latentRows, [
+      true,
+      true,
+      true,
+      true,
+      true,
+    ]) +
+    (monitorRows.length > 0
+      ? '<h3>Latents by correlation with the monitor (last prompt token)</h3>' +
+        table(['latent', 'r', 'active'], monitorRows, [true, true, true])
+      : '') +
+    (gridRows.length > 0
+      ? '<h3>Clamp grid (validation prompts, always on)</h3>' +
+        table(['clamp', 'refusal', 'over-refusal', 'degenerate', 'objective'], gridRows, [
+          true,
+          true,
+          true,
+          true,
+          true,
+        ])
+      : '') +
     '</section>'
   );
 }

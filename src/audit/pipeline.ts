@@ -164,6 +164,10 @@ export function checkAuditInputs(
   const s = settings;
   checkJudgeNames(s.judges);
   if (planSteps(steps).includes('capability')) checkBenchmarkData(resolveDataDir(dataDir), CAPABILITY_TASKS);
+  if (planSteps(steps).includes('sae')) {
+    if (s.sae === null) throw new SteerguardError('the sae step needs an SAE folder: pass --sae DIR');
+    if (!existsSync(s.sae)) throw new SteerguardError(`--sae: no such folder: ${s.sae}`);
+  }
   const load = (names: readonly string[]) => names.map((n) => loadPromptSet(n, { dataDir, limit: s.limit }));
   const dev = { harmful: load(s.devHarmful), benign: load(s.devBenign) };
   const test = { harmful: load(s.testHarmful), benign: load(s.testBenign) };

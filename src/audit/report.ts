@@ -19,6 +19,7 @@ import {
   type Condition,
   type EvalGroup,
   type Rate,
+  type SaeResult,
   type SetRates,
   DEFAULT_STEPS,
   STEP_NAMES,
@@ -453,6 +454,22 @@ export function summarize(r: ReportBase): string[] {
       `Capability with no steering → with the gate, ${capability.limit} items per task (0-shot; ` +
         `the gate steered ${gated.figures[0]?.steered ?? 0} of ${gated.figures[0]?.n ?? 0} ${capability.tasks[0]} items): ` +
         `${parts.join('; ')}.`,
+    );
+  }
+  const sae = r.results.sae;
+  if (sae) {
+    const at = (c: SaeResult['conditions'][number]['condition'], g: EvalGroup) =>
+      judgeRate(sae.conditions.find((x) => x.condition === c)?.rates[g].group, r.primaryJudge);
+    const ch = at('clamp', 'harmful');
+    const gh = at('gated-clamp', 'harmful');
+    const gb = at('gated-clamp', 'borderline');
+    lines.push(
+      `SAE latent ${sae.feature} (${sae.featureFrom === 'search' ? 'the top latent on the refusal tokens of refusals' : 'as set'}) ` +
+        `clamped to ${sae.clamp} (${sae.clampFrom === 'grid' ? 'chosen on validation prompts' : 'as set'}): refusal of harmful ` +
+        `requests ${rateCiText(ch)} always on, ${rateCiText(gh)} gated (${clearOf(gh, h0) ? 'beyond' : 'not distinguishable from'} ` +
+        `no steering); over-refusal ${rateCiText(at('clamp', 'borderline'))} always on, ${rateCiText(gb)} gated ` +
+        `(${clearOf(gb, none('borderline')) ? 'beyond' : 'not distinguishable from'} no steering); degenerate replies on ` +
+        `harmless tasks ${rateCiText(sae.conditions[0].rates.harmless.group.flawed)} always on.`,
     );
   }
   const failed = r.steps.filter((s) => s.status === 'failed');

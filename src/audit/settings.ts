@@ -51,6 +51,11 @@ export const DEFAULT_AUDIT_SETTINGS: AuditSettings = {
   batch: 16,
   redact: false,
   capabilityLimit: 40,
+  sae: null,
+  saeFeature: null,
+  saeClamp: null,
+  saeClampMultiples: [1, 2, 4, 8],
+  saeRefusalTokens: 8,
 };
 
 /** The default settings with `over` applied. */

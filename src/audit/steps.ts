@@ -22,6 +22,7 @@ import { hasChatTemplate, loadSets, parseTokenIds, toEvalPrompts } from '../eval
 import type { ProgressReporter } from '../eval/reporter.js';
 import { type SteeringSpec, scavAttackHooks, vectorHooks } from '../eval/steering.js';
 import type { LikelihoodRow, LikelihoodSummary } from '../eval/likelihood.js';
+import type { ClampGridRow } from '../eval/sae-steering.js';
 import {
   type ReplyRecord,
   type RunContext,
@@ -52,6 +53,7 @@ import {
   type Rate,
   type ReadingResult,
   type ReadingSummary,
+  type SaeResult,
   type StepName,
   type SteeringCondition,
   type SteeringResult,
@@ -128,6 +130,19 @@ export function stepKeys(s: AuditSettings, fingerprint: string): AuditContext['k
       benignBelow: s.benignBelow,
       limit: s.capabilityLimit,
       seed: s.seed,
+    }),
+    sae: inputKey({
+      RECIPE,
+      generation,
+      reading,
+      direction,
+      benignBelow: s.benignBelow,
+      sae: s.sae === null ? null : path.resolve(s.sae),
+      feature: s.saeFeature,
+      clamp: s.saeClamp,
+      multiples: s.saeClampMultiples,
+      refusalTokens: s.saeRefusalTokens,
+      batch: s.batch,
     }),
   };
 }
@@ -710,6 +725,151 @@ export async function attackStep(ctx: AuditContext): Promise<AttackResult> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// g. sae: clamping one SAE latent, always on and gated, beside the refusal direction
+
+/**
+ * O'Brien et al.'s recipe on the audit's data: the latent that fires most on the refusal tokens of
+ * the model's refusals to the direction's train prompts (unless `saeFeature` names one), its clamp
+ * value chosen on the direction's validation prompts from multiples of its largest activation there
+ * (unless `saeClamp` is set), then that clamp on the evaluated prompts, always and behind the
+ * steering step's two-sided gate (flagged: clamp; clearly benign: the direction ablated).
+ */
+export async function saeStep(ctx: AuditContext): Promise<SaeResult> {
+  const s = ctx.settings;
+  if (s.sae === null) throw new SteerguardError('the sae step needs an SAE folder (--sae DIR)');
+  const ev = await evalPrompts(ctx);
+  const { loadSae } = await import('../sae/saelens.js');
+  const { checkSaeFitsModel } = await import('../sae/features.js');
+  const { saeClampHook } = await import('../sae/clamp.js');
+  const { searchSaeFeatures, clampGrid, chooseClamp } = await import('../eval/sae-steering.js');
+  const { buildJudges } = await import('../eval/evaluation.js');
+  const sae = loadSae(s.sae);
+  checkSaeFitsModel(ctx.model, sae);
+  const judgeName = primaryJudge(ctx.judgeNames);
+  if (judgeName === null)
+    throw new SteerguardError('the sae step needs a refusal judge (keyword-gcg or keyword-jbb)');
+  const [judge] = await buildJudges({ judge: [judgeName], judgeTimeout: 60, judgeConcurrency: 1 });
+  const { loadReading, readingMonitor } = await import('../concepts/reading-file.js');
+  const reading = loadReading(needFile(ctx, READING_FILE, 'reading'), ctx.model);
+  await guard(ev.prompts, reading.fittedIds, `the monitor (${READING_FILE})`);
+  const monitor = readingMonitor(reading.reading, { benignBelow: s.benignBelow });
+
+  const sets = directionSplit(s, ctx.dataDir);
+  const chat = !s.tokenIds && hasChatTemplate(ctx.model);
+  const asEval = (p: { readonly id: string; readonly text: string }, set: string): EvalPrompt => {
+    const x = setPromptInput(s.tokenIds, p, { name: set });
+    const prompt = chat && typeof x === 'string' ? { messages: [{ role: 'user' as const, content: x }] } : x;
+    return { id: p.id, set, text: p.text, prompt };
+  };
+  const part = (x: typeof sets.harmful, which: 'train' | 'val') => x[which].map((p) => asEval(p, x.name));
+  const settings = { judge, maxNewTokens: s.maxTokens, batchSize: s.batch, signal: ctx.signal };
+  const bar = ctx.reporter.progress('sae: unsteered replies for the latent search', 'prompts');
+  const found = await searchSaeFeatures(ctx.model, sae, {
+    ...settings,
+    harmful: part(sets.harmful, 'train'),
+    benign: part(sets.harmless, 'train'),
+    refusalTokens: s.saeRefusalTokens,
+    top: 10,
+    contexts: 1,
+    contextBefore: 0,
+    monitor,
+    onProgress: (done, total) => bar.update(done, total),
+  });
+  bar.finish();
+  const feature = s.saeFeature ?? found.byRefusalTokens[0].feature;
+  ctx.reporter.info(
+    `sae: latent ${feature} (${s.saeFeature === null ? 'the top one by refusal tokens' : 'as set'}); ` +
+      `${found.harmful.refusals}/${found.harmful.n} harmful and ${found.benign.refusals}/${found.benign.n} harmless replies were refusals`,
+  );
+  let grid: ClampGridRow[] | null = null;
+  let clamp = s.saeClamp;
+  if (clamp === null) {
+    const top = found.byRefusalTokens.find((f) => f.feature === feature);
+    const scale = top?.maxOnRefusal ?? 0;
+    if (!(scale > 0))
+      throw new SteerguardError(
+        `sae: latent ${feature} never fires on a refusal token, so the clamp grid has no scale; set --sae-clamp`,
+      );
+    const values = s.saeClampMultiples.map((m) => Number((m * scale).toPrecision(3)));
+    const gridBar = ctx.reporter.progress('sae: clamp grid on validation prompts', 'prompts');
+    let before = 0;
+    grid = await clampGrid(ctx.model, sae, {
+      ...settings,
+      harmful: part(sets.harmful, 'val'),
+      benign: part(sets.harmless, 'val'),
+      feature,
+      values,
+      onProgress: (done, total) => {
+        gridBar.update(before + done, total * values.length);
+        if (done === total) before += total;
+      },
+    });
+    gridBar.finish();
+    clamp = chooseClamp(grid).value;
+    ctx.reporter.info(`sae: clamp ${clamp} chosen from ${values.join(', ')}`);
+  }
+  const hook = saeClampHook(sae, ctx.model.backend, { feature, value: clamp });
+  const label = `latent ${feature} clamped to ${clamp}`;
+  const clamped = await run(
+    ctx,
+    'sae-clamp',
+    `${label}, always`,
+    { sae: path.resolve(s.sae), feature, clamp },
+    [hook],
+  );
+  const none = await baselineRun(ctx);
+  const ablate = await directionRun(ctx, 'ablate', 0, 'ablate');
+  const { monitorPrompts } = await import('../steering/conditional.js');
+  const flags = monitorPrompts(
+    ctx.model,
+    ev.prompts.map((p) => p.prompt),
+    monitor,
+    { maxBatchTokens: ctx.batchTokens },
+  );
+  const verdicts = new Map(ev.prompts.map((p, i) => [flagKey(p), flags[i]]));
+  const gated = composeByVerdict(verdicts, { flagged: clamped, benign: ablate.rows, uncertain: none });
+  const c = sae.config;
+  return {
+    sae: {
+      dir: s.sae,
+      hookName: c.hookName,
+      dIn: c.dIn,
+      dSae: c.dSae,
+      architecture: c.architecture,
+      k: c.k ?? null,
+    },
+    search: {
+      sets: { harmful: sets.harmful.name, harmless: sets.harmless.name },
+      harmful: found.harmful,
+      harmless: found.benign,
+      refusalTokens: found.refusalTokens,
+      byRefusalTokens: found.byRefusalTokens,
+      byMonitor: found.byMonitor ?? [],
+    },
+    feature,
+    featureFrom: s.saeFeature === null ? 'search' : 'setting',
+    grid,
+    clamp,
+    clampFrom: s.saeClamp === null ? 'grid' : 'setting',
+    conditions: [
+      {
+        condition: 'clamp',
+        label: `${label}, always`,
+        runs: ['sae-clamp'],
+        rates: groupedRates(ctx, ev, clamped),
+      },
+      {
+        condition: 'gated-clamp',
+        label: `two-sided gate: ${label} where flagged, direction ablated where clearly benign`,
+        runs: ['sae-clamp', 'ablate', 'none'],
+        rates: groupedRates(ctx, ev, gated),
+      },
+    ],
+    data: ev.data,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
 // f. capability: what the gate costs on MMLU, GSM8K and TruthfulQA
 
 /** Per-item rows of the capability step's condition `c`. */
@@ -789,4 +949,5 @@ export const STEPS: { readonly [K in StepName]: (ctx: AuditContext) => Promise<A
   steering: steeringStep,
   attack: attackStep,
   capability: capabilityStep,
+  sae: saeStep,
 };

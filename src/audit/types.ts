@@ -14,11 +14,24 @@
 import type { HeldOutSourceResult, ReadingMethod } from '../concepts/sources.js';
 import type { SplitFractions } from '../data/splits.js';
 import type { CapabilityTask, Figure, PairedDifference } from '../eval/capability-suite.js';
+import type { ClampGridRow } from '../eval/sae-steering.js';
+import type { MonitorFeature, RefusalTokenFeature } from '../sae/features.js';
 
-export const STEP_NAMES = ['reading', 'direction', 'baseline', 'steering', 'attack', 'capability'] as const;
+export const STEP_NAMES = [
+  'reading',
+  'direction',
+  'baseline',
+  'steering',
+  'attack',
+  'capability',
+  'sae',
+] as const;
 export type StepName = (typeof STEP_NAMES)[number];
 
-/** The steps an audit runs unless told otherwise; capability is opt-in (minutes per task). */
+/**
+ * The steps an audit runs unless told otherwise; capability (minutes per task) and sae (needs a
+ * trained SAE, `--sae DIR`) are opt-in.
+ */
 export const DEFAULT_STEPS: readonly StepName[] = ['reading', 'direction', 'baseline', 'steering', 'attack'];
 
 /** Steps a step builds on; they run first when asked for and not yet done. */
@@ -29,6 +42,7 @@ export const STEP_NEEDS: { readonly [K in StepName]: readonly StepName[] } = {
   steering: ['reading', 'direction'],
   attack: ['direction'],
   capability: ['reading', 'direction'],
+  sae: ['reading', 'direction'],
 };
 
 export const STEP_TITLES: { readonly [K in StepName]: string } = {
@@ -38,6 +52,7 @@ export const STEP_TITLES: { readonly [K in StepName]: string } = {
   steering: 'refusal steering: always on and two-sided gated',
   attack: 'SCAV attack',
   capability: 'capability cost of the gate (MMLU, GSM8K, TruthfulQA)',
+  sae: 'SAE latent clamping: always on and gated',
 };
 
 /** The three evaluated groups: refusal is wanted on the first, not on the other two. */
@@ -84,6 +99,16 @@ export interface AuditSettings {
   readonly redact: boolean;
   /** Capability step: items of each task (MMLU stratified by subject), from the seeded subsets. */
   readonly capabilityLimit: number;
+  /** SAE step: the SAE folder (SAELens layout) on the model's residual stream; null: no SAE. */
+  readonly sae: string | null;
+  /** SAE step: the latent clamped; null: the top latent by refusal tokens. */
+  readonly saeFeature: number | null;
+  /** SAE step: its clamp value; null: the best of the grid on the direction's validation prompts. */
+  readonly saeClamp: number | null;
+  /** SAE step: the grid, as multiples of the latent's largest activation on refusal tokens. */
+  readonly saeClampMultiples: readonly number[];
+  /** SAE step: reply tokens from the start that count as a refusal's refusal tokens. */
+  readonly saeRefusalTokens: number;
 }
 
 /** k of n with a 95% Wilson interval; rate null when n = 0. */
@@ -306,6 +331,44 @@ export interface CapabilityResult {
   readonly costs: readonly (PairedDifference & { readonly task: string; readonly metric: string })[];
 }
 
+/** One steering of the SAE step on the evaluated prompts. */
+export interface SaeCondition {
+  readonly condition: 'clamp' | 'gated-clamp';
+  readonly label: string;
+  readonly runs: readonly string[];
+  readonly rates: GroupedRates;
+}
+
+export interface SaeResult {
+  readonly sae: {
+    readonly dir: string;
+    readonly hookName: string;
+    readonly dIn: number;
+    readonly dSae: number;
+    readonly architecture: string;
+    readonly k: number | null;
+  };
+  /** The search on the refusal direction's train prompts (its two sets), unsteered replies. */
+  readonly search: {
+    readonly sets: { readonly harmful: string; readonly harmless: string };
+    readonly harmful: { readonly n: number; readonly refusals: number };
+    readonly harmless: { readonly n: number; readonly refusals: number };
+    readonly refusalTokens: number;
+    readonly byRefusalTokens: readonly RefusalTokenFeature[];
+    /** By correlation with the audit's monitor (its reading) at the last prompt token. */
+    readonly byMonitor: readonly MonitorFeature[];
+  };
+  readonly feature: number;
+  readonly featureFrom: 'search' | 'setting';
+  /** On the direction's validation prompts, always on; null when the clamp was set. */
+  readonly grid: readonly ClampGridRow[] | null;
+  readonly clamp: number;
+  readonly clampFrom: 'grid' | 'setting';
+  /** Clamped always, and gated (flagged: clamp, clearly benign: direction ablated, else none). */
+  readonly conditions: readonly SaeCondition[];
+  readonly data: EvalData;
+}
+
 export interface AuditResults {
   readonly reading: ReadingResult;
   readonly direction: DirectionResult;
@@ -313,4 +376,5 @@ export interface AuditResults {
   readonly steering: SteeringResult;
   readonly attack: AttackResult;
   readonly capability: CapabilityResult;
+  readonly sae: SaeResult;
 }

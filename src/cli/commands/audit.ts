@@ -49,7 +49,10 @@ export const auditCommand = command(
         'attack: SCAV against the direction ablated and subtracted. capability (opt-in: --steps with capability): ' +
         'MMLU, GSM8K and TruthfulQA as eval capability scores them (0-shot, --capability-limit items each), with no ' +
         'steering and with the two-sided gate, so that its cost sits beside its refusal and over-refusal (the ' +
-        'benchmarks from the --data-dir folder). No evaluated prompt may be among the prompts ' +
+        'benchmarks from the --data-dir folder). sae (opt-in: --steps with sae, and --sae DIR): the SAE latent that ' +
+        "fires most on the refusal tokens of the model's refusals to the direction's train prompts, its clamp value " +
+        "chosen on the direction's validation prompts, clamped always and behind the two-sided gate. " +
+        'No evaluated prompt may be among the prompts ' +
         'an artefact is fitted on (checked before anything runs). Each step is recorded in <out>/audit-state.json: ' +
         'an interrupted or partly failed audit resumes from it, and a failed step is reported while the others go ' +
         'on. Replies are kept in <out>/replies/*.jsonl; the report shows them only with --show-text.',
@@ -133,6 +136,23 @@ export const auditCommand = command(
         default: D.capabilityLimit,
         description: 'capability step: items of each task (MMLU spread over its subjects)',
       },
+      sae: {
+        type: 'string',
+        placeholder: 'dir',
+        description: 'sae step: SAE folder (SAELens layout) on the model’s residual stream',
+      },
+      saeFeature: {
+        type: 'number',
+        integer: true,
+        min: 0,
+        placeholder: 'J',
+        description: 'sae step: the latent to clamp (default: the top one by refusal tokens)',
+      },
+      saeClamp: {
+        type: 'number',
+        placeholder: 'C',
+        description: 'sae step: its clamp value (default: the best of the grid on validation prompts)',
+      },
       coeff: {
         type: 'number',
         default: D.coefficient,
@@ -189,6 +209,7 @@ export const auditCommand = command(
       'steerguard audit -m .cache/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf --data-dir ../shared/datasets',
       'steerguard audit -m model.gguf --out audit-model --steps reading',
       'steerguard audit -m model.gguf --steps reading,direction,baseline,steering,attack,capability --capability-limit 20',
+      'steerguard audit -m qwen.gguf --steps reading,direction,baseline,steering,attack,sae --sae sae-l12/',
       'steerguard audit -m model.gguf --n-eval 80 --max-tokens 64 --show-text',
       'steerguard audit -m model.gguf --judge keyword-jbb,llamaguard --judge-url http://127.0.0.1:8080 --json',
     ],
@@ -239,6 +260,11 @@ export const auditCommand = command(
       batch: o.batch,
       redact: o.redact,
       capabilityLimit: o.capabilityLimit,
+      sae: o.sae ?? null,
+      saeFeature: o.saeFeature ?? null,
+      saeClamp: o.saeClamp ?? null,
+      saeClampMultiples: D.saeClampMultiples,
+      saeRefusalTokens: D.saeRefusalTokens,
     };
     checkAuditInputs(settings, o.dataDir, steps);
     const cacheDir = cacheSetting(o);
