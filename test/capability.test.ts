@@ -19,7 +19,7 @@ import {
   scoreContinuations,
   trueMass,
 } from '../src/eval/capability.js';
-import { pairedDifference } from '../src/eval/capability-suite.js';
+import { figureChanges, figureItems, pairedDifference } from '../src/eval/capability-suite.js';
 import { FormatError } from '../src/formats/errors.js';
 import { blockHook } from '../src/hooks/hooks.js';
 import { addVector } from '../src/hooks/interventions.js';
@@ -226,6 +226,45 @@ describe('paired difference (the audit capability cost)', () => {
   test('unequal or empty lists are errors', () => {
     assert.throws(() => pairedDifference([1, 0], [1]), /two equal, non-empty lists \(got 2 and 1\)/);
     assert.throws(() => pairedDifference([], []), /non-empty/);
+  });
+});
+
+describe('changes from an earlier rows file (eval capability --compare)', () => {
+  const rows = (correct: boolean[], mc2: number[]) => ({
+    mmlu: correct.map((c, i) => ({ subject: 'anatomy', row: 10 + i, correct: c })),
+    truthfulqa: mc2.map((m, i) => ({ index: i, mc1: m > 0.5, mc2: m })),
+  });
+  test('each figure of both runs gets its paired change, in figure order', () => {
+    const before = figureItems(rows([true, false, false, true], [0.2, 0.6, 0.4, 0.9]), 'base');
+    const after = figureItems(rows([true, true, false, true], [0.3, 0.6, 0.6, 0.9]), 'now');
+    const c = figureChanges(before, after, 'base');
+    assert.deepEqual(
+      c.map((x) => [x.task, x.metric, x.n, x.before, x.after]),
+      [
+        ['mmlu', 'accuracy', 4, 0.5, 0.75],
+        ['truthfulqa', 'MC1', 4, 0.5, 0.75],
+        ['truthfulqa', 'MC2', 4, 0.525, 0.6],
+      ],
+    );
+    assert.ok(Math.abs(c[2].delta - 0.075) < 1e-12);
+    assert.deepEqual(c[0].ci, pairedDifference([1, 0, 0, 1], [1, 1, 0, 1]).ci);
+  });
+  test('other items, no common task or a malformed row are errors naming the file', () => {
+    const base = figureItems(rows([true, false], [0.2, 0.6]), 'base');
+    const shifted = rows([true, false], [0.2, 0.6]);
+    shifted.mmlu[1].row = 99;
+    assert.throws(
+      () => figureChanges(base, figureItems(shifted, 'now'), 'base.json'),
+      /base\.json: its mmlu items are not this run's .*item 1 differs/,
+    );
+    assert.throws(
+      () => figureChanges(base, figureItems({ gsm8k: [] }, 'now'), 'base.json'),
+      /no task in common/,
+    );
+    assert.throws(
+      () => figureItems({ mmlu: [{ subject: 'x', row: 1, correct: 'yes' }] }, 'f.json'),
+      /f\.json: rows\.mmlu\[0\]\.correct is not a boolean/,
+    );
   });
 });
 

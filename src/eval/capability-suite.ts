@@ -171,6 +171,118 @@ export function pairedDifference(a: readonly number[], b: readonly number[]): Pa
   return { n, delta: mean, ci: [mean - half, mean + half] };
 }
 
+/** One figure's items as a rows file holds them: a key per item and its score. */
+export interface FigureItems {
+  readonly task: string;
+  readonly metric: string;
+  readonly keys: readonly string[];
+  readonly scores: readonly number[];
+}
+
+/**
+ * The per-item scores of each figure from the `rows` of `runCapability` (or of a rows file of
+ * `eval capability --out`): MMLU accuracy, GSM8K exact match, TruthfulQA MC1 and MC2, in that
+ * order, for the tasks present. `where` names the source in errors.
+ */
+export function figureItems(rows: Readonly<Record<string, unknown>>, where: string): FigureItems[] {
+  const list = (task: string): Record<string, unknown>[] | undefined => {
+    const v = rows[task];
+    if (v === undefined) return undefined;
+    if (!Array.isArray(v)) throw new OptionError(`${where}: rows.${task} is not a list`);
+    return v as Record<string, unknown>[];
+  };
+  const field = (
+    task: string,
+    r: Record<string, unknown>,
+    i: number,
+    name: string,
+    kind: 'number' | 'boolean',
+  ) => {
+    const v = r[name];
+    if (typeof v !== kind || (kind === 'number' && !Number.isFinite(v)))
+      throw new OptionError(
+        `${where}: rows.${task}[${i}].${name} is not a ${kind === 'number' ? 'finite number' : 'boolean'}`,
+      );
+    return v as number | boolean;
+  };
+  const out: FigureItems[] = [];
+  const mmlu = list('mmlu');
+  if (mmlu)
+    out.push({
+      task: 'mmlu',
+      metric: 'accuracy',
+      keys: mmlu.map((r, i) => `${String(r.subject)}/${String(r.row ?? r.index ?? i)}`),
+      scores: mmlu.map((r, i) => (field('mmlu', r, i, 'correct', 'boolean') ? 1 : 0)),
+    });
+  const gsm8k = list('gsm8k');
+  if (gsm8k)
+    out.push({
+      task: 'gsm8k',
+      metric: 'exact match',
+      keys: gsm8k.map((r, i) => String(field('gsm8k', r, i, 'index', 'number'))),
+      scores: gsm8k.map((r, i) => (field('gsm8k', r, i, 'correct', 'boolean') ? 1 : 0)),
+    });
+  const tqa = list('truthfulqa');
+  if (tqa) {
+    const keys = tqa.map((r, i) => String(field('truthfulqa', r, i, 'index', 'number')));
+    out.push(
+      {
+        task: 'truthfulqa',
+        metric: 'MC1',
+        keys,
+        scores: tqa.map((r, i) => (field('truthfulqa', r, i, 'mc1', 'boolean') ? 1 : 0)),
+      },
+      {
+        task: 'truthfulqa',
+        metric: 'MC2',
+        keys,
+        scores: tqa.map((r, i) => field('truthfulqa', r, i, 'mc2', 'number') as number),
+      },
+    );
+  }
+  return out;
+}
+
+/** A figure's change from a baseline run to this one, on the same items. */
+export interface FigureChange extends PairedDifference {
+  readonly task: string;
+  readonly metric: string;
+  readonly before: number;
+  readonly after: number;
+}
+
+/**
+ * Paired changes (`after` − `before`) for every figure both runs have. The items must be the same
+ * (same task subsets: same --limit and --seed), else an error naming the first that differs.
+ */
+export function figureChanges(
+  before: readonly FigureItems[],
+  after: readonly FigureItems[],
+  where: string,
+): FigureChange[] {
+  const out: FigureChange[] = [];
+  for (const a of after) {
+    const b = before.find((x) => x.task === a.task && x.metric === a.metric);
+    if (!b) continue;
+    const k = a.keys.findIndex((key, i) => b.keys[i] !== key);
+    if (a.keys.length !== b.keys.length || k >= 0)
+      throw new OptionError(
+        `${where}: its ${a.task} items are not this run's (${b.keys.length} vs ${a.keys.length} items` +
+          `${k >= 0 ? `, item ${k} differs` : ''}): use the same --limit and --seed`,
+      );
+    const mean = (x: readonly number[]) => x.reduce((t, v) => t + v, 0) / x.length;
+    out.push({
+      task: a.task,
+      metric: a.metric,
+      before: mean(b.scores),
+      after: mean(a.scores),
+      ...pairedDifference(b.scores, a.scores),
+    });
+  }
+  if (out.length === 0) throw new OptionError(`${where}: no task in common with this run`);
+  return out;
+}
+
 /** Runs every task present in `data` under `opts.steering` (none: the unsteered model). */
 export async function runCapability(
   model: Model,

@@ -6,6 +6,7 @@
  *
  * Questions and replies are never printed; --out holds the per-item rows (GSM8K replies included).
  */
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 
 import { OptionError } from '../../formats/errors.js';
@@ -17,6 +18,7 @@ import {
   CAPABILITY_TASKS,
   type CapabilityTask,
   type Figure,
+  type FigureChange,
   GSM8K_MAX_TOKENS,
   checkBenchmarkData,
   rateFigure,
@@ -31,6 +33,7 @@ import {
   MODEL_OPTION,
   OVERWRITE_OPTION,
   THREADS_OPTION,
+  checkInputFile,
   checkOutPath,
   command,
   loadModel,
@@ -187,9 +190,16 @@ export const capabilityCommand = command(
         default: 16,
         description: 'GSM8K: problems generated together',
       },
+      compare: {
+        type: 'string',
+        placeholder: 'rows.json',
+        description:
+          'rows file of an earlier run on the same items (--out, same --limit and --seed): print each figure’s paired change from it',
+      },
     },
     examples: [
       'steerguard eval capability -m smollm2.gguf --tasks mmlu --limit 20',
+      'steerguard eval capability -m qwen.gguf --limit 40 --steer sae-clamp --sae sae/ --feature 7 --clamp 12 --compare base-rows.json',
       'steerguard eval capability -m smollm2.gguf --tasks mmlu --shots 5 --out mmlu-5shot.json',
       'steerguard eval capability -m qwen.gguf --tasks mmlu,gsm8k,truthfulqa --steer add --vector refusal.gguf --coeff 1',
       'steerguard eval capability -m qwen.gguf --tasks mmlu --steer conditional --reading reading.json --vector refusal.gguf --benign-below 0 --benign-steer ablate --json',
@@ -208,6 +218,10 @@ export const capabilityCommand = command(
       throw new OptionError(`--tasks ${tasks.join(',')} does not use ${unused.join(', ')}`);
     const dir = await prepare(o, tasks);
     const suite = await import('../../eval/capability-suite.js');
+    checkInputFile('--compare', o.compare);
+    // The baseline is read before the model loads: a wrong file costs nothing.
+    const before =
+      o.compare === undefined ? undefined : suite.figureItems(readRowsFile(o.compare), o.compare);
     // Data first: a malformed file fails before the model loads.
     const data = suite.loadCapabilityData(dir, tasks, {
       limit: o.limit,
@@ -233,9 +247,51 @@ export const capabilityCommand = command(
       { steering: steering.label, chat: o.chat, seed: o.seed, figures, ...extra, rows },
       out,
     );
-    printFigures(out, steering.label, figures, extra);
+    const changes =
+      before === undefined
+        ? undefined
+        : suite.figureChanges(before, suite.figureItems(rows, 'this run'), o.compare!);
+    printFigures(out, steering.label, figures, { ...extra, ...(changes ? { changes } : {}) });
+    if (changes) printChanges(out, o.compare!, changes);
   },
 );
+
+/** The `rows` of a rows file of `eval capability --out`. */
+function readRowsFile(file: string): Record<string, unknown> {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new OptionError(`--compare: ${file} is not JSON (${(e as Error).message})`);
+  }
+  const rows = (doc as { rows?: unknown } | null)?.rows;
+  if (rows === null || typeof rows !== 'object' || Array.isArray(rows))
+    throw new OptionError(`--compare: ${file} has no 'rows' object (a rows file of eval capability --out?)`);
+  return rows as Record<string, unknown>;
+}
+
+function printChanges(out: CliOutput, file: string, changes: readonly FigureChange[]): void {
+  if (out.json) return;
+  const points = (x: number) => `${x >= 0 ? '+' : ''}${(100 * x).toFixed(1)}`;
+  out.print(
+    [
+      `change from ${file} on the same items (points; 95% paired interval):`,
+      formatTable(
+        ['task', 'metric', 'n', 'before', 'after', 'change', '95% CI'],
+        changes.map((c) => [
+          c.task,
+          c.metric,
+          c.n,
+          pct(c.before),
+          pct(c.after),
+          points(c.delta),
+          `${points(c.ci[0])} to ${points(c.ci[1])}`,
+        ]),
+        [false, false, true, true, true, true, true],
+      ),
+    ].join('\n'),
+  );
+}
 
 // ---------------------------------------------------------------------------------------------
 // eval bias
