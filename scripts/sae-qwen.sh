@@ -23,7 +23,7 @@ if [ "${1:-}" = "--data-dir" ]; then
 fi
 layer="${LAYER:-12}" expansion="${EXPANSION:-8}" k="${K:-64}" steps="${STEPS:-1500}" batch="${BATCH:-1024}"
 mkdir -p "$out"
-S="node dist/src/cli/main.js"
+S="node ${STEERGUARD_DIST:-dist}/src/cli/main.js"  # STEERGUARD_DIST: a copy of dist, so a rebuild cannot touch a run
 export STEERGUARD_DATA="$data"
 stamp() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 

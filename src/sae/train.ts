@@ -87,6 +87,8 @@ export interface SaeTrainResult {
   readonly resumed: boolean;
   /** The last step's progress (undefined when no step ran in this call). */
   readonly last: SaeTrainProgress | undefined;
+  /** Wall seconds of this call's steps (reading, forward, backward, Adam, checkpoints). */
+  readonly seconds: number;
 }
 
 export const SAE_CHECKPOINT_FILE = 'training-checkpoint.safetensors';
@@ -226,6 +228,7 @@ async function train(
 
   // The batches, pass after pass, from the row where the state says the next one starts.
   const batches = batchStream(source, batchSize, state.pass, state.row, batch);
+  const started = performance.now();
   while (state.step < options.steps) {
     const next = await batches.next();
     if (next.done) throw new SteerguardError(`SAE training: activation source ${source.id} has no rows`);
@@ -288,7 +291,8 @@ async function train(
     },
     { ...state.params },
   );
-  return { sae, step: state.step, stepsThisRun: state.step - startStep, resumed, last };
+  const seconds = (performance.now() - started) / 1000;
+  return { sae, step: state.step, stepsThisRun: state.step - startStep, resumed, last, seconds };
 }
 
 /**

@@ -195,10 +195,15 @@ const trainCommand = command(TRAIN_SPEC, async (args, out) => {
       rows: source.rows,
       skipFirstToken,
       last: last ?? null,
+      seconds: result.seconds,
+      tokensPerSecond: result.stepsThisRun > 0 ? (result.stepsThisRun * o.batchSize) / result.seconds : null,
     },
     `wrote ${o.out}: d_in ${source.dIn}, d_sae ${result.sae.config.dSae}, k ${o.k}, ${result.step} steps` +
       (last
         ? ` (last loss ${formatNumber(last.loss)}, L0 ${formatNumber(last.l0)}, dead ${(100 * last.deadShare).toFixed(1)}%)`
+        : '') +
+      (result.stepsThisRun > 0
+        ? `; ${formatNumber((result.stepsThisRun * o.batchSize) / result.seconds)} tokens/s over ${result.stepsThisRun} steps`
         : ''),
   );
 });
