@@ -240,6 +240,25 @@ describe('attack finetune and defend security-vector: option mistakes, before an
     assert.match(d.stderr, /need answers/);
   });
 
+  test('a mix with no harmful example needs no harmful answers', async () => {
+    const r = await runCommand(attackCommand, [
+      'finetune',
+      ...base,
+      '--harmful-share',
+      '0',
+      '--samples',
+      '4',
+      '--benign-answer-column',
+      'answer',
+      '--out',
+      path.join(scratch, 'a0'),
+    ]);
+    // It gets as far as tokenizing the chats, which the tiny model (token ids only) cannot.
+    assert.equal(r.code, 1);
+    assert.doesNotMatch(r.stderr, /need answers/);
+    assert.match(r.stderr, /tokenizer/);
+  });
+
   test('a share outside [0, 1] and a missing direction file are refused', async () => {
     const r = await runCommand(attackCommand, [
       'finetune',

@@ -122,8 +122,14 @@ export function checkMixOptions(o: MixValues): void {
   checkInputFile('--harmful-answers-from-ablation', o.harmfulAnswersFromAblation);
 }
 
-/** The two pools of the mix, read without a model. */
-export async function readPools(o: MixValues): Promise<{ benign: MixPool; harmful: MixPool }> {
+/**
+ * The two pools of the mix, read without a model. `needHarmfulAnswers` false (a mix with no
+ * harmful example) lets a harmful set without answers through.
+ */
+export async function readPools(
+  o: MixValues,
+  needHarmfulAnswers: boolean,
+): Promise<{ benign: MixPool; harmful: MixPool }> {
   const { readMixPool } = await import('../../training/finetune-attack.js');
   const common = { dataDir: o.dataDir, part: o.part, split: o.split, splitSeed: o.splitSeed };
   const benign = readMixPool(o.benign, { ...common, answerColumn: o.benignAnswerColumn });
@@ -132,7 +138,7 @@ export async function readPools(o: MixValues): Promise<{ benign: MixPool; harmfu
     throw new OptionError(
       `${o.harmful} brings its answers; --harmful-answers-from-ablation would replace them`,
     );
-  if (harmful.answers === undefined && o.harmfulAnswersFromAblation === undefined)
+  if (needHarmfulAnswers && harmful.answers === undefined && o.harmfulAnswersFromAblation === undefined)
     throw new OptionError(
       `the harmful examples of ${harmful.name} need answers: --harmful-answer-column COLUMN, or ` +
         '--harmful-answers-from-ablation DIRECTION.gguf (the model answers with its refusal direction ablated)',
@@ -302,7 +308,7 @@ export const finetuneAttackCommand = command(FINETUNE_SPEC, async (args, out) =>
   checkMixOptions(o);
   await checkTrainingOut(o);
   const { buildTrainingMix } = await import('../../training/finetune-attack.js');
-  const pools = await readPools(o);
+  const pools = await readPools(o, Math.round(o.harmfulShare * o.samples) > 0);
   const mix = buildTrainingMix(pools.benign, pools.harmful, {
     harmfulShare: o.harmfulShare,
     samples: o.samples,

@@ -125,7 +125,7 @@ const securityVectorCommand = command(SECURITY_VECTOR_SPEC, async (args, out) =>
   )
     throw new OptionError(`--attack-data: ${o.attackData} holds no ${MIX_FILE} and ${TRAINING_DATA_FILE}`);
 
-  const pools = await readPools(o);
+  const pools = await readPools(o, trainSv || Math.round(o.harmfulShare * o.samples) > 0);
   const mix = buildTrainingMix(pools.benign, pools.harmful, {
     harmfulShare: o.harmfulShare,
     samples: o.samples,
