@@ -260,7 +260,7 @@ export async function writeMixData(
   return dataFile;
 }
 
-/** Trains an adapter in `o.out`-like folder `dir` on the conversations of `dataFile`. */
+/** Trains an adapter into `o.out` on the conversations of `dataFile`, as train lora does. */
 export async function trainOnMix(
   model: Model,
   dataFile: string,
