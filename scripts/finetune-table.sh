@@ -5,7 +5,9 @@
 # REFUSAL.gguf: steerguard direction compute (its fitted prompts come from advbench/alpaca train
 # and validation parts; the table is evaluated on test parts only). The training options go to
 # attack finetune and defend security-vector alike (the defence must train on the attack's mix).
-# Environment: STEERGUARD_DATA (default ../shared/datasets), LIMIT (prompts per refusal set, 50).
+# Environment: STEERGUARD_DATA (default ../shared/datasets), LIMIT (prompts per refusal set, 50),
+# SV_OPTIONS (options of defend security-vector alone, e.g. "--sv-samples 100 --sv-epochs 10"),
+# CAP_LIMIT (items per capability task; default: eval capability's documented subset sizes).
 # Rows: baseline (no adapter), attack (its adapter), defence with the security vector on, and
 # defence with it off (how the defended adapter is meant to be used). Writes OUTDIR/table.md.
 set -euo pipefail
@@ -24,9 +26,10 @@ if [[ ! -f "$out/attack/adapter_config.json" ]]; then
   "${SG[@]}" attack finetune -m "$model" "${MIX[@]}" "$@" --out "$out/attack" $(resume "$out/attack")
 fi
 if [[ ! -f "$out/defence/adapter/adapter_config.json" ]]; then
+  read -r -a sv <<< "${SV_OPTIONS:-}"
   resume_defence=()
   [[ -d "$out/defence" ]] && resume_defence=(--resume)
-  "${SG[@]}" defend security-vector -m "$model" "${MIX[@]}" "$@" --attack-data "$out/attack" \
+  "${SG[@]}" defend security-vector -m "$model" "${MIX[@]}" "$@" "${sv[@]}" --attack-data "$out/attack" \
     --out "$out/defence" "${resume_defence[@]}"
 fi
 
@@ -37,7 +40,8 @@ evaluate() {
   "${SG[@]}" eval refusal -m "$model" --data-dir "$DATA" --sets advbench,harmbench,xstest-safe --part test \
     --limit "${LIMIT:-50}" --max-tokens 64 --redact --overwrite --out "$out/$name.refusal.jsonl" --json "$@" \
     > "$out/$name.refusal.json"
-  "${SG[@]}" eval capability -m "$model" --data-dir "$DATA" --tasks mmlu,gsm8k --overwrite --json "$@" \
+  "${SG[@]}" eval capability -m "$model" --data-dir "$DATA" --tasks mmlu,gsm8k ${CAP_LIMIT:+--limit "$CAP_LIMIT"} \
+    --overwrite --out "$out/$name.capability.rows.json" --json "$@" \
     > "$out/$name.capability.json"
 }
 evaluate baseline
