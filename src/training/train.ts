@@ -19,7 +19,7 @@ import {
   writeSafetensors,
 } from '../formats/safetensors.js';
 import type { ModelConfig } from '../model/config.js';
-import type { ModelWeights } from '../model/weights.js';
+import type { LayerWeights, ModelWeights } from '../model/weights.js';
 import { AdamW } from './adamw.js';
 import { type TrainingSequence, loraLoss, loraLossAndGradients } from './backward.js';
 import type { TrainingKernels } from './kernels.js';
@@ -28,8 +28,12 @@ import {
   type LoraLayers,
   type LoraPair,
   type LoraTarget,
+  LORA_TARGETS,
+  checkLoraAdapter,
   checkLoraOptions,
   createLora,
+  loraScale,
+  loraShape,
   zeroLoraLayers,
 } from './lora.js';
 import { seededRandom } from '../model/sampling.js';
@@ -61,6 +65,12 @@ export interface LoraTrainOptions {
   readonly checkpointEvery?: number;
   /** Continue from `checkpointFile` (which must exist and match these options and data). */
   readonly resume?: boolean;
+  /**
+   * Adapters that are on in every forward pass and never trained (a security vector, Zhou et al.
+   * 2024): they are merged into a copy of the weights they adapt (`withFrozenAdapters`), so no
+   * gradient is computed for them and the model's own weights are left as they were.
+   */
+  readonly frozenAdapters?: readonly LoraAdapter<Float32Array>[];
   /** Checked after each step: true stops the run there (after writing the checkpoint). */
   readonly stopAfterStep?: () => boolean;
   readonly onStep?: (report: StepReport) => void;
@@ -184,6 +194,8 @@ export async function trainLora(
     throw new OptionError(`learning rate must be a finite number > 0, got ${opts.lr}`);
   if (opts.checkpointEvery !== undefined) positiveInteger('checkpointEvery', opts.checkpointEvery);
   if (sequences.length === 0) throw new OptionError('there are no training sequences');
+  const frozen = opts.frozenAdapters ?? [];
+  const base = frozen.length > 0 ? withFrozenAdapters(cfg, weights, frozen) : weights;
 
   // The split, then each epoch's order, from the seed.
   const all = shuffled(
@@ -229,6 +241,7 @@ export async function trainLora(
     seed,
     data: dataFingerprint(sequences),
     model: `${cfg.arch}:${cfg.nLayers}x${cfg.dModel}`,
+    ...(frozen.length > 0 ? { frozen: frozen.map(adapterFingerprint).join(',') } : {}),
   };
   const log: TrainingLog = { steps: [], validation: [] };
   let step = 0;
@@ -251,7 +264,7 @@ export async function trainLora(
     for (let i = 0; i < valIdx.length; i += batch) {
       const seqs = valIdx.slice(i, i + batch).map((j) => sequences[j]);
       const count = seqs.reduce((a, s) => a + answerCount(s), 0);
-      sum += loraLoss(cfg, weights, adapter, seqs, kernels) * count;
+      sum += loraLoss(cfg, base, adapter, seqs, kernels) * count;
       n += count;
     }
     const report = { step, epoch, loss: sum / n, answerTokens: n };
@@ -274,7 +287,7 @@ export async function trainLora(
     let loss = 0;
     for (let c = 0; c < stepSeqs.length; c += batch) {
       const call = stepSeqs.slice(c, c + batch);
-      const res = loraLossAndGradients(cfg, weights, adapter, call, kernels, { recompute: opts.recompute });
+      const res = loraLossAndGradients(cfg, base, adapter, call, kernels, { recompute: opts.recompute });
       const share = res.answerTokens / total;
       loss += res.loss * share;
       accumulate(grads, res.grads, targets, share);
@@ -312,6 +325,77 @@ export async function trainLora(
     trainSequences: trainIdx.length,
     valSequences: valIdx.length,
   };
+}
+
+const WEIGHT_OF: Record<LoraTarget, 'wq' | 'wk' | 'wv' | 'wo' | 'wGate' | 'wUp' | 'wDown'> = {
+  q: 'wq',
+  k: 'wk',
+  v: 'wv',
+  o: 'wo',
+  gate: 'wGate',
+  up: 'wUp',
+  down: 'wDown',
+};
+
+/**
+ * The weights with each adapter merged in, `W + (alpha/r)·B·A` summed in double and rounded to
+ * fp32 once per entry: the forward of the result is that of the model with the adapters on. Only
+ * the adapted matrices are copied; `weights` is not changed. Quantized matrices are an error
+ * (training loads the model in fp32), and so is an adapter that does not fit the model.
+ */
+export function withFrozenAdapters(
+  cfg: ModelConfig,
+  weights: ModelWeights,
+  adapters: readonly LoraAdapter<Float32Array>[],
+): ModelWeights {
+  for (const a of adapters) checkLoraAdapter(cfg, a);
+  const layers = weights.layers.map((layer, l) => {
+    const merged: LayerWeights = { ...layer };
+    for (const t of LORA_TARGETS) {
+      const using = adapters.filter((a) => a.targets.includes(t));
+      if (using.length === 0) continue;
+      const w = layer[WEIGHT_OF[t]];
+      if (!(w instanceof Float32Array))
+        throw new OptionError(`a frozen adapter needs fp32 weights; layer ${l} ${t} is quantized`);
+      const { inDim, outDim } = loraShape(cfg, t);
+      const out = new Float32Array(w.length);
+      const row = new Float64Array(inDim);
+      for (let o = 0; o < outDim; o++) {
+        for (let i = 0; i < inDim; i++) row[i] = w[o * inDim + i];
+        for (const a of using) {
+          const { a: A, b: B } = a.layers[l][t]!;
+          const s = loraScale(a);
+          for (let r = 0; r < a.rank; r++) {
+            const c = s * B[o * a.rank + r];
+            if (c === 0) continue;
+            for (let i = 0; i < inDim; i++) row[i] += c * A[r * inDim + i];
+          }
+        }
+        for (let i = 0; i < inDim; i++) out[o * inDim + i] = row[i];
+      }
+      merged[WEIGHT_OF[t]] = out;
+    }
+    return merged;
+  });
+  return { ...weights, layers };
+}
+
+/** FNV-1a over an adapter's shape and values: a checkpoint is only resumed with the same frozen adapters. */
+function adapterFingerprint(adapter: LoraAdapter<Float32Array>): string {
+  let h = 0x811c9dc5;
+  const mix = (x: number) => {
+    h ^= x;
+    h = Math.imul(h, 0x01000193);
+  };
+  mix(adapter.rank);
+  mix(Math.round(adapter.alpha * 1e6));
+  for (const layer of adapter.layers)
+    for (const t of adapter.targets)
+      for (const p of [layer[t]!.a, layer[t]!.b]) {
+        const bits = new Int32Array(p.buffer, p.byteOffset, p.length);
+        for (let i = 0; i < bits.length; i++) mix(bits[i]);
+      }
+  return `${adapter.targets.join('+')}:r${adapter.rank}:${(h >>> 0).toString(16)}`;
 }
 
 function accumulate(
@@ -393,7 +477,10 @@ function readCheckpoint(
   } catch {
     throw new FormatError(file, '__metadata__', 'settings, position or log is not valid JSON');
   }
-  const differ = Object.keys(settings).filter((k) => saved[k] !== settings[k]);
+  // Both ways: a run with frozen adapters is not resumed without them, nor the other way round.
+  const differ = [...new Set([...Object.keys(settings), ...Object.keys(saved)])].filter(
+    (k) => saved[k] !== settings[k],
+  );
   if (differ.length > 0)
     throw new OptionError(
       `${file} was written with other settings or data (${differ.join(', ')}); resume with the same ones, or remove it to start afresh`,

@@ -15,6 +15,7 @@ import { type CliOutput, formatTable } from '../output.js';
 import { cliReporter } from '../reporter.js';
 import {
   CHAT_OPTIONS,
+  type CliCommand,
   MODEL_OPTION,
   THREADS_OPTION,
   checkInputFile,
@@ -30,7 +31,7 @@ import { GENERATION_OPTIONS, JUDGE_OPTIONS, OUTPUT_OPTIONS, SET_OPTIONS, writeRo
 const METHODS = ['none', 'scav', 'ablate', 'subtract'] as const;
 type Method = (typeof METHODS)[number];
 
-export const attackCommand = command(
+const scavAttackCommand = command(
   {
     name: 'attack',
     summary: 'run the SCAV embedding attack and its baselines, report attack success and flaws',
@@ -45,7 +46,12 @@ export const attackCommand = command(
         'By default the held-out test part of the seeded split is attacked. A small --p0 tends to give ' +
         'repetitive text (SCAV issue #5): --repetition-penalty 1.1-1.3 helps.',
     ),
-    positionals: [{ name: 'which', description: "the attack: 'scav'" }],
+    positionals: [
+      {
+        name: 'which',
+        description: "the attack: 'scav' (options below) or 'finetune' (steerguard attack finetune --help)",
+      },
+    ],
     options: {
       model: MODEL_OPTION,
       concept: {
@@ -102,7 +108,7 @@ export const attackCommand = command(
   async (args, out) => {
     const o = args.options;
     if (args.positionals[0] !== 'scav')
-      throw new OptionError(`unknown attack '${args.positionals[0].slice(0, 40)}'; known: scav`);
+      throw new OptionError(`unknown attack '${args.positionals[0].slice(0, 40)}'; known: scav, finetune`);
     const methods = [...new Set(o.methods)] as Method[];
     for (const m of methods)
       if (!(METHODS as readonly string[]).includes(m))
@@ -189,6 +195,20 @@ export const attackCommand = command(
     if (failures.length > 0) throw new OptionError(`judging failed: ${failures.join('; ')}`);
   },
 );
+
+/** `steerguard attack scav|finetune`: finetune has a command of its own (attack-finetune.ts). */
+export const attackCommand: CliCommand = {
+  spec: scavAttackCommand.spec,
+  hidden: false,
+  run: async (argv, out) => {
+    let k = 0;
+    while (argv[k] === '--json') k++;
+    if (argv[k] === 'finetune') {
+      const { finetuneAttackCommand } = await import('./attack-finetune.js');
+      await finetuneAttackCommand.run([...argv.slice(0, k), ...argv.slice(k + 1)], out);
+    } else await scavAttackCommand.run(argv, out);
+  },
+};
 
 interface DirectionInUse {
   readonly direction: Float32Array;

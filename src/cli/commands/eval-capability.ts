@@ -29,10 +29,12 @@ import type { OptionSpec } from '../args.js';
 import { type CliOutput, formatTable, toJson } from '../output.js';
 import { cliReporter } from '../reporter.js';
 import {
+  ADAPTER_OPTION,
   DATA_DIR_OPTION,
   MODEL_OPTION,
   OVERWRITE_OPTION,
   THREADS_OPTION,
+  attachAdapters,
   checkInputFile,
   checkOutPath,
   command,
@@ -63,6 +65,7 @@ const COMMON_OPTIONS = {
       "wrap each question in the model's chat template (default: raw text, as lm-evaluation-harness does)",
   },
   ...STEERING_OPTIONS,
+  adapter: ADAPTER_OPTION,
   out: {
     type: 'string',
     short: 'o',
@@ -82,6 +85,7 @@ type CommonOptions = {
   out?: string;
   overwrite: boolean;
   threads?: number;
+  adapter?: readonly string[];
 } & SteeringSpec;
 
 function parseTasks<T extends Task>(list: readonly string[], known: readonly T[], what: string): T[] {
@@ -229,6 +233,7 @@ export const capabilityCommand = command(
       shots: o.shots,
     });
     const model = await loadModel(o.model, out, { threads: o.threads });
+    await attachAdapters(model, o.adapter, out);
     const { buildSteeringHooks } = await import('../../eval/steering.js');
     const steering = await buildSteeringHooks(model, o);
     const { figures, rows, extra } = await withInterrupt((signal) =>
@@ -244,7 +249,16 @@ export const capabilityCommand = command(
     );
     await writeOut(
       o.out,
-      { steering: steering.label, chat: o.chat, seed: o.seed, figures, ...extra, rows },
+      {
+        steering: steering.label,
+        // Scores of an adapted model say so: they are not the base model's.
+        ...(o.adapter ? { adapters: o.adapter } : {}),
+        chat: o.chat,
+        seed: o.seed,
+        figures,
+        ...extra,
+        rows,
+      },
       out,
     );
     const changes =
@@ -356,6 +370,7 @@ export const biasCommand = command(
       : undefined;
 
     const model = await loadModel(o.model, out, { threads: o.threads });
+    await attachAdapters(model, o.adapter, out);
     const { buildSteeringHooks } = await import('../../eval/steering.js');
     const steering = await buildSteeringHooks(model, o);
     const reporter = cliReporter(out);
@@ -392,7 +407,16 @@ export const biasCommand = command(
     }
     await writeOut(
       o.out,
-      { steering: steering.label, chat: o.chat, seed: o.seed, figures, ...extra, rows },
+      {
+        steering: steering.label,
+        // Scores of an adapted model say so: they are not the base model's.
+        ...(o.adapter ? { adapters: o.adapter } : {}),
+        chat: o.chat,
+        seed: o.seed,
+        figures,
+        ...extra,
+        rows,
+      },
       out,
     );
     printFigures(out, steering.label, figures, extra);

@@ -7,6 +7,7 @@ import { chatCommand } from './chat.js';
 import { benchProbesCommand, conceptCommand } from './concept.js';
 import type { CliCommand } from './common.js';
 import { dataCommand } from './data.js';
+import { defendCommand } from './defend.js';
 import { controlVectorCommand, directionCommand } from './direction.js';
 import { evalCommand } from './eval.js';
 import { generateCommand } from './generate.js';
@@ -31,6 +32,7 @@ export const COMMANDS: readonly CliCommand[] = [
   controlVectorCommand,
   evalCommand,
   attackCommand,
+  defendCommand,
   saeCommand,
   trainCommand,
   auditCommand,

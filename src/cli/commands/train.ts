@@ -7,7 +7,11 @@ import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 
 import { OptionError } from '../../formats/errors.js';
-import { type CommandSpec } from '../args.js';
+import type { Model } from '../../model/model.js';
+import type { LoraAdapter } from '../../model/lora.js';
+import type { RecordSource, TrainingRecord } from '../../training/data.js';
+import { type CommandSpec, type OptionSpec, type OptionValues } from '../args.js';
+import type { CliOutput } from '../output.js';
 import { formatNumber } from '../output.js';
 import { Progress } from '../progress.js';
 import {
@@ -24,6 +28,63 @@ import {
 /** In --out beside the adapter. */
 export const TRAINING_LOG_FILE = 'training-log.json';
 export const TRAINING_CHECKPOINT_FILE = 'training-checkpoint.safetensors';
+
+/** The training options of every command that trains an adapter (train lora, attack finetune, defend). */
+export const LORA_TRAINING_OPTIONS = {
+  targets: {
+    type: 'list',
+    placeholder: 'q,k,v,o,gate,up,down',
+    default: ['q', 'k', 'v', 'o', 'gate', 'up', 'down'],
+    description: 'projections to adapt',
+  },
+  rank: { type: 'number', integer: true, min: 1, default: 8, description: 'LoRA rank r' },
+  alpha: { type: 'number', default: 16, description: 'LoRA alpha (the update is scaled by alpha/r)' },
+  epochs: { type: 'number', integer: true, min: 1, default: 1, description: 'passes over the data' },
+  lr: { type: 'number', min: 1e-12, default: 1e-4, description: 'peak learning rate' },
+  batch: {
+    type: 'number',
+    integer: true,
+    min: 1,
+    default: 1,
+    description: 'sequences per forward/backward call',
+  },
+  gradAccum: { type: 'number', integer: true, min: 1, default: 1, description: 'calls per optimiser step' },
+  warmup: { type: 'number', integer: true, min: 0, default: 0, description: 'steps of linear warm-up' },
+  weightDecay: { type: 'number', min: 0, default: 0.01, description: "AdamW's decoupled weight decay" },
+  valSplit: {
+    type: 'number',
+    min: 0,
+    max: 0.99,
+    default: 0,
+    description: 'share of the sequences held out for the validation loss',
+  },
+  seed: {
+    type: 'number',
+    integer: true,
+    default: 0,
+    description: "seed of A's initialisation, the split and the order",
+  },
+  maxTokens: {
+    type: 'number',
+    integer: true,
+    min: 2,
+    description: 'cut each sequence to its first N tokens (one left with no answer token is dropped)',
+  },
+  checkpointEvery: { type: 'number', integer: true, min: 1, description: 'steps between checkpoints' },
+  recompute: {
+    type: 'boolean',
+    description: "keep one block's activations at a time (less memory, one more forward pass)",
+  },
+  resume: { type: 'boolean', description: 'continue the run whose checkpoint is in --out' },
+  out: {
+    type: 'string',
+    short: 'o',
+    required: true,
+    placeholder: 'dir',
+    description: 'adapter folder to write',
+  },
+  overwrite: { type: 'boolean', description: 'replace a finished adapter in --out' },
+} as const satisfies Record<string, OptionSpec>;
 
 const LORA_SPEC = {
   name: 'train lora',
@@ -43,59 +104,7 @@ const LORA_SPEC = {
   options: {
     model: MODEL_OPTION,
     data: { type: 'string', required: true, placeholder: 'file', description: 'training data (JSONL)' },
-    targets: {
-      type: 'list',
-      placeholder: 'q,k,v,o,gate,up,down',
-      default: ['q', 'k', 'v', 'o', 'gate', 'up', 'down'],
-      description: 'projections to adapt',
-    },
-    rank: { type: 'number', integer: true, min: 1, default: 8, description: 'LoRA rank r' },
-    alpha: { type: 'number', default: 16, description: 'LoRA alpha (the update is scaled by alpha/r)' },
-    epochs: { type: 'number', integer: true, min: 1, default: 1, description: 'passes over the data' },
-    lr: { type: 'number', min: 1e-12, default: 1e-4, description: 'peak learning rate' },
-    batch: {
-      type: 'number',
-      integer: true,
-      min: 1,
-      default: 1,
-      description: 'sequences per forward/backward call',
-    },
-    gradAccum: { type: 'number', integer: true, min: 1, default: 1, description: 'calls per optimiser step' },
-    warmup: { type: 'number', integer: true, min: 0, default: 0, description: 'steps of linear warm-up' },
-    weightDecay: { type: 'number', min: 0, default: 0.01, description: "AdamW's decoupled weight decay" },
-    valSplit: {
-      type: 'number',
-      min: 0,
-      max: 0.99,
-      default: 0,
-      description: 'share of the sequences held out for the validation loss',
-    },
-    seed: {
-      type: 'number',
-      integer: true,
-      default: 0,
-      description: "seed of A's initialisation, the split and the order",
-    },
-    maxTokens: {
-      type: 'number',
-      integer: true,
-      min: 2,
-      description: 'cut each sequence to its first N tokens (one left with no answer token is dropped)',
-    },
-    checkpointEvery: { type: 'number', integer: true, min: 1, description: 'steps between checkpoints' },
-    recompute: {
-      type: 'boolean',
-      description: "keep one block's activations at a time (less memory, one more forward pass)",
-    },
-    resume: { type: 'boolean', description: 'continue the run whose checkpoint is in --out' },
-    out: {
-      type: 'string',
-      short: 'o',
-      required: true,
-      placeholder: 'dir',
-      description: 'adapter folder to write',
-    },
-    overwrite: { type: 'boolean', description: 'replace a finished adapter in --out' },
+    ...LORA_TRAINING_OPTIONS,
     threads: THREADS_OPTION,
   },
   examples: [
@@ -105,13 +114,17 @@ const LORA_SPEC = {
   ],
 } as const satisfies CommandSpec;
 
-const loraCommand = command(LORA_SPEC, async (args, out) => {
-  const o = args.options;
-  const { readTrainingFile, trainingSequences } = await import('../../training/data.js');
-  const { trainLora } = await import('../../training/train.js');
-  const { backendKernels } = await import('../../training/kernels.js');
-  const { PEFT_CONFIG_FILE, savePeftAdapter } = await import('../../training/peft.js');
-  const { writeFileAtomic } = await import('../../formats/files.js');
+/** The parsed values of LORA_TRAINING_OPTIONS. */
+export type LoraTrainingValues = OptionValues<typeof LORA_TRAINING_OPTIONS>;
+
+/**
+ * Refuses an --out that would be clobbered or a --resume with nothing to resume, before any model
+ * loads or any data is generated.
+ */
+export async function checkTrainingOut(
+  o: Pick<LoraTrainingValues, 'out' | 'resume' | 'overwrite'>,
+): Promise<void> {
+  const { PEFT_CONFIG_FILE } = await import('../../training/peft.js');
   const checkpoint = path.join(o.out, TRAINING_CHECKPOINT_FILE);
   if (!o.resume && existsSync(checkpoint))
     throw new OptionError(
@@ -120,9 +133,43 @@ const loraCommand = command(LORA_SPEC, async (args, out) => {
   if (o.resume && !existsSync(checkpoint)) throw new OptionError(`--resume: ${checkpoint} does not exist`);
   if (!o.resume && existsSync(path.join(o.out, PEFT_CONFIG_FILE)) && !o.overwrite)
     throw new OptionError(`${o.out} holds an adapter; remove it or pass --overwrite`);
-  const { records, sources } = readTrainingFile(o.data);
+}
 
-  const model = await loadModel(o.model, out, { threads: o.threads, weights: 'f32' });
+/** What `trainAdapterFolder` did. */
+export interface TrainedFolder {
+  readonly finished: boolean;
+  readonly step: number;
+  readonly resumedFrom: number | null;
+  readonly lastLoss: number | null;
+  readonly heldOutLoss: number | null;
+  readonly tokensPerSecond: number | null;
+  readonly sequences: { train: number; val: number; dropped: number; truncated: number };
+}
+
+/**
+ * Tokenizes `records`, trains an adapter on them with the options of LORA_TRAINING_OPTIONS (with
+ * `frozenAdapters` on and untouched), and writes --out: the checkpoint as it goes, the training
+ * log, and (when the run finished) the adapter in PEFT's layout. Ctrl-C stops after the step and
+ * sets exit code 130. `label` names the progress bar; `dataLabel` the data in errors and the log.
+ */
+export async function trainAdapterFolder(
+  model: Model,
+  records: readonly TrainingRecord[],
+  sources: readonly RecordSource[],
+  o: LoraTrainingValues,
+  out: CliOutput,
+  extra: {
+    readonly label: string;
+    readonly dataLabel: string;
+    readonly frozenAdapters?: readonly LoraAdapter<Float32Array>[];
+  },
+): Promise<TrainedFolder> {
+  const { trainingSequences } = await import('../../training/data.js');
+  const { trainLora } = await import('../../training/train.js');
+  const { backendKernels } = await import('../../training/kernels.js');
+  const { savePeftAdapter } = await import('../../training/peft.js');
+  const { writeFileAtomic } = await import('../../formats/files.js');
+  const checkpoint = path.join(o.out, TRAINING_CHECKPOINT_FILE);
   const data = trainingSequences(records, sources, {
     tokenizer: () => model.tokenizer,
     maxTokens: o.maxTokens,
@@ -130,11 +177,12 @@ const loraCommand = command(LORA_SPEC, async (args, out) => {
   });
   if (data.dropped > 0)
     out.warn(`${data.dropped} sequences have no answer token within --max-tokens; dropped`);
-  if (data.sequences.length === 0) throw new OptionError(`${o.data}: no sequence is left to train on`);
+  if (data.sequences.length === 0)
+    throw new OptionError(`${extra.dataLabel}: no sequence is left to train on`);
   const tooLong = data.sequences.findIndex((s) => s.tokens.length > model.config.maxContext);
   if (tooLong >= 0)
     throw new OptionError(
-      `${o.data}: a sequence has ${data.sequences[tooLong].tokens.length} tokens; the model's context is ` +
+      `${extra.dataLabel}: a sequence has ${data.sequences[tooLong].tokens.length} tokens; the model's context is ` +
         `${model.config.maxContext} (use --max-tokens)`,
     );
 
@@ -164,12 +212,13 @@ const loraCommand = command(LORA_SPEC, async (args, out) => {
         checkpointFile: checkpoint,
         checkpointEvery: o.checkpointEvery,
         resume: o.resume,
+        frozenAdapters: extra.frozenAdapters,
         stopAfterStep: () => stopRequested,
         onStep: (s) => {
           progress ??= new Progress({
             total: s.steps,
             initial: s.step - 1,
-            label: 'train lora',
+            label: extra.label,
             unit: 'steps',
             json: out.json,
           });
@@ -197,7 +246,7 @@ const loraCommand = command(LORA_SPEC, async (args, out) => {
   const tokens = steps.reduce((a, s) => a + s.tokens, 0);
   const log = {
     model: model.identity.path,
-    data: o.data,
+    data: extra.dataLabel,
     options: {
       targets: result.adapter.targets,
       ...hyper,
@@ -218,28 +267,56 @@ const loraCommand = command(LORA_SPEC, async (args, out) => {
     log: result.log,
   };
   writeFileAtomic(path.join(o.out, TRAINING_LOG_FILE), `${JSON.stringify(log, null, 2)}\n`);
+  const report: TrainedFolder = {
+    finished: result.finished,
+    step: result.step,
+    resumedFrom: result.resumedFrom ?? null,
+    lastLoss: steps.at(-1)?.loss ?? null,
+    heldOutLoss: result.log.validation.at(-1)?.loss ?? null,
+    tokensPerSecond: log.tokensPerSecond,
+    sequences: log.sequences,
+  };
   if (!result.finished) {
     out.warn(`interrupted at step ${result.step} of ${result.steps}; --resume continues from ${checkpoint}`);
     process.exitCode = 130;
-    return;
+    return report;
   }
   savePeftAdapter(o.out, result.adapter, model.config, { baseModel: model.identity.path });
-  const last = steps.at(-1);
-  const val = result.log.validation.at(-1);
+  return report;
+}
+
+/** "wrote DIR: rank 8 on q,v, 12 steps, last loss 1.2, held-out loss 1.5, 2 tokens/s". */
+export function trainedSummary(dir: string, o: LoraTrainingValues, t: TrainedFolder): string {
+  return (
+    `wrote ${dir}: rank ${o.rank} on ${o.targets.join(',')}, ${t.step} steps` +
+    (t.lastLoss !== null ? `, last loss ${formatNumber(t.lastLoss)}` : '') +
+    (t.heldOutLoss !== null ? `, held-out loss ${formatNumber(t.heldOutLoss)}` : '') +
+    (t.tokensPerSecond ? `, ${Math.round(t.tokensPerSecond)} tokens/s` : '')
+  );
+}
+
+const loraCommand = command(LORA_SPEC, async (args, out) => {
+  const o = args.options;
+  const { readTrainingFile } = await import('../../training/data.js');
+  await checkTrainingOut(o);
+  const { records, sources } = readTrainingFile(o.data);
+  const model = await loadModel(o.model, out, { threads: o.threads, weights: 'f32' });
+  const t = await trainAdapterFolder(model, records, sources, o, out, {
+    label: 'train lora',
+    dataLabel: o.data,
+  });
+  if (!t.finished) return;
   out.result(
     {
       out: o.out,
-      step: result.step,
-      resumedFrom: result.resumedFrom ?? null,
-      lastLoss: last?.loss ?? null,
-      heldOutLoss: val?.loss ?? null,
-      tokensPerSecond: log.tokensPerSecond,
-      sequences: log.sequences,
+      step: t.step,
+      resumedFrom: t.resumedFrom,
+      lastLoss: t.lastLoss,
+      heldOutLoss: t.heldOutLoss,
+      tokensPerSecond: t.tokensPerSecond,
+      sequences: t.sequences,
     },
-    `wrote ${o.out}: rank ${o.rank} on ${result.adapter.targets.join(',')}, ${result.step} steps` +
-      (last ? `, last loss ${formatNumber(last.loss)}` : '') +
-      (val ? `, held-out loss ${formatNumber(val.loss)}` : '') +
-      (log.tokensPerSecond ? `, ${Math.round(log.tokensPerSecond)} tokens/s` : ''),
+    trainedSummary(o.out, o, t),
   );
 });
 

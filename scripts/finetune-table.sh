@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The harmful fine-tuning attack and the security-vector defence on one model, as one table
+# (docs/TRAINING.md, "Harmful fine-tuning and security vectors"): one command line per row.
+#   bash scripts/finetune-table.sh MODEL.gguf REFUSAL.gguf OUTDIR [training options, e.g. --samples 1000]
+# REFUSAL.gguf: steerguard direction compute (its fitted prompts come from advbench/alpaca train
+# and validation parts; the table is evaluated on test parts only). The training options go to
+# attack finetune and defend security-vector alike (the defence must train on the attack's mix).
+# Environment: STEERGUARD_DATA (default ../shared/datasets), LIMIT (prompts per refusal set, 50),
+# SV_OPTIONS (options of defend security-vector alone, e.g. "--sv-samples 100 --sv-epochs 10"),
+# CAP_LIMIT (items per capability task; default: eval capability's documented subset sizes).
+# Rows: baseline (no adapter), attack (its adapter), defence with the security vector on, and
+# defence with it off (how the defended adapter is meant to be used). Writes OUTDIR/table.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model="$1" direction="$2" out="$3"
+shift 3
+SG=(node dist/src/cli/main.js)
+DATA="${STEERGUARD_DATA:-../shared/datasets}"
+MIX=(--data-dir "$DATA" --benign alpaca --harmful advbench --harmful-answers-from-ablation "$direction")
+mkdir -p "$out"
+
+# Training (each resumes where it stopped: rerun the script after Ctrl-C).
+resume() { [[ -f "$1/training-checkpoint.safetensors" ]] && echo --resume || true; }
+if [[ ! -f "$out/attack/adapter_config.json" ]]; then
+  # shellcheck disable=SC2046
+  "${SG[@]}" attack finetune -m "$model" "${MIX[@]}" "$@" --out "$out/attack" $(resume "$out/attack")
+fi
+if [[ ! -f "$out/defence/adapter/adapter_config.json" ]]; then
+  read -r -a sv <<< "${SV_OPTIONS:-}"
+  resume_defence=()
+  [[ -d "$out/defence" ]] && resume_defence=(--resume)
+  "${SG[@]}" defend security-vector -m "$model" "${MIX[@]}" "$@" "${sv[@]}" --attack-data "$out/attack" \
+    --out "$out/defence" "${resume_defence[@]}"
+fi
+
+# Evaluation: refusal on held-out harmful sets, over-refusal on XSTest's safe prompts, capability.
+evaluate() {
+  local name="$1"
+  shift
+  "${SG[@]}" eval refusal -m "$model" --data-dir "$DATA" --sets advbench,harmbench,xstest-safe --part test \
+    --limit "${LIMIT:-50}" --max-tokens 64 --redact --overwrite --out "$out/$name.refusal.jsonl" --json "$@" \
+    > "$out/$name.refusal.json"
+  "${SG[@]}" eval capability -m "$model" --data-dir "$DATA" --tasks mmlu,gsm8k ${CAP_LIMIT:+--limit "$CAP_LIMIT"} \
+    --overwrite --out "$out/$name.capability.rows.json" --json "$@" \
+    > "$out/$name.capability.json"
+}
+evaluate baseline
+evaluate attack --adapter "$out/attack"
+evaluate defence-sv-on --adapter "$out/defence/security-vector,$out/defence/adapter"
+evaluate defence-sv-off --adapter "$out/defence/adapter"
+node scripts/finetune-table.mjs "$out" > "$out/table.md"
+cat "$out/table.md"
