@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { BackwardKernels } from '../src/engine/backend.js';
 import { loadNativeBackend } from '../src/engine/native.js';
-import { type GatedActivation, plainKernels } from '../src/training/kernels.js';
+import { type GatedActivation, backendKernels, plainKernels } from '../src/training/kernels.js';
 import { relErr, throwsBadArgument } from './util/fixtures.js';
 
 const native = loadNativeBackend({ threads: 2 });
@@ -168,6 +168,17 @@ describe('native backward kernels equal plain TypeScript (fp32)', () => {
       );
     });
   }
+
+  test('training on the native engine runs these kernels (backendKernels picks them)', () => {
+    const kernels = backendKernels(native);
+    assert.match(kernels.name, /forward and backward/);
+    // the native argument check, which the plain TypeScript kernel does not have, answers
+    const buf = new Float32Array(32);
+    throwsBadArgument(
+      () => kernels.matmulBackward(buf.subarray(0, 16), undefined, buf.subarray(8, 24), buf, buf, 4, 4, 4),
+      /matmulBackward: dx must not overlap dout/,
+    );
+  });
 
   test('a gradient output that overlaps an input, or is too short, is refused by name', () => {
     const buf = new Float32Array(64);

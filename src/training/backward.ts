@@ -379,11 +379,14 @@ function backward<A extends Floats>(
     const pair = adapter.layers[l][target];
     if (!pair) return;
     const grad = grads[l][target]!;
+    // out = … + s·(u·Bᵀ) with u = x·Aᵀ: dB += doutᵀ·(s·u) and du = s·(dout·B), the scale applied
+    // to the [M, r] factors rather than to the [M, N] dout
     const u = block.loraIn[target]!;
-    const scaled = kn.alloc(M * N);
-    for (let i = 0; i < scaled.length; i++) scaled[i] = s * dout[i];
+    const su = kn.alloc(M * r);
+    for (let i = 0; i < su.length; i++) su[i] = s * u[i];
     const du = kn.alloc(M * r);
-    kn.matmulBackward(du, grad.b, scaled, u, pair.b, M, r, N);
+    kn.matmulBackward(du, grad.b, dout, su, pair.b, M, r, N);
+    for (let i = 0; i < du.length; i++) du[i] *= s;
     kn.matmulBackward(dx, grad.a, du, x, pair.a, M, K, r);
   };
 
