@@ -2,9 +2,9 @@
  * steerguard native engine: the kernels of src/engine/backend.ts over flat fp32 buffers.
  *
  * Eager and llm.c-style on purpose: every kernel is a plain C function that takes its output, its
- * inputs and its sizes, so the TypeScript model code keeps every intermediate (hooks, KV cache) and a
- * backward twin can be added next to each forward kernel later. matmul goes to OpenBLAS; the rest are
- * short loops parallelised with OpenMP. The Node-API layer at the bottom validates every argument
+ * inputs and its sizes, so the TypeScript model code keeps every intermediate (hooks, KV cache), and
+ * each forward kernel has its backward twin next to it (for LoRA training: src/training/kernels.ts).
+ * The matrix products go to OpenBLAS; the rest are short loops parallelised with OpenMP. The Node-API layer at the bottom validates every argument
  * (typed-array kind, length against the sizes, forbidden overlaps) before any kernel touches memory,
  * and passes the typed arrays' own storage to the kernels: nothing is copied.
  *
