@@ -116,8 +116,12 @@ describe('LoRA training loop', () => {
     const accumulated = await trainLora(cfg, weights, kernels, data, { ...opts, batch: 2, gradAccum: 2 });
     assert.equal(big.steps, 6);
     assert.equal(accumulated.steps, 6);
+    // The two differ only in the order of fp32 sums (one call of 4 sequences or two of 2), which
+    // AdamW's normalised steps amplify over 6 steps: measured 7.6e-6 with the plain TypeScript
+    // backward, 4.5e-6 (1 thread) to 1.2e-5 (2 threads) with the native one. Weighting the two
+    // calls equally instead of by their answer tokens gives 0.17.
     const err = relErr(flat(accumulated.adapter.layers), flat(big.adapter.layers));
-    assert.ok(err <= 1e-5, `${err}`);
+    assert.ok(err <= 3e-5, `${err}`);
     big.log.steps.forEach((s, i) =>
       assert.ok(Math.abs(s.loss - accumulated.log.steps[i].loss) <= 1e-5 * s.loss),
     );

@@ -102,6 +102,90 @@ export interface Backend {
     activations: 'f32' | 'q8',
   ): void;
 
+  /**
+   * Optional: the backward of each fp32 kernel above, for training (src/training/kernels.ts uses
+   * them when present). The native engine has them; the reference backend does not (training's
+   * plain TypeScript backward is the reference).
+   */
+  readonly backward?: BackwardKernels;
+
   /** Number of threads the kernels use. */
   readonly threads: number;
+}
+
+/**
+ * The gradients through the kernels of `Backend`, over fp32 buffers. Each ADDS into its gradient
+ * outputs (`dx += ...`), which must not overlap any other argument; the forward's inputs are given
+ * again (nothing is kept between calls).
+ */
+export interface BackwardKernels {
+  /**
+   * dx[M,K] += dout[M,N] · w[N,K] and dw[N,K] += dout[M,N]ᵀ · x[M,K], the gradient through `matmul`;
+   * either output may be undefined (not computed).
+   */
+  matmulBackward(
+    dx: Float32Array | undefined,
+    dw: Float32Array | undefined,
+    dout: Float32Array,
+    x: Float32Array,
+    w: Float32Array,
+    M: number,
+    K: number,
+    N: number,
+  ): void;
+
+  /** dx[M,D] += the gradient through `rmsnorm` at input x (weight frozen). */
+  rmsnormBackward(
+    dx: Float32Array,
+    dout: Float32Array,
+    x: Float32Array,
+    weight: Float32Array,
+    M: number,
+    D: number,
+    eps: number,
+  ): void;
+
+  /** In place, dx ← Rᵀ·dx: the gradient through `rope` with the same arguments. */
+  ropeBackward(
+    dx: Float32Array,
+    M: number,
+    heads: number,
+    E: number,
+    rotDim: number,
+    pos: Int32Array,
+    invFreq: Float32Array,
+    scale: number,
+  ): void;
+
+  /**
+   * dq, dk, dv += the gradient through `attention` for one sequence with no cache (S = T: q[T, H*E],
+   * k, v [T, G*E]), given its inputs and its output `out`.
+   */
+  attentionBackward(
+    dq: Float32Array,
+    dk: Float32Array,
+    dv: Float32Array,
+    dout: Float32Array,
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    out: Float32Array,
+    T: number,
+    H: number,
+    G: number,
+    E: number,
+    scale: number,
+    window: number,
+  ): void;
+
+  /** dgate, dup += the gradient through `gatedAct` at (gate, up). */
+  gatedActBackward(
+    dgate: Float32Array,
+    dup: Float32Array,
+    dout: Float32Array,
+    gate: Float32Array,
+    up: Float32Array,
+    n: number,
+    act: 'silu' | 'gelu_tanh',
+  ): void;
 }

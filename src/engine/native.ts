@@ -22,7 +22,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { SteerguardError } from '../formats/errors.js';
-import type { Backend } from './backend.js';
+import type { Backend, BackwardKernels } from './backend.js';
 
 /** The kernels every backend has; the addon exports them under the same names and signatures. */
 type Kernels = Pick<Backend, 'matmul' | 'rmsnorm' | 'rope' | 'attention' | 'gatedAct'> & {
@@ -30,7 +30,7 @@ type Kernels = Pick<Backend, 'matmul' | 'rmsnorm' | 'rope' | 'attention' | 'gate
 };
 
 /** What each build/steerguard-<level>.node exports (see the bindings at the bottom of steerguard.c). */
-interface NativeAddon extends Kernels {
+interface NativeAddon extends Kernels, BackwardKernels {
   setThreads(n: number): void;
   info(): NativeInfo;
 }
@@ -229,6 +229,7 @@ export class NativeBackend implements Backend, Kernels {
   readonly attention: Kernels['attention'];
   readonly gatedAct: Kernels['gatedAct'];
   readonly matmulQuant: Kernels['matmulQuant'];
+  readonly backward: BackwardKernels;
 
   /** @internal use loadNativeBackend() */
   constructor(
@@ -243,6 +244,13 @@ export class NativeBackend implements Backend, Kernels {
     this.attention = addon.attention;
     this.gatedAct = addon.gatedAct;
     this.matmulQuant = addon.matmulQuant;
+    this.backward = {
+      matmulBackward: addon.matmulBackward,
+      rmsnormBackward: addon.rmsnormBackward,
+      ropeBackward: addon.ropeBackward,
+      attentionBackward: addon.attentionBackward,
+      gatedActBackward: addon.gatedActBackward,
+    };
   }
 
   get name(): string {

@@ -139,7 +139,10 @@ export interface TrainingOptions {
   readonly recompute?: boolean;
 }
 
-/** out[M, N] = x·Wᵀ + bias + s·(x·Aᵀ)·Bᵀ; returns x·Aᵀ (for the backward) when adapted. */
+/**
+ * out[M, N] = x·Wᵀ + bias + s·(x·Aᵀ)·Bᵀ; returns x·Aᵀ (for the backward) when adapted. `scratch`
+ * holds at least M·N values, overwritten.
+ */
 function project<A extends Floats>(
   kn: TrainingKernels<A>,
   out: A,
@@ -150,11 +153,12 @@ function project<A extends Floats>(
   N: number,
   r: number,
   s: number,
+  scratch: A,
 ): A | undefined {
   kn.matmul(out, x, p.w, M, K, N, p.bias);
   if (!p.lora) return undefined;
   const u = kn.alloc(M * r);
-  const delta = kn.alloc(M * N);
+  const delta = view(scratch, 0, M * N);
   kn.matmul(u, x, p.lora.a, M, K, r);
   kn.matmul(delta, u, p.lora.b, M, r, N);
   for (let i = 0; i < out.length; i++) out[i] += s * delta[i];
@@ -180,6 +184,8 @@ function blockForward<A extends Floats>(
   const lw = w.layers[l];
   const lora = adapter.layers[l];
   const loraIn: Partial<Record<LoraTarget, A>> = {};
+  // one buffer for every projection's LoRA term: fewer fresh [M, F] arrays for the collector
+  const scratch = kn.alloc(M * Math.max(HE, D, F));
   const run = (
     out: A,
     x: A,
@@ -190,7 +196,7 @@ function blockForward<A extends Floats>(
     bias?: Float32Array,
   ) => {
     const p = { w: fp32Matrix(m, `layer ${l} ${target}`), bias, lora: lora[target] };
-    const u = project(kn, out, x, p, M, K, N, r, s);
+    const u = project(kn, out, x, p, M, K, N, r, s, scratch);
     if (u) loraIn[target] = u;
   };
   const copy = (a: A): A => {
@@ -335,11 +341,12 @@ function trainingForward<A extends Floats>(
     const row = view(dLogits, i * V, (i + 1) * V);
     let mx = -Infinity;
     for (let j = 0; j < V; j++) mx = Math.max(mx, row[j]);
+    loss += mx - row[targets[i]];
     let sum = 0;
-    for (let j = 0; j < V; j++) sum += Math.exp(row[j] - mx);
-    const lse = mx + Math.log(sum);
-    loss += lse - row[targets[i]];
-    for (let j = 0; j < V; j++) row[j] = Math.exp(row[j] - lse) / R;
+    for (let j = 0; j < V; j++) sum += row[j] = Math.exp(row[j] - mx);
+    loss += Math.log(sum);
+    const norm = 1 / (sum * R);
+    for (let j = 0; j < V; j++) row[j] *= norm;
     row[targets[i]] -= 1 / R;
   }
   return { rows, inputs, blocks, final: x, predictorRows, headIn, dLogits, loss: loss / R };
@@ -379,11 +386,14 @@ function backward<A extends Floats>(
     const pair = adapter.layers[l][target];
     if (!pair) return;
     const grad = grads[l][target]!;
+    // out = … + s·(u·Bᵀ) with u = x·Aᵀ: dB += doutᵀ·(s·u) and du = s·(dout·B), the scale applied
+    // to the [M, r] factors rather than to the [M, N] dout
     const u = block.loraIn[target]!;
-    const scaled = kn.alloc(M * N);
-    for (let i = 0; i < scaled.length; i++) scaled[i] = s * dout[i];
+    const su = kn.alloc(M * r);
+    for (let i = 0; i < su.length; i++) su[i] = s * u[i];
     const du = kn.alloc(M * r);
-    kn.matmulBackward(du, grad.b, scaled, u, pair.b, M, r, N);
+    kn.matmulBackward(du, grad.b, dout, su, pair.b, M, r, N);
+    for (let i = 0; i < du.length; i++) du[i] *= s;
     kn.matmulBackward(dx, grad.a, du, x, pair.a, M, K, r);
   };
 
@@ -413,6 +423,17 @@ function backward<A extends Floats>(
     );
   }
 
+  // Each layer's gradient buffers are zeroed and used again by the next layer: fewer fresh arrays
+  // for the collector.
+  const reusable = (n: number) => {
+    let b: A | undefined;
+    return (): A => (b ? (b.fill(0) as A) : (b = kn.alloc(n)));
+  };
+  const [dDownBuf, dh2Buf, dOBuf, dh1Buf] = [0, 1, 2, 3].map(() => reusable(M * D));
+  const [dActBuf, dGateBuf, dUpBuf] = [0, 1, 2].map(() => reusable(M * F));
+  const [dAttBuf, dqBuf, dqInBuf] = [0, 1, 2].map(() => reusable(M * HE));
+  const [dkBuf, dvBuf, dkInBuf] = [0, 1, 2].map(() => reusable(M * GE));
+
   // Blocks, last first. dx is d(block output), then d(mid), then d(block input).
   for (let l = cfg.nLayers - 1; l >= 0; l--) {
     const lw = w.layers[l];
@@ -421,15 +442,15 @@ function backward<A extends Floats>(
     // MLP: out = mid + norm?(down(act(gate(h2))·up(h2))), h2 = rmsnorm(mid).
     let dDown = dx;
     if (lw.postMlpNorm && t.downPre) {
-      dDown = kn.alloc(M * D);
+      dDown = dDownBuf();
       kn.rmsnormBackward(dDown, dx, t.downPre, lw.postMlpNorm, M, D, eps);
     }
-    const dAct = kn.alloc(M * F);
+    const dAct = dActBuf();
     projectBackward(dAct, dDown, t.act, l, t, 'down', lw.wDown, F, D);
-    const dGate = kn.alloc(M * F);
-    const dUp = kn.alloc(M * F);
+    const dGate = dGateBuf();
+    const dUp = dUpBuf();
     kn.gatedActBackward(dGate, dUp, dAct, t.gate, t.up, M * F, cfg.act);
-    const dh2 = kn.alloc(M * D);
+    const dh2 = dh2Buf();
     projectBackward(dh2, dGate, t.h2, l, t, 'gate', lw.wGate, D, F);
     projectBackward(dh2, dUp, t.h2, l, t, 'up', lw.wUp, D, F);
     kn.rmsnormBackward(dx, dh2, t.mid, lw.mlpNorm, M, D, eps);
@@ -437,14 +458,14 @@ function backward<A extends Floats>(
     // Attention: mid = resid + norm?(o(attention(rope(norm?(q(h1))), …))), h1 = rmsnorm(resid).
     let dO = dx;
     if (lw.postAttnNorm && t.oPre) {
-      dO = kn.alloc(M * D);
+      dO = dOBuf();
       kn.rmsnormBackward(dO, dx, t.oPre, lw.postAttnNorm, M, D, eps);
     }
-    const dAtt = kn.alloc(M * HE);
+    const dAtt = dAttBuf();
     projectBackward(dAtt, dO, t.att, l, t, 'o', lw.wo, HE, D);
-    const dq = kn.alloc(M * HE);
-    const dk = kn.alloc(M * GE);
-    const dv = kn.alloc(M * GE);
+    const dq = dqBuf();
+    const dk = dkBuf();
+    const dv = dvBuf();
     for (let b = 0; b < rowStart.length; b++) {
       const [r0, T] = [rowStart[b], lengths[b]];
       const qs = (a: A) => view(a, r0 * HE, (r0 + T) * HE);
@@ -472,12 +493,12 @@ function backward<A extends Floats>(
     let dqIn = dq;
     let dkIn = dk;
     if (lw.qNorm && lw.kNorm && t.qPre && t.kPre) {
-      dqIn = kn.alloc(M * HE);
-      dkIn = kn.alloc(M * GE);
+      dqIn = dqInBuf();
+      dkIn = dkInBuf();
       kn.rmsnormBackward(dqIn, dq, t.qPre, lw.qNorm, M * H, E, eps);
       kn.rmsnormBackward(dkIn, dk, t.kPre, lw.kNorm, M * G, E, eps);
     }
-    const dh1 = kn.alloc(M * D);
+    const dh1 = dh1Buf();
     projectBackward(dh1, dqIn, t.h1, l, t, 'q', lw.wq, D, HE);
     projectBackward(dh1, dkIn, t.h1, l, t, 'k', lw.wk, D, GE);
     projectBackward(dh1, dv, t.h1, l, t, 'v', lw.wv, D, GE);

@@ -6,9 +6,9 @@
  * Backward kernels ADD into their gradient outputs (`dx += ...`), so a buffer read by several
  * consumers (the residual stream, a LoRA input) collects every contribution without a copy.
  *
- * `plainKernels` is the whole set in plain TypeScript (sums in double); `backendKernels` takes the
- * forward kernels of an engine `Backend` (native or reference) and the backward ones from plain
- * TypeScript. A native backward is another object implementing `TrainingKernels<Float32Array>`.
+ * `plainKernels` is the whole set in plain TypeScript (sums in double), the reference; `backendKernels`
+ * takes the forward kernels of an engine `Backend` (native or reference) and its backward ones when it
+ * has them (the native engine's, in C over OpenBLAS), else the plain TypeScript ones.
  *
  * Letters as in src/engine/backend.ts: M rows, K input features, N output features, D width,
  * H query heads, G key/value heads, E head dim, T tokens of one sequence (queries = keys here: a
@@ -308,12 +308,27 @@ export const F64_KERNELS: TrainingKernels<Float64Array> = plainKernels(
 
 /**
  * fp32 training on an engine backend: its forward kernels (the ones inference runs, so training sees
- * the model inference sees), the backward kernels in plain TypeScript until the engine has its own.
+ * the model inference sees) and its backward kernels (`Backend.backward`: the native engine's), or
+ * the plain TypeScript backward on a backend without them (the reference backend).
  */
 export function backendKernels(be: Backend): TrainingKernels<Float32Array> {
-  const plain = plainKernels(`${be.name} forward, plain TypeScript backward`, (n) => new Float32Array(n));
+  const bw = be.backward;
+  const plain = plainKernels(
+    bw ? `${be.name}, forward and backward` : `${be.name} forward, plain TypeScript backward`,
+    (n) => new Float32Array(n),
+  );
   return {
     ...plain,
+    ...(bw && {
+      matmulBackward: (dx, dw, dout, x, w, M, K, N) => bw.matmulBackward(dx, dw, dout, x, w, M, K, N),
+      rmsnormBackward: (dx, dout, x, weight, M, D, eps) => bw.rmsnormBackward(dx, dout, x, weight, M, D, eps),
+      ropeBackward: (dx, M, heads, E, rotDim, pos, invFreq, scale) =>
+        bw.ropeBackward(dx, M, heads, E, rotDim, pos, invFreq, scale),
+      attentionBackward: (dq, dk, dv, dout, q, k, v, out, T, H, G, E, scale, window) =>
+        bw.attentionBackward(dq, dk, dv, dout, q, k, v, out, T, H, G, E, scale, window),
+      gatedActBackward: (dgate, dup, dout, gate, up, n, act) =>
+        bw.gatedActBackward(dgate, dup, dout, gate, up, n, act),
+    }),
     matmul: (out, x, w, M, K, N, bias) => be.matmul(out, x, w, M, K, N, bias),
     rmsnorm: (out, x, weight, M, D, eps) => be.rmsnorm(out, x, weight, M, D, eps),
     rope: (x, M, heads, E, rotDim, pos, invFreq, scale) =>

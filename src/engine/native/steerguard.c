@@ -2,9 +2,9 @@
  * steerguard native engine: the kernels of src/engine/backend.ts over flat fp32 buffers.
  *
  * Eager and llm.c-style on purpose: every kernel is a plain C function that takes its output, its
- * inputs and its sizes, so the TypeScript model code keeps every intermediate (hooks, KV cache) and a
- * backward twin can be added next to each forward kernel later. matmul goes to OpenBLAS; the rest are
- * short loops parallelised with OpenMP. The Node-API layer at the bottom validates every argument
+ * inputs and its sizes, so the TypeScript model code keeps every intermediate (hooks, KV cache), and
+ * each forward kernel has its backward twin next to it (for LoRA training: src/training/kernels.ts).
+ * The matrix products go to OpenBLAS; the rest are short loops parallelised with OpenMP. The Node-API layer at the bottom validates every argument
  * (typed-array kind, length against the sizes, forbidden overlaps) before any kernel touches memory,
  * and passes the typed arrays' own storage to the kernels: nothing is copied.
  *
@@ -60,6 +60,20 @@ static void matmul_forward(float *out, const float *x, const float *w, const flo
   }
 }
 
+/* The gradient through matmul_forward, added in: dx[M,K] += dout[M,N] · w[N,K] and
+ * dw[N,K] += dout[M,N]ᵀ · x[M,K]; either may be NULL. Both are sgemms on the arrays as stored (the
+ * transposes are BLAS flags, no transposed copy of w); beta = 1 does the adding. */
+static void matmul_backward(float *dx, float *dw, const float *dout, const float *x, const float *w, int M, int K,
+                            int N) {
+  if (dx) {
+    if (M == 1)
+      cblas_sgemv(CblasRowMajor, CblasTrans, N, K, 1.0f, w, K, dout, 1, 1.0f, dx, 1);
+    else
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, K, N, 1.0f, dout, N, w, K, 1.0f, dx, K);
+  }
+  if (dw) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, M, 1.0f, dout, N, x, K, 1.0f, dw, K);
+}
+
 /* out[M,D] = x / sqrt(mean(x²) + eps) * weight; out may be x. */
 static void rmsnorm_forward(float *out, const float *x, const float *weight, int M, int D, float eps) {
 #pragma omp parallel for num_threads(g_threads) if ((size_t)M * D >= PAR_MIN_WORK) schedule(static)
@@ -78,10 +92,31 @@ static void rmsnorm_forward(float *out, const float *x, const float *weight, int
   }
 }
 
+/* dx[M,D] += the gradient through rmsnorm_forward at input x (weight frozen): with r = (mean(x²) +
+ * eps)^-1/2, dx = r·(dy∘w) − x·r³/D·Σ(dy∘w∘x). dx must not overlap dout or x. */
+static void rmsnorm_backward(float *dx, const float *dout, const float *x, const float *weight, int M, int D,
+                             float eps) {
+#pragma omp parallel for num_threads(g_threads) if ((size_t)M * D >= PAR_MIN_WORK) schedule(static)
+  for (int m = 0; m < M; m++) {
+    const float *xr = x + (size_t)m * D, *dy = dout + (size_t)m * D;
+    float *dr = dx + (size_t)m * D;
+    double ss = 0.0, dot = 0.0;
+#pragma omp simd reduction(+ : ss, dot)
+    for (int d = 0; d < D; d++) {
+      ss += (double)xr[d] * (double)xr[d];
+      dot += (double)dy[d] * (double)weight[d] * (double)xr[d];
+    }
+    double r = 1.0 / sqrt(ss / D + (double)eps);
+    float rf = (float)r, c = (float)(dot * r * r * r / D);
+#pragma omp simd
+    for (int d = 0; d < D; d++) dr[d] += rf * dy[d] * weight[d] - c * xr[d];
+  }
+}
+
 /* Rotate-half rotary embedding in place on x[M, heads, E], pair i turned by pos * inv_freq[i], with
  * cos and sin multiplied by scale (YaRN's attention factor, 1 otherwise). */
-static int rope_forward(float *x, int M, int heads, int E, int rotDim, const int32_t *pos, const float *inv_freq,
-                        float scale) {
+static int rope_rotate(float *x, int M, int heads, int E, int rotDim, const int32_t *pos, const float *inv_freq,
+                       float scale, float sign) {
   int half = rotDim / 2;
   float *cs = malloc((size_t)g_threads * 2 * half * sizeof(float));
   if (!cs) return -1;
@@ -100,7 +135,7 @@ static int rope_forward(float *x, int M, int heads, int E, int rotDim, const int
       for (int i = 0; i < half; i++) {
         float a = p * inv_freq[i];
         c[i] = (float)cos((double)a) * scale;
-        s[i] = (float)sin((double)a) * scale;
+        s[i] = (float)sin((double)a) * scale * sign;
       }
       for (int h = 0; h < heads; h++) {
         float *xh = x + ((size_t)m * heads + h) * E;
@@ -114,6 +149,18 @@ static int rope_forward(float *x, int M, int heads, int E, int rotDim, const int
   }
   free(cs);
   return 0;
+}
+
+static int rope_forward(float *x, int M, int heads, int E, int rotDim, const int32_t *pos, const float *inv_freq,
+                        float scale) {
+  return rope_rotate(x, M, heads, E, rotDim, pos, inv_freq, scale, 1.0f);
+}
+
+/* In place, dx ← Rᵀ·dx: the gradient through rope_forward. Each pair is turned by scale times a rotation,
+ * so its transpose is the same turn with sin negated. */
+static int rope_backward(float *dx, int M, int heads, int E, int rotDim, const int32_t *pos, const float *inv_freq,
+                         float scale) {
+  return rope_rotate(dx, M, heads, E, rotDim, pos, inv_freq, scale, -1.0f);
 }
 
 /* s[r] = q · k_r for four key rows k_r = k0 + r*stride: four independent sums keep both FMA units
@@ -361,6 +408,86 @@ static int attention_forward(float *out, const float *q, const float *k, const f
   return attention_rows(out, q, k, v, T, S, H, G, E, scale, window);
 }
 
+/*
+ * dq, dk, dv += the gradient through attention_forward for one training sequence (T = S: queries and
+ * keys are the same T tokens), given its inputs and its output. o = Σ_j p_j v_j, p = softmax(s),
+ * s_j = scale·q·k_j, so dv_j += p_j·do, ds_j = p_j·(do·v_j − do·o), dq += scale·Σ_j ds_j k_j and
+ * dk_j += scale·ds_j·q. Laid out as attention_blocks is: per head and block of up to 128 queries,
+ * P is recomputed with one sgemm (and the masked softmax), dP = dO·Vᵀ is a second, and dV += Pᵀ·dO,
+ * dQ += dS·K, dK += dSᵀ·Q three more. Heads run one after another, so the heads sharing a kv head
+ * add into its dk, dv without a race; each sgemm is threaded by OpenBLAS.
+ */
+static int attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                              const float *v, const float *out, int T, int H, int G, int E, float scale,
+                              int window) {
+  size_t qstride = (size_t)H * E, kvstride = (size_t)G * E;
+  int per_group = H / G;
+  int bq = T < ATT_QBLOCK ? T : ATT_QBLOCK;
+  float *P = malloc((size_t)bq * T * sizeof(float));
+  float *dP = malloc((size_t)bq * T * sizeof(float));
+  if (!P || !dP) {
+    free(P);
+    free(dP);
+    return -1;
+  }
+  for (int h = 0; h < H; h++) {
+    int g = h / per_group;
+    for (int t0 = 0; t0 < T; t0 += bq) {
+      int nb = T - t0 < bq ? T - t0 : bq;
+      int jlo = (window > 0 && t0 - window + 1 > 0) ? t0 - window + 1 : 0;
+      int ns = t0 + nb - jlo;
+      const float *qb = q + (size_t)t0 * qstride + (size_t)h * E;
+      const float *dob = dout + (size_t)t0 * qstride + (size_t)h * E;
+      const float *ob = out + (size_t)t0 * qstride + (size_t)h * E;
+      const float *kb = k + (size_t)jlo * kvstride + (size_t)g * E;
+      const float *vb = v + (size_t)jlo * kvstride + (size_t)g * E;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, ns, E, scale, qb, (int)qstride, kb, (int)kvstride,
+                  0.0f, P, ns);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, ns, E, 1.0f, dob, (int)qstride, vb, (int)kvstride,
+                  0.0f, dP, ns);
+#pragma omp parallel for num_threads(g_threads) if ((size_t)nb * ns >= PAR_MIN_WORK) schedule(static)
+      for (int r = 0; r < nb; r++) {
+        int p = t0 + r;
+        int a = ((window > 0 && p - window + 1 > 0) ? p - window + 1 : 0) - jlo;
+        int b = p - jlo + 1; /* row r sees columns [a, b) */
+        float *row = P + (size_t)r * ns, *drow = dP + (size_t)r * ns;
+        float mx = -INFINITY;
+        for (int j = a; j < b; j++)
+          if (row[j] > mx) mx = row[j];
+        double sum = 0.0;
+        for (int j = a; j < b; j++) {
+          float e = expf(row[j] - mx);
+          row[j] = e;
+          sum += e;
+        }
+        float inv = (float)(1.0 / sum);
+        double doo = 0.0;
+        for (int e = 0; e < E; e++) doo += (double)dob[(size_t)r * qstride + e] * (double)ob[(size_t)r * qstride + e];
+        float dof = (float)doo;
+        for (int j = 0; j < a; j++) row[j] = drow[j] = 0.0f;
+        for (int j = a; j < b; j++) {
+          float pj = row[j] * inv;
+          row[j] = pj;
+          drow[j] = pj * (drow[j] - dof) * scale;
+        }
+        for (int j = b; j < ns; j++) row[j] = drow[j] = 0.0f;
+      }
+      float *dqb = dq + (size_t)t0 * qstride + (size_t)h * E;
+      float *dkb = dk + (size_t)jlo * kvstride + (size_t)g * E;
+      float *dvb = dv + (size_t)jlo * kvstride + (size_t)g * E;
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, ns, E, nb, 1.0f, P, ns, dob, (int)qstride, 1.0f, dvb,
+                  (int)kvstride);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nb, E, ns, 1.0f, dP, ns, kb, (int)kvstride, 1.0f, dqb,
+                  (int)qstride);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, ns, E, nb, 1.0f, dP, ns, qb, (int)qstride, 1.0f, dkb,
+                  (int)kvstride);
+    }
+  }
+  free(P);
+  free(dP);
+  return 0;
+}
+
 enum act_kind { ACT_SILU, ACT_GELU_TANH };
 
 /* out[n] = act(gate[n]) * up[n]; out may be gate or up. */
@@ -382,6 +509,34 @@ static void gated_act_forward(float *out, const float *gate, const float *up, si
       float g = gate[i];
       float u = kBeta * (g + kKappa * g * g * g);
       out[i] = g / (1.0f + expf(-2.0f * u)) * up[i];
+    }
+  }
+}
+
+/* dgate, dup += the gradient through gated_act_forward at (gate, up): dup += dout·act(g),
+ * dgate += dout·up·act'(g). For SiLU, with s = σ(g): act = g·s, act' = s·(1 + g·(1 − s)). For the tanh
+ * GELU, with σ = σ(2u) = (1 + tanh u)/2 as in the forward: act = g·σ, act' = σ + 2g·σ(1 − σ)·u'. */
+static void gated_act_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up,
+                               size_t n, enum act_kind act) {
+  if (act == ACT_SILU) {
+#pragma omp parallel for num_threads(g_threads) if (n >= PAR_MIN_WORK) schedule(static)
+    for (size_t i = 0; i < n; i++) {
+      float g = gate[i];
+      float s = 1.0f / (1.0f + expf(-g));
+      dgate[i] += dout[i] * up[i] * (s * (1.0f + g * (1.0f - s)));
+      dup[i] += dout[i] * (g * s);
+    }
+  } else {
+    const float kBeta = 0.7978845608028654f; /* sqrt(2/pi) */
+    const float kKappa = 0.044715f;
+#pragma omp parallel for num_threads(g_threads) if (n >= PAR_MIN_WORK) schedule(static)
+    for (size_t i = 0; i < n; i++) {
+      float g = gate[i];
+      float u = kBeta * (g + kKappa * g * g * g);
+      float du = kBeta * (1.0f + 3.0f * kKappa * g * g);
+      float s = 1.0f / (1.0f + expf(-2.0f * u));
+      dgate[i] += dout[i] * up[i] * (s + 2.0f * g * s * (1.0f - s) * du);
+      dup[i] += dout[i] * (g * s);
     }
   }
 }
@@ -1120,7 +1275,7 @@ static int matmul_quant_exact(float *out, const float *x, const uint8_t *w, int 
 // Node-API argument checking
 
 #define ERR_CODE "STEERGUARD_BAD_ARGUMENT"
-#define MAX_ARGS 12
+#define MAX_ARGS 14
 
 /* napi_status failures that are not the caller's fault (out of memory, engine shutting down) */
 #define NAPI_OK(call)                                                                                        \
@@ -1253,6 +1408,17 @@ static bool check_no_overlap(napi_env env, const char *fn, const char *an, const
   return false;
 }
 
+/* None of the first n_out arrays (a backward kernel's gradient outputs, written in place) overlaps any
+ * other of the n arrays; sizes[i] is how many elements of arrays[i] the kernel touches. */
+static bool check_disjoint(napi_env env, const char *fn, int n_out, int n, const char *const *names,
+                           const view *const *arrays, const size_t *sizes) {
+  for (int i = 0; i < n_out; i++)
+    for (int j = i + 1; j < n; j++)
+      if (!check_no_overlap(env, fn, names[i], arrays[i], sizes[i], names[j], arrays[j], sizes[j], false))
+        return false;
+  return true;
+}
+
 static bool get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv) {
   size_t argc = MAX_ARGS;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return false;
@@ -1298,6 +1464,33 @@ static napi_value js_matmul(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* matmulBackward(dx?, dw?, dout, x, w, M, K, N): dx += dout·w, dw += doutᵀ·x */
+static napi_value js_matmul_backward(napi_env env, napi_callback_info info) {
+  const char *fn = "matmulBackward";
+  napi_value a[MAX_ARGS];
+  view dx, dw, dout, x, w;
+  int M, K, N;
+  if (!get_args(env, info, 8, a)) return NULL;
+  if (!get_view(env, a[0], napi_float32_array, fn, "dx", true, &dx) ||
+      !get_view(env, a[1], napi_float32_array, fn, "dw", true, &dw) ||
+      !get_view(env, a[2], napi_float32_array, fn, "dout", false, &dout) ||
+      !get_view(env, a[3], napi_float32_array, fn, "x", false, &x) ||
+      !get_view(env, a[4], napi_float32_array, fn, "w", false, &w) || !get_int(env, a[5], fn, "M", 0, &M) ||
+      !get_int(env, a[6], fn, "K", 1, &K) || !get_int(env, a[7], fn, "N", 1, &N))
+    return NULL;
+  if ((dx.data && !check_len(env, fn, "dx", &dx, "M*K", M, K, 1)) ||
+      (dw.data && !check_len(env, fn, "dw", &dw, "N*K", N, K, 1)) ||
+      !check_len(env, fn, "dout", &dout, "M*N", M, N, 1) || !check_len(env, fn, "x", &x, "M*K", M, K, 1) ||
+      !check_len(env, fn, "w", &w, "N*K", N, K, 1))
+    return NULL;
+  const char *names[] = {"dx", "dw", "dout", "x", "w"};
+  const view *arrays[] = {&dx, &dw, &dout, &x, &w};
+  size_t sizes[] = {(size_t)M * K, (size_t)N * K, (size_t)M * N, (size_t)M * K, (size_t)N * K};
+  if (!check_disjoint(env, fn, 2, 5, names, arrays, sizes)) return NULL;
+  if (M > 0) matmul_backward(dx.data, dw.data, dout.data, x.data, w.data, M, K, N);
+  return NULL;
+}
+
 /* rmsnorm(out, x, weight, M, D, eps) */
 static napi_value js_rmsnorm(napi_env env, napi_callback_info info) {
   const char *fn = "rmsnorm";
@@ -1325,9 +1518,38 @@ static napi_value js_rmsnorm(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* rope(x, M, heads, E, rotDim, pos, invFreq, scale) */
-static napi_value js_rope(napi_env env, napi_callback_info info) {
-  const char *fn = "rope";
+/* rmsnormBackward(dx, dout, x, weight, M, D, eps): dx += the gradient through rmsnorm at x */
+static napi_value js_rmsnorm_backward(napi_env env, napi_callback_info info) {
+  const char *fn = "rmsnormBackward";
+  napi_value a[MAX_ARGS];
+  view dx, dout, x, w;
+  int M, D;
+  double eps;
+  if (!get_args(env, info, 7, a)) return NULL;
+  if (!get_view(env, a[0], napi_float32_array, fn, "dx", false, &dx) ||
+      !get_view(env, a[1], napi_float32_array, fn, "dout", false, &dout) ||
+      !get_view(env, a[2], napi_float32_array, fn, "x", false, &x) ||
+      !get_view(env, a[3], napi_float32_array, fn, "weight", false, &w) || !get_int(env, a[4], fn, "M", 0, &M) ||
+      !get_int(env, a[5], fn, "D", 1, &D) || !get_finite(env, a[6], fn, "eps", &eps))
+    return NULL;
+  if (eps < 0) {
+    throw_range(env, "rmsnormBackward: eps must be >= 0");
+    return NULL;
+  }
+  size_t n = (size_t)M * D;
+  if (!check_len(env, fn, "dx", &dx, "M*D", M, D, 1) || !check_len(env, fn, "dout", &dout, "M*D", M, D, 1) ||
+      !check_len(env, fn, "x", &x, "M*D", M, D, 1) || !check_len(env, fn, "weight", &w, "D", D, 1, 1))
+    return NULL;
+  const char *names[] = {"dx", "dout", "x", "weight"};
+  const view *arrays[] = {&dx, &dout, &x, &w};
+  size_t sizes[] = {n, n, n, (size_t)D};
+  if (!check_disjoint(env, fn, 1, 4, names, arrays, sizes)) return NULL;
+  if (M > 0) rmsnorm_backward(dx.data, dout.data, x.data, w.data, M, D, (float)eps);
+  return NULL;
+}
+
+/* rope(x, M, heads, E, rotDim, pos, invFreq, scale), and ropeBackward with the same arguments */
+static napi_value rope_binding(napi_env env, napi_callback_info info, const char *fn, bool backward) {
   napi_value a[MAX_ARGS];
   view x, pos, inv;
   int M, heads, E, rotDim;
@@ -1342,7 +1564,7 @@ static napi_value js_rope(napi_env env, napi_callback_info info) {
     return NULL;
   if (rotDim % 2 != 0 || rotDim > E) {
     char msg[160];
-    snprintf(msg, sizeof msg, "rope: rotDim must be even and <= E = %d, got %d", E, rotDim);
+    snprintf(msg, sizeof msg, "%s: rotDim must be even and <= E = %d, got %d", fn, E, rotDim);
     throw_range(env, msg);
     return NULL;
   }
@@ -1353,13 +1575,21 @@ static napi_value js_rope(napi_env env, napi_callback_info info) {
   for (int i = 0; i < rotDim / 2; i++) {
     if (!isfinite(((const float *)inv.data)[i])) {
       char msg[160];
-      snprintf(msg, sizeof msg, "rope: invFreq[%d] must be finite, got %g", i, ((const float *)inv.data)[i]);
+      snprintf(msg, sizeof msg, "%s: invFreq[%d] must be finite, got %g", fn, i, ((const float *)inv.data)[i]);
       throw_range(env, msg);
       return NULL;
     }
   }
-  if (M > 0 && rope_forward(x.data, M, heads, E, rotDim, pos.data, inv.data, (float)scale) != 0) throw_oom(env, fn);
+  if (M > 0 && (backward ? rope_backward : rope_forward)(x.data, M, heads, E, rotDim, pos.data, inv.data,
+                                                        (float)scale) != 0)
+    throw_oom(env, fn);
   return NULL;
+}
+
+static napi_value js_rope(napi_env env, napi_callback_info info) { return rope_binding(env, info, "rope", false); }
+
+static napi_value js_rope_backward(napi_env env, napi_callback_info info) {
+  return rope_binding(env, info, "ropeBackward", true);
 }
 
 /* attention(out, q, k, v, T, S, H, G, E, scale, window) */
@@ -1405,6 +1635,75 @@ static napi_value js_attention(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* attentionBackward(dq, dk, dv, dout, q, k, v, out, T, H, G, E, scale, window): one training sequence,
+ * T queries over their own T keys; dq, dk, dv += the gradient through attention */
+static napi_value js_attention_backward(napi_env env, napi_callback_info info) {
+  const char *fn = "attentionBackward";
+  napi_value a[MAX_ARGS];
+  view dq, dk, dv, dout, q, k, v, out;
+  int T, H, G, E, window;
+  double scale;
+  if (!get_args(env, info, 14, a)) return NULL;
+  if (!get_view(env, a[0], napi_float32_array, fn, "dq", false, &dq) ||
+      !get_view(env, a[1], napi_float32_array, fn, "dk", false, &dk) ||
+      !get_view(env, a[2], napi_float32_array, fn, "dv", false, &dv) ||
+      !get_view(env, a[3], napi_float32_array, fn, "dout", false, &dout) ||
+      !get_view(env, a[4], napi_float32_array, fn, "q", false, &q) ||
+      !get_view(env, a[5], napi_float32_array, fn, "k", false, &k) ||
+      !get_view(env, a[6], napi_float32_array, fn, "v", false, &v) ||
+      !get_view(env, a[7], napi_float32_array, fn, "out", false, &out) || !get_int(env, a[8], fn, "T", 0, &T) ||
+      !get_int(env, a[9], fn, "H", 1, &H) || !get_int(env, a[10], fn, "G", 1, &G) ||
+      !get_int(env, a[11], fn, "E", 1, &E) || !get_finite(env, a[12], fn, "scale", &scale) ||
+      !get_int(env, a[13], fn, "window", 0, &window))
+    return NULL;
+  char msg[200];
+  if (H % G != 0) {
+    snprintf(msg, sizeof msg, "%s: H (%d) must be a multiple of G (%d)", fn, H, G);
+    throw_range(env, msg);
+    return NULL;
+  }
+  if ((uint64_t)H * E > INT32_MAX) {
+    snprintf(msg, sizeof msg, "%s: H*E must be < 2^31", fn);
+    throw_range(env, msg);
+    return NULL;
+  }
+  size_t nq = (size_t)T * H * E, nkv = (size_t)T * G * E;
+  if (!check_len(env, fn, "dq", &dq, "T*H*E", T, H, E) || !check_len(env, fn, "dk", &dk, "T*G*E", T, G, E) ||
+      !check_len(env, fn, "dv", &dv, "T*G*E", T, G, E) || !check_len(env, fn, "dout", &dout, "T*H*E", T, H, E) ||
+      !check_len(env, fn, "q", &q, "T*H*E", T, H, E) || !check_len(env, fn, "k", &k, "T*G*E", T, G, E) ||
+      !check_len(env, fn, "v", &v, "T*G*E", T, G, E) || !check_len(env, fn, "out", &out, "T*H*E", T, H, E))
+    return NULL;
+  const char *names[] = {"dq", "dk", "dv", "dout", "q", "k", "v", "out"};
+  const view *arrays[] = {&dq, &dk, &dv, &dout, &q, &k, &v, &out};
+  size_t sizes[] = {nq, nkv, nkv, nq, nq, nkv, nkv, nq};
+  if (!check_disjoint(env, fn, 3, 8, names, arrays, sizes)) return NULL;
+  if (T > 0 && attention_backward(dq.data, dk.data, dv.data, dout.data, q.data, k.data, v.data, out.data, T, H, G,
+                                  E, (float)scale, window) != 0)
+    throw_oom(env, fn);
+  return NULL;
+}
+
+/* act: 'silu' or 'gelu_tanh' */
+static bool get_act(napi_env env, napi_value v, const char *fn, enum act_kind *kind) {
+  char act[16] = {0};
+  size_t alen = 0;
+  if (napi_get_value_string_utf8(env, v, act, sizeof act, &alen) != napi_ok) {
+    throw_type(env, fn, "%s must be 'silu' or 'gelu_tanh'", "act");
+    return false;
+  }
+  if (strcmp(act, "silu") == 0) {
+    *kind = ACT_SILU;
+  } else if (strcmp(act, "gelu_tanh") == 0) {
+    *kind = ACT_GELU_TANH;
+  } else {
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s: act must be 'silu' or 'gelu_tanh', got '%s'", fn, act);
+    throw_range(env, msg);
+    return false;
+  }
+  return true;
+}
+
 /* gatedAct(out, gate, up, n, act) */
 static napi_value js_gated_act(napi_env env, napi_callback_info info) {
   const char *fn = "gatedAct";
@@ -1416,29 +1715,41 @@ static napi_value js_gated_act(napi_env env, napi_callback_info info) {
       !get_view(env, a[1], napi_float32_array, fn, "gate", false, &gate) ||
       !get_view(env, a[2], napi_float32_array, fn, "up", false, &up) || !get_int(env, a[3], fn, "n", 0, &n))
     return NULL;
-  char act[16] = {0};
-  size_t alen = 0;
-  if (napi_get_value_string_utf8(env, a[4], act, sizeof act, &alen) != napi_ok) {
-    throw_type(env, fn, "%s must be 'silu' or 'gelu_tanh'", "act");
-    return NULL;
-  }
   enum act_kind kind;
-  if (strcmp(act, "silu") == 0) {
-    kind = ACT_SILU;
-  } else if (strcmp(act, "gelu_tanh") == 0) {
-    kind = ACT_GELU_TANH;
-  } else {
-    char msg[160];
-    snprintf(msg, sizeof msg, "gatedAct: act must be 'silu' or 'gelu_tanh', got '%s'", act);
-    throw_range(env, msg);
-    return NULL;
-  }
+  if (!get_act(env, a[4], fn, &kind)) return NULL;
   if (!check_len(env, fn, "out", &out, "n", n, 1, 1) || !check_len(env, fn, "gate", &gate, "n", n, 1, 1) ||
       !check_len(env, fn, "up", &up, "n", n, 1, 1) ||
       !check_no_overlap(env, fn, "out", &out, n, "gate", &gate, n, true) ||
       !check_no_overlap(env, fn, "out", &out, n, "up", &up, n, true))
     return NULL;
   gated_act_forward(out.data, gate.data, up.data, (size_t)n, kind);
+  return NULL;
+}
+
+/* gatedActBackward(dgate, dup, dout, gate, up, n, act): dgate, dup += the gradient through gatedAct */
+static napi_value js_gated_act_backward(napi_env env, napi_callback_info info) {
+  const char *fn = "gatedActBackward";
+  napi_value a[MAX_ARGS];
+  view dgate, dup, dout, gate, up;
+  int n;
+  enum act_kind kind;
+  if (!get_args(env, info, 7, a)) return NULL;
+  if (!get_view(env, a[0], napi_float32_array, fn, "dgate", false, &dgate) ||
+      !get_view(env, a[1], napi_float32_array, fn, "dup", false, &dup) ||
+      !get_view(env, a[2], napi_float32_array, fn, "dout", false, &dout) ||
+      !get_view(env, a[3], napi_float32_array, fn, "gate", false, &gate) ||
+      !get_view(env, a[4], napi_float32_array, fn, "up", false, &up) || !get_int(env, a[5], fn, "n", 0, &n) ||
+      !get_act(env, a[6], fn, &kind))
+    return NULL;
+  if (!check_len(env, fn, "dgate", &dgate, "n", n, 1, 1) || !check_len(env, fn, "dup", &dup, "n", n, 1, 1) ||
+      !check_len(env, fn, "dout", &dout, "n", n, 1, 1) || !check_len(env, fn, "gate", &gate, "n", n, 1, 1) ||
+      !check_len(env, fn, "up", &up, "n", n, 1, 1))
+    return NULL;
+  const char *names[] = {"dgate", "dup", "dout", "gate", "up"};
+  const view *arrays[] = {&dgate, &dup, &dout, &gate, &up};
+  size_t sizes[] = {(size_t)n, (size_t)n, (size_t)n, (size_t)n, (size_t)n};
+  if (!check_disjoint(env, fn, 2, 5, names, arrays, sizes)) return NULL;
+  gated_act_backward(dgate.data, dup.data, dout.data, gate.data, up.data, (size_t)n, kind);
   return NULL;
 }
 
@@ -1554,6 +1865,11 @@ NAPI_MODULE_INIT() {
       {"attention", NULL, js_attention, NULL, NULL, NULL, napi_enumerable, NULL},
       {"gatedAct", NULL, js_gated_act, NULL, NULL, NULL, napi_enumerable, NULL},
       {"matmulQuant", NULL, js_matmul_quant, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"matmulBackward", NULL, js_matmul_backward, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"rmsnormBackward", NULL, js_rmsnorm_backward, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"ropeBackward", NULL, js_rope_backward, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"attentionBackward", NULL, js_attention_backward, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"gatedActBackward", NULL, js_gated_act_backward, NULL, NULL, NULL, napi_enumerable, NULL},
       {"setThreads", NULL, js_set_threads, NULL, NULL, NULL, napi_enumerable, NULL},
       {"info", NULL, js_info, NULL, NULL, NULL, napi_enumerable, NULL},
   };
