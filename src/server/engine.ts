@@ -35,7 +35,8 @@ export interface Finished {
 
 /** A job's stream of events, after `accepted` resolved. */
 export interface JobListener {
-  onText(text: string): void;
+  /** `tokens`: tokens generated so far. */
+  onText(text: string, tokens: number): void;
   onScore(index: number, score: number): void;
   onDone(result: Finished): void;
   onFailed(error: RequestError): void;
@@ -171,7 +172,7 @@ export class ModelWorker {
         job.refuse(new RequestError(m.status, m.message, m.param));
         return;
       case 'text':
-        deliver(job, (l) => l.onText(m.text));
+        deliver(job, (l) => l.onText(m.text, m.tokens));
         return;
       case 'score':
         deliver(job, (l) => l.onScore(m.index, m.score));

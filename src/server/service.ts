@@ -33,6 +33,8 @@ interface Live {
   sent: string;
   /** Tokens of the reply when policy stop ended it. */
   keptTokens: number;
+  /** Tokens generated so far. */
+  generated: number;
 }
 
 export class ModelService {
@@ -224,7 +226,13 @@ export class ModelService {
       gateDid = gateHooks.length === 0 ? 'none' : verdict.verdict === 'flagged' ? 'add' : 'ablate';
     }
 
-    const live: Live = { controller: new AbortController(), stopped: false, sent: '', keptTokens: 0 };
+    const live: Live = {
+      controller: new AbortController(),
+      stopped: false,
+      sent: '',
+      keptTokens: 0,
+      generated: 0,
+    };
     const readScores = monitor && (ext.scores || ext.policy === 'stop');
     const readers = readScores
       ? tokenScoreHooks(monitor, tokens.length, (index, score) => {
@@ -249,10 +257,13 @@ export class ModelService {
         stop: job.stop,
         hooks: [...steerHooks, ...gateHooks, ...readers],
         signal: live.controller.signal,
+        onToken: () => {
+          live.generated++;
+        },
         onText: (text) => {
           if (live.stopped || text === '') return;
           live.sent += text;
-          this.post({ type: 'text', id, text });
+          this.post({ type: 'text', id, text, tokens: live.generated });
         },
       },
     );
