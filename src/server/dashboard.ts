@@ -148,6 +148,7 @@ export class Dashboard {
     };
     this.live.set(view.id, view);
     this.publish('request', view);
+    this.publish('stats', this.stats());
     const since = () => Math.round(performance.now() - r.startedAt);
     const count = (tokens: number) => {
       if (tokens > view.tokens) this.countTokens(tokens - view.tokens);
@@ -169,6 +170,7 @@ export class Dashboard {
         durationMs: view.durationMs,
         ...(this.opts.showText && accepted.blocked ? { text: view.reply } : {}),
       });
+      this.publish('stats', this.stats());
     };
     const tee = (l: JobListener): JobListener => ({
       onText: (text, tokens) => {
