@@ -672,7 +672,7 @@ test('a concept as the monitor: its probe probability is the verdict score; --po
   }
 });
 
-test('--dashboard-text: the dashboard events carry prompt and reply text', async () => {
+test('--dashboard-text: the dashboard events carry prompt and reply text', { timeout: 30_000 }, async () => {
   const server = await startServer({
     engine: { model: modelFile, coeff: 1, maxBatch: 1, maxPromptTokens: 64, maxTokens: 8, blockMessage: '' },
     port: 0,
@@ -691,8 +691,9 @@ test('--dashboard-text: the dashboard events carry prompt and reply text', async
     const text = events.filter((e) => e.event === 'text' && e.data.id === res.id).map((e) => e.data.text);
     assert.equal(text.join(''), res.choices[0].text);
   } finally {
-    feed.close();
+    // with the page still connected: the close ends its stream rather than waiting on it
     await server.close(1000);
+    feed.close();
   }
 });
 
