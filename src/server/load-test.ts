@@ -1,16 +1,16 @@
 /**
  * `steerguard bench-serve`: a load test of `steerguard serve`, which it starts itself on loopback
- * (a child process per server setting, port 0) and drives with streaming chat clients:
+ * (a child process per server setting, port 0; the monitor's server beside the plain one) and drives with streaming chat clients:
  *
  * - alone: one client, each prompt once, one after the other; these greedy replies are the
  *   reference of the no-mix-up checks;
  * - `clients` concurrent clients, `requestsPerClient` requests each: aggregate tokens/s and its
- *   ratio to one client's;
+ *   ratio to one client's; the same on a second server with a monitor, every request asking for
+ *   per-token scores: the monitor's cost in throughput. The two alternate for `rounds` rounds
+ *   (off-on, on-off, ...), both servers running throughout, so that a drifting load weighs on both;
  * - `overloadClients` at once against `batch` + `queue` places: every answer must be 200 or 429,
  *   and every 200 reply equal to its prompt's reply alone (greedy: a reply must not depend on its
  *   neighbours); the server's peak RSS after it;
- * - `clients` again on a server with a monitor, every request asking for per-token scores: the
- *   monitor's cost in throughput;
  * - time to first token (p50, p99) and per-request decoding rate for each.
  *
  * Bounded: counts are options with small maxima, and the whole run aborts past `timeoutSeconds`.
@@ -37,6 +37,8 @@ export interface ServeBenchSettings {
   readonly queue: number;
   readonly clients: number;
   readonly requestsPerClient: number;
+  /** Rounds of the concurrent phase, each without and with the monitor, interleaved. */
+  readonly rounds: number;
   readonly overloadClients: number;
   /** Distinct prompts (from the fixed list). */
   readonly prompts: number;
@@ -85,7 +87,7 @@ export interface ServeBenchReport {
   readonly date: string;
   readonly settings: ServeBenchSettings;
   readonly machine: MachineInfo;
-  /** 1-minute load average before the run and after each phase. */
+  /** 1-minute load average before the run and after each step (alone, each round, overload). */
   readonly load: { readonly before: number; readonly after: number[] };
   readonly phases: {
     readonly alone: PhaseFigures;
@@ -151,10 +153,21 @@ export async function runServeBench(
       '--max-tokens',
       String(s.maxTokens),
     ];
+    // Both servers from the start, the concurrent rounds without and with the monitor interleaved
+    // (off-on, then on-off, ...): a machine whose load drifts then weighs on both alike.
+    const reading = s.reading ?? (await randomReading(s.model, path.join(tmp, 'reading.json')));
     const plain = await startServe(s.model, [...common, '--queue', String(s.queue)], servers, deadline);
+    const monitoredServer = await startServe(
+      s.model,
+      [...common, '--queue', String(s.queue), '--reading', reading],
+      servers,
+      deadline,
+    );
     const client = new Client(plain.url, modelId, s.maxTokens, deadline);
-    log(`server (no monitor) ${plain.url}; warming up`);
+    const scored = new Client(monitoredServer.url, modelId, s.maxTokens, deadline);
+    log(`servers: ${plain.url} (no monitor), ${monitoredServer.url} (monitor, per-token scores); warming up`);
     await client.request(0, false);
+    await scored.request(0, true);
 
     log(`alone: ${s.prompts} requests, one at a time`);
     const alone = await timed(async () => {
@@ -162,14 +175,11 @@ export async function runServeBench(
       for (let p = 0; p < s.prompts; p++) out.push(await client.request(p, false));
       return out;
     });
+    loadAfter.push(readLoadAverage());
     for (const r of alone.results)
       if (r.status !== 200) throw new SteerguardError(`a request alone was answered ${r.status}`);
     const reference = alone.results.map((r) => r.text);
-    const phase = (name: string, clients: number, t: Timed, pid: number) => {
-      loadAfter.push(readLoadAverage());
-      return figures(name, clients, t, reference, peakRss(pid));
-    };
-    const alonePhase = phase('alone', 1, alone, plain.pid);
+    const alonePhase = figures('alone', 1, alone, reference, peakRss(plain.pid));
 
     const concurrently = (c: Client, scores: boolean) =>
       timed(async () => {
@@ -183,29 +193,32 @@ export async function runServeBench(
         );
         return lists.flat();
       });
-    log(`${s.clients} clients × ${s.requestsPerClient} requests`);
-    const concurrent = phase('concurrent', s.clients, await concurrently(client, false), plain.pid);
+    const off: Timed[] = [];
+    const on: Timed[] = [];
+    for (let round = 0; round < s.rounds; round++) {
+      for (const monitor of round % 2 === 0 ? [false, true] : [true, false]) {
+        log(
+          `round ${round + 1}/${s.rounds}: ${s.clients} clients × ${s.requestsPerClient} requests` +
+            (monitor ? ' with the monitor and per-token scores' : ''),
+        );
+        (monitor ? on : off).push(await concurrently(monitor ? scored : client, monitor));
+        loadAfter.push(readLoadAverage());
+      }
+    }
+    const merged = (ts: Timed[]): Timed => ({
+      results: ts.flatMap((t) => t.results),
+      seconds: ts.reduce((a, t) => a + t.seconds, 0),
+    });
+    const concurrent = figures('concurrent', s.clients, merged(off), reference, peakRss(plain.pid));
+    const monitored = figures('monitored', s.clients, merged(on), reference, peakRss(monitoredServer.pid));
 
     log(`${s.overloadClients} clients at once against batch ${s.batch} + queue ${s.queue}`);
     const overload = await timed(() =>
       Promise.all(Array.from({ length: s.overloadClients }, (_, k) => client.request(k % s.prompts, false))),
     );
-    const overloadPhase = phase('overload', s.overloadClients, overload, plain.pid);
-    await stopServe(plain.child);
-
-    const reading = s.reading ?? (await randomReading(s.model, path.join(tmp, 'reading.json')));
-    const monitoredServer = await startServe(
-      s.model,
-      [...common, '--queue', String(s.queue), '--reading', reading],
-      servers,
-      deadline,
-    );
-    const scored = new Client(monitoredServer.url, modelId, s.maxTokens, deadline);
-    log(`server (monitor, per-token scores) ${monitoredServer.url}; warming up`);
-    await scored.request(0, true);
-    log(`${s.clients} clients × ${s.requestsPerClient} requests with per-token scores`);
-    const monitored = phase('monitored', s.clients, await concurrently(scored, true), monitoredServer.pid);
-    await stopServe(monitoredServer.child);
+    loadAfter.push(readLoadAverage());
+    const overloadPhase = figures('overload', s.overloadClients, overload, reference, peakRss(plain.pid));
+    await Promise.all([stopServe(plain.child), stopServe(monitoredServer.child)]);
 
     const noMixUp =
       overloadPhase.other.length === 0 &&
@@ -461,10 +474,11 @@ export function formatServeBenchMarkdown(r: ServeBenchReport, command: string): 
     `- command: \`${command}\``,
     `- model: ${path.basename(r.model)}; date ${r.date}; wall time ${r.wallSeconds.toFixed(0)} s`,
     `- machine: ${m.cpu}, ${m.logicalCores} logical cores, ${Math.round(m.memoryBytes / 2 ** 30)} GiB, ${m.os}, node ${m.node}`,
-    `- 1-minute load average: ${r.load.before.toFixed(2)} before, ${r.load.after.map((x) => x.toFixed(2)).join(', ')} after each phase (other jobs shared the machine)`,
+    `- 1-minute load average: ${r.load.before.toFixed(2)} before, ${r.load.after.map((x) => x.toFixed(2)).join(', ')} after alone, each round and overload`,
     `- settings: serve --threads ${s.threads} --batch ${s.batch} --queue ${s.queue} --max-tokens ${s.maxTokens}; ` +
       `streaming chat, greedy, max_tokens ${s.maxTokens}; ${s.prompts} distinct prompts; ${s.clients} clients × ` +
-      `${s.requestsPerClient} requests; overload ${s.overloadClients} clients at once; monitor ` +
+      `${s.requestsPerClient} requests, ${s.rounds} rounds each without and with the monitor, interleaved; ` +
+      `overload ${s.overloadClients} clients at once; monitor ` +
       `${s.reading ?? 'a reading with a random direction at the middle layer'}`,
     '',
     ...table,

@@ -12,7 +12,18 @@ import { SMOLLM2_GGUF, missingModel } from '../util/fixtures.js';
 
 test('bench-serve on SmolLM2, tiny: the no-mix-up check passes', { skip: missingModel(SMOLLM2_GGUF) }, () => {
   const args = ['bench-serve', '-m', SMOLLM2_GGUF, '--threads', '1', '--batch', '2', '--queue', '2'];
-  const size = ['--clients', '2', '--requests-per-client', '1', '--overload-clients', '8', '--prompts', '3'];
+  const size = [
+    '--clients',
+    '2',
+    '--requests-per-client',
+    '1',
+    '--rounds',
+    '1',
+    '--overload-clients',
+    '8',
+    '--prompts',
+    '3',
+  ];
   const r = cli([...args, ...size, '--max-tokens', '6', '--timeout', '240', '--json'], {
     timeoutMs: 300_000,
   });

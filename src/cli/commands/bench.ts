@@ -208,9 +208,9 @@ export const benchServeCommand = command(
       'Starts `steerguard serve` itself on 127.0.0.1 (a child process, any free port; nothing is exposed) ' +
         'and drives it with streaming chat clients, greedy: each prompt alone, one at a time (the reference ' +
         'replies); --clients concurrent clients × --requests-per-client (aggregate tokens/s and its ratio to ' +
-        'one client); --overload-clients at once against --batch + --queue places (every answer must be 200 ' +
-        'or 429 and every 200 reply equal to its prompt’s reply alone; the server’s peak RSS); then the ' +
-        'concurrent phase again on a server with a monitor and per-token scores (its cost in tokens/s). ' +
+        'one client), and the same on a second server with a monitor and per-token scores (its cost in ' +
+        'tokens/s), the two interleaved for --rounds rounds; --overload-clients at once against --batch + --queue places (every answer must be 200 ' +
+        'or 429 and every 200 reply equal to its prompt’s reply alone; the server’s peak RSS). ' +
         'Prints Markdown (--json: the report) with time to first token p50/p99 and per-request tokens/s, with the machine and its load. Counts ' +
         'are bounded and the run stops past --timeout. Exits 1 when the no-mix-up check fails.',
     ),
@@ -244,8 +244,16 @@ export const benchServeCommand = command(
         integer: true,
         min: 1,
         max: 16,
+        default: 1,
+        description: 'requests each concurrent client sends per round, one after the other',
+      },
+      rounds: {
+        type: 'number',
+        integer: true,
+        min: 1,
+        max: 8,
         default: 2,
-        description: 'requests each concurrent client sends, one after the other',
+        description: 'rounds of the concurrent phase, each without and with the monitor, interleaved',
       },
       overloadClients: {
         type: 'number',
@@ -295,6 +303,7 @@ export const benchServeCommand = command(
         queue: o.queue,
         clients: o.clients,
         requestsPerClient: o.requestsPerClient,
+        rounds: o.rounds,
         overloadClients: o.overloadClients,
         prompts: o.prompts,
         maxTokens: o.maxTokens,
