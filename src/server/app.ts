@@ -1,9 +1,10 @@
 /**
  * The HTTP side of `steerguard serve` (Fastify): OpenAI's `/v1/chat/completions`,
  * `/v1/completions` (streaming as server-sent events, or not) and `/v1/models`, with the
- * `steerguard` extension in requests and responses; `/health` and `/metrics`. The model runs in
- * a worker thread (engine.ts, worker.ts); this side only checks requests, keeps the queue bound,
- * relays events and cancels the generation of a client that leaves.
+ * `steerguard` extension in requests and responses; `/health`, `/metrics`, and the live dashboard
+ * (`/`, fed by `/dashboard/events`; dashboard.ts). The model runs in a worker thread (engine.ts,
+ * worker.ts); this side only checks requests, keeps the queue bound, relays events and cancels
+ * the generation of a client that leaves.
  *
  * No prompt or reply text is logged: `log` receives method, path, status, duration and counts.
  */
@@ -142,7 +143,7 @@ export function buildServer(opts: ServerOptions): FastifyInstance {
     reply.header('cache-control', 'no-cache');
     return DASHBOARD_HTML;
   });
-  app.get('/dashboard/events', async (req, reply) => {
+  app.get('/dashboard/events', async (_req, reply) => {
     if (!dashboard.canSubscribe())
       throw new RequestError(
         429,
