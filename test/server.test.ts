@@ -187,6 +187,14 @@ describe('steerguard serve', () => {
     assert.equal(ext(await chat(FLAGGED)).verdict?.verdict, 'flagged');
   });
 
+  test('the verdict read in the generation prompt pass (flag) equals the one of a pass of its own (block)', async () => {
+    for (const prompt of [BENIGN, FLAGGED]) {
+      const inPass = ext(await chat(prompt, { max_tokens: 2 })).verdict!;
+      const ownPass = ext(await chat(prompt, { max_tokens: 2, steerguard: { policy: 'block' } })).verdict!;
+      assert.deepEqual(inPass, ownPass, prompt);
+    }
+  });
+
   test('chat, streamed: the same text as not streamed, the verdict in the first chunk', async () => {
     const whole = await chat(BENIGN);
     const stream = await client.chat.completions.create({

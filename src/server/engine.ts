@@ -179,7 +179,16 @@ export class ModelWorker {
         return;
       case 'done':
         this.jobs.delete(m.id);
-        if (!job.accepted) job.refuse(new RequestError(500, 'the job ended before it was accepted'));
+        if (!job.accepted) {
+          // A job whose verdict comes with its prompt pass is accepted only then; cancelled while
+          // it waited for a place, it never started.
+          job.refuse(
+            m.finishReason === 'cancelled'
+              ? new RequestError(503, 'the request was cancelled before it started', null, 'cancelled')
+              : new RequestError(500, 'the job ended before it was accepted'),
+          );
+          return;
+        }
         deliver(job, (l) =>
           l.onDone({ finishReason: m.finishReason, completionTokens: m.completionTokens, text: m.text }),
         );
