@@ -605,6 +605,63 @@ describe('steerguard serve: cancelling', { skip: missingModel(SMOLLM2_GGUF) }, (
   });
 });
 
+test(
+  'close: a request still waiting for its place (its verdict to come with its prompt pass) is cancelled with a 503, not a 500',
+  { skip: missingModel(SMOLLM2_GGUF) },
+  async () => {
+    const model = await Model.load(SMOLLM2_GGUF, { weights: 'quantized' });
+    const uniform = seededUniform(4);
+    const v = Float64Array.from({ length: model.config.dModel }, () => 2 * uniform() - 1);
+    const readingFile = path.join(tmp, 'smollm2-reading.json');
+    saveReading(readingFile, {
+      reading: {
+        method: 'probe',
+        layers: [15],
+        directions: [{ layer: 15, mid: 0, spread: 1, v }],
+        threshold: 0,
+      },
+      model: { name: model.identity.name, fingerprint: model.identity.fingerprint },
+      template: 'chat',
+      fittedIds: [],
+    });
+    const server = await startServer({
+      engine: {
+        model: SMOLLM2_GGUF,
+        threads: 1,
+        reading: readingFile,
+        coeff: 1,
+        maxBatch: 1,
+        maxPromptTokens: 256,
+        maxTokens: 256,
+        blockMessage: BLOCK_MESSAGE,
+      },
+      port: 0,
+      queue: 2,
+    });
+    let closed = false;
+    try {
+      const send = () =>
+        fetch(`${server.url}/v1/completions`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ model: server.info.model, prompt: 'Once upon a time', max_tokens: 256 }),
+        });
+      const running = send(); // holds the one place for its 256 tokens
+      const waiting = send();
+      await new Promise((r) => setTimeout(r, 300));
+      const closing = server.close(100);
+      closed = true;
+      for (const res of [await running, await waiting]) {
+        assert.equal(res.status, 503);
+        assert.equal(((await res.json()) as { error: { code: string } }).error.code, 'cancelled');
+      }
+      await closing;
+    } finally {
+      if (!closed) await server.close(1000);
+    }
+  },
+);
+
 test('a concept as the monitor: its probe probability is the verdict score; --policy-pinned refuses another policy', async () => {
   const model = await Model.load(modelFile);
   // low letters (k..p) against letter pairs, as raw token prompts: the concept test's two distributions
