@@ -187,6 +187,14 @@ describe('steerguard serve', () => {
     assert.equal(ext(await chat(FLAGGED)).verdict?.verdict, 'flagged');
   });
 
+  test('the verdict read in the generation prompt pass (flag) equals the one of a pass of its own (block)', async () => {
+    for (const prompt of [BENIGN, FLAGGED]) {
+      const inPass = ext(await chat(prompt, { max_tokens: 2 })).verdict!;
+      const ownPass = ext(await chat(prompt, { max_tokens: 2, steerguard: { policy: 'block' } })).verdict!;
+      assert.deepEqual(inPass, ownPass, prompt);
+    }
+  });
+
   test('chat, streamed: the same text as not streamed, the verdict in the first chunk', async () => {
     const whole = await chat(BENIGN);
     const stream = await client.chat.completions.create({
@@ -420,6 +428,62 @@ describe('steerguard serve', () => {
     assert.equal(((await busy.json()) as { error: { type: string } }).error.type, 'rate_limit_error');
   });
 
+  test('the dashboard page at / needs no key and loads nothing from elsewhere; its events need the key', async () => {
+    const page = await fetch(`${server.url}/`);
+    assert.equal(page.status, 200);
+    assert.match(page.headers.get('content-type') ?? '', /^text\/html/);
+    assert.match(page.headers.get('content-security-policy') ?? '', /default-src 'none'/);
+    const html = await page.text();
+    assert.match(html, /dashboard\/events/);
+    assert.doesNotMatch(html, /(src|href)=["']?(https?:)?\/\//, 'no external asset');
+    assert.equal((await fetch(`${server.url}/dashboard/events`)).status, 401);
+  });
+
+  test('dashboard events: the request, its verdict, per-token scores and its end, but never its text', async () => {
+    const feed = await dashboardFeed(server.url, API_KEY);
+    try {
+      const prompt = 'the dashboard must not show this prompt';
+      const stream = await client.chat.completions.create({
+        model: modelId,
+        messages: [{ role: 'user', content: prompt }],
+        max_tokens: 12,
+        stream: true,
+        steerguard: { scores: true },
+      } as OpenAI.ChatCompletionCreateParamsStreaming);
+      let id = '';
+      let reply = '';
+      const scores: { index: number; score: number }[] = [];
+      for await (const chunk of stream) {
+        id = chunk.id;
+        reply += chunk.choices[0]?.delta.content ?? '';
+        scores.push(...(ext(chunk)?.token_scores ?? []));
+      }
+      const events = await feed.until((e) => e.some((x) => x.event === 'done' && x.data.id === id));
+      const mine = events.filter((e) => e.data.id === id);
+      const start = mine.find((e) => e.event === 'request')!.data;
+      assert.equal(start.endpoint, 'chat');
+      const verdict = start.verdict as { verdict: string; score: number; threshold: number };
+      assert.equal(verdict.threshold, threshold);
+      assert.equal(verdict.verdict, verdict.score > threshold ? 'flagged' : 'benign');
+      assert.match(String(start.promptHash), /^[0-9a-f]{12}$/);
+      assert.equal(start.prompt, undefined);
+      assert.deepEqual(
+        mine.filter((e) => e.event === 'score').map((e) => ({ index: e.data.index, score: e.data.score })),
+        scores,
+      );
+      assert.ok(mine.filter((e) => e.event === 'text').every((e) => e.data.text === undefined));
+      const done = mine.find((e) => e.event === 'done')!.data;
+      assert.equal(done.tokens, 12);
+      assert.equal(done.finishReason, 'length');
+      assert.ok(events.some((e) => e.event === 'stats' && typeof e.data.tokensPerSecond === 'number'));
+      assert.ok(reply.length >= 8, reply);
+      assert.ok(!feed.raw().includes(prompt), 'the prompt is not in the event stream');
+      assert.ok(!feed.raw().includes(reply), 'the reply is not in the event stream');
+    } finally {
+      feed.close();
+    }
+  });
+
   test('/metrics: requests, tokens, queue depth, latency', async () => {
     const text = await (
       await fetch(`${server.url}/metrics`, { headers: { authorization: `Bearer ${API_KEY}` } })
@@ -541,7 +605,64 @@ describe('steerguard serve: cancelling', { skip: missingModel(SMOLLM2_GGUF) }, (
   });
 });
 
-test('a concept as the monitor: its probe probability is the verdict score', async () => {
+test(
+  'close: a request still waiting for its place (its verdict to come with its prompt pass) is cancelled with a 503, not a 500',
+  { skip: missingModel(SMOLLM2_GGUF) },
+  async () => {
+    const model = await Model.load(SMOLLM2_GGUF, { weights: 'quantized' });
+    const uniform = seededUniform(4);
+    const v = Float64Array.from({ length: model.config.dModel }, () => 2 * uniform() - 1);
+    const readingFile = path.join(tmp, 'smollm2-reading.json');
+    saveReading(readingFile, {
+      reading: {
+        method: 'probe',
+        layers: [15],
+        directions: [{ layer: 15, mid: 0, spread: 1, v }],
+        threshold: 0,
+      },
+      model: { name: model.identity.name, fingerprint: model.identity.fingerprint },
+      template: 'chat',
+      fittedIds: [],
+    });
+    const server = await startServer({
+      engine: {
+        model: SMOLLM2_GGUF,
+        threads: 1,
+        reading: readingFile,
+        coeff: 1,
+        maxBatch: 1,
+        maxPromptTokens: 256,
+        maxTokens: 256,
+        blockMessage: BLOCK_MESSAGE,
+      },
+      port: 0,
+      queue: 2,
+    });
+    let closed = false;
+    try {
+      const send = () =>
+        fetch(`${server.url}/v1/completions`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ model: server.info.model, prompt: 'Once upon a time', max_tokens: 256 }),
+        });
+      const running = send(); // holds the one place for its 256 tokens
+      const waiting = send();
+      await new Promise((r) => setTimeout(r, 300));
+      const closing = server.close(100);
+      closed = true;
+      for (const res of [await running, await waiting]) {
+        assert.equal(res.status, 503);
+        assert.equal(((await res.json()) as { error: { code: string } }).error.code, 'cancelled');
+      }
+      await closing;
+    } finally {
+      if (!closed) await server.close(1000);
+    }
+  },
+);
+
+test('a concept as the monitor: its probe probability is the verdict score; --policy-pinned refuses another policy', async () => {
   const model = await Model.load(modelFile);
   // low letters (k..p) against letter pairs, as raw token prompts: the concept test's two distributions
   const random = seededUniform(2);
@@ -571,9 +692,36 @@ test('a concept as the monitor: its probe probability is the verdict score', asy
     },
     port: 0,
     policy: 'block',
+    policyPinned: true,
   });
   try {
     const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'none', maxRetries: 0 });
+    // the pinned policy: a request may name it, never another one
+    const body = (policy: unknown) =>
+      JSON.stringify({
+        model: server.info.model,
+        prompt: 'klmnopmlk',
+        max_tokens: 4,
+        steerguard: { policy },
+      });
+    const post = (policy: unknown) =>
+      fetch(`${server.url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: body(policy),
+      });
+    for (const weaker of ['flag', 'stop']) {
+      const refused = await post(weaker);
+      assert.equal(refused.status, 403, weaker);
+      const { error } = (await refused.json()) as { error: { param: string; code: string; message: string } };
+      assert.equal(error.param, 'steerguard.policy');
+      assert.equal(error.code, 'policy_pinned');
+      assert.match(error.message, new RegExp(`pins the policy to block .*may not choose ${weaker}`));
+    }
+    assert.equal((await post('maybe')).status, 400);
+    const same = await post('block');
+    assert.equal(same.status, 200);
+    assert.equal(((await same.json()) as { choices: { text: string }[] }).choices[0].text, 'no');
     const flagged = await client.completions.create({
       model: server.info.model,
       prompt: 'klmnopmlk',
@@ -588,6 +736,68 @@ test('a concept as the monitor: its probe probability is the verdict score', asy
     await server.close(1000);
   }
 });
+
+test('--dashboard-text: the dashboard events carry prompt and reply text', { timeout: 30_000 }, async () => {
+  const server = await startServer({
+    engine: { model: modelFile, coeff: 1, maxBatch: 1, maxPromptTokens: 64, maxTokens: 8, blockMessage: '' },
+    port: 0,
+    dashboardText: true,
+  });
+  const feed = await dashboardFeed(server.url);
+  try {
+    const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'none', maxRetries: 0 });
+    const res = await client.completions.create({
+      model: server.info.model,
+      prompt: 'show me',
+      max_tokens: 8,
+    });
+    const events = await feed.until((e) => e.some((x) => x.event === 'done' && x.data.id === res.id));
+    assert.equal(events.find((e) => e.event === 'request')?.data.prompt, 'show me');
+    const text = events.filter((e) => e.event === 'text' && e.data.id === res.id).map((e) => e.data.text);
+    assert.equal(text.join(''), res.choices[0].text);
+  } finally {
+    // with the page still connected: the close ends its stream rather than waiting on it
+    await server.close(1000);
+    feed.close();
+  }
+});
+
+interface DashboardEvent {
+  event: string;
+  data: Record<string, unknown>;
+}
+
+/** Reads a server's `/dashboard/events` (after its first event, so nothing later is missed). */
+async function dashboardFeed(url: string, key?: string) {
+  const controller = new AbortController();
+  const res = await fetch(`${url}/dashboard/events`, {
+    headers: key ? { authorization: `Bearer ${key}` } : {},
+    signal: controller.signal,
+  });
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get('content-type') ?? '', /^text\/event-stream/);
+  const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+  let raw = '';
+  const events: DashboardEvent[] = [];
+  const readMore = async () => {
+    const { value, done } = await reader.read();
+    if (done) throw new Error('the dashboard stream ended');
+    raw += value;
+    const blocks = raw.split('\n\n');
+    events.length = 0;
+    for (const block of blocks.slice(0, -1)) {
+      const event = /^event: (.+)$/m.exec(block)?.[1] ?? 'message';
+      const data = /^data: (.+)$/m.exec(block)?.[1];
+      if (data !== undefined) events.push({ event, data: JSON.parse(data) as Record<string, unknown> });
+    }
+  };
+  const until = async (done: (events: DashboardEvent[]) => boolean) => {
+    while (!done(events)) await readMore();
+    return [...events];
+  };
+  await until((e) => e.some((x) => x.event === 'hello'));
+  return { until, raw: () => raw, close: () => controller.abort() };
+}
 
 test('what the worker cannot load is an error of startServer, naming it', async () => {
   const empty = path.join(tmp, 'no-vectors');

@@ -1,9 +1,10 @@
 /**
  * The HTTP side of `steerguard serve` (Fastify): OpenAI's `/v1/chat/completions`,
  * `/v1/completions` (streaming as server-sent events, or not) and `/v1/models`, with the
- * `steerguard` extension in requests and responses; `/health` and `/metrics`. The model runs in
- * a worker thread (engine.ts, worker.ts); this side only checks requests, keeps the queue bound,
- * relays events and cancels the generation of a client that leaves.
+ * `steerguard` extension in requests and responses; `/health`, `/metrics`, and the live dashboard
+ * (`/`, fed by `/dashboard/events`; dashboard.ts). The model runs in a worker thread (engine.ts,
+ * worker.ts); this side only checks requests, keeps the queue bound, relays events and cancels
+ * the generation of a client that leaves.
  *
  * No prompt or reply text is logged: `log` receives method, path, status, duration and counts.
  */
@@ -11,6 +12,8 @@ import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 
+import { DASHBOARD_CSP, DASHBOARD_HTML } from './dashboard-page.js';
+import { Dashboard } from './dashboard.js';
 import type { Accepted, Finished, JobHandle, ModelWorker } from './engine.js';
 import { ServerMetrics } from './metrics.js';
 import type { FinishReason } from './protocol.js';
@@ -34,11 +37,20 @@ export interface ServerOptions {
   readonly maxTokens: number;
   /** Policy of a request that names none. */
   readonly policy: Policy;
+  /** Requests may not name another policy than `policy` (403). */
+  readonly policyPinned: boolean;
   /** Largest request body, bytes (past it: 413). */
   readonly bodyLimit: number;
   /** One line per request, without any prompt or reply text. */
   readonly log?: (line: string) => void;
+  /** The dashboard's events carry prompt and reply text (default: counts, scores, hashes only). */
+  readonly dashboardText?: boolean;
 }
+
+/** Dashboard pages connected at once. */
+const DASHBOARD_SUBSCRIBERS = 16;
+/** Finished requests a dashboard that connects is shown. */
+const DASHBOARD_RECENT = 50;
 
 interface Score {
   readonly index: number;
@@ -55,12 +67,29 @@ export function buildServer(opts: ServerOptions): FastifyInstance {
   const { engine } = opts;
   const metrics = new ServerMetrics(() => ({ inFlight: engine.inFlight, ...engine.load }));
   const app = Fastify({ logger: false, bodyLimit: opts.bodyLimit, return503OnClosing: true });
-  const defaults = { policy: opts.policy, maxTokens: opts.maxTokens };
+  const defaults = { policy: opts.policy, policyPinned: opts.policyPinned, maxTokens: opts.maxTokens };
   const keyDigest = opts.apiKey === undefined ? undefined : sha256(opts.apiKey);
+  const capacity = opts.maxBatch + opts.queue;
+  const dashboard = new Dashboard(
+    {
+      showText: opts.dashboardText ?? false,
+      recent: DASHBOARD_RECENT,
+      maxSubscribers: DASHBOARD_SUBSCRIBERS,
+    },
+    engine.info,
+    () => ({ inFlight: engine.inFlight, ...engine.load, capacity }),
+  );
+  // An open dashboard stream would hold the close open.
+  app.addHook('preClose', (done) => {
+    dashboard.close();
+    done();
+  });
 
   app.addHook('onRequest', async (req, reply) => {
     (req as TimedRequest).startedAt = performance.now();
-    if (keyDigest === undefined || req.url === '/health') return;
+    // The page holds no data (it asks for the key itself); its events need the key.
+    const route = req.url.split('?')[0];
+    if (keyDigest === undefined || route === '/health' || route === '/') return;
     const header = req.headers.authorization ?? '';
     const match = /^Bearer (.+)$/.exec(header);
     if (!match || !timingSafeEqual(sha256(match[1]), keyDigest)) {
@@ -108,6 +137,24 @@ export function buildServer(opts: ServerOptions): FastifyInstance {
     reply.header('content-type', metrics.registry.contentType);
     return metrics.registry.metrics();
   });
+  app.get('/', async (_req, reply) => {
+    reply.header('content-type', 'text/html; charset=utf-8');
+    reply.header('content-security-policy', DASHBOARD_CSP);
+    reply.header('cache-control', 'no-cache');
+    return DASHBOARD_HTML;
+  });
+  app.get('/dashboard/events', async (_req, reply) => {
+    if (!dashboard.canSubscribe())
+      throw new RequestError(
+        429,
+        `${DASHBOARD_SUBSCRIBERS} dashboards are connected already; close one`,
+        null,
+        'dashboard_full',
+        'rate_limit_error',
+      );
+    reply.hijack();
+    dashboard.subscribe(reply.raw);
+  });
   app.get('/v1/models', async () => ({
     object: 'list',
     data: [{ id: engine.info.model, object: 'model', created: 0, owned_by: 'steerguard' }],
@@ -123,8 +170,8 @@ export function buildServer(opts: ServerOptions): FastifyInstance {
         'model',
         'model_not_found',
       );
-    const capacity = opts.maxBatch + opts.queue;
     if (engine.inFlight >= capacity) {
+      dashboard.refused();
       reply.header('retry-after', String(RETRY_AFTER_SECONDS));
       throw new RequestError(
         429,
@@ -134,13 +181,13 @@ export function buildServer(opts: ServerOptions): FastifyInstance {
         'rate_limit_error',
       );
     }
-    const handle = engine.submit(parsed.job);
+    const submitted = engine.submit(parsed.job);
     let finished = false;
     // 'close' also fires after a complete response; only a close before the end cancels.
     reply.raw.on('close', () => {
-      if (!finished) handle.cancel();
+      if (!finished) submitted.cancel();
     });
-    const accepted = await handle.accepted;
+    const accepted = await submitted.accepted;
     metrics.tokens.inc({ kind: 'prompt' }, accepted.promptTokens);
     if (accepted.verdict) metrics.verdicts.inc({ verdict: accepted.verdict.verdict });
     if (accepted.blocked) metrics.verdicts.inc({ verdict: 'blocked' });
@@ -155,6 +202,13 @@ export function buildServer(opts: ServerOptions): FastifyInstance {
       metrics.latency.observe({ endpoint }, (performance.now() - started) / 1000);
     };
     const shape = new Reply(endpoint, parsed, accepted, engine.info.model);
+    const handle = dashboard.track(submitted, {
+      id: shape.id,
+      endpoint,
+      job: parsed.job,
+      accepted,
+      startedAt: started,
+    });
     if (!parsed.stream) {
       const result = await collect(handle, onFirstText);
       onEnd(result.finished);
@@ -261,7 +315,7 @@ function streamEvents(
 
 /** The response bodies and chunks of one request. */
 class Reply {
-  private readonly id: string;
+  readonly id: string;
   private readonly created = Math.floor(Date.now() / 1000);
 
   constructor(

@@ -35,7 +35,8 @@ export interface Finished {
 
 /** A job's stream of events, after `accepted` resolved. */
 export interface JobListener {
-  onText(text: string): void;
+  /** `tokens`: tokens generated so far. */
+  onText(text: string, tokens: number): void;
   onScore(index: number, score: number): void;
   onDone(result: Finished): void;
   onFailed(error: RequestError): void;
@@ -171,14 +172,23 @@ export class ModelWorker {
         job.refuse(new RequestError(m.status, m.message, m.param));
         return;
       case 'text':
-        deliver(job, (l) => l.onText(m.text));
+        deliver(job, (l) => l.onText(m.text, m.tokens));
         return;
       case 'score':
         deliver(job, (l) => l.onScore(m.index, m.score));
         return;
       case 'done':
         this.jobs.delete(m.id);
-        if (!job.accepted) job.refuse(new RequestError(500, 'the job ended before it was accepted'));
+        if (!job.accepted) {
+          // A job whose verdict comes with its prompt pass is accepted only then; cancelled while
+          // it waited for a place, it never started.
+          job.refuse(
+            m.finishReason === 'cancelled'
+              ? new RequestError(503, 'the request was cancelled before it started', null, 'cancelled')
+              : new RequestError(500, 'the job ended before it was accepted'),
+          );
+          return;
+        }
         deliver(job, (l) =>
           l.onDone({ finishReason: m.finishReason, completionTokens: m.completionTokens, text: m.text }),
         );

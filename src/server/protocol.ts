@@ -91,7 +91,13 @@ export type FromWorker =
       readonly message: string;
       readonly param: string | null;
     }
-  | { readonly type: 'text'; readonly id: number; readonly text: string }
+  | {
+      readonly type: 'text';
+      readonly id: number;
+      readonly text: string;
+      /** Tokens generated so far (text may lag behind them: stop strings, split characters). */
+      readonly tokens: number;
+    }
   | { readonly type: 'score'; readonly id: number; readonly index: number; readonly score: number }
   | {
       readonly type: 'done';

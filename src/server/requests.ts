@@ -79,6 +79,8 @@ export interface ParsedRequest {
 
 export interface RequestDefaults {
   readonly policy: Policy;
+  /** A request may not name a policy other than `policy` (403). */
+  readonly policyPinned: boolean;
   /** Largest `max_tokens` accepted. */
   readonly maxTokens: number;
 }
@@ -163,6 +165,14 @@ function parseExtension(v: unknown, defaults: RequestDefaults): Extension {
   const policy = v.policy ?? defaults.policy;
   if (!POLICIES.includes(policy as Policy))
     throw bad('steerguard.policy', `must be one of ${POLICIES.join(', ')}`);
+  if (defaults.policyPinned && policy !== defaults.policy)
+    throw new RequestError(
+      403,
+      `steerguard.policy: the server pins the policy to ${defaults.policy} (--policy-pinned); ` +
+        `a request may not choose ${policy as Policy}`,
+      'steerguard.policy',
+      'policy_pinned',
+    );
   const steerList = v.steer ?? [];
   if (!Array.isArray(steerList)) throw bad('steerguard.steer', 'must be a list of { vector, coeff, layers }');
   const steer = steerList.map((s: unknown, i): SteerRequest => {

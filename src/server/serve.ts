@@ -19,9 +19,13 @@ export interface ServeOptions {
   readonly queue?: number;
   /** Policy of a request that names none (default flag). */
   readonly policy?: Policy;
+  /** Refuse (403) a request that names a policy other than `policy` (default false). */
+  readonly policyPinned?: boolean;
   /** Largest request body in bytes (default 1 MiB). */
   readonly bodyLimit?: number;
   readonly log?: (line: string) => void;
+  /** Put prompt and reply text in the dashboard's events (default: counts, scores, hashes only). */
+  readonly dashboardText?: boolean;
 }
 
 export interface RunningServer {
@@ -61,8 +65,10 @@ export async function startServer(o: ServeOptions): Promise<RunningServer> {
     queue: o.queue ?? 16,
     maxTokens: o.engine.maxTokens,
     policy: o.policy ?? 'flag',
+    policyPinned: o.policyPinned ?? false,
     bodyLimit: o.bodyLimit ?? 1 << 20,
     log: o.log,
+    dashboardText: o.dashboardText ?? false,
   });
   try {
     await app.listen({ host, port: o.port ?? 8000 });

@@ -33,6 +33,8 @@ interface Live {
   sent: string;
   /** Tokens of the reply when policy stop ended it. */
   keptTokens: number;
+  /** Tokens generated so far. */
+  generated: number;
 }
 
 export class ModelService {
@@ -193,7 +195,13 @@ export class ModelService {
         'steerguard.policy',
       );
 
-    const verdict = monitor ? this.verdictOf(tokens, monitor) : null;
+    // A request whose prompt pass nothing steers (policies flag and stop, no vectors of its own)
+    // has its verdict read in its generation's own prompt pass, as that pass runs: no second pass.
+    // Steer needs the verdict before the prompt pass (it steers that pass), block before any
+    // generation, and a request's own vectors would steer what the monitor reads.
+    const verdictInPass =
+      monitor !== undefined && (ext.policy === 'flag' || ext.policy === 'stop') && ext.steer.length === 0;
+    const verdict = monitor && !verdictInPass ? this.verdictOf(tokens, monitor) : null;
     if (ext.policy === 'block' && verdict?.verdict === 'flagged') {
       this.post({
         type: 'accepted',
@@ -224,7 +232,13 @@ export class ModelService {
       gateDid = gateHooks.length === 0 ? 'none' : verdict.verdict === 'flagged' ? 'add' : 'ablate';
     }
 
-    const live: Live = { controller: new AbortController(), stopped: false, sent: '', keptTokens: 0 };
+    const live: Live = {
+      controller: new AbortController(),
+      stopped: false,
+      sent: '',
+      keptTokens: 0,
+      generated: 0,
+    };
     const readScores = monitor && (ext.scores || ext.policy === 'stop');
     const readers = readScores
       ? tokenScoreHooks(monitor, tokens.length, (index, score) => {
@@ -238,6 +252,23 @@ export class ModelService {
           }
         })
       : [];
+    const accept = (v: Verdict | null) =>
+      this.post({
+        type: 'accepted',
+        id,
+        promptTokens: tokens.length,
+        verdict: v,
+        steering: { vectors: steering, gate: gateDid },
+        blocked: false,
+      });
+    const verdictReaders =
+      monitor && verdictInPass
+        ? scoreHooks(
+            monitor,
+            (pos) => pos === tokens.length - 1,
+            (_, score) => accept(verdictFor(score, monitor)),
+          )
+        : [];
     this.live.set(id, live);
     const reply = this.decoder.add(
       { tokens },
@@ -247,23 +278,19 @@ export class ModelService {
         topP: job.topP,
         seed: job.seed,
         stop: job.stop,
-        hooks: [...steerHooks, ...gateHooks, ...readers],
+        hooks: [...steerHooks, ...gateHooks, ...verdictReaders, ...readers],
         signal: live.controller.signal,
+        onToken: () => {
+          live.generated++;
+        },
         onText: (text) => {
           if (live.stopped || text === '') return;
           live.sent += text;
-          this.post({ type: 'text', id, text });
+          this.post({ type: 'text', id, text, tokens: live.generated });
         },
       },
     );
-    this.post({
-      type: 'accepted',
-      id,
-      promptTokens: tokens.length,
-      verdict,
-      steering: { vectors: steering, gate: gateDid },
-      blocked: false,
-    });
+    if (!verdictInPass) accept(verdict);
     reply.then(
       (g) => {
         this.live.delete(id);
@@ -290,12 +317,7 @@ export class ModelService {
   private verdictOf(tokens: readonly number[], monitor: PromptMonitor): Verdict {
     // The same scoring as conditional steering's first step (an extra prompt pass, logits off).
     const [flag] = monitorPrompts(this.model, [{ tokens }], monitor);
-    return {
-      score: flag.score,
-      verdict: flag.verdict,
-      threshold: monitor.threshold,
-      benign_below: monitor.benignBelow ?? monitor.threshold,
-    };
+    return verdictFor(flag.score, monitor);
   }
 
   /** Steps the decoder on later turns of the event loop while it has work, letting messages in between. */
@@ -362,15 +384,39 @@ function loadVectors(model: Model, dir: string | undefined): Map<string, Control
   return vectors;
 }
 
+/** The verdict of a prompt scoring `score`, as `monitorPrompts` gives it. */
+function verdictFor(score: number, monitor: PromptMonitor): Verdict {
+  const benignBelow = monitor.benignBelow ?? monitor.threshold;
+  return {
+    score,
+    verdict: score > monitor.threshold ? 'flagged' : score < benignBelow ? 'benign' : 'uncertain',
+    threshold: monitor.threshold,
+    benign_below: benignBelow,
+  };
+}
+
 /**
  * Hooks that score each generated token as it is fed back (its row at position promptLength + k
- * is token k's): the monitor's score of the rows read at its hooks, as the token monitor reads
- * them (src/eval/token-monitor.ts). Placed after the steering hooks, they see the steered stream.
+ * is token k's), as the token monitor reads them (src/eval/token-monitor.ts). Placed after the
+ * steering hooks, they see the steered stream.
  */
 function tokenScoreHooks(
   monitor: PromptMonitor,
   promptLength: number,
   onScore: (index: number, score: number) => void,
+): Hook[] {
+  return scoreHooks(
+    monitor,
+    (pos) => pos >= promptLength,
+    (pos, score) => onScore(pos - promptLength, score),
+  );
+}
+
+/** Hooks that give the monitor's score of the rows at the positions `wanted` picks, read at its hooks. */
+function scoreHooks(
+  monitor: PromptMonitor,
+  wanted: (pos: number) => boolean,
+  onScore: (pos: number, score: number) => void,
 ): Hook[] {
   const K = monitor.hooks.length;
   const pending = new Map<number, Float32Array[]>();
@@ -379,7 +425,7 @@ function tokenScoreHooks(
     fn: (act, ctx) => {
       for (let r = 0; r < ctx.rows; r++) {
         const pos = ctx.pos[r];
-        if (pos < promptLength) continue;
+        if (!wanted(pos)) continue;
         const got = pending.get(pos) ?? new Array<Float32Array>(K);
         got[k] = act.slice(r * ctx.width, (r + 1) * ctx.width);
         if (got.filter((x) => x !== undefined).length < K) {
@@ -390,7 +436,7 @@ function tokenScoreHooks(
         const score = monitor.score(got);
         if (!Number.isFinite(score))
           throw new SteerguardError(`the monitor gave a non-finite score (${score}) at position ${pos}`);
-        onScore(pos - promptLength, score);
+        onScore(pos, score);
       }
     },
   }));

@@ -4,7 +4,8 @@
  */
 import { readFileSync } from 'node:fs';
 
-import { OptionError } from '../../formats/errors.js';
+import { OptionError, SteerguardError } from '../../formats/errors.js';
+import { SERVE_BENCH_MAX_PROMPTS, formatServeBenchMarkdown, runServeBench } from '../../server/load-test.js';
 import {
   formatBenchMarkdown,
   formatBenchText,
@@ -12,7 +13,7 @@ import {
   runBench,
   steerguardWorker,
 } from '../bench.js';
-import { WEIGHTS_OPTION, command, para } from './common.js';
+import { MODEL_OPTION, WEIGHTS_OPTION, checkInputFile, command, para } from './common.js';
 
 const SHARED = {
   threads: {
@@ -196,4 +197,126 @@ export const benchWorkerCommand = command(
     out.stdout.write(`${JSON.stringify(result)}\n`);
   },
   { hidden: true },
+);
+
+export const benchServeCommand = command(
+  {
+    name: 'bench-serve',
+    summary:
+      'load-test steerguard serve: concurrency, the no-mix-up check under overload, the monitor’s cost',
+    description: para(
+      'Starts `steerguard serve` itself on 127.0.0.1 (a child process, any free port; nothing is exposed) ' +
+        'and drives it with streaming chat clients, greedy: each prompt alone, one at a time (the reference ' +
+        'replies); --clients concurrent clients × --requests-per-client (aggregate tokens/s and its ratio to ' +
+        'one client), and the same on a second server with a monitor and per-token scores (its cost in ' +
+        'tokens/s), the two interleaved for --rounds rounds; --overload-clients at once against --batch + --queue places (every answer must be 200 ' +
+        'or 429 and every 200 reply equal to its prompt’s reply alone; the server’s peak RSS). ' +
+        'Prints Markdown (--json: the report) with time to first token p50/p99 and per-request tokens/s, with the machine and its load. Counts ' +
+        'are bounded and the run stops past --timeout. Exits 1 when the no-mix-up check fails.',
+    ),
+    options: {
+      model: MODEL_OPTION,
+      reading: {
+        type: 'string',
+        placeholder: 'reading.json',
+        description: 'the monitor of the monitor phase (default: a reading with a random direction)',
+      },
+      threads: {
+        type: 'number',
+        integer: true,
+        min: 1,
+        max: 256,
+        default: 2,
+        description: 'serve --threads',
+      },
+      batch: { type: 'number', integer: true, min: 1, max: 64, default: 8, description: 'serve --batch' },
+      queue: { type: 'number', integer: true, min: 0, max: 256, default: 16, description: 'serve --queue' },
+      clients: {
+        type: 'number',
+        integer: true,
+        min: 1,
+        max: 64,
+        default: 8,
+        description: 'concurrent clients of the concurrent and monitor phases',
+      },
+      requestsPerClient: {
+        type: 'number',
+        integer: true,
+        min: 1,
+        max: 16,
+        default: 1,
+        description: 'requests each concurrent client sends per round, one after the other',
+      },
+      rounds: {
+        type: 'number',
+        integer: true,
+        min: 1,
+        max: 8,
+        default: 2,
+        description: 'rounds of the concurrent phase, each without and with the monitor, interleaved',
+      },
+      overloadClients: {
+        type: 'number',
+        integer: true,
+        min: 1,
+        max: 256,
+        default: 64,
+        description: 'clients sending at once in the overload phase',
+      },
+      prompts: {
+        type: 'number',
+        integer: true,
+        min: 1,
+        max: SERVE_BENCH_MAX_PROMPTS,
+        default: 8,
+        description: 'distinct prompts',
+      },
+      maxTokens: {
+        type: 'number',
+        integer: true,
+        min: 2,
+        max: 512,
+        default: 32,
+        description: 'max_tokens of every request',
+      },
+      timeout: {
+        type: 'number',
+        min: 10,
+        max: 3600,
+        default: 600,
+        description: 'seconds the whole run may take; past it the servers are stopped and the run fails',
+      },
+    },
+    examples: [
+      'steerguard bench-serve -m .cache/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf',
+      'steerguard bench-serve -m model.gguf --clients 2 --overload-clients 8 --queue 2 --batch 2 --max-tokens 8 --json',
+    ],
+  },
+  async (args, out) => {
+    const o = args.options;
+    checkInputFile('--reading', o.reading);
+    const report = await runServeBench(
+      {
+        model: o.model,
+        threads: o.threads,
+        batch: o.batch,
+        queue: o.queue,
+        clients: o.clients,
+        requestsPerClient: o.requestsPerClient,
+        rounds: o.rounds,
+        overloadClients: o.overloadClients,
+        prompts: o.prompts,
+        maxTokens: o.maxTokens,
+        reading: o.reading,
+        timeoutSeconds: o.timeout,
+      },
+      (line) => out.info(line),
+    );
+    const command = `steerguard ${process.argv.slice(2).join(' ')}`;
+    out.result(report, (r) => `${formatServeBenchMarkdown(r, command)}\n`);
+    if (!report.noMixUp)
+      throw new SteerguardError(
+        'the no-mix-up check failed: a reply differed from its reply alone, or a status was not 200/429',
+      );
+  },
 );

@@ -2,7 +2,7 @@
 import { activationsCommand } from './activations.js';
 import { attackCommand } from './attack.js';
 import { auditCommand } from './audit.js';
-import { benchCommand, benchWorkerCommand } from './bench.js';
+import { benchCommand, benchServeCommand, benchWorkerCommand } from './bench.js';
 import { chatCommand } from './chat.js';
 import { benchProbesCommand, conceptCommand } from './concept.js';
 import type { CliCommand } from './common.js';
@@ -38,6 +38,7 @@ export const COMMANDS: readonly CliCommand[] = [
   auditCommand,
   serveCommand,
   benchCommand,
+  benchServeCommand,
   benchWorkerCommand,
   benchProbesCommand,
 ];

@@ -67,6 +67,11 @@ export const serveCommand = command(
         default: 'flag',
         description: 'policy of a request that names none',
       },
+      policyPinned: {
+        type: 'boolean',
+        description:
+          'requests may not choose another policy than --policy: one that names another gets HTTP 403',
+      },
       host: { type: 'string', default: '127.0.0.1', description: 'address to bind' },
       port: {
         type: 'number',
@@ -127,6 +132,11 @@ export const serveCommand = command(
         type: 'boolean',
         description: 'one line per request on stderr (method, path, status, time; never text)',
       },
+      dashboardText: {
+        type: 'boolean',
+        description:
+          'show prompt and reply text on the dashboard at / (default: token counts, scores and prompt hashes only)',
+      },
       threads: THREADS_OPTION,
       weights: WEIGHTS_OPTION,
     },
@@ -182,14 +192,17 @@ export const serveCommand = command(
       apiKey,
       queue: o.queue,
       policy: o.policy,
+      policyPinned: o.policyPinned ?? false,
       bodyLimit: o.bodyLimit,
       log: o.logRequests ? (line) => out.info(line) : undefined,
+      dashboardText: o.dashboardText ?? false,
     });
     const i = server.info;
     out.info(
       `serving ${i.model} on ${server.url} (${i.backend}; batch ${o.batch}, queue ${o.queue}; ` +
         `monitor ${i.monitor ? `threshold ${i.monitor.threshold}` : 'none'}; ` +
-        `${i.vectors.length} vectors; ${apiKey ? 'API key required' : 'no API key'})`,
+        `policy ${o.policy}${o.policyPinned ? ' (pinned)' : ''}; ${i.vectors.length} vectors; ` +
+        `${apiKey ? 'API key required' : 'no API key'}); dashboard at ${server.url}/`,
     );
     const lost = server.lost.then((why) => {
       throw new SteerguardError(`the model worker stopped: ${why}`);
