@@ -238,6 +238,20 @@ describe('GGUF LoRA adapters: bad files', () => {
     refused(file, 'blk.0.attn_q.weight.lora_a');
   });
 
+  test('an F16 file (convert_lora_to_gguf --outtype f16) reads to the values within f16 rounding', () => {
+    const f16 = variant((_, t) => t.forEach((x) => (x.type = GgmlType.F16)));
+    assert.equal(readGguf(f16).tensors.get('blk.0.attn_q.weight.lora_a')?.type, GgmlType.F16);
+    const got = loadGgufLora(f16, llama);
+    const want = loadGgufLora(source, llama);
+    for (const [l, layer] of want.layers.entries())
+      for (const target of want.targets)
+        for (const which of ['a', 'b'] as const) {
+          const w = layer[target]![which];
+          const g = got.layers[l][target]![which];
+          assert.ok(relErr(g, w) <= 1e-3, `${l} ${target} ${which}: ${relErr(g, w)}`);
+        }
+  });
+
   test('saving an adapter that does not fit the model is refused before anything is written', () => {
     const adapter = createLora(
       { ...llama, nLayers: 2 },
