@@ -193,6 +193,7 @@ export { createLora, zeroLoraLayers, LORA_TARGETS, checkLoraAdapter } from './tr
 export type { LoraAdapter, LoraLayers, LoraPair, LoraTarget, LoraOptions } from './training/lora.js';
 export { loadPeftAdapter, savePeftAdapter, readPeftConfig } from './training/peft.js';
 export type { PeftSaveOptions } from './training/peft.js';
+export { loadGgufLora, saveGgufLora, ggufLoraTensorName } from './training/gguf-lora.js';
 export { trainLora, scheduledLr } from './training/train.js';
 export type {
   LoraTrainOptions,

@@ -84,6 +84,7 @@ interface NlcModel {
     experimentalKvCacheKeyType: string;
     experimentalKvCacheValueType: string;
     ignoreMemorySafetyChecks: boolean;
+    lora?: { adapters: { filePath: string; scale: number }[] };
   }): Promise<NlcContext>;
   dispose(): Promise<void>;
 }
@@ -126,6 +127,8 @@ export interface LlamaCppLoadOptions {
   flashAttention?: boolean;
   /** Element type of the KV cache. Default 'F16' (llama.cpp's default). */
   kvCacheType?: 'F16' | 'F32';
+  /** GGUF LoRA adapter files applied at scale 1 (as `llama-cli --lora FILE`). Default none. */
+  lora?: readonly string[];
   /** llama.cpp log level passed to node-llama-cpp. Default 'error'. */
   logLevel?: 'disabled' | 'fatal' | 'error' | 'warn' | 'info' | 'debug';
 }
@@ -387,6 +390,9 @@ export async function loadLlamaCpp(
       experimentalKvCacheKeyType: kvCacheType,
       experimentalKvCacheValueType: kvCacheType,
       ignoreMemorySafetyChecks: true,
+      ...(options.lora?.length
+        ? { lora: { adapters: options.lora.map((filePath) => ({ filePath, scale: 1 })) } }
+        : {}),
     });
     // No interval checkpoints (taken for SWA models): they cost time and change nothing here.
     sequence = context.getSequence({ checkpoints: { interval: false } });

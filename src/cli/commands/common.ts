@@ -5,7 +5,7 @@
  * The model code is imported lazily (`await import`) so that `--help`, option errors and the
  * checks done before loading answer at once, without the native engine or the tokenizer library.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -187,23 +187,34 @@ export const WEIGHTS_OPTION = {
 
 export const ADAPTER_OPTION = {
   type: 'list',
-  placeholder: 'dir',
+  placeholder: 'path',
   description:
-    'LoRA adapter folders in PEFT layout (adapter_config.json + adapter_model.safetensors), applied together',
+    'LoRA adapters applied together: each a PEFT folder (adapter_config.json + adapter_model.safetensors) ' +
+    "or a llama.cpp GGUF LoRA file (what 'llama-cli --lora' takes)",
 } as const satisfies OptionSpec;
 
-/** Loads each PEFT adapter folder of --adapter and attaches it to `model`, enabled. */
+/**
+ * Loads each adapter of --adapter and attaches it to `model`, enabled: a folder is read as PEFT's
+ * layout, a file as a llama.cpp GGUF LoRA adapter.
+ */
 export async function attachAdapters(
   model: Model,
-  dirs: readonly string[] | undefined,
+  paths: readonly string[] | undefined,
   out: CliOutput,
 ): Promise<void> {
-  if (!dirs || dirs.length === 0) return;
+  if (!paths || paths.length === 0) return;
   const { loadPeftAdapter } = await import('../../training/peft.js');
-  for (const dir of dirs) {
-    const adapter = loadPeftAdapter(dir, model.config);
+  const { loadGgufLora } = await import('../../training/gguf-lora.js');
+  for (const p of paths) {
+    let isFolder: boolean;
+    try {
+      isFolder = statSync(p).isDirectory();
+    } catch {
+      throw new OptionError(`--adapter ${p}: no such file or folder (a PEFT folder or a GGUF LoRA file)`);
+    }
+    const adapter = isFolder ? loadPeftAdapter(p, model.config) : loadGgufLora(p, model.config);
     model.addAdapter(adapter);
-    out.info(`adapter ${dir}: rank ${adapter.rank}, alpha ${adapter.alpha} on ${adapter.targets.join(',')}`);
+    out.info(`adapter ${p}: rank ${adapter.rank}, alpha ${adapter.alpha} on ${adapter.targets.join(',')}`);
   }
 }
 

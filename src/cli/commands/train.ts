@@ -105,12 +105,18 @@ const LORA_SPEC = {
     model: MODEL_OPTION,
     data: { type: 'string', required: true, placeholder: 'file', description: 'training data (JSONL)' },
     ...LORA_TRAINING_OPTIONS,
+    gguf: {
+      type: 'string',
+      placeholder: 'file',
+      description: "also write the trained adapter as a llama.cpp GGUF LoRA file (for 'llama-cli --lora')",
+    },
     threads: THREADS_OPTION,
   },
   examples: [
     'steerguard train lora -m SmolLM2-135M-Instruct/ --data chats.jsonl --rank 8 --alpha 16 --epochs 2 --lr 2e-4 --out my-lora/',
     'steerguard train lora -m qwen.gguf --data pairs.jsonl --targets q,v --batch 4 --grad-accum 4 --warmup 10 --val-split 0.1 --out lora/',
     'steerguard train lora -m qwen.gguf --data pairs.jsonl --targets q,v --batch 4 --grad-accum 4 --warmup 10 --val-split 0.1 --out lora/ --resume',
+    'steerguard train lora -m SmolLM2-135M-Instruct.Q4_1.gguf --data chats.jsonl --out my-lora/ --gguf my-lora.gguf',
   ],
 } as const satisfies CommandSpec;
 
@@ -299,6 +305,8 @@ const loraCommand = command(LORA_SPEC, async (args, out) => {
   const o = args.options;
   const { readTrainingFile } = await import('../../training/data.js');
   await checkTrainingOut(o);
+  if (o.gguf !== undefined && existsSync(o.gguf) && !o.overwrite)
+    throw new OptionError(`--gguf ${o.gguf} exists; remove it or pass --overwrite`);
   const { records, sources } = readTrainingFile(o.data);
   const model = await loadModel(o.model, out, { threads: o.threads, weights: 'f32' });
   const t = await trainAdapterFolder(model, records, sources, o, out, {
@@ -306,9 +314,15 @@ const loraCommand = command(LORA_SPEC, async (args, out) => {
     dataLabel: o.data,
   });
   if (!t.finished) return;
+  if (o.gguf !== undefined) {
+    const { loadPeftAdapter } = await import('../../training/peft.js');
+    const { saveGgufLora } = await import('../../training/gguf-lora.js');
+    saveGgufLora(o.gguf, loadPeftAdapter(o.out, model.config), model.config);
+  }
   out.result(
     {
       out: o.out,
+      gguf: o.gguf ?? null,
       step: t.step,
       resumedFrom: t.resumedFrom,
       lastLoss: t.lastLoss,
