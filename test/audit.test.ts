@@ -122,6 +122,7 @@ describe('steerguard audit on the tiny llama', () => {
       steering: 'not run',
       attack: 'not run',
       capability: 'not run',
+      sae: 'not run',
     });
     assert.match(html(outA), /id="reading"/);
     assert.match(r.stdout, /steps: reading done, direction not run/);
