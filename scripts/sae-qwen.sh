@@ -46,18 +46,21 @@ if [ ! -f "$out/acts.safetensors" ]; then
   $S activations "$model" --prompts "$out/train.jsonl" --column text --no-chat --positions all \
     --hooks "$hook" --dtype F16 --out "$out/acts.safetensors" --json >"$out/acts.json"
 fi
-# 4. Train (resumable), with the peak memory of the process.
+# 4. Train (resumable: an interrupted stage reruns; a finished one, with train.json, is kept even
+#    if STEPS changes, since more steps would continue it), with the peak memory of the process.
 sae="$out/sae-l$layer-x$expansion-k$k"
-if [ ! -f "$sae/cfg.json" ] || [ -f "$sae/training-checkpoint.safetensors" ]; then
+if [ ! -s "$out/train.json" ]; then
   stamp "sae train ($steps steps of $batch tokens)"
   /usr/bin/time -f '%M' -o "$out/train-peak-kib.txt" \
     $S sae train --activations "$out/acts.safetensors" --layer "$layer" --expansion "$expansion" --k "$k" \
-    --steps "$steps" --batch-size "$batch" --out "$sae" --json >"$out/train.json"
+    --steps "$steps" --batch-size "$batch" --out "$sae" --json >"$out/train.json.tmp"
+  mv "$out/train.json.tmp" "$out/train.json"
 fi
 # 5. Quality on the held-out transcripts.
-if [ ! -f "$out/eval.json" ]; then
+if [ ! -s "$out/eval.json" ]; then
   stamp "sae eval"
-  $S sae eval --sae "$sae" --model "$model" --prompts "$out/heldout.jsonl" --column text --json >"$out/eval.json"
+  $S sae eval --sae "$sae" --model "$model" --prompts "$out/heldout.jsonl" --column text --json >"$out/eval.json.tmp"
+  mv "$out/eval.json.tmp" "$out/eval.json"
 fi
 [ "$steer" = 1 ] || exit 0
 
@@ -73,7 +76,7 @@ read -r feature clamp < <(node -e '
 gate=(--reading "$audit/reading.json" --vector "$audit/refusal-direction.gguf" --benign-below 0 --benign-steer ablate)
 clampArgs=(--sae "$sae" --feature "$feature" --clamp "$clamp")
 for cond in none clamp gated-clamp; do
-  [ -f "$out/capability-$cond.json" ] && continue
+  [ -s "$out/capability-$cond.json" ] && continue
   stamp "capability: $cond"
   case "$cond" in
     none) steering=() ;;
