@@ -55,6 +55,35 @@ describe('SAE steering CLI on Qwen2.5-Coder-0.5B-Instruct', { skip: missingModel
   randomQwenSae(saeDir);
   const common = ['-m', QWEN05_GGUF, '--data-dir', DATA, '--threads', '2'];
   const search = ['--harmful', 'advbench', '--benign', 'alpaca:train', '--part', 'train', '--limit', '6'];
+  /** `eval refusal` on HarmBench with the latent clamped always on. */
+  const clampEval = (
+    o: { sae: string; feature: string; clamp: string; limit: string; maxTokens: string },
+    extra: string[] = [],
+    timeoutMs = 120_000,
+  ) =>
+    cli(
+      [
+        'eval',
+        'refusal',
+        ...common,
+        '--sets',
+        'harmbench',
+        '--limit',
+        o.limit,
+        '--max-tokens',
+        o.maxTokens,
+        '--steer',
+        'sae-clamp',
+        '--sae',
+        o.sae,
+        '--feature',
+        o.feature,
+        '--clamp',
+        o.clamp,
+        ...extra,
+      ],
+      { timeoutMs },
+    );
   const harmfulText = loadPromptSet('advbench', { dataDir: DATA })
     .prompts.slice(0, 40)
     .map((p) => p.text);
@@ -138,79 +167,27 @@ describe('SAE steering CLI on Qwen2.5-Coder-0.5B-Instruct', { skip: missingModel
   });
 
   test('eval refusal --steer sae-clamp clamps the latent while generating', () => {
-    const r = cli(
-      [
-        'eval',
-        'refusal',
-        ...common,
-        '--sets',
-        'harmbench',
-        '--limit',
-        '2',
-        '--max-tokens',
-        '6',
-        '--steer',
-        'sae-clamp',
-        '--sae',
-        saeDir,
-        '--feature',
-        '3',
-        '--clamp',
-        '20',
-        '--json',
-      ],
-      { timeoutMs: 600_000 },
+    const r = clampEval(
+      { sae: saeDir, feature: '3', clamp: '20', limit: '2', maxTokens: '6' },
+      ['--json'],
+      600_000,
     );
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /clamp sae latent 3 to 20/);
   });
 
   test('bad input: a latent past the dictionary, an SAE of another width, a missing part', () => {
-    const tooBig = cli(
-      [
-        'eval',
-        'refusal',
-        ...common,
-        '--sets',
-        'harmbench',
-        '--limit',
-        '1',
-        '--max-tokens',
-        '2',
-        '--steer',
-        'sae-clamp',
-        '--sae',
-        saeDir,
-        '--feature',
-        '5000',
-        '--clamp',
-        '1',
-      ],
-      { timeoutMs: 120_000 },
+    const tooBig = clampEval(
+      { sae: saeDir, feature: '5000', clamp: '1', limit: '1', maxTokens: '2' },
+      [],
+      120_000,
     );
     assert.equal(tooBig.code, 2, tooBig.stderr);
     assert.match(tooBig.stderr, /feature 5000 is not a latent of this SAE \(0\.\.1023\)/);
-    const narrow = cli(
-      [
-        'eval',
-        'refusal',
-        ...common,
-        '--sets',
-        'harmbench',
-        '--limit',
-        '1',
-        '--max-tokens',
-        '2',
-        '--steer',
-        'sae-clamp',
-        '--sae',
-        path.join(FIXTURES, 'sae', 'topk'),
-        '--feature',
-        '0',
-        '--clamp',
-        '1',
-      ],
-      { timeoutMs: 120_000 },
+    const narrow = clampEval(
+      { sae: path.join(FIXTURES, 'sae', 'topk'), feature: '0', clamp: '1', limit: '1', maxTokens: '2' },
+      [],
+      120_000,
     );
     assert.equal(narrow.code, 2, narrow.stderr);
     assert.match(narrow.stderr, /d_in = 8 but the model's d_model is 896/);
