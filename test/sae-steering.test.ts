@@ -22,6 +22,9 @@ import {
   topContexts,
 } from '../src/sae/features.js';
 import { Sae, type SparseCodes } from '../src/sae/sae.js';
+import { makeJudge } from '../src/eval/judges.js';
+import type { EvalPrompt } from '../src/eval/refusal.js';
+import { chooseClamp, clampGrid } from '../src/eval/sae-steering.js';
 import { FIXTURES } from './util/fixtures.js';
 
 const backend = loadBackend();
@@ -147,6 +150,38 @@ describe('SAE clamp in a model (tiny llama)', async () => {
       hooks: [saeClampHook(sae, model.backend, { feature: silent, value: 50 })],
     }).logits[0];
     assert.ok(moved.some((v, i) => Math.abs(v - clean[i]) > 1e-3));
+  });
+
+  test('the clamp grid reports progress over the whole grid and scores every value', async () => {
+    const prompt = (id: string, ids: number[]): EvalPrompt => ({
+      id,
+      set: 't',
+      text: '',
+      prompt: { tokens: ids },
+    });
+    const seen: [number, number][] = [];
+    const rows = await clampGrid(model, sae, {
+      harmful: [prompt('h1', [1, 5, 9]), prompt('h2', [1, 7])],
+      benign: [prompt('b1', [1, 3, 3])],
+      feature: 0,
+      values: [0, 2, 40],
+      judge: makeJudge('keyword-gcg'),
+      maxNewTokens: 2,
+      batchSize: 2,
+      onProgress: (done, total) => seen.push([done, total]),
+    });
+    assert.deepEqual(
+      rows.map((r) => [r.value, r.refusal.n, r.overRefusal.n, r.flawed.n]),
+      [
+        [0, 2, 1, 3],
+        [2, 2, 1, 3],
+        [40, 2, 1, 3],
+      ],
+    );
+    assert.ok(seen.every(([, total]) => total === 9));
+    assert.ok(seen.every(([done], i) => i === 0 || done >= seen[i - 1][0]));
+    assert.equal(seen.at(-1)![0], 9);
+    assert.throws(() => chooseClamp([]), OptionError);
   });
 
   test('an SAE for another width or a layer the model lacks is refused', () => {

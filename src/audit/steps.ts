@@ -792,17 +792,13 @@ export async function saeStep(ctx: AuditContext): Promise<SaeResult> {
       );
     const values = s.saeClampMultiples.map((m) => Number((m * scale).toPrecision(3)));
     const gridBar = ctx.reporter.progress('sae: clamp grid on validation prompts', 'prompts');
-    let before = 0;
     grid = await clampGrid(ctx.model, sae, {
       ...settings,
       harmful: part(sets.harmful, 'val'),
       benign: part(sets.harmless, 'val'),
       feature,
       values,
-      onProgress: (done, total) => {
-        gridBar.update(before + done, total * values.length);
-        if (done === total) before += total;
-      },
+      onProgress: (done, total) => gridBar.update(done, total),
     });
     gridBar.finish();
     clamp = chooseClamp(grid).value;

@@ -187,7 +187,8 @@ export interface ClampGridOptions extends SaeReplySettings {
 
 /**
  * Each clamp value, always on, on the validation prompts. The choice (`chooseClamp`) is the value
- * with the best refusal minus over-refusal minus flaw rate.
+ * with the best refusal minus over-refusal minus flaw rate. `onProgress` counts replies over the
+ * whole grid (total: prompts × values).
  */
 export async function clampGrid(model: Model, sae: Sae, o: ClampGridOptions): Promise<ClampGridRow[]> {
   if (o.values.length === 0) throw new OptionError('the clamp grid needs at least one value');
@@ -195,9 +196,14 @@ export async function clampGrid(model: Model, sae: Sae, o: ClampGridOptions): Pr
     throw new OptionError('the clamp grid needs harmful and benign validation prompts');
   const prompts = [...o.harmful, ...o.benign];
   const out: ClampGridRow[] = [];
-  for (const value of o.values) {
+  const gridTotal = prompts.length * o.values.length;
+  for (const [v, value] of o.values.entries()) {
     const hook = saeClampHook(sae, model.backend, { feature: o.feature, value });
-    const rows = await judgedReplies(model, prompts, o, hookResponder(model, [hook]));
+    const settings: SaeReplySettings = {
+      ...o,
+      onProgress: (done) => o.onProgress?.(v * prompts.length + done, gridTotal),
+    };
+    const rows = await judgedReplies(model, prompts, settings, hookResponder(model, [hook]));
     const refusedOf = (r: RefusalRow): boolean => verdict(r.judged[o.judge.name]) === true;
     const refusal = gridRate(rows.slice(0, o.harmful.length).map(refusedOf));
     const overRefusal = gridRate(rows.slice(o.harmful.length).map(refusedOf));

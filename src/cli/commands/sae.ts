@@ -602,14 +602,12 @@ const steerCommand = command(STEER_SPEC, async (args, out) => {
   for (const value of values) checkClamp(sae, { feature: o.feature, value });
   const { harmful, benign } = searchPrompts(model, sets, o);
   const { chooseClamp, clampGrid } = await import('../../eval/sae-steering.js');
-  const perValue = harmful.length + benign.length;
   const progress = new Progress({
-    total: perValue * values.length,
+    total: (harmful.length + benign.length) * values.length,
     label: 'sae steer',
     unit: 'prompts',
     json: out.json,
   });
-  let before = 0;
   const rows = await withInterrupt((signal) =>
     clampGrid(model, sae, {
       harmful,
@@ -619,10 +617,7 @@ const steerCommand = command(STEER_SPEC, async (args, out) => {
       judge,
       maxNewTokens: o.maxTokens,
       batchSize: o.batch,
-      onProgress: (done, total) => {
-        progress.update(before + done);
-        if (done === total) before += total;
-      },
+      onProgress: (done) => progress.update(done),
       signal,
     }),
   );
