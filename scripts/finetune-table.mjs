@@ -51,7 +51,8 @@ for (const { label, refusal, capability } of rows) {
   const capabilityCell = ([task, metric]) => {
     const f = capability?.figures.find((x) => x.task === task && x.metric === metric);
     if (!f) return '-';
-    const c = capability.changes?.find((x) => x.task === task && x.metric === metric);
+    // A change names the figure's metric without its qualifier ('accuracy' for 'accuracy (0-shot)').
+    const c = capability.changes?.find((x) => x.task === task && metric.startsWith(x.metric));
     const change = c ? `, ${points(c.delta)} [${points(c.ci[0])}, ${points(c.ci[1])}]` : '';
     return `${score(f)}${change}`;
   };
