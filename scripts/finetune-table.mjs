@@ -52,9 +52,10 @@ for (const { label, refusal, capability } of rows) {
     const f = capability?.figures.find((x) => x.task === task && x.metric === metric);
     if (!f) return '-';
     // A change names the figure's metric without its qualifier ('accuracy' for 'accuracy (0-shot)').
-    const c = capability.changes?.find((x) => x.task === task && metric.startsWith(x.metric));
-    const change = c ? `, ${points(c.delta)} [${points(c.ci[0])}, ${points(c.ci[1])}]` : '';
-    return `${score(f)}${change}`;
+    if (!capability.changes) return score(f);
+    const c = capability.changes.find((x) => x.task === task && metric.startsWith(x.metric));
+    if (!c) throw new Error(`${label}: no paired change for ${task} ${metric}`);
+    return `${score(f)}, ${points(c.delta)} [${points(c.ci[0])}, ${points(c.ci[1])}]`;
   };
   lines.push(
     `| ${[label, cell(rate('advbench')), cell(rate('harmbench')), cell(rate('xstest-safe')), pct(flawedRate), ...figures.map(capabilityCell)].join(' | ')} |`,

@@ -39,6 +39,13 @@ if [[ ! -f "$out/defence/adapter/adapter_config.json" ]]; then
 fi
 
 # Evaluation: refusal on held-out harmful sets, over-refusal on XSTest's safe prompts, capability.
+# Kept evaluations must share their settings: a rerun with other ones is an error.
+settings="LIMIT=${LIMIT:-50} MAX_TOKENS=${MAX_TOKENS:-64} CAP_TASKS=${CAP_TASKS:-mmlu,gsm8k} CAP_LIMIT=${CAP_LIMIT:-default}"
+if [[ -f "$out/evaluation-settings" && "$(cat "$out/evaluation-settings")" != "$settings" ]]; then
+  echo "$out/evaluation-settings: kept evaluations used $(cat "$out/evaluation-settings"), not $settings" >&2
+  exit 1
+fi
+echo "$settings" > "$out/evaluation-settings"
 evaluate() {
   local name="$1" capability="$2"
   shift 2
