@@ -3,10 +3,12 @@
  * through node-llama-cpp's prebuilt CPU binary (the context's `lora` option: llama.cpp's
  * llama_adapter_lora_init, applied at scale 1 as `llama-cli --lora FILE` does), and decodes the
  * same greedy tokens as steerguard with the same adapter (model.addAdapter, unmerged, on the same
- * quantized weights). The adapter changes both runs' tokens, so the agreement is the adapter's.
- * Tokens alone are a weak check (an adapter file without llama's q/k row permutation still gives
- * the same 16 tokens), so steerguard's logit margins of llama.cpp's tokens, teacher-forced, must
- * also be llama.cpp's within MARGIN_TOL.
+ * quantized weights). Tokens alone are a weak check (an adapter file without llama's q/k row
+ * permutation still gives the same 16 tokens), so steerguard's logit margins of llama.cpp's tokens,
+ * teacher-forced, must also be llama.cpp's within MARGIN_TOL, and steerguard's margins with its
+ * adapter off must be far from them (so llama.cpp applied the adapter). llama.cpp's own tokens with
+ * and without the adapter are not compared: on the generic x64 build the untouched model already
+ * takes the runner-up at the first step (margin 0.27) and lands on the adapter's 16 tokens.
  *
  * As in llamacpp.test.ts, the two implementations round differently (llama.cpp quantizes the
  * activations entering a Q4_1 matmul to 8 bits), so they may part at a step where llama.cpp's
@@ -31,14 +33,20 @@ import { FIXTURES, SMOLLM2_GGUF, missingModel } from '../util/fixtures.js';
 /** llama.cpp logit margin under which another implementation may pick the runner-up (llamacpp.test.ts). */
 const CROSS_BUILD_MARGIN = 1;
 const NEW_TOKENS = 16;
+/** Scale of the adapter's random B entries: large enough that every build below tells files apart. */
+const B_SCALE = 0.2;
 /**
  * Largest difference allowed between llama.cpp's top-1/top-2 logit margins along its greedy tokens
- * and steerguard's margins of the same tokens (teacher-forced): measured 0.32 (docs/TRAINING.md);
- * the file written without llama's q/k row permutation of B gives 1.17 (and the same 16 tokens).
+ * and steerguard's margins of the same tokens (teacher-forced). Measured on node-llama-cpp 3.21.1's
+ * zen4, haswell, sandybridge, sse42 and generic x64 CPU builds (2026-12-02): 0.32 to 0.79; the file
+ * written without llama's q/k row permutation of B gives 1.46 to 2.06 (and the same 16 tokens).
  */
-const MARGIN_TOL = 0.6;
-/** The least the adapter must move steerguard's margins along those tokens (measured 1.22). */
-const ADAPTER_EFFECT_MIN = 1;
+const MARGIN_TOL = 1;
+/**
+ * The least mean difference between steerguard's margins with its adapter off and llama.cpp's with
+ * the adapter, along llama.cpp's tokens: measured 0.91 to 1.20 on the same builds (0.14 to 0.24 on).
+ */
+const ADAPTER_EFFECT_MIN = 0.6;
 
 const scratch = mkdtempSync(path.join(tmpdir(), 'steerguard-gguf-lora-llamacpp-'));
 after(() => rmSync(scratch, { recursive: true, force: true }));
@@ -64,7 +72,7 @@ describe('llama.cpp applies a GGUF LoRA adapter written by steerguard: SmolLM2',
     for (const layer of adapter.layers)
       for (const target of LORA_TARGETS) {
         const b = layer[target]!.b;
-        for (let i = 0; i < b.length; i++) b[i] = Math.fround((2 * random() - 1) * 0.1);
+        for (let i = 0; i < b.length; i++) b[i] = Math.fround((2 * random() - 1) * B_SCALE);
       }
     const file = path.join(scratch, 'smollm2-lora.gguf');
     saveGgufLora(file, adapter, model.config);
@@ -76,13 +84,6 @@ describe('llama.cpp applies a GGUF LoRA adapter written by steerguard: SmolLM2',
     assert.notDeepEqual(adapted.tokens, base.tokens, 'the adapter should change the greedy tokens');
 
     const load = { threads: 1, contextSize: 256, flashAttention: false, kvCacheType: 'F32' as const };
-    const plain = await loadLlamaCpp(SMOLLM2_GGUF, load);
-    let llamaBase: number[];
-    try {
-      llamaBase = await plain.greedy(prompt, NEW_TOKENS);
-    } finally {
-      await plain.dispose();
-    }
     const withLora = await loadLlamaCpp(SMOLLM2_GGUF, { ...load, lora: [file] });
     let steps: { ids: number[]; margins: number[] };
     try {
@@ -90,34 +91,37 @@ describe('llama.cpp applies a GGUF LoRA adapter written by steerguard: SmolLM2',
     } finally {
       await withLora.dispose();
     }
-    assert.notDeepEqual(steps.ids, llamaBase, 'llama.cpp should decode other tokens with the adapter');
 
-    // Teacher-forced on llama.cpp's tokens: steerguard's margin of each of them over the rest.
-    const marginGap = (): number => {
+    // Teacher-forced on llama.cpp's tokens: how far steerguard's margin of each of them over the
+    // rest is from llama.cpp's, at worst and on average.
+    const marginGaps = (): { max: number; mean: number } => {
       const V = model.config.vocabSize;
       const logits = model.run([{ tokens: [...prompt, ...steps.ids] }], { logits: 'all' }).logits[0];
-      let worst = 0;
-      steps.ids.forEach((id, j) => {
+      const gaps = steps.ids.map((id, j) => {
         const row = logits.subarray((prompt.length - 1 + j) * V, (prompt.length + j) * V);
         let other = -Infinity;
         row.forEach((x, i) => {
           if (i !== id && x > other) other = x;
         });
-        worst = Math.max(worst, Math.abs(row[id] - other - steps.margins[j]));
+        return Math.abs(row[id] - other - steps.margins[j]);
       });
-      return worst;
+      return { max: Math.max(...gaps), mean: gaps.reduce((sum, g) => sum + g, 0) / gaps.length };
     };
-    const gap = marginGap();
+    const gap = marginGaps();
     handle.disable();
-    const gapWithout = marginGap();
+    const gapWithout = marginGaps();
     const at = steps.ids.findIndex((id, j) => id !== adapted.tokens[j]);
     t.diagnostic(
       `with the adapter, steerguard and llama.cpp agree on ${at < 0 ? NEW_TOKENS : at} of ${NEW_TOKENS} greedy ` +
         `tokens (${new Set(steps.ids).size} distinct); along llama.cpp's tokens their logit margins differ by at ` +
-        `most ${gap.toFixed(3)} (${gapWithout.toFixed(3)} with steerguard's adapter off)`,
+        `most ${gap.max.toFixed(3)}, ${gap.mean.toFixed(3)} on average (${gapWithout.max.toFixed(3)} and ` +
+        `${gapWithout.mean.toFixed(3)} with steerguard's adapter off)`,
     );
-    assert.ok(gap <= MARGIN_TOL, `margins differ by ${gap}`);
-    assert.ok(gapWithout > ADAPTER_EFFECT_MIN, `the adapter moves the margins by only ${gapWithout}`);
+    assert.ok(gap.max <= MARGIN_TOL, `margins differ by ${gap.max}`);
+    assert.ok(
+      gapWithout.mean > ADAPTER_EFFECT_MIN,
+      `the adapter moves the margins by only ${gapWithout.mean} on average`,
+    );
     if (at >= 0)
       assert.ok(
         steps.margins[at] < CROSS_BUILD_MARGIN,
