@@ -21,37 +21,14 @@ import {
   rankByRefusalTokens,
   topContexts,
 } from '../src/sae/features.js';
-import { Sae, type SparseCodes } from '../src/sae/sae.js';
+import type { SparseCodes } from '../src/sae/sae.js';
 import { makeJudge } from '../src/eval/judges.js';
 import type { EvalPrompt } from '../src/eval/refusal.js';
 import { chooseClamp, clampGrid } from '../src/eval/sae-steering.js';
 import { FIXTURES } from './util/fixtures.js';
+import { randomSae } from './util/random-sae.js';
 
 const backend = loadBackend();
-
-function randomSae(dIn: number, dSae: number, k: number, seed: number, hookLayer = 0): Sae {
-  const random = seededRandom(seed);
-  const w = (n: number): Float32Array => Float32Array.from({ length: n }, () => random() * 2 - 1);
-  const wDec = w(dSae * dIn);
-  for (let j = 0; j < dSae; j++) {
-    let norm = 0;
-    for (let i = 0; i < dIn; i++) norm += wDec[j * dIn + i] ** 2;
-    for (let i = 0; i < dIn; i++) wDec[j * dIn + i] /= Math.sqrt(norm);
-  }
-  return new Sae(
-    {
-      architecture: 'topk',
-      dIn,
-      dSae,
-      k,
-      hookName: `blocks.${hookLayer}.hook_resid_post`,
-      hookLayer,
-      modelName: 'test',
-      applyBDecToInput: true,
-    },
-    { wEnc: w(dSae * dIn), bEnc: new Float32Array(dSae), wDec, bDec: w(dIn).map((v) => v * 0.1) },
-  );
-}
 
 /** A hook context for `rows` prompt rows of one sequence. */
 function context(rows: number, width: number): HookContext {
@@ -69,7 +46,7 @@ function context(rows: number, width: number): HookContext {
 
 describe('SAE clamp', () => {
   const D = 16;
-  const sae = randomSae(D, 48, 6, 1);
+  const sae = randomSae({ dIn: D, dSae: 48, k: 6, seed: 1 });
   const random = seededRandom(7);
   const x = Float32Array.from({ length: 3 * D }, () => random() * 4 - 2);
 
@@ -129,7 +106,7 @@ describe('SAE clamp', () => {
 describe('SAE clamp in a model (tiny llama)', async () => {
   const model = await Model.load(path.join(FIXTURES, 'tiny', 'llama'));
   const D = model.config.dModel;
-  const sae = randomSae(D, 4 * D, 8, 3, 1);
+  const sae = randomSae({ dIn: D, dSae: 4 * D, k: 8, seed: 3, hookLayer: 1 });
   const tokens = [1, 5, 9, 2, 7, 3];
 
   test('clamping a latent that never fires to 0 gives the same logits; a large clamp changes them', () => {
@@ -185,8 +162,14 @@ describe('SAE clamp in a model (tiny llama)', async () => {
   });
 
   test('an SAE for another width or a layer the model lacks is refused', () => {
-    assert.throws(() => checkSaeFitsModel(model, randomSae(D + 1, 8, 2, 1)), /d_in = 65 .* d_model is 64/);
-    assert.throws(() => checkSaeFitsModel(model, randomSae(D, 8, 2, 1, 3)), /block 3 .* blocks 0\.\.2/);
+    assert.throws(
+      () => checkSaeFitsModel(model, randomSae({ dIn: D + 1, dSae: 8, k: 2, seed: 1 })),
+      /d_in = 65 .* d_model is 64/,
+    );
+    assert.throws(
+      () => checkSaeFitsModel(model, randomSae({ dIn: D, dSae: 8, k: 2, seed: 1, hookLayer: 3 })),
+      /block 3 .* blocks 0\.\.2/,
+    );
   });
 
   test('exampleCodes encodes every row of prompt and reply', () => {
@@ -229,7 +212,7 @@ function codesOf(table: number[][]): SparseCodes {
 }
 
 describe('feature rankings', () => {
-  const sae = randomSae(4, 3, 2, 1);
+  const sae = randomSae({ dIn: 4, dSae: 3, k: 2, seed: 1 });
   // Two refusals and one compliance, prompt length 1, two reply rows each. Latent 0 fires on
   // refusal replies only, latent 1 on every reply, latent 2 only on the prompt.
   const examples: FeatureExample[] = [

@@ -12,47 +12,30 @@ import path from 'node:path';
 import { after, describe, test } from 'node:test';
 
 import { loadPromptSet } from '../../src/data/datasets.js';
-import { seededRandom } from '../../src/model/sampling.js';
-import { Sae } from '../../src/sae/sae.js';
 import { saveSae } from '../../src/sae/saelens.js';
 import { cli } from '../util/cli.js';
 import { FIXTURES, QWEN05_GGUF, SHARED, missingModel } from '../util/fixtures.js';
+import { randomSae } from '../util/random-sae.js';
 
 const DATA = path.join(SHARED, 'datasets');
 const tmp = mkdtempSync(path.join(tmpdir(), 'sg-sae-qwen-'));
 after(() => rmSync(tmp, { recursive: true, force: true }));
 
-/** A Top-k SAE on block 12 of the 0.5B model (d_model 896) with random unit decoder rows. */
-function randomQwenSae(dir: string): void {
-  const dIn = 896;
-  const dSae = 1024;
-  const random = seededRandom(11);
-  const w = (n: number) => Float32Array.from({ length: n }, () => random() * 2 - 1);
-  const wDec = w(dSae * dIn);
-  for (let j = 0; j < dSae; j++) {
-    let norm = 0;
-    for (let i = 0; i < dIn; i++) norm += wDec[j * dIn + i] ** 2;
-    for (let i = 0; i < dIn; i++) wDec[j * dIn + i] /= Math.sqrt(norm);
-  }
-  const sae = new Sae(
-    {
-      architecture: 'topk',
-      dIn,
-      dSae,
-      k: 16,
-      hookName: 'blocks.12.hook_resid_post',
-      hookLayer: 12,
-      modelName: 'qwen2.5-coder-0.5b-instruct',
-      applyBDecToInput: true,
-    },
-    { wEnc: wDec.slice(), bEnc: new Float32Array(dSae), wDec, bDec: new Float32Array(dIn) },
-  );
-  saveSae(sae, dir);
-}
-
 describe('SAE steering CLI on Qwen2.5-Coder-0.5B-Instruct', { skip: missingModel(QWEN05_GGUF) }, () => {
   const saeDir = path.join(tmp, 'sae');
-  randomQwenSae(saeDir);
+  // A Top-k SAE on block 12 of the 0.5B model (d_model 896) with random unit decoder rows.
+  saveSae(
+    randomSae({
+      dIn: 896,
+      dSae: 1024,
+      k: 16,
+      seed: 11,
+      hookLayer: 12,
+      modelName: 'qwen2.5-coder-0.5b-instruct',
+      encoder: 'tied',
+    }),
+    saeDir,
+  );
   const common = ['-m', QWEN05_GGUF, '--data-dir', DATA, '--threads', '2'];
   const search = ['--harmful', 'advbench', '--benign', 'alpaca:train', '--part', 'train', '--limit', '6'];
   /** `eval refusal` on HarmBench with the latent clamped always on. */
