@@ -51,9 +51,8 @@ for (const { label, refusal, capability } of rows) {
   const capabilityCell = ([task, metric]) => {
     const f = capability?.figures.find((x) => x.task === task && x.metric === metric);
     if (!f) return '-';
-    // A change names the figure's metric without its qualifier ('accuracy' for 'accuracy (0-shot)').
     if (!capability.changes) return score(f);
-    const c = capability.changes.find((x) => x.task === task && metric.startsWith(x.metric));
+    const c = capability.changes.find((x) => x.task === task && x.metric === metric);
     if (!c) throw new Error(`${label}: no paired change for ${task} ${metric}`);
     return `${score(f)}, ${points(c.delta)} [${points(c.ci[0])}, ${points(c.ci[1])}]`;
   };

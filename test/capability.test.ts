@@ -235,34 +235,34 @@ describe('changes from an earlier rows file (eval capability --compare)', () => 
     truthfulqa: mc2.map((m, i) => ({ index: i, mc1: m > 0.5, mc2: m })),
   });
   test('each figure of both runs gets its paired change, in figure order', () => {
-    const before = figureItems(rows([true, false, false, true], [0.2, 0.6, 0.4, 0.9]), 'base');
-    const after = figureItems(rows([true, true, false, true], [0.3, 0.6, 0.6, 0.9]), 'now');
+    const before = figureItems(rows([true, false, false, true], [0.2, 0.6, 0.4, 0.9]), 0, 'base');
+    const after = figureItems(rows([true, true, false, true], [0.3, 0.6, 0.6, 0.9]), 0, 'now');
     const c = figureChanges(before, after, 'base');
     assert.deepEqual(
       c.map((x) => [x.task, x.metric, x.n, x.before, x.after]),
       [
-        ['mmlu', 'accuracy', 4, 0.5, 0.75],
-        ['truthfulqa', 'MC1', 4, 0.5, 0.75],
-        ['truthfulqa', 'MC2', 4, 0.525, 0.6],
+        ['mmlu', 'accuracy (0-shot)', 4, 0.5, 0.75],
+        ['truthfulqa', 'MC1 accuracy', 4, 0.5, 0.75],
+        ['truthfulqa', 'MC2 true mass', 4, 0.525, 0.6],
       ],
     );
     assert.ok(Math.abs(c[2].delta - 0.075) < 1e-12);
     assert.deepEqual(c[0].ci, pairedDifference([1, 0, 0, 1], [1, 1, 0, 1]).ci);
   });
   test('other items, no common task or a malformed row are errors naming the file', () => {
-    const base = figureItems(rows([true, false], [0.2, 0.6]), 'base');
+    const base = figureItems(rows([true, false], [0.2, 0.6]), 0, 'base');
     const shifted = rows([true, false], [0.2, 0.6]);
     shifted.mmlu[1].row = 99;
     assert.throws(
-      () => figureChanges(base, figureItems(shifted, 'now'), 'base.json'),
+      () => figureChanges(base, figureItems(shifted, 0, 'now'), 'base.json'),
       /base\.json: its mmlu items are not this run's .*item 1 differs/,
     );
     assert.throws(
-      () => figureChanges(base, figureItems({ gsm8k: [] }, 'now'), 'base.json'),
+      () => figureChanges(base, figureItems({ gsm8k: [] }, 0, 'now'), 'base.json'),
       /no task in common/,
     );
     assert.throws(
-      () => figureItems({ mmlu: [{ subject: 'x', row: 1, correct: 'yes' }] }, 'f.json'),
+      () => figureItems({ mmlu: [{ subject: 'x', row: 1, correct: 'yes' }] }, 0, 'f.json'),
       /f\.json: rows\.mmlu\[0\]\.correct is not a boolean/,
     );
   });
@@ -376,6 +376,42 @@ describe('MMLU prompt and benchmark files', () => {
     assert.equal(r.code, 1, r.stderr);
     assert.match(r.stderr, /anatomy_test\.csv: header column 3: expected 'choice1', found 'answer'/);
     assert.equal(existsSync(out), false);
+  });
+
+  test('eval capability --compare: a baseline scored another way fails before the model loads', () => {
+    const data = path.join(tmp, 'data-compare');
+    mkdirSync(path.join(data, 'mmlu', 'test'), { recursive: true });
+    writeFileSync(
+      path.join(data, 'mmlu', 'test', 'anatomy_test.csv'),
+      'question,choice0,choice1,choice2,choice3,answer\nWhat?,a,b,c,d,B\n',
+    );
+    const base = path.join(tmp, 'base-rows.json');
+    const run = (extra: string[]) =>
+      cli([
+        'eval',
+        'capability',
+        '-m',
+        path.join(tmp, 'no-model.gguf'),
+        '--tasks',
+        'mmlu',
+        '--data-dir',
+        data,
+        '--compare',
+        base,
+        ...extra,
+      ]);
+    const rows = { mmlu: [{ subject: 'anatomy', row: 0, correct: true }] };
+    writeFileSync(base, JSON.stringify({ chat: false, shots: 0, maxTokens: 256, rows }));
+    const shots = run(['--shots', '5']);
+    assert.equal(shots.code, 2, shots.stderr);
+    assert.match(shots.stderr, /base-rows\.json was scored with shots = 0, this run with 5/);
+    const chat = run(['--chat']);
+    assert.equal(chat.code, 2, chat.stderr);
+    assert.match(chat.stderr, /base-rows\.json was scored with chat = false, this run with true/);
+    writeFileSync(base, JSON.stringify({ chat: false, rows }));
+    const old = run([]);
+    assert.equal(old.code, 2, old.stderr);
+    assert.match(old.stderr, /base-rows\.json does not record 'shots'/);
   });
 
   test('eval capability and bias refuse unknown tasks and options', () => {

@@ -171,6 +171,24 @@ export function pairedDifference(a: readonly number[], b: readonly number[]): Pa
   return { n, delta: mean, ci: [mean - half, mean + half] };
 }
 
+/**
+ * The metric names of the suite's figures and of their paired changes, for a run with `shots`
+ * worked examples before each MMLU question and GSM8K problem.
+ */
+export function capabilityMetrics(shots: number): {
+  mmlu: string;
+  gsm8k: string;
+  mc1: string;
+  mc2: string;
+} {
+  return {
+    mmlu: `accuracy (${shots}-shot)`,
+    gsm8k: `exact match (${shots}-shot)`,
+    mc1: 'MC1 accuracy',
+    mc2: 'MC2 true mass',
+  };
+}
+
 /** One figure's items as a rows file holds them: a key per item and its score. */
 export interface FigureItems {
   readonly task: string;
@@ -181,10 +199,16 @@ export interface FigureItems {
 
 /**
  * The per-item scores of each figure from the `rows` of `runCapability` (or of a rows file of
- * `eval capability --out`): MMLU accuracy, GSM8K exact match, TruthfulQA MC1 and MC2, in that
- * order, for the tasks present. `where` names the source in errors.
+ * `eval capability --out`) of a run with `shots` worked examples: MMLU accuracy, GSM8K exact match,
+ * TruthfulQA MC1 and MC2, in that order, for the tasks present, named as the run's figures
+ * ({@link capabilityMetrics}). `where` names the source in errors.
  */
-export function figureItems(rows: Readonly<Record<string, unknown>>, where: string): FigureItems[] {
+export function figureItems(
+  rows: Readonly<Record<string, unknown>>,
+  shots: number,
+  where: string,
+): FigureItems[] {
+  const metric = capabilityMetrics(shots);
   const list = (task: string): Record<string, unknown>[] | undefined => {
     const v = rows[task];
     if (v === undefined) return undefined;
@@ -210,7 +234,7 @@ export function figureItems(rows: Readonly<Record<string, unknown>>, where: stri
   if (mmlu)
     out.push({
       task: 'mmlu',
-      metric: 'accuracy',
+      metric: metric.mmlu,
       keys: mmlu.map((r, i) => `${String(r.subject)}/${String(r.row ?? r.index ?? i)}`),
       scores: mmlu.map((r, i) => (field('mmlu', r, i, 'correct', 'boolean') ? 1 : 0)),
     });
@@ -218,7 +242,7 @@ export function figureItems(rows: Readonly<Record<string, unknown>>, where: stri
   if (gsm8k)
     out.push({
       task: 'gsm8k',
-      metric: 'exact match',
+      metric: metric.gsm8k,
       keys: gsm8k.map((r, i) => String(field('gsm8k', r, i, 'index', 'number'))),
       scores: gsm8k.map((r, i) => (field('gsm8k', r, i, 'correct', 'boolean') ? 1 : 0)),
     });
@@ -228,13 +252,13 @@ export function figureItems(rows: Readonly<Record<string, unknown>>, where: stri
     out.push(
       {
         task: 'truthfulqa',
-        metric: 'MC1',
+        metric: metric.mc1,
         keys,
         scores: tqa.map((r, i) => (field('truthfulqa', r, i, 'mc1', 'boolean') ? 1 : 0)),
       },
       {
         task: 'truthfulqa',
-        metric: 'MC2',
+        metric: metric.mc2,
         keys,
         scores: tqa.map((r, i) => field('truthfulqa', r, i, 'mc2', 'number') as number),
       },
@@ -295,9 +319,10 @@ export async function runCapability(
   const rows: Record<string, unknown> = {};
   const extra: Record<string, unknown> = {};
   const bit = (x: boolean) => (x ? 1 : 0);
+  const metric = capabilityMetrics(opts.shots);
   if (data.mmlu) {
     const r = await evaluateMmlu(model, data.mmlu.test, { ...run, shots: opts.shots, dev: data.mmlu.dev });
-    figures.push(rateFigure('mmlu', `accuracy (${r.shots}-shot)`, r.overall, steeredIn(r.rows)));
+    figures.push(rateFigure('mmlu', metric.mmlu, r.overall, steeredIn(r.rows)));
     itemScores.push(r.rows.map((x) => bit(x.correct)));
     extra.mmluSubjects = r.subjects;
     rows.mmlu = r.rows;
@@ -310,7 +335,7 @@ export async function runCapability(
       batch: opts.batch,
       signal: opts.signal,
     });
-    figures.push(rateFigure('gsm8k', `exact match (${r.shots}-shot)`, r.accuracy, steeredIn(r.rows)));
+    figures.push(rateFigure('gsm8k', metric.gsm8k, r.accuracy, steeredIn(r.rows)));
     itemScores.push(r.rows.map((x) => bit(x.correct)));
     extra.gsm8kUnparsed = r.unparsed;
     rows.gsm8k = r.rows.map((row, i) => ({ ...row, reply: r.replies[i] }));
@@ -318,9 +343,9 @@ export async function runCapability(
   if (data.truthfulqa) {
     const r = await evaluateTruthfulQa(model, data.truthfulqa, run);
     const steered = steeredIn(r.rows);
-    figures.push(rateFigure('truthfulqa', 'MC1 accuracy', r.mc1, steered), {
+    figures.push(rateFigure('truthfulqa', metric.mc1, r.mc1, steered), {
       task: 'truthfulqa',
-      metric: 'MC2 true mass',
+      metric: metric.mc2,
       n: r.mc2.n,
       value: r.mc2.mean,
       ci: r.mc2.ci,

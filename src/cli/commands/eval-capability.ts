@@ -224,8 +224,11 @@ export const capabilityCommand = command(
     const suite = await import('../../eval/capability-suite.js');
     checkInputFile('--compare', o.compare);
     // The baseline is read before the model loads: a wrong file costs nothing.
+    const settings: ScoringSettings = { chat: o.chat, shots: o.shots, maxTokens: o.maxTokens };
     const before =
-      o.compare === undefined ? undefined : suite.figureItems(readRowsFile(o.compare), o.compare);
+      o.compare === undefined
+        ? undefined
+        : suite.figureItems(readCompareRows(o.compare, settings), o.shots, o.compare);
     // Data first: a malformed file fails before the model loads.
     const data = suite.loadCapabilityData(dir, tasks, {
       limit: o.limit,
@@ -253,7 +256,7 @@ export const capabilityCommand = command(
         steering: steering.label,
         // Scores of an adapted model say so: they are not the base model's.
         ...(o.adapter ? { adapters: o.adapter } : {}),
-        chat: o.chat,
+        ...settings,
         seed: o.seed,
         figures,
         ...extra,
@@ -264,23 +267,46 @@ export const capabilityCommand = command(
     const changes =
       before === undefined
         ? undefined
-        : suite.figureChanges(before, suite.figureItems(rows, 'this run'), o.compare!);
+        : suite.figureChanges(before, suite.figureItems(rows, o.shots, 'this run'), o.compare!);
     printFigures(out, steering.label, figures, { ...extra, ...(changes ? { changes } : {}) });
     if (changes) printChanges(out, o.compare!, changes);
   },
 );
 
-/** The `rows` of a rows file of `eval capability --out`. */
-function readRowsFile(file: string): Record<string, unknown> {
+/** What a rows file records of how its items were scored; a --compare baseline must match. */
+interface ScoringSettings {
+  chat: boolean;
+  shots: number;
+  maxTokens: number;
+}
+
+/**
+ * The `rows` of a rows file of `eval capability --out`, after checking that it scored its items as
+ * this run does (a change from a 0-shot baseline to a 5-shot run is not the steering's).
+ */
+function readCompareRows(file: string, settings: ScoringSettings): Record<string, unknown> {
   let doc: unknown;
   try {
     doc = JSON.parse(readFileSync(file, 'utf8'));
   } catch (e) {
     throw new OptionError(`--compare: ${file} is not JSON (${(e as Error).message})`);
   }
-  const rows = (doc as { rows?: unknown } | null)?.rows;
+  const record = (doc ?? {}) as Record<string, unknown>;
+  const rows = record.rows;
   if (rows === null || typeof rows !== 'object' || Array.isArray(rows))
     throw new OptionError(`--compare: ${file} has no 'rows' object (a rows file of eval capability --out?)`);
+  for (const [name, value] of Object.entries(settings)) {
+    const theirs = record[name];
+    if (theirs === undefined)
+      throw new OptionError(
+        `--compare: ${file} does not record '${name}' (written by an older steerguard?): rerun its evaluation`,
+      );
+    if (theirs !== value)
+      throw new OptionError(
+        `--compare: ${file} was scored with ${name} = ${JSON.stringify(theirs)}, this run with ` +
+          `${JSON.stringify(value)}: its changes would not be the steering's`,
+      );
+  }
   return rows as Record<string, unknown>;
 }
 
