@@ -187,11 +187,13 @@ describe('steerguard serve', () => {
     assert.equal(ext(await chat(FLAGGED)).verdict?.verdict, 'flagged');
   });
 
-  test('the verdict read in the generation prompt pass (flag) equals the one of a pass of its own (block)', async () => {
+  test('the verdict read in the generation prompt pass (flag, block) equals the one of a pass of its own (steer)', async () => {
     for (const prompt of [BENIGN, FLAGGED]) {
       const inPass = ext(await chat(prompt, { max_tokens: 2 })).verdict!;
-      const ownPass = ext(await chat(prompt, { max_tokens: 2, steerguard: { policy: 'block' } })).verdict!;
+      const blockPass = ext(await chat(prompt, { max_tokens: 2, steerguard: { policy: 'block' } })).verdict!;
+      const ownPass = ext(await chat(prompt, { max_tokens: 2, steerguard: { policy: 'steer' } })).verdict!;
       assert.deepEqual(inPass, ownPass, prompt);
+      assert.deepEqual(blockPass, ownPass, prompt);
     }
   });
 
@@ -292,6 +294,13 @@ describe('steerguard serve', () => {
     let text = '';
     for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? '';
     assert.equal(text, BLOCK_MESSAGE);
+    // with vectors of its own the request is judged in a pass of its own (unsteered), then blocked
+    const steered = await chat(FLAGGED, {
+      steerguard: { policy: 'block', steer: [{ vector: 'push', coeff: 3 }] },
+    });
+    assert.equal(steered.choices[0].message.content, BLOCK_MESSAGE);
+    assert.equal(steered.usage?.completion_tokens, 0);
+    assert.equal(ext(steered).verdict?.verdict, 'flagged');
   });
 
   test('scores: one per generated token fed back, in the stream and in the whole response', async () => {

@@ -27,8 +27,10 @@ interface Gate {
 
 interface Live {
   readonly controller: AbortController;
-  /** Policy stop ended the reply: nothing more is sent. */
+  /** Policy stop or block ended the reply: nothing more is sent. */
   stopped: boolean;
+  /** Policy block refused the request in its prompt pass: the reply is the block message. */
+  blocked: boolean;
   /** Text posted so far (a stopped reply is what its client has seen). */
   sent: string;
   /** Tokens of the reply when policy stop ended it. */
@@ -195,12 +197,12 @@ export class ModelService {
         'steerguard.policy',
       );
 
-    // A request whose prompt pass nothing steers (policies flag and stop, no vectors of its own)
-    // has its verdict read in its generation's own prompt pass, as that pass runs: no second pass.
-    // Steer needs the verdict before the prompt pass (it steers that pass), block before any
-    // generation, and a request's own vectors would steer what the monitor reads.
-    const verdictInPass =
-      monitor !== undefined && (ext.policy === 'flag' || ext.policy === 'stop') && ext.steer.length === 0;
+    // A request whose prompt pass nothing steers (policies flag, stop and block, no vectors of its
+    // own) has its verdict read in its generation's own prompt pass, as that pass runs: no second
+    // pass. Block refuses there, before any text is sent (the token that pass picks is dropped).
+    // Steer needs the verdict before the prompt pass (it steers that pass), and a request's own
+    // vectors would steer what the monitor reads.
+    const verdictInPass = monitor !== undefined && ext.policy !== 'steer' && ext.steer.length === 0;
     const verdict = monitor && !verdictInPass ? this.verdictOf(tokens, monitor) : null;
     if (ext.policy === 'block' && verdict?.verdict === 'flagged') {
       this.post({
@@ -235,6 +237,7 @@ export class ModelService {
     const live: Live = {
       controller: new AbortController(),
       stopped: false,
+      blocked: false,
       sent: '',
       keptTokens: 0,
       generated: 0,
@@ -259,14 +262,22 @@ export class ModelService {
         promptTokens: tokens.length,
         verdict: v,
         steering: { vectors: steering, gate: gateDid },
-        blocked: false,
+        blocked: live.blocked,
       });
     const verdictReaders =
       monitor && verdictInPass
         ? scoreHooks(
             monitor,
             (pos) => pos === tokens.length - 1,
-            (_, score) => accept(verdictFor(score, monitor)),
+            (_, score) => {
+              const v = verdictFor(score, monitor);
+              if (ext.policy === 'block' && v.verdict === 'flagged') {
+                live.stopped = true;
+                live.blocked = true;
+                live.controller.abort();
+              }
+              accept(v);
+            },
           )
         : [];
     this.live.set(id, live);
@@ -303,7 +314,7 @@ export class ModelService {
               ? 'cancelled'
               : g.finishReason,
           completionTokens: live.stopped ? live.keptTokens : g.tokens.length,
-          text: live.stopped ? live.sent : g.text,
+          text: live.blocked ? this.settings.blockMessage : live.stopped ? live.sent : g.text,
         });
       },
       (e: unknown) => {
