@@ -111,6 +111,27 @@ describe('ControlVector values', () => {
     assert.throws(() => cv.checkModel({ nLayers: 3, dModel: 8 }), /d_model/);
     cv.checkModel({ nLayers: 3, dModel: D });
   });
+
+  test('a vector that records another model is refused for this one, and fits once it forgets it', () => {
+    const shape = { nLayers: 3, dModel: D };
+    const here = { name: 'here.gguf', fingerprint: 'b'.repeat(64) };
+    const made = refusalDirectionToControlVector(
+      { direction: vec(D, () => 1), layer: 2, position: -1 },
+      { arch: 'llama', fingerprint: 'a'.repeat(64) },
+    );
+    assert.equal(made.modelFingerprint, 'a'.repeat(64));
+    assert.throws(
+      () => made.checkModel(shape, { identity: here, file: 'r.gguf' }),
+      /r\.gguf was computed on another model \(fingerprint a{12}\), not on here\.gguf \(fingerprint b{12}\).*--forget-model/,
+    );
+    made.checkModel(shape, { identity: { ...here, fingerprint: 'a'.repeat(64) } });
+    made.checkModel(shape); // no identity: only the shape is checked
+    const forgot = made.forgetModel();
+    assert.equal(forgot.modelFingerprint, undefined);
+    assert.equal(forgot.metadata.get('steerguard.kind'), 'refusal-direction');
+    forgot.checkModel(shape, { identity: here });
+    cv.checkModel(shape, { identity: here }); // a file that records no model (llama.cpp, repeng)
+  });
 });
 
 describe('control vector GGUF files', () => {
@@ -297,6 +318,23 @@ describe('steerguard control-vector / direction info (in-process)', () => {
       cv.direction(2).map((x) => x * -2),
     );
     await assert.rejects(run(controlVectorCommand, ['convert', file, '--out', outFile]), /already exists/);
+  });
+
+  test('info -m refuses a direction of another model; convert --forget-model writes one that fits', async () => {
+    const tiny = path.join(FIXTURES, 'tiny', 'llama');
+    const other = path.join(tmp, 'other-model.gguf');
+    refusalDirectionToControlVector(
+      { direction: vec(D, () => 1), layer: 2, position: -1 },
+      { arch: 'llama', fingerprint: 'f'.repeat(64) },
+    ).save(other);
+    await assert.rejects(
+      run(controlVectorCommand, ['info', other, '-m', tiny]),
+      /other-model\.gguf was computed on another model \(fingerprint f{12}\)/,
+    );
+    const copy = path.join(tmp, 'any-model.gguf');
+    await run(controlVectorCommand, ['convert', other, '--forget-model', '--out', copy]);
+    assert.equal(ControlVector.load(copy).modelFingerprint, undefined);
+    assert.match(await run(controlVectorCommand, ['info', copy, '-m', tiny]), /fits llama/);
   });
 
   test('direction info reads refusal-direction metadata', async () => {

@@ -111,7 +111,7 @@ export async function vectorHooks(
   const { ablationHooks, refusalDirectionFromControlVector } =
     await import('../steering/refusal-direction.js');
   const cv = ControlVector.load(o.vector);
-  cv.checkModel(model.config);
+  cv.checkModel(model.config, { identity: model.identity, file: o.vector });
   const fittedIds = fittedIdsOf(cv.metadata);
   const base = path.basename(o.vector);
   if (o.steer === 'ablate') {

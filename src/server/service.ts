@@ -389,7 +389,7 @@ function loadVectors(model: Model, dir: string | undefined): Map<string, Control
   if (files.length === 0) throw new OptionError(`--vectors ${dir}: the folder holds no .gguf control vector`);
   for (const f of files) {
     const cv = ControlVector.load(path.join(dir, f));
-    cv.checkModel(model.config);
+    cv.checkModel(model.config, { identity: model.identity, file: path.join(dir, f) });
     vectors.set(f.slice(0, -'.gguf'.length), cv);
   }
   return vectors;

@@ -32,6 +32,8 @@ import { type Hook, type Positions, blockHook } from '../hooks/hooks.js';
 import { addVector } from '../hooks/interventions.js';
 
 export const CONTROL_VECTOR_ARCH = 'controlvector';
+/** Metadata key of the fingerprint of the model a steerguard direction was computed on. */
+export const MODEL_FINGERPRINT_KEY = 'steerguard.model_fingerprint';
 
 /** What a control vector needs to know about the model it is used with. */
 export interface ModelShape {
@@ -147,16 +149,43 @@ export class ControlVector {
     );
   }
 
-  /** Throws an OptionError when the vector cannot be used with a model of this shape. */
-  checkModel(model: ModelShape): void {
+  /** Fingerprint of the model the vector was computed on, where it records one (steerguard's do). */
+  get modelFingerprint(): string | undefined {
+    const v = this.metadata.get(MODEL_FINGERPRINT_KEY);
+    return typeof v === 'string' ? v : undefined;
+  }
+
+  /** The same directions without the record of the model they were computed on. */
+  forgetModel(): ControlVector {
+    const metadata = new Map(this.metadata);
+    metadata.delete(MODEL_FINGERPRINT_KEY);
+    return new ControlVector(this.directions, { modelHint: this.modelHint, metadata });
+  }
+
+  /**
+   * Throws an OptionError when the vector cannot be used with a model of this shape or, given the
+   * model's identity, when the vector records that it was computed on another model (a direction
+   * of one model need not mean anything in another of the same width). `file` names it in errors.
+   */
+  checkModel(
+    model: ModelShape,
+    opts: { identity?: { readonly name: string; readonly fingerprint: string }; file?: string } = {},
+  ): void {
+    const what = opts.file ?? 'control vector';
     if (model.dModel !== this.dModel)
-      throw new OptionError(
-        `control vector has width ${this.dModel}, the model's d_model is ${model.dModel}`,
-      );
+      throw new OptionError(`${what} has width ${this.dModel}, the model's d_model is ${model.dModel}`);
     const top = Math.max(...this.layers);
     if (top >= model.nLayers)
       throw new OptionError(
-        `control vector has a direction for layer ${top}; the model has blocks 0..${model.nLayers - 1}`,
+        `${what} has a direction for layer ${top}; the model has blocks 0..${model.nLayers - 1}`,
+      );
+    const fitted = this.modelFingerprint;
+    if (opts.identity && fitted !== undefined && fitted !== opts.identity.fingerprint)
+      throw new OptionError(
+        `${what} was computed on another model (fingerprint ${fitted.slice(0, 12)}), not on ` +
+          `${opts.identity.name} (fingerprint ${opts.identity.fingerprint.slice(0, 12)}); to use it here on ` +
+          'purpose (e.g. on a re-quantised copy of that model), write a copy without that record: ' +
+          `steerguard control-vector convert ${opts.file ?? 'FILE'} --forget-model --out COPY.gguf`,
       );
   }
 

@@ -23,7 +23,7 @@ import type { Tokenizer } from '../formats/tokenizer.js';
 import { type Hook, type HookName, blockHook } from '../hooks/hooks.js';
 import { ablateDirection, addVector } from '../hooks/interventions.js';
 import type { Model, Prompt } from '../model/model.js';
-import { ControlVector } from './control-vector.js';
+import { ControlVector, MODEL_FINGERPRINT_KEY } from './control-vector.js';
 
 // ---------------------------------------------------------------------------------------------
 // Interventions
@@ -500,7 +500,7 @@ export function refusalDirectionToControlVector(
     [`${KEY}.layer`, result.layer],
     [`${KEY}.position`, result.position],
   ]);
-  if (model.fingerprint) meta.set('steerguard.model_fingerprint', model.fingerprint);
+  if (model.fingerprint) meta.set(MODEL_FINGERPRINT_KEY, model.fingerprint);
   const c = result.candidates?.find((x) => x.layer === result.layer && x.position === result.position);
   if (c?.refusalScore != null) meta.set(`${KEY}.refusal_score`, c.refusalScore);
   if (c?.steeringScore != null) meta.set(`${KEY}.steering_score`, c.steeringScore);

@@ -215,7 +215,10 @@ export async function writeMixData(
     const { ablationHooks, refusalDirectionFromControlVector } =
       await import('../../steering/refusal-direction.js');
     const cv = ControlVector.load(o.harmfulAnswersFromAblation!);
-    cv.checkModel(model.config);
+    cv.checkModel(model.config, {
+      identity: model.identity,
+      file: o.harmfulAnswersFromAblation,
+    });
     return ablationHooks(refusalDirectionFromControlVector(cv).direction, model.config.nLayers);
   };
   for (const kind of ['benign', 'harmful'] as const) {

@@ -236,7 +236,7 @@ async function refusalDirection(
   const { refusalDirectionFromControlVector } = await import('../../steering/refusal-direction.js');
   if (o.direction !== undefined) {
     const cv = ControlVector.load(o.direction);
-    cv.checkModel(model.config);
+    cv.checkModel(model.config, { identity: model.identity, file: o.direction });
     const rd = refusalDirectionFromControlVector(cv);
     return {
       direction: rd.direction,

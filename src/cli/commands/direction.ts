@@ -453,6 +453,11 @@ export const controlVectorCommand = command(
         min: 1,
         description: 'keep only these layers (convert)',
       },
+      forgetModel: {
+        type: 'boolean',
+        description:
+          'drop the record of the model the vector was computed on, so it can be used on another one on purpose (convert)',
+      },
       overwrite: { type: 'boolean', description: 'replace an existing output file' },
       threads: THREADS_OPTION,
     },
@@ -460,6 +465,7 @@ export const controlVectorCommand = command(
       'steerguard control-vector info happy.gguf -m mistral.gguf',
       'steerguard control-vector convert refusal.gguf --scale -1 --out no-refusal.gguf',
       'steerguard control-vector convert repeng.gguf --layers 10,11,12 --out mid.gguf',
+      'steerguard control-vector convert refusal.gguf --forget-model --out refusal-any-model.gguf',
     ],
   },
   async (args, out) => {
@@ -472,7 +478,7 @@ export const controlVectorCommand = command(
       let fits: string | null = null;
       if (o.model !== undefined) {
         const model = await loadModel(o.model, out, { threads: o.threads });
-        cv.checkModel(model.config);
+        cv.checkModel(model.config, { identity: model.identity, file });
         fits = model.config.arch;
         if (cv.modelHint && cv.modelHint !== model.config.arch)
           out.warn(
@@ -492,6 +498,7 @@ export const controlVectorCommand = command(
     let cv = ControlVector.load(file);
     if (o.layers !== undefined) cv = cv.restrict(o.layers);
     if (o.scale !== 1) cv = cv.scale(o.scale);
+    if (o.forgetModel) cv = cv.forgetModel();
     cv.save(o.out);
     out.result(describeVector(cv, o.out), (i) => `wrote ${o.out}\n${formatVectorInfo(i)}`);
   },

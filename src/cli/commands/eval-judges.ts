@@ -133,7 +133,7 @@ export const judgesCommand = command(
       const { ControlVector } = await import('../../steering/control-vector.js');
       const { refusalDirectionFromControlVector } = await import('../../steering/refusal-direction.js');
       const cv = ControlVector.load(o.direction);
-      cv.checkModel(model.config);
+      cv.checkModel(model.config, { identity: model.identity, file: o.direction });
       reporter.info('activation-refusal: projecting the replies on the refusal direction ...');
       rows.push(
         activationJudgeAgreement(model, replies, refusalDirectionFromControlVector(cv), {
