@@ -6,7 +6,7 @@
 # AUDIT_DIR is a finished audit of MODEL (steerguard audit ... --steps reading,direction,baseline,steering):
 # its replies/none.jsonl (held-out sources: harmbench, XSTest, alpaca test) are the SAE's held-out text.
 # Environment: LAYER (12), EXPANSION (8), K (64), STEPS (1500), BATCH (1024), CORPUS_LIMIT (240 per set),
-# GSM8K_ROWS (300), CAPABILITY_LIMIT (40). Each stage writes its output once; rerunning resumes.
+# GSM8K_ROWS (300), CAPABILITY_LIMIT (40), CAPABILITY_TASKS (mmlu,gsm8k,truthfulqa). Each stage writes its output once; rerunning resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model="$1" audit="$2" out="$3"
@@ -83,7 +83,8 @@ for cond in none clamp gated-clamp; do
     clamp) steering=(--steer sae-clamp "${clampArgs[@]}" --compare "$out/capability-none-rows.json") ;;
     gated-clamp) steering=(--steer conditional "${gate[@]}" "${clampArgs[@]}" --compare "$out/capability-none-rows.json") ;;
   esac
-  $S eval capability -m "$model" --data-dir "$data" --limit "${CAPABILITY_LIMIT:-40}" "${steering[@]}" \
+  $S eval capability -m "$model" --data-dir "$data" --tasks "${CAPABILITY_TASKS:-mmlu,gsm8k,truthfulqa}" \
+    --limit "${CAPABILITY_LIMIT:-40}" "${steering[@]}" \
     --out "$out/capability-$cond-rows.json" --overwrite --json >"$out/capability-$cond.json.tmp"
   mv "$out/capability-$cond.json.tmp" "$out/capability-$cond.json"
 done
