@@ -353,15 +353,16 @@ describe('MMLU prompt and benchmark files', () => {
     assert.throws(() => loadTruthfulQa(t), /tqa\.csv: column 'Incorrect Answers': missing from the header/);
   });
 
-  test('eval capability: a wrong MMLU header fails before the model loads, nothing written', () => {
-    const data = path.join(tmp, 'data');
+  /** A data folder holding one MMLU subject file with `csv`. */
+  const mmluData = (name: string, csv: string): string => {
+    const data = path.join(tmp, name);
     mkdirSync(path.join(data, 'mmlu', 'test'), { recursive: true });
-    writeFileSync(
-      path.join(data, 'mmlu', 'test', 'anatomy_test.csv'),
-      'question,choice0,answer\nWhat?,w,1\n',
-    );
-    const out = path.join(tmp, 'rows.json');
-    const r = cli([
+    writeFileSync(path.join(data, 'mmlu', 'test', 'anatomy_test.csv'), csv);
+    return data;
+  };
+  /** `eval capability --tasks mmlu` on a model file that does not exist (it must never load). */
+  const mmluRun = (data: string, extra: string[]) =>
+    cli([
       'eval',
       'capability',
       '-m',
@@ -370,36 +371,25 @@ describe('MMLU prompt and benchmark files', () => {
       'mmlu',
       '--data-dir',
       data,
-      '--out',
-      out,
+      ...extra,
     ]);
+
+  test('eval capability: a wrong MMLU header fails before the model loads, nothing written', () => {
+    const data = mmluData('data', 'question,choice0,answer\nWhat?,w,1\n');
+    const out = path.join(tmp, 'rows.json');
+    const r = mmluRun(data, ['--out', out]);
     assert.equal(r.code, 1, r.stderr);
     assert.match(r.stderr, /anatomy_test\.csv: header column 3: expected 'choice1', found 'answer'/);
     assert.equal(existsSync(out), false);
   });
 
   test('eval capability --compare: a baseline scored another way fails before the model loads', () => {
-    const data = path.join(tmp, 'data-compare');
-    mkdirSync(path.join(data, 'mmlu', 'test'), { recursive: true });
-    writeFileSync(
-      path.join(data, 'mmlu', 'test', 'anatomy_test.csv'),
+    const data = mmluData(
+      'data-compare',
       'question,choice0,choice1,choice2,choice3,answer\nWhat?,a,b,c,d,B\n',
     );
     const base = path.join(tmp, 'base-rows.json');
-    const run = (extra: string[]) =>
-      cli([
-        'eval',
-        'capability',
-        '-m',
-        path.join(tmp, 'no-model.gguf'),
-        '--tasks',
-        'mmlu',
-        '--data-dir',
-        data,
-        '--compare',
-        base,
-        ...extra,
-      ]);
+    const run = (extra: string[]) => mmluRun(data, ['--compare', base, ...extra]);
     const rows = { mmlu: [{ subject: 'anatomy', row: 0, correct: true }] };
     writeFileSync(base, JSON.stringify({ chat: false, shots: 0, maxTokens: 256, rows }));
     const shots = run(['--shots', '5']);
