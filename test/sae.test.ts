@@ -201,6 +201,74 @@ describe('SAE loss and backward', () => {
   });
 });
 
+describe('explained variance with outlier rows', () => {
+  test('typical rows are measured apart from the few with a norm far above the median', async () => {
+    // Latents +e_i and -e_i with k = 1: x_hat keeps the row's largest coordinate only.
+    const dIn = 4;
+    const w = new Float32Array(2 * dIn * dIn);
+    for (let i = 0; i < dIn; i++) {
+      w[i * dIn + i] = 1;
+      w[(dIn + i) * dIn + i] = -1;
+    }
+    const sae = new Sae(
+      {
+        architecture: 'topk',
+        dIn,
+        dSae: 2 * dIn,
+        k: 1,
+        hookName: 'blocks.0.hook_resid_post',
+        hookLayer: 0,
+        modelName: 'test',
+        applyBDecToInput: true,
+      },
+      { wEnc: w, bEnc: new Float32Array(2 * dIn), wDec: w.slice(), bDec: new Float32Array(dIn) },
+    );
+    // 200 rows of norm ~1, and every 50th row a "massive activation" of 1000 on dimension 0.
+    const random = seededRandom(3);
+    const rows = 200;
+    const x = Float32Array.from({ length: rows * dIn }, (_, i) =>
+      i % (50 * dIn) === 0 ? 1000 : random() * 2 - 1,
+    );
+    const q = await reconstructionQuality(sae, backend, arraySource(x, dIn, 'x', 7));
+    // The same figures straight from their definitions, in double.
+    const xHat = sae.decode(sae.encode(backend, x, rows));
+    const norm = (r: number) => Math.hypot(...x.subarray(r * dIn, (r + 1) * dIn));
+    const norms = Array.from({ length: rows }, (_, r) => norm(r)).sort((a, b) => a - b);
+    const cut = 10 * ((norms[99] + norms[100]) / 2);
+    const ev = (keep: (r: number) => boolean) => {
+      const kept = Array.from({ length: rows }, (_, r) => r).filter(keep);
+      const mean = Array.from(
+        { length: dIn },
+        (_, i) => kept.reduce((a, r) => a + x[r * dIn + i], 0) / kept.length,
+      );
+      let err = 0;
+      let scatter = 0;
+      for (const r of kept)
+        for (let i = 0; i < dIn; i++) {
+          err += (x[r * dIn + i] - xHat[r * dIn + i]) ** 2;
+          scatter += (x[r * dIn + i] - mean[i]) ** 2;
+        }
+      return { n: kept.length, ev: 1 - err / scatter, err, scatter, mean };
+    };
+    const all = ev(() => true);
+    const typical = ev((r) => norm(r) <= cut);
+    assert.equal(q.outliers.rows, 4);
+    assert.equal(q.typical.rows, 196);
+    assert.ok(Math.abs(q.outliers.normAbove - cut) < 1e-9);
+    assert.ok(Math.abs(q.explainedVariance - all.ev) < 1e-9);
+    assert.ok(Math.abs(q.typical.explainedVariance - typical.ev) < 1e-9);
+    assert.ok(Math.abs(q.typical.mse - typical.err / 196) < 1e-9);
+    // The outliers' scatter about the mean of all rows, over the whole scatter.
+    let outlierScatter = 0;
+    for (let r = 0; r < rows; r++)
+      if (norm(r) > cut) for (let i = 0; i < dIn; i++) outlierScatter += (x[r * dIn + i] - all.mean[i]) ** 2;
+    assert.ok(Math.abs(q.outliers.varianceShare - outlierScatter / all.scatter) < 1e-9);
+    // What the split is for: four rows carry the whole figure, the typical ones are far worse.
+    assert.ok(q.outliers.varianceShare > 0.95 && q.explainedVariance > 0.99, JSON.stringify(q));
+    assert.ok(q.typical.explainedVariance < 0.6, JSON.stringify(q));
+  });
+});
+
 describe('SAE training', () => {
   const dIn = 16;
   const atoms = 32;

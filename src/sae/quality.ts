@@ -1,7 +1,11 @@
 /**
  * How good an SAE is, measured as SAELens and Anthropic measure it:
  *
- * - explained variance: 1 - Σ||x - x_hat||² / Σ||x - mean(x)||² over held-out rows;
+ * - explained variance: 1 - Σ||x - x_hat||² / Σ||x - mean(x)||² over held-out rows; and the
+ *   same over the typical rows alone, leaving out the outliers whose norm is above
+ *   OUTLIER_NORM_RATIO × the median row norm. A residual stream's few "massive activation" tokens
+ *   (attention sinks, e.g. each chat turn's first tokens) can hold most of Σ||x - mean(x)||², so
+ *   the whole figure may mostly say how well those few rows are reconstructed;
  * - L0: mean number of active latents per row;
  * - dead share: latents active on none of the rows;
  * - CE-loss recovered: (CE_zero - CE_spliced) / (CE_zero - CE_clean), where CE is the mean
@@ -16,6 +20,9 @@ import type { Model } from '../model/model.js';
 import type { Sae } from './sae.js';
 import type { ActivationSource } from './source.js';
 
+/** Rows whose norm is above this multiple of the median row norm are outliers. */
+export const OUTLIER_NORM_RATIO = 10;
+
 export interface SaeReconstructionQuality {
   readonly rows: number;
   readonly explainedVariance: number;
@@ -23,6 +30,21 @@ export interface SaeReconstructionQuality {
   readonly mse: number;
   readonly l0: number;
   readonly deadShare: number;
+  /** The rows with norm at most OUTLIER_NORM_RATIO × the median row norm. */
+  readonly typical: {
+    readonly rows: number;
+    /** 1 - Σ||x - x_hat||² / Σ||x - mean||² over these rows, about their own mean. */
+    readonly explainedVariance: number;
+    readonly mse: number;
+  };
+  /** The other rows. */
+  readonly outliers: {
+    readonly rows: number;
+    /** Norms above this are outliers: OUTLIER_NORM_RATIO × the median row norm. */
+    readonly normAbove: number;
+    /** Their share of Σ||x - mean(x)||² over all rows. */
+    readonly varianceShare: number;
+  };
 }
 
 /** Explained variance, L0 and dead share of `sae` over `source` (at most `maxRows` rows). */
@@ -35,31 +57,77 @@ export async function reconstructionQuality(
   const { dIn, dSae } = sae.config;
   if (source.dIn !== dIn)
     throw new OptionError(`SAE reads width ${dIn} but ${source.id} holds rows of width ${source.dIn}`);
-  let rows = 0;
-  let sq = 0;
-  let err = 0;
   let active = 0;
-  const sum = new Float64Array(dIn);
   const fired = new Uint8Array(dSae);
-  for await (const full of source.chunks(0)) {
-    const n = Math.min(full.length / dIn, maxRows - rows);
-    const x = full.subarray(0, n * dIn);
+  // Per row: its squared norm and squared error, to split typical rows from outliers at the end.
+  const rowSq: number[] = [];
+  const rowErr: number[] = [];
+  // Per-dimension sums of the rows, of all of them and (second pass) of the typical ones.
+  const sum = new Float64Array(dIn);
+  const typicalSum = new Float64Array(dIn);
+  const pass = async (each: (x: Float32Array, n: number, first: number) => void): Promise<void> => {
+    let seen = 0;
+    for await (const full of source.chunks(0)) {
+      const n = Math.min(full.length / dIn, maxRows - seen);
+      each(full.subarray(0, n * dIn), n, seen);
+      seen += n;
+      if (seen >= maxRows) break;
+    }
+  };
+  await pass((x, n) => {
     const codes = sae.encode(backend, x, n);
     const xHat = sae.decode(codes);
-    for (let i = 0; i < x.length; i++) {
-      sq += x[i] * x[i];
-      sum[i % dIn] += x[i];
-      err += (x[i] - xHat[i]) ** 2;
+    for (let r = 0; r < n; r++) {
+      let sq = 0;
+      let err = 0;
+      for (let i = r * dIn; i < (r + 1) * dIn; i++) {
+        sq += x[i] * x[i];
+        sum[i - r * dIn] += x[i];
+        err += (x[i] - xHat[i]) ** 2;
+      }
+      rowSq.push(sq);
+      rowErr.push(err);
     }
     active += codes.latents.length;
     for (const j of codes.latents) fired[j] = 1;
-    rows += n;
-    if (rows >= maxRows) break;
-  }
+  });
+  const rows = rowSq.length;
   if (rows === 0) throw new OptionError(`${source.id}: no rows to measure the SAE on`);
-  let meanSq = 0;
-  for (const s of sum) meanSq += s * s;
-  const total = sq - meanSq / rows;
+  const norms = Float64Array.from(rowSq, Math.sqrt).sort();
+  const median = rows % 2 ? norms[(rows - 1) / 2] : (norms[rows / 2 - 1] + norms[rows / 2]) / 2;
+  const normAbove = OUTLIER_NORM_RATIO * median;
+  const typical = (r: number) => Math.sqrt(rowSq[r]) <= normAbove;
+  await pass((x, n, first) => {
+    for (let r = 0; r < n; r++)
+      if (typical(first + r)) for (let i = 0; i < dIn; i++) typicalSum[i] += x[r * dIn + i];
+  });
+  /** Σ||x - mean||² of rows with Σ||x||² = `sq`, count `n` and per-dimension sums `s`. */
+  const scatter = (sq: number, n: number, s: Float64Array) => sq - s.reduce((a, v) => a + v * v, 0) / n;
+  let sq = 0;
+  let err = 0;
+  let tSq = 0;
+  let tErr = 0;
+  let tRows = 0;
+  let outlierScatter = 0;
+  const mean = sum.map((v) => v / rows);
+  for (let r = 0; r < rows; r++) {
+    sq += rowSq[r];
+    err += rowErr[r];
+    if (typical(r)) {
+      tSq += rowSq[r];
+      tErr += rowErr[r];
+      tRows++;
+    }
+  }
+  const total = scatter(sq, rows, sum);
+  const tTotal = tRows > 0 ? scatter(tSq, tRows, typicalSum) : 0;
+  // The outliers' share of the scatter about the mean of all rows: total minus the typical rows'
+  // scatter about that same mean (their own scatter plus their count times the mean shift²).
+  if (total > 0) {
+    let shift = 0;
+    for (let i = 0; i < dIn; i++) shift += (typicalSum[i] / Math.max(tRows, 1) - mean[i]) ** 2;
+    outlierScatter = total - (tTotal + tRows * shift);
+  }
   let nFired = 0;
   for (const f of fired) nFired += f;
   return {
@@ -68,6 +136,16 @@ export async function reconstructionQuality(
     mse: err / rows,
     l0: active / rows,
     deadShare: 1 - nFired / dSae,
+    typical: {
+      rows: tRows,
+      explainedVariance: tTotal > 0 ? 1 - tErr / tTotal : NaN,
+      mse: tRows > 0 ? tErr / tRows : NaN,
+    },
+    outliers: {
+      rows: rows - tRows,
+      normAbove,
+      varianceShare: total > 0 ? outlierScatter / total : NaN,
+    },
   };
 }
 

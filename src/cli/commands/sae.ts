@@ -260,7 +260,7 @@ const EVAL_SPEC = {
 const evalCommand = command(EVAL_SPEC, async (args, out) => {
   const o = args.options;
   const { loadSae } = await import('../../sae/saelens.js');
-  const { ceLossRecovered, reconstructionQuality } = await import('../../sae/quality.js');
+  const { OUTLIER_NORM_RATIO, ceLossRecovered, reconstructionQuality } = await import('../../sae/quality.js');
   const { arraySource } = await import('../../sae/source.js');
   const { loadPromptFile } = await import('../../data/prompts.js');
   const { parseTokenIds } = await import('../../eval/prompt-sets.js');
@@ -310,6 +310,9 @@ const evalCommand = command(EVAL_SPEC, async (args, out) => {
     [
       `${o.sae} at ${sae.config.hookName}, ${records.length} prompts, ${quality.rows} tokens:`,
       `  explained variance  ${formatNumber(quality.explainedVariance)}`,
+      `    typical tokens    ${formatNumber(quality.typical.explainedVariance)} over ${quality.typical.rows} tokens ` +
+        `(${quality.outliers.rows} with norm above ${formatNumber(quality.outliers.normAbove)}, ` +
+        `${OUTLIER_NORM_RATIO}x the median, left out: they hold ${pct(quality.outliers.varianceShare)} of the variance)`,
       `  L0                  ${formatNumber(quality.l0)}`,
       `  dead latents        ${pct(quality.deadShare)}`,
       `  CE recovered        ${pct(ce.recovered)} (clean ${formatNumber(ce.ceClean)}, spliced ${formatNumber(ce.ceSpliced)}, zero-ablated ${formatNumber(ce.ceZeroAblation)} nats over ${ce.tokens} tokens)`,
