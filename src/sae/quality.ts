@@ -97,9 +97,16 @@ export async function reconstructionQuality(
   const median = rows % 2 ? norms[(rows - 1) / 2] : (norms[rows / 2 - 1] + norms[rows / 2]) / 2;
   const normAbove = OUTLIER_NORM_RATIO * median;
   const typical = (r: number) => Math.sqrt(rowSq[r]) <= normAbove;
+  // Second pass (no encoding): the typical rows' own mean, and the outliers' scatter about the
+  // mean of all rows, both of which need the median first.
+  const mean = sum.map((v) => v / rows);
+  let outlierScatter = 0;
   await pass((x, n, first) => {
-    for (let r = 0; r < n; r++)
-      if (typical(first + r)) for (let i = 0; i < dIn; i++) typicalSum[i] += x[r * dIn + i];
+    for (let r = 0; r < n; r++) {
+      const row = x.subarray(r * dIn, (r + 1) * dIn);
+      if (typical(first + r)) for (let i = 0; i < dIn; i++) typicalSum[i] += row[i];
+      else for (let i = 0; i < dIn; i++) outlierScatter += (row[i] - mean[i]) ** 2;
+    }
   });
   /** Σ||x - mean||² of rows with Σ||x||² = `sq`, count `n` and per-dimension sums `s`. */
   const scatter = (sq: number, n: number, s: Float64Array) => sq - s.reduce((a, v) => a + v * v, 0) / n;
@@ -108,8 +115,6 @@ export async function reconstructionQuality(
   let tSq = 0;
   let tErr = 0;
   let tRows = 0;
-  let outlierScatter = 0;
-  const mean = sum.map((v) => v / rows);
   for (let r = 0; r < rows; r++) {
     sq += rowSq[r];
     err += rowErr[r];
@@ -121,13 +126,6 @@ export async function reconstructionQuality(
   }
   const total = scatter(sq, rows, sum);
   const tTotal = tRows > 0 ? scatter(tSq, tRows, typicalSum) : 0;
-  // The outliers' share of the scatter about the mean of all rows: total minus the typical rows'
-  // scatter about that same mean (their own scatter plus their count times the mean shift²).
-  if (total > 0) {
-    let shift = 0;
-    for (let i = 0; i < dIn; i++) shift += (typicalSum[i] / Math.max(tRows, 1) - mean[i]) ** 2;
-    outlierScatter = total - (tTotal + tRows * shift);
-  }
   let nFired = 0;
   for (const f of fired) nFired += f;
   return {
